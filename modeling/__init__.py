@@ -1,0 +1,1 @@
+"""Controller-side model code (torch, transformers): loading CLIP, the tiny test CLIP, export wrappers."""

@@ -1,0 +1,82 @@
+"""Load CLIP (weights, tokenizer, preprocessing config) from a Hugging Face id, a directory or the tiny CLIP.
+
+Every failure a user can cause (typo, offline, wrong directory) becomes a one-line ModelLoadError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import BUILTIN_TINY_CLIP, ModelConfig
+from pipeline.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedClip:
+    model: Any  # transformers.CLIPModel, in eval mode
+    tokenizer: Any  # transformers.CLIPTokenizer
+    image_processor: Any  # transformers CLIP image processor
+    source: str
+
+
+def resolve_source(model: ModelConfig, cache_dir: Path) -> str:
+    """The id or directory to hand to from_pretrained (materializing the built-in tiny CLIP once)."""
+    if model.id == BUILTIN_TINY_CLIP:
+        from modeling.tiny_clip import make_tiny_clip
+
+        target = cache_dir / f"tiny-clip-{model.image_size}-{model.context_length}"
+        if not (target / "model.safetensors").exists():
+            make_tiny_clip(target, image_size=model.image_size, context_length=model.context_length)
+        return str(target)
+    if model.is_local_dir:
+        _check_clip_dir(Path(model.id))
+    return model.id
+
+
+def _check_clip_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"model directory {path} does not exist",
+            hint="fix model.id in the config: a Hugging Face id such as openai/clip-vit-base-patch32 or a local dir",
+        )
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{path} is not a model directory (no config.json)", hint="point model.id at a CLIP dir")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except ValueError as exc:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {exc}") from exc
+    if model_type != "clip":
+        raise ModelLoadError(
+            f"{path} holds a {model_type!r} model, not a CLIP model (config.json model_type must be 'clip')",
+            hint="point model.id at a CLIP checkpoint such as openai/clip-vit-base-patch32",
+        )
+
+
+def load_clip(model: ModelConfig, cache_dir: Path) -> LoadedClip:
+    """Eager attention (exportable, matches the NPU graph), safetensors only, float32, eval mode."""
+    source = resolve_source(model, cache_dir)
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    try:
+        clip = CLIPModel.from_pretrained(
+            source, revision=model.revision, attn_implementation="eager", use_safetensors=True
+        ).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=model.revision)
+        processor = AutoImageProcessor.from_pretrained(source, revision=model.revision)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"cannot load model {model.id!r} (revision {model.revision!r}): {first_line}",
+            hint="check the id for typos and the network; offline, point model.id at a local model directory "
+            "or set HF_HUB_OFFLINE=1 to use the local cache",
+        ) from exc
+    if clip.config.model_type != "clip":
+        raise ModelLoadError(f"{model.id!r} is a {clip.config.model_type!r} model, not CLIP")
+    return LoadedClip(model=clip, tokenizer=tokenizer, image_processor=processor, source=source)

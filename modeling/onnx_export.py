@@ -1,0 +1,53 @@
+"""torch -> ONNX with static shapes and the TorchScript exporter, then graph simplification."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def export_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    input_name: str,
+    output_name: str,
+    opset: int,
+    simplify: bool,
+) -> dict[str, int]:
+    """Export with batch 1 and no dynamic axes; returns node counts before and after simplification.
+
+    `dynamo=False` selects the TorchScript exporter: torch 2.13's default (dynamo) emits opset 18+,
+    and Pulsar2 prefers 14. Constant folding plus onnxslim removes the shape arithmetic and mask ops.
+    """
+    module = module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on static shapes
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=[output_name],
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    model = onnx.load(str(path))
+    before = len(model.graph.node)
+    if simplify:
+        import onnxslim
+
+        model = onnxslim.slim(model)
+        onnx.save(model, str(path))
+    after = len(model.graph.node)
+    log.info("%s: %d nodes, %d after simplification", path.name, before, after)
+    return {"nodes_exported": before, "nodes_final": after}

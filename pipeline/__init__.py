@@ -1,0 +1,1 @@
+"""The pipeline engine: config, stage graph, up-to-date checks, lock file, runner and reports."""

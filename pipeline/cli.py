@@ -1,0 +1,109 @@
+"""The glue behind tasks.py: load the config, run or inspect the graph, print, turn errors into exits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from invoke.exceptions import Exit
+from rich.logging import RichHandler
+
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import PipelineError
+from pipeline.graph import StageGraph
+from pipeline.report import console, print_table
+from pipeline.runner import Outcome, RunRequest, StageOutcome, plan, run
+
+DEFAULT_CONFIG = "pipeline.yaml"
+_STYLE = {
+    Outcome.RAN: "green",
+    Outcome.UP_TO_DATE: "cyan",
+    Outcome.WOULD_RUN: "yellow",
+    Outcome.FAILED: "red",
+    Outcome.SKIPPED: "yellow",
+}
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
+    for noisy in ("transformers", "onnxslim", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A PipelineError ends the command with its one-line message and exit code 1, never a traceback."""
+    try:
+        yield
+    except PipelineError as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+
+
+def graph() -> StageGraph:
+    from stages import ALL_STAGES
+
+    return StageGraph(ALL_STAGES)
+
+
+def load(config_path: str | None) -> PipelineConfig:
+    return load_config(Path(config_path or DEFAULT_CONFIG))
+
+
+class ConsoleReporter:
+    def stage_started(self, stage: str, why: tuple[str, ...]) -> None:
+        console.print(f"[bold]{stage}[/]: running ({'; '.join(why)})")
+
+    def stage_finished(self, outcome: StageOutcome) -> None:
+        style = _STYLE[outcome.outcome]
+        line = f"[bold]{outcome.stage}[/]: [{style}]{outcome.outcome.value}[/]"
+        if outcome.outcome is Outcome.WOULD_RUN:
+            line += f" ({'; '.join(outcome.why)})"
+        if outcome.summary:
+            line += f" - {outcome.summary}"
+        console.print(line)
+
+
+def run_stages(config_path: str | None, request: RunRequest) -> None:
+    with user_errors():
+        config = load(config_path)
+        config.host(request.host)
+        started = time.perf_counter()
+        outcomes = run(config, graph(), request, ConsoleReporter())
+        wall = time.perf_counter() - started
+    _print_summary(outcomes, wall)
+    failed = [o for o in outcomes if o.outcome is Outcome.FAILED]
+    if failed:
+        raise Exit("error: " + "; ".join(o.summary for o in failed), code=1)
+
+
+def _print_summary(outcomes: list[StageOutcome], wall: float) -> None:
+    rows = [
+        (
+            o.stage,
+            f"[{_STYLE[o.outcome]}]{o.outcome.value}[/]",
+            f"{o.seconds:.1f}s" if o.outcome in (Outcome.RAN, Outcome.FAILED) else "",
+            "; ".join(o.why) if o.outcome is not Outcome.UP_TO_DATE else "",
+        )
+        for o in outcomes
+    ]
+    print_table(f"pipeline summary ({wall:.1f}s)", ("stage", "result", "time", "why"), rows)
+
+
+def show_status(config_path: str | None) -> None:
+    """Each stage: up to date, or stale and every reason why."""
+    with user_errors():
+        config = load(config_path)
+        decisions = plan(config, graph(), RunRequest())
+    rows = [
+        (stage.name, "[cyan]up to date[/]" if not d.stale else "[yellow]stale[/]", "\n".join(d.reasons))
+        for stage, d in decisions
+    ]
+    print_table(f"status ({config.artifacts})", ("stage", "status", "why"), rows)

@@ -1,0 +1,194 @@
+"""pipeline.yaml: the schema, loading, and errors that name the file and the key path.
+
+Every model is frozen and rejects unknown keys, so a typo is an error instead of a silently ignored
+setting. Relative paths are resolved against the config file's directory at load time, so the rest of
+the code only ever sees absolute paths.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+
+from pipeline.errors import ConfigError
+
+BUILTIN_TINY_CLIP = "builtin:tiny-clip"
+DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
+# Pulsar2 prefers opset 14 (Axera's CLIP examples use it; optimum's CLIPOnnxConfig defaults to it too).
+DEFAULT_OPSET = 14
+SUPPORTED_TARGETS = ("ax650",)
+DEFAULT_PROMPTS = (
+    "a photo of an astronaut",
+    "a photo of a cat",
+    "a cup of coffee on a table",
+    "a rocket on the launch pad",
+    "a portrait of a woman in uniform, black and white photograph",
+    "an oil painting of a mountain landscape at sunset, highly detailed",
+)
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = Path((info.context or {}).get("base_dir", "."))
+    return (base / value.expanduser()).resolve()
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Strict):
+    """Which CLIP to build: a Hugging Face id, a local directory, or the built-in tiny CLIP."""
+
+    id: str = DEFAULT_MODEL_ID
+    revision: str = "main"
+    image_size: int = Field(224, ge=32, le=1024)
+    context_length: int = Field(77, ge=8, le=512)
+
+    @model_validator(mode="after")
+    def _resolve_local_dir(self, info: ValidationInfo) -> ModelConfig:
+        if self.id.startswith("builtin:"):
+            if self.id != BUILTIN_TINY_CLIP:
+                raise ValueError(f"unknown built-in model {self.id!r}; the only one is {BUILTIN_TINY_CLIP!r}")
+            return self
+        base = Path((info.context or {}).get("base_dir", "."))
+        candidate = (base / Path(self.id).expanduser()).resolve()
+        looks_local = self.id.startswith((".", "/", "~")) or candidate.exists()
+        if looks_local:
+            object.__setattr__(self, "id", str(candidate))
+        return self
+
+    @property
+    def is_local_dir(self) -> bool:
+        return Path(self.id).is_absolute()
+
+
+class HostConfig(Strict):
+    """Where a stage runs: this machine, or an SSH host (address or ssh_config alias)."""
+
+    kind: Literal["local", "ssh"] = "ssh"
+    address: str | None = None
+    user: str | None = None
+    port: int = Field(22, ge=1, le=65535)
+    key: str | None = None
+    workdir: str = "~/clip-axera"
+    connect_timeout: float = Field(15.0, gt=0, le=300)
+    command_timeout: float = Field(3600.0, gt=0)
+    trust_new_host_key: bool = False
+    docker: str | None = None
+    python: str = "python3"
+
+    @model_validator(mode="after")
+    def _ssh_needs_address(self) -> HostConfig:
+        if self.kind == "ssh" and not self.address:
+            raise ValueError("an ssh host needs 'address' (a hostname, IP or ssh_config alias)")
+        return self
+
+
+class ExportParams(Strict):
+    opset: int = Field(DEFAULT_OPSET, ge=11, le=21)
+    simplify: bool = True
+
+
+class VerifyParams(Strict):
+    target: Literal[SUPPORTED_TARGETS] = "ax650"  # type: ignore[valid-type]
+    images: ConfigPath = Path("data/images")
+    max_images: int = Field(4, ge=1, le=64)
+    prompts: tuple[str, ...] = Field(DEFAULT_PROMPTS, min_length=1)
+    min_cosine: float = Field(0.9999, ge=0, le=1)
+    max_abs_diff: float = Field(1e-3, gt=0)
+
+
+class StagesConfig(Strict):
+    export: ExportParams = ExportParams()
+    verify: VerifyParams = VerifyParams()
+
+
+class PipelineConfig(Strict):
+    """The whole pipeline.yaml."""
+
+    model: ModelConfig = ModelConfig()
+    artifacts: ConfigPath = Path("artifacts")
+    hosts: dict[str, HostConfig] = Field(default_factory=lambda: {"local": HostConfig(kind="local")})
+    stages: StagesConfig = StagesConfig()
+
+    def host(self, name: str) -> HostConfig:
+        if name == "local" and name not in self.hosts:
+            return HostConfig(kind="local")
+        if name not in self.hosts:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise ConfigError(f"unknown host {name!r}", hint=f"hosts in the config: {known}")
+        return self.hosts[name]
+
+
+def load_config(path: Path | str) -> PipelineConfig:
+    """Read and validate a pipeline file; every problem becomes a ConfigError naming file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found", hint="pass an existing file with --config")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: {where}not valid YAML: {problem}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (model, hosts, stages ...)")
+    try:
+        return PipelineConfig.model_validate(raw, context={"base_dir": str(path.parent.resolve())})
+    except ValidationError as exc:
+        lines = [f"{path}: {describe_error(err)}" for err in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def describe_error(err: Any) -> str:
+    """One pydantic error as `key.path: what is wrong (got value)`."""
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
+    bounds = {"less_than_equal": "<=", "less_than": "<", "greater_than_equal": ">=", "greater_than": ">"}
+    if kind in bounds:
+        bound = next(iter(ctx.values()))
+        return f"{key}: must be {bounds[kind]} {bound} (got {got!r})"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key{_did_you_mean(err['loc'])}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {message[:1].lower()}{message[1:]}{shown}"
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    allowed = _keys_at(loc[:-1])
+    if not allowed:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; expected one of: {', '.join(sorted(allowed))}"
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = PipelineConfig
+    for part in loc:
+        if model is PipelineConfig and part == "hosts":
+            model = HostConfig
+            continue
+        if model is HostConfig and part not in HostConfig.model_fields:
+            continue  # the host's own name
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -1,0 +1,52 @@
+"""One exception family for everything a user can cause or fix.
+
+Each error formats its own message from the context it carries, so the command line prints it as one
+line (plus an optional tail of log output) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error the user can act on."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(PipelineError):
+    """pipeline.yaml is unreadable or invalid; the message names the file and the key path."""
+
+
+class ModelLoadError(PipelineError):
+    """The model id or directory cannot be loaded as a CLIP model."""
+
+
+class StageError(PipelineError):
+    """A stage failed; carries the stage name so the summary can say which one."""
+
+    def __init__(self, stage: str, message: str, *, hint: str = "") -> None:
+        self.stage = stage
+        super().__init__(f"{stage}: {message}", hint=hint)
+
+
+class ValidationFailed(StageError):
+    """One or more checks of a validation report failed; lists every failure at once."""
+
+    def __init__(self, stage: str, failures: list[str], report_path: str) -> None:
+        self.failures = failures
+        listed = "; ".join(failures)
+        super().__init__(stage, f"{len(failures)} check(s) failed: {listed}", hint=f"full report: {report_path}")
+
+
+class RunLockedError(PipelineError):
+    """Another pipeline run holds the artifacts directory."""
+
+
+class GraphError(PipelineError):
+    """The stage graph is malformed (unknown stage, duplicate, cycle)."""

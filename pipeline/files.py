@@ -1,0 +1,107 @@
+"""File helpers used everywhere: sha256 with a size+mtime shortcut, atomic writes, directory swaps.
+
+The shortcut is doit's and DVC's: a file whose size and mtime match the recorded ones is taken to have
+the recorded hash, so a no-op run over gigabytes of artifacts costs one stat per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileState:
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileState:
+        return cls(size=int(data["size"]), mtime_ns=int(data["mtime_ns"]), sha256=str(data["sha256"]))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def file_state(path: Path, known: FileState | None = None) -> FileState:
+    """The file's state, reusing `known.sha256` when size and mtime are unchanged."""
+    stat = path.stat()
+    if known is not None and known.size == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
+        return known
+    return FileState(size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=sha256_file(path))
+
+
+def list_files(root: Path) -> list[Path]:
+    """A file itself, or every file below a directory (sorted, hidden temp files excluded)."""
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file beside `path`, fsync, rename: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def swap_in_dir(new: Path, final: Path) -> None:
+    """Replace directory `final` by `new`; the old one is kept as `<final>.old` until the new one is in.
+
+    A crash between the two renames leaves `<final>.old`, which `recover_swapped_dir` puts back.
+    """
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_swapped_dir(final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    if old.exists() and not final.exists():
+        os.replace(old, final)
+    elif old.exists():
+        shutil.rmtree(old)

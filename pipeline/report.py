@@ -1,0 +1,37 @@
+"""What the user reads: rich tables for check reports, stage status and run summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+
+
+class CheckLine(Protocol):
+    name: str
+    passed: bool
+    detail: str
+
+
+def print_checks(title: str, checks: Sequence[CheckLine]) -> None:
+    """Every check on a line; failures first so they are not lost in a long operator inventory."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for check in sorted(checks, key=lambda c: c.passed):
+        table.add_row(check.name, "[green]pass[/]" if check.passed else "[red]FAIL[/]", check.detail)
+    console.print(table)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

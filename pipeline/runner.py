@@ -1,0 +1,193 @@
+"""Run the stale stages in order: temp output dir, swap in on success, record in the lock file."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
+from pipeline.files import recover_swapped_dir, swap_in_dir
+from pipeline.graph import StageGraph
+from pipeline.lockfile import StageRecord, read_lock, write_lock
+from pipeline.runlock import run_lock
+from pipeline.stage import Stage, StageContext
+from pipeline.uptodate import (
+    Decision,
+    current_states,
+    decide,
+    input_files,
+    output_files,
+    params_digest,
+    tool_versions,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    RAN = "ran"
+    UP_TO_DATE = "up to date"
+    WOULD_RUN = "would run"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    stage: str
+    outcome: Outcome
+    why: tuple[str, ...]
+    seconds: float = 0.0
+    summary: str = ""
+
+
+class Reporter(Protocol):
+    """Told as stages start and finish, so the terminal can show progress while work goes on."""
+
+    def stage_started(self, stage: str, why: tuple[str, ...]) -> None: ...
+
+    def stage_finished(self, outcome: StageOutcome) -> None: ...
+
+
+class SilentReporter:
+    def stage_started(self, stage: str, why: tuple[str, ...]) -> None:
+        log.info("%s: running (%s)", stage, "; ".join(why))
+
+    def stage_finished(self, outcome: StageOutcome) -> None:
+        log.info("%s: %s", outcome.stage, outcome.outcome.value)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    targets: tuple[str, ...] | None = None
+    force: bool = False
+    dry_run: bool = False
+    only: bool = False
+    host: str = "local"
+
+
+def plan(config: PipelineConfig, graph: StageGraph, request: RunRequest) -> list[tuple[Stage, Decision]]:
+    """Every considered stage with its up-to-date decision, without running anything."""
+    records = read_lock(config.artifacts)
+    tools = tool_versions()
+    decisions: list[tuple[Stage, Decision]] = []
+    stale: set[str] = set()
+    for stage in graph.order(request.targets, with_upstream=not request.only):
+        upstream = [dep for dep in stage.after if dep in stale]
+        decision = decide(stage, config, records.get(stage.name), tools, upstream)
+        if decision.stale:
+            stale.add(stage.name)
+        decisions.append((stage, decision))
+    return decisions
+
+
+def run(
+    config: PipelineConfig,
+    graph: StageGraph,
+    request: RunRequest,
+    reporter: Reporter | None = None,
+) -> list[StageOutcome]:
+    """Run what is stale (or everything with force), telling `reporter` as each stage starts and ends."""
+    reporter = reporter or SilentReporter()
+    if request.dry_run:
+        outcomes = [
+            StageOutcome(s.name, Outcome.WOULD_RUN if d.stale or request.force else Outcome.UP_TO_DATE, d.reasons)
+            for s, d in plan(config, graph, request)
+        ]
+        for outcome in outcomes:
+            reporter.stage_finished(outcome)
+        return outcomes
+    with run_lock(config.artifacts):
+        return _run_locked(config, graph, request, reporter)
+
+
+def _run_locked(
+    config: PipelineConfig,
+    graph: StageGraph,
+    request: RunRequest,
+    reporter: Reporter,
+) -> list[StageOutcome]:
+    tools = tool_versions()
+    outcomes: list[StageOutcome] = []
+    broken: set[str] = set()
+    for stage in graph.order(request.targets, with_upstream=not request.only):
+        recover_swapped_dir(config.artifacts / stage.name)
+        failed_deps = [dep for dep in stage.after if dep in broken]
+        if failed_deps:
+            broken.add(stage.name)
+            outcome = StageOutcome(stage.name, Outcome.SKIPPED, (f"upstream {', '.join(failed_deps)} failed",))
+        else:
+            records = read_lock(config.artifacts)
+            decision = decide(stage, config, records.get(stage.name), tools, [])
+            if not (decision.stale or request.force):
+                outcome = StageOutcome(stage.name, Outcome.UP_TO_DATE, ())
+            else:
+                why = decision.reasons or ("forced",)
+                reporter.stage_started(stage.name, why)
+                outcome = _run_stage(stage, config, request.host, tools, why, records)
+                if outcome.outcome is Outcome.FAILED:
+                    broken.add(stage.name)
+        outcomes.append(outcome)
+        reporter.stage_finished(outcome)
+    return outcomes
+
+
+def _run_stage(
+    stage: Stage,
+    config: PipelineConfig,
+    host: str,
+    tools: dict[str, str],
+    why: tuple[str, ...],
+    records: dict[str, StageRecord],
+) -> StageOutcome:
+    missing_upstream = [dep for dep in stage.after if not (config.artifacts / dep).is_dir()]
+    if missing_upstream:
+        needs = f"needs the outputs of {', '.join(missing_upstream)}; run them first"
+        return StageOutcome(stage.name, Outcome.FAILED, why, summary=needs)
+    previous = records.get(stage.name)
+    inputs = current_states(input_files(stage, config), previous.inputs if previous else {})
+    params = stage.params(config)
+    tmp_root = config.artifacts / ".tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    out_dir = tempfile.mkdtemp(prefix=f"{stage.name}-", dir=tmp_root)
+    ctx = StageContext(config=config, out_dir=Path(out_dir), host=host, log=logging.getLogger(f"stage.{stage.name}"))
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        result = stage.run(ctx)
+        missing = [name for name in stage.outputs if not (ctx.out_dir / name).exists()]
+        if missing:
+            raise PipelineError(f"{stage.name} did not write its declared outputs: {', '.join(missing)}")
+        swap_in_dir(ctx.out_dir, config.artifacts / stage.name)
+    except PipelineError as exc:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return StageOutcome(stage.name, Outcome.FAILED, why, time.perf_counter() - started, str(exc))
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+    outputs = current_states(output_files(stage, config), {})
+    record = StageRecord(
+        params=params,
+        params_digest=params_digest(params),
+        code=stage.code_version(),
+        tools=tools,
+        inputs=inputs,
+        outputs=outputs,
+        host=host,
+        started_at=started_at,
+        seconds=seconds,
+        summary=result.figures,
+    )
+    records = read_lock(config.artifacts)
+    records[stage.name] = record
+    write_lock(config.artifacts, records)
+    return StageOutcome(stage.name, Outcome.RAN, why, seconds, result.summary)

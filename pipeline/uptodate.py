@@ -1,0 +1,130 @@
+"""Is a stage up to date? A status plus the list of reasons, so `invoke status` can say why.
+
+Up to date means: a record exists, same params, same stage code and tool versions, same input hashes,
+and every recorded output still present and unchanged. Hashes come through the size+mtime shortcut.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig
+from pipeline.files import FileState, canonical_json, file_state, list_files, sha256_text
+from pipeline.lockfile import StageRecord
+from pipeline.stage import Stage
+
+TRACKED_TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim")
+
+
+class Status(enum.Enum):
+    UP_TO_DATE = "up to date"
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: Status
+    reasons: tuple[str, ...]
+
+    @property
+    def stale(self) -> bool:
+        return self.status is Status.STALE
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for tool in TRACKED_TOOLS:
+        try:
+            versions[tool] = metadata.version(tool)
+        except metadata.PackageNotFoundError:
+            versions[tool] = "absent"
+    return versions
+
+
+def params_digest(params: dict[str, Any]) -> str:
+    return sha256_text(canonical_json(params))
+
+
+def input_files(stage: Stage, config: PipelineConfig) -> dict[str, Path]:
+    """Every file the stage reads: upstream stages' outputs (keyed `stage/rel`) and external files."""
+    files: dict[str, Path] = {}
+    for dep in stage.after:
+        root = config.artifacts / dep
+        for path in list_files(root):
+            files[f"{dep}/{path.relative_to(root).as_posix()}"] = path
+    for external in stage.external_inputs(config):
+        for path in list_files(external):
+            files[str(path)] = path
+    return files
+
+
+def current_states(files: dict[str, Path], known: dict[str, FileState]) -> dict[str, FileState]:
+    return {key: file_state(path, known.get(key)) for key, path in files.items()}
+
+
+def output_files(stage: Stage, config: PipelineConfig) -> dict[str, Path]:
+    root = config.artifacts / stage.name
+    return {path.relative_to(root).as_posix(): path for path in list_files(root)}
+
+
+def decide(
+    stage: Stage,
+    config: PipelineConfig,
+    record: StageRecord | None,
+    tools: dict[str, str],
+    stale_upstream: list[str],
+) -> Decision:
+    if record is None:
+        return Decision(Status.STALE, ("never run",))
+    reasons: list[str] = [f"upstream {name} will run first" for name in stale_upstream]
+    reasons += _param_changes(record.params, stage.params(config))
+    if record.code != stage.code_version():
+        reasons.append("stage code changed")
+    reasons += [
+        f"{tool} {record.tools.get(tool, 'absent')} -> {version}"
+        for tool, version in tools.items()
+        if record.tools.get(tool, "absent") != version
+    ]
+    if not stale_upstream:
+        reasons += _file_changes("input", input_files(stage, config), record.inputs)
+    reasons += _output_changes(stage, config, record.outputs)
+    return Decision(Status.STALE if reasons else Status.UP_TO_DATE, tuple(reasons))
+
+
+def _param_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        before, after = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += _param_changes(before, after, prefix=f"{path}.")
+        elif canonical_json(before) != canonical_json(after):
+            changes.append(f"param {path}: {_short(before)} -> {_short(after)}")
+    return changes
+
+
+def _short(value: Any) -> str:
+    text = canonical_json(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _file_changes(kind: str, files: dict[str, Path], recorded: dict[str, FileState]) -> list[str]:
+    reasons = [f"{kind} {key} removed" for key in sorted(set(recorded) - set(files))]
+    reasons += [f"{kind} {key} added" for key in sorted(set(files) - set(recorded))]
+    for key in sorted(set(files) & set(recorded)):
+        if file_state(files[key], recorded[key]).sha256 != recorded[key].sha256:
+            reasons.append(f"{kind} {key} changed")
+    return reasons
+
+
+def _output_changes(stage: Stage, config: PipelineConfig, recorded: dict[str, FileState]) -> list[str]:
+    present = output_files(stage, config)
+    reasons = [f"output {stage.name}/{key} missing" for key in sorted(set(recorded) - set(present))]
+    for key in sorted(set(recorded) & set(present)):
+        if file_state(present[key], recorded[key]).sha256 != recorded[key].sha256:
+            reasons.append(f"output {stage.name}/{key} modified since it was written")
+    return reasons

@@ -1,0 +1,98 @@
+"""CLIP image preprocessing in numpy/Pillow, read from the exported preprocessor_config.json.
+
+The same code makes the golden inputs (verify), the calibration set and the device's inputs, so what the
+NPU was calibrated and checked on is exactly what it is fed. Follows transformers' CLIPImageProcessor:
+convert to RGB, resize the shortest side (bicubic, on uint8), center crop, rescale, normalize, CHW.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    shortest_edge: int = 224
+    crop_height: int = 224
+    crop_width: int = 224
+    resample: int = Image.Resampling.BICUBIC
+    rescale_factor: float = 1 / 255
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    @classmethod
+    def from_file(cls, path: Path) -> PreprocessConfig:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        size, crop = data.get("size", {}), data.get("crop_size", {})
+        edge = size.get("shortest_edge", size.get("height", 224)) if isinstance(size, dict) else int(size)
+        if not isinstance(crop, dict):
+            crop = {"height": int(crop), "width": int(crop)}
+        return cls(
+            shortest_edge=int(edge),
+            crop_height=int(crop.get("height", edge)),
+            crop_width=int(crop.get("width", edge)),
+            resample=int(data.get("resample", Image.Resampling.BICUBIC)),
+            rescale_factor=float(data.get("rescale_factor", 1 / 255)),
+            mean=tuple(data.get("image_mean", CLIP_MEAN)),
+            std=tuple(data.get("image_std", CLIP_STD)),
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB; transparent pixels become white, as transformers' convert_rgb does."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        scaled = np.asarray(image, dtype=np.float64) / (65535.0 if image.mode.startswith("I;16") else 2**31 - 1)
+        image = Image.fromarray(np.clip(scaled * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(source: Path | bytes) -> Image.Image:
+    data = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(data) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def resized_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+    short, long = (height, width) if height <= width else (width, height)
+    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def preprocess(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """An RGB image -> float32 [1, 3, crop_height, crop_width]."""
+    image = to_rgb(image)
+    height, width = resized_size(image.height, image.width, config.shortest_edge)
+    resized = image.resize((width, height), resample=config.resample)
+    array = np.asarray(resized)
+    top = (height - config.crop_height) // 2
+    left = (width - config.crop_width) // 2
+    array = _center_crop(array, top, left, config.crop_height, config.crop_width)
+    scaled = array.astype(np.float64) * config.rescale_factor
+    normalized = (scaled - np.asarray(config.mean)) / np.asarray(config.std)
+    return normalized.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def _center_crop(array: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """Crop, zero-padding first when the image is smaller than the crop (as transformers does)."""
+    if top < 0 or left < 0:
+        pad_top, pad_left = max(-top, 0), max(-left, 0)
+        padded = np.zeros((max(array.shape[0], height), max(array.shape[1], width), 3), dtype=array.dtype)
+        padded[pad_top : pad_top + array.shape[0], pad_left : pad_left + array.shape[1]] = array
+        array, top, left = padded, max(top, 0), max(left, 0)
+    return array[top : top + height, left : left + width]

@@ -1,0 +1,128 @@
+"""export: the image and text encoders, each with its projection, to static-shape ONNX.
+
+Outputs (artifacts/export/): image_encoder.onnx, text_encoder.onnx, the tokenizer and preprocessing
+config the device needs, and export.json describing the tensor contract.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import StageError
+from pipeline.files import list_files, write_json
+from pipeline.stage import Stage, StageContext, StageResult
+from runtime import model_io
+
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt")
+
+
+class ExportStage(Stage):
+    name = "export"
+    help = "Export the CLIP image and text encoders (with projections) to ONNX."
+    outputs = (
+        model_io.IMAGE_MODEL_FILE,
+        model_io.TEXT_MODEL_FILE,
+        model_io.TOKENIZER_FILE,
+        model_io.PREPROCESSOR_FILE,
+        model_io.EXPORT_INFO_FILE,
+    )
+    code_modules = ("modeling.encoders", "modeling.loading", "modeling.tiny_clip", "modeling.onnx_export")
+
+    def params(self, config: PipelineConfig) -> dict[str, Any]:
+        return {"model": config.model.model_dump(), **config.stages.export.model_dump()}
+
+    def external_inputs(self, config: PipelineConfig) -> list[Path]:
+        if not config.model.is_local_dir:
+            return []
+        directory = Path(config.model.id)
+        return [p for p in list_files(directory) if p.name in _MODEL_FILES or p.suffix == ".safetensors"]
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import torch
+
+        from modeling.encoders import ImageEncoder, TextEncoder
+        from modeling.loading import load_clip
+        from modeling.onnx_export import export_onnx
+
+        model_cfg, params = ctx.config.model, ctx.config.stages.export
+        loaded = load_clip(model_cfg, ctx.cache_dir)
+        clip_cfg = loaded.model.config
+        size, length = model_cfg.image_size, model_cfg.context_length
+        if clip_cfg.vision_config.image_size != size:
+            raise StageError(
+                self.name,
+                f"model.image_size is {size} but the model was trained at {clip_cfg.vision_config.image_size}",
+                hint=f"set model.image_size: {clip_cfg.vision_config.image_size}",
+            )
+        if length > clip_cfg.text_config.max_position_embeddings:
+            raise StageError(
+                self.name,
+                f"model.context_length {length} exceeds the model's {clip_cfg.text_config.max_position_embeddings}",
+                hint=f"set model.context_length: {clip_cfg.text_config.max_position_embeddings}",
+            )
+        example_ids = loaded.tokenizer(
+            "a photo of a cat", padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        )["input_ids"]
+        counts = {
+            "image": export_onnx(
+                ImageEncoder(loaded.model),
+                torch.zeros(1, 3, size, size),
+                ctx.out_dir / model_io.IMAGE_MODEL_FILE,
+                input_name=model_io.IMAGE_INPUT,
+                output_name=model_io.IMAGE_OUTPUT,
+                opset=params.opset,
+                simplify=params.simplify,
+            ),
+            "text": export_onnx(
+                TextEncoder(loaded.model, loaded.tokenizer.eos_token_id),
+                example_ids.to(torch.int64),
+                ctx.out_dir / model_io.TEXT_MODEL_FILE,
+                input_name=model_io.TEXT_INPUT,
+                output_name=model_io.TEXT_OUTPUT,
+                opset=params.opset,
+                simplify=params.simplify,
+            ),
+        }
+        loaded.tokenizer.save_pretrained(ctx.out_dir)
+        loaded.image_processor.save_pretrained(ctx.out_dir)
+        info = _export_info(ctx.config, loaded, counts)
+        write_json(ctx.out_dir / model_io.EXPORT_INFO_FILE, info)
+        dim = info["projection_dim"]
+        return StageResult(
+            summary=f"image [1,3,{size},{size}] -> [1,{dim}], text [1,{length}] -> [1,{dim}], opset {params.opset}",
+            figures={"nodes": counts, "projection_dim": dim},
+        )
+
+
+def _export_info(config: PipelineConfig, loaded: Any, counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    size, length = config.model.image_size, config.model.context_length
+    dim = loaded.model.config.projection_dim
+    tokenizer = loaded.tokenizer
+    return {
+        "model": config.model.id,
+        "revision": config.model.revision,
+        "opset": config.stages.export.opset,
+        "image_size": size,
+        "context_length": length,
+        "projection_dim": dim,
+        "image": {
+            "file": model_io.IMAGE_MODEL_FILE,
+            "input": {"name": model_io.IMAGE_INPUT, "dtype": "float32", "shape": [1, 3, size, size]},
+            "output": {"name": model_io.IMAGE_OUTPUT, "dtype": "float32", "shape": [1, dim]},
+            "nodes": counts["image"],
+        },
+        "text": {
+            "file": model_io.TEXT_MODEL_FILE,
+            "input": {"name": model_io.TEXT_INPUT, "dtype": "int64", "shape": [1, length]},
+            "output": {"name": model_io.TEXT_OUTPUT, "dtype": "float32", "shape": [1, dim]},
+            "nodes": counts["text"],
+        },
+        "tokenizer": {
+            "file": model_io.TOKENIZER_FILE,
+            "bos_id": tokenizer.bos_token_id,
+            "eos_id": tokenizer.eos_token_id,
+            "pad_id": tokenizer.pad_token_id,
+        },
+    }

@@ -1,0 +1,204 @@
+"""verify: the exported ONNX files are valid, static, NPU-compatible, and match PyTorch on real inputs.
+
+Every check is a report line; all of them run, then the stage fails once listing the failures. The
+golden inputs and the PyTorch reference outputs are saved for the smoke test on the device.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import StageError, ValidationFailed
+from pipeline.files import list_files, write_json
+from pipeline.report import print_checks
+from pipeline.stage import Stage, StageContext, StageResult
+from runtime import model_io
+from runtime.preprocess import PreprocessConfig, open_image, preprocess
+from runtime.tokenizer import ClipTokenizer
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# transformers' CLIPImageProcessor and our numpy/Pillow copy differ only by float rounding.
+PREPROCESS_TOLERANCE = 1e-5
+GOLDEN_DIR = "golden"
+REPORT_FILE = "report.json"
+
+
+class VerifyStage(Stage):
+    name = "verify"
+    help = "Check the ONNX files (opset, static shapes, NPU op table) and compare onnxruntime with PyTorch."
+    after = ("export",)
+    outputs = (REPORT_FILE, f"{GOLDEN_DIR}/golden.json")
+    code_modules = ("modeling.graph_checks", "modeling.op_tables", "modeling.loading", "runtime.preprocess")
+
+    def params(self, config: PipelineConfig) -> dict[str, Any]:
+        return {"model": config.model.model_dump(), **config.stages.verify.model_dump(mode="json")}
+
+    def external_inputs(self, config: PipelineConfig) -> list[Path]:
+        return [config.stages.verify.images]
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from modeling.graph_checks import check_model_file
+        from modeling.op_tables import OP_TABLES
+
+        params = ctx.config.stages.verify
+        export_dir = ctx.upstream("export")
+        info = json.loads((export_dir / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+        table = OP_TABLES[params.target]
+        checks = []
+        for part in ("image", "text"):
+            spec = info[part]
+            checks += check_model_file(
+                export_dir / spec["file"],
+                opset=info["opset"],
+                inputs=[_tensor_spec(spec["input"])],
+                outputs=[_tensor_spec(spec["output"])],
+                table=table,
+            )
+        numeric_checks, numerics = _compare_with_pytorch(ctx, info)
+        checks += numeric_checks
+        failures = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
+        report = {
+            "model": info["model"],
+            "target": params.target,
+            "passed": not failures,
+            "checks": [c.to_json() for c in checks],
+            "numerics": numerics,
+        }
+        write_json(ctx.out_dir / REPORT_FILE, report)
+        write_json(ctx.reports_dir / "verify.json", report)
+        print_checks(f"verify ({params.target})", _terminal_view(checks, params.target))
+        if failures:
+            raise ValidationFailed(self.name, failures, str(ctx.reports_dir / "verify.json"))
+        worst = min(n["min_cosine"] for n in numerics.values())
+        return StageResult(
+            summary=f"{len(checks)} checks passed; onnxruntime vs PyTorch min cosine {worst:.7f}",
+            figures={name: {k: v for k, v in n.items() if k != "samples"} for name, n in numerics.items()},
+        )
+
+
+def _terminal_view(checks: list[Any], target: str) -> list[Any]:
+    """The JSON report keeps a line per operator; the terminal gets one line per file unless one fails."""
+    from modeling.graph_checks import Check
+
+    view, op_counts = [], {}
+    for check in checks:
+        file, sep, _ = check.name.partition(": op ")
+        if sep and check.passed:
+            op_counts[file] = op_counts.get(file, 0) + 1
+        else:
+            view.append(check)
+    for file, count in op_counts.items():
+        view.append(Check(f"{file}: operators", True, f"{count} op types, all in the {target} table"))
+    return view
+
+
+def _tensor_spec(data: dict[str, Any]) -> Any:
+    from onnx import helper
+
+    from modeling.graph_checks import TensorSpec
+
+    elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(data["dtype"]))
+    return TensorSpec(data["name"], elem_type, tuple(data["shape"]))
+
+
+def _golden_images(params_images: Path, limit: int) -> list[Path]:
+    images = [p for p in list_files(params_images) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise StageError(
+            "verify",
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) in {params_images}",
+            hint="set stages.verify.images to a folder of real photos",
+        )
+    return images[:limit]
+
+
+def _compare_with_pytorch(ctx: StageContext, info: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """Run golden inputs through onnxruntime and PyTorch; returns check lines and per-output figures."""
+    import onnxruntime as ort
+    import torch
+
+    from modeling.graph_checks import Check
+    from modeling.loading import load_clip
+
+    params, export_dir = ctx.config.stages.verify, ctx.upstream("export")
+    loaded = load_clip(ctx.config.model, ctx.cache_dir)
+    clip = loaded.model
+    images = _golden_images(params.images, params.max_images)
+    preprocess_cfg = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
+    opened = [open_image(path) for path in images]
+    pixels = np.concatenate([preprocess(image, preprocess_cfg) for image in opened])
+    reference_pixels = loaded.image_processor(images=opened, return_tensors="np")["pixel_values"]
+    tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info["context_length"])
+    ids = np.concatenate([tokenizer.encode(prompt) for prompt in params.prompts])
+    reference_ids = loaded.tokenizer(
+        list(params.prompts), padding="max_length", max_length=info["context_length"], truncation=True
+    )["input_ids"]
+
+    pre_diff = float(np.abs(pixels - reference_pixels).max())
+    checks = [
+        Check("preprocessing vs transformers", pre_diff <= PREPROCESS_TOLERANCE, f"max abs diff {pre_diff:.2e}"),
+        Check(
+            "tokenizer vs transformers",
+            ids.tolist() == list(reference_ids),
+            f"{len(params.prompts)} prompts, ids {'identical' if ids.tolist() == list(reference_ids) else 'differ'}",
+        ),
+    ]
+    with torch.no_grad():
+        torch_image = clip.visual_projection(clip.vision_model(pixel_values=torch.from_numpy(pixels)).pooler_output)
+        torch_text = clip.text_projection(clip.text_model(input_ids=torch.from_numpy(ids)).pooler_output)
+    runs = {
+        model_io.IMAGE_OUTPUT: (info["image"], pixels, torch_image.numpy(), [p.name for p in images]),
+        model_io.TEXT_OUTPUT: (info["text"], ids, torch_text.numpy(), list(params.prompts)),
+    }
+    numerics: dict[str, Any] = {}
+    for output, (spec, inputs, reference, labels) in runs.items():
+        session = ort.InferenceSession(str(export_dir / spec["file"]), providers=["CPUExecutionProvider"])
+        got = np.concatenate([session.run([output], {spec["input"]["name"]: row[None]})[0] for row in inputs])
+        samples = [
+            {"input": label, "cosine": _cosine(a, b), "max_abs_diff": float(np.abs(a - b).max())}
+            for label, a, b in zip(labels, got, reference, strict=True)
+        ]
+        figures = {
+            "min_cosine": min(s["cosine"] for s in samples),
+            "max_abs_diff": max(s["max_abs_diff"] for s in samples),
+            "samples": samples,
+        }
+        numerics[output] = figures
+        checks.append(
+            Check(
+                f"{output}: cosine onnxruntime vs PyTorch",
+                figures["min_cosine"] >= params.min_cosine,
+                f"min {figures['min_cosine']:.7f} over {len(samples)} (need >= {params.min_cosine})",
+            )
+        )
+        checks.append(
+            Check(
+                f"{output}: max abs diff",
+                figures["max_abs_diff"] <= params.max_abs_diff,
+                f"{figures['max_abs_diff']:.2e} (need <= {params.max_abs_diff:g})",
+            )
+        )
+    _save_golden(ctx.out_dir / GOLDEN_DIR, pixels, ids, runs)
+    return checks, numerics
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-300))
+
+
+def _save_golden(directory: Path, pixels: np.ndarray, ids: np.ndarray, runs: dict[str, Any]) -> None:
+    """Inputs and float references for the device smoke test, one row per sample."""
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / f"{model_io.IMAGE_INPUT}.npy", pixels)
+    np.save(directory / f"{model_io.TEXT_INPUT}.npy", ids)
+    manifest: dict[str, Any] = {}
+    for output, (spec, _inputs, reference, labels) in runs.items():
+        np.save(directory / f"{output}.npy", reference.astype(np.float32))
+        manifest[output] = {"model": spec["file"], "input": spec["input"]["name"], "labels": labels}
+    write_json(directory / "golden.json", manifest)

@@ -1,0 +1,72 @@
+"""Invoke entry points: each task parses its options and hands off to the pipeline engine.
+
+`invoke --list` shows them; `invoke all` runs every stale stage of pipeline.yaml in order.
+"""
+
+from __future__ import annotations
+
+from invoke import Collection, Context, task
+
+from pipeline.cli import run_stages, setup_logging, show_status
+from pipeline.runner import RunRequest
+
+_HELP = {
+    "config": "pipeline file (default: pipeline.yaml)",
+    "force": "run the stages even when they are up to date",
+    "dry-run": "say what would run and why, run nothing",
+    "host": "host from the config for the stages that run remotely",
+    "verbose": "log each step",
+}
+
+
+@task(help={**_HELP, "only": "run just this stage, not its stale upstream stages"})
+def all(  # noqa: A001 - `invoke all` is the documented command
+    c: Context,
+    config: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    only: str | None = None,
+    host: str = "local",
+    verbose: bool = False,
+) -> None:
+    """Run every stale stage in order (export, verify, ...) and print a summary."""
+    setup_logging(verbose)
+    targets = (only,) if only else None
+    run_stages(config, RunRequest(targets=targets, force=force, dry_run=dry_run, only=bool(only), host=host))
+
+
+@task(help={"config": _HELP["config"]})
+def status(c: Context, config: str | None = None) -> None:
+    """Show each stage as up to date or stale, and why."""
+    setup_logging(False)
+    show_status(config)
+
+
+def _stage_task(name: str, doc: str) -> object:
+    @task(name=name, help=_HELP)
+    def stage_task(
+        c: Context,
+        config: str | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+        host: str = "local",
+        verbose: bool = False,
+    ) -> None:
+        setup_logging(verbose)
+        run_stages(config, RunRequest(targets=(name,), force=force, dry_run=dry_run, host=host))
+
+    stage_task.__doc__ = f"{doc} Runs stale upstream stages first."
+    stage_task.body.__doc__ = stage_task.__doc__
+    return stage_task
+
+
+def _collection() -> Collection:
+    from stages import ALL_STAGES
+
+    namespace = Collection(all, status)
+    for stage in ALL_STAGES:
+        namespace.add_task(_stage_task(stage.name, stage.help))
+    return namespace
+
+
+ns = _collection()
