@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import BUILTIN_TINY_CLIP, ModelConfig
+from pipeline.config import BUILTIN_MODELS, ModelConfig
 from pipeline.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -26,13 +29,20 @@ class LoadedClip:
 
 
 def resolve_source(model: ModelConfig, cache_dir: Path) -> str:
-    """The id or directory to hand to from_pretrained (materializing the built-in tiny CLIP once)."""
-    if model.id == BUILTIN_TINY_CLIP:
-        from modeling.tiny_clip import make_tiny_clip
+    """The id or directory to hand to from_pretrained (materializing a built-in model once)."""
+    if model.id in BUILTIN_MODELS:
+        from modeling.random_clip import make_random_clip
 
-        target = cache_dir / f"tiny-clip-{model.image_size}-{model.context_length}"
-        if not (target / "model.safetensors").exists():
-            make_tiny_clip(target, image_size=model.image_size, context_length=model.context_length)
+        preset = BUILTIN_MODELS[model.id]
+        target = cache_dir / f"{preset}-clip-{model.image_size}-{model.context_length}"
+        if not target.is_dir():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{preset}-", dir=cache_dir))
+            try:
+                make_random_clip(staging, image_size=model.image_size, context_length=model.context_length, preset=preset)
+                os.replace(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return str(target)
     if model.is_local_dir:
         _check_clip_dir(Path(model.id))

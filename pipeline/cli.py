@@ -34,8 +34,10 @@ def setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False)],
         force=True,
     )
-    for noisy in ("transformers", "onnxslim", "httpx", "huggingface_hub"):
+    for noisy in ("transformers", "onnxslim", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # huggingface_hub prints its own retry warnings (useful on a flaky network); don't print them twice.
+    logging.getLogger("huggingface_hub").propagate = False
 
 
 @contextmanager

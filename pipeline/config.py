@@ -17,6 +17,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pipeline.errors import ConfigError
 
 BUILTIN_TINY_CLIP = "builtin:tiny-clip"
+# Built-in models made on the fly with random weights: id -> size preset (see modeling/random_clip.py).
+BUILTIN_MODELS = {BUILTIN_TINY_CLIP: "tiny", "builtin:random-vit-b-32": "vit-b-32"}
 DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
 # Pulsar2 prefers opset 14 (Axera's CLIP examples use it; optimum's CLIPOnnxConfig defaults to it too).
 DEFAULT_OPSET = 14
@@ -54,8 +56,8 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _resolve_local_dir(self, info: ValidationInfo) -> ModelConfig:
         if self.id.startswith("builtin:"):
-            if self.id != BUILTIN_TINY_CLIP:
-                raise ValueError(f"unknown built-in model {self.id!r}; the only one is {BUILTIN_TINY_CLIP!r}")
+            if self.id not in BUILTIN_MODELS:
+                raise ValueError(f"unknown built-in model {self.id!r}; built-in: {', '.join(BUILTIN_MODELS)}")
             return self
         base = Path((info.context or {}).get("base_dir", "."))
         candidate = (base / Path(self.id).expanduser()).resolve()
@@ -160,7 +162,8 @@ def describe_error(err: Any) -> str:
     bounds = {"less_than_equal": "<=", "less_than": "<", "greater_than_equal": ">=", "greater_than": ">"}
     if kind in bounds:
         bound = next(iter(ctx.values()))
-        return f"{key}: must be {bounds[kind]} {bound} (got {got!r})"
+        shown = f"{bound:g}" if isinstance(bound, (int, float)) else bound
+        return f"{key}: must be {bounds[kind]} {shown} (got {got!r})"
     if kind == "missing":
         return f"{key}: required key is missing"
     if kind == "extra_forbidden":

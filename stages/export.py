@@ -28,7 +28,7 @@ class ExportStage(Stage):
         model_io.PREPROCESSOR_FILE,
         model_io.EXPORT_INFO_FILE,
     )
-    code_modules = ("modeling.encoders", "modeling.loading", "modeling.tiny_clip", "modeling.onnx_export")
+    code_modules = ("modeling.encoders", "modeling.loading", "modeling.random_clip", "modeling.onnx_export")
 
     def params(self, config: PipelineConfig) -> dict[str, Any]:
         return {"model": config.model.model_dump(), **config.stages.export.model_dump()}

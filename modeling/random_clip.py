@@ -1,7 +1,8 @@
-"""A tiny CLIP (small CLIPConfig, random weights) and a real BPE tokenizer, written to a directory.
+"""CLIP model directories with random weights and a real BPE tokenizer, made with no network.
 
-It loads through the same `from_pretrained` path as openai/clip-vit-base-patch32, so the example
-config and the tests exercise the real loading, export and runtime code with no network.
+"tiny" (small CLIPConfig) serves the example config and the tests; "vit-b-32" has the real model's
+shapes for benchmarks. Both load through the same `from_pretrained` path as
+openai/clip-vit-base-patch32, so the real loading, export and runtime code runs on them.
 """
 
 from __future__ import annotations
@@ -82,8 +83,28 @@ def write_tokenizer_files(directory: Path) -> dict[str, int]:
     return vocab
 
 
-def make_tiny_clip(directory: Path, *, image_size: int = 224, context_length: int = 77) -> Path:
-    """Write a complete tiny CLIP model directory (config, safetensors weights, tokenizer, preprocessor)."""
+# Model sizes: "tiny" for tests; "vit-b-32" has openai/clip-vit-base-patch32's shapes for benchmarks
+# (speed does not depend on weight values). Token ids stay below the small tokenizer's vocabulary.
+PRESETS = {
+    "tiny": {
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+        "projection_dim": 64,
+        "vocab_size": None,
+    },
+    "vit-b-32": {
+        "text": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8},
+        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
+        "projection_dim": 512,
+        "vocab_size": 49408,
+    },
+}
+
+
+def make_random_clip(
+    directory: Path, *, image_size: int = 224, context_length: int = 77, preset: str = "tiny"
+) -> Path:
+    """Write a complete CLIP model directory (config, safetensors weights, tokenizer, preprocessor)."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
@@ -91,18 +112,18 @@ def make_tiny_clip(directory: Path, *, image_size: int = 224, context_length: in
     vocab = write_tokenizer_files(directory)
     tokenizer = CLIPTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"))
     tokenizer.model_max_length = context_length
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    dims = PRESETS[preset]
     config = CLIPConfig(
         text_config={
-            **small,
-            "vocab_size": len(vocab),
+            **dims["text"],
+            "vocab_size": dims["vocab_size"] or len(vocab),
             "max_position_embeddings": context_length,
             "bos_token_id": vocab["<|startoftext|>"],
             "eos_token_id": vocab["<|endoftext|>"],
             "pad_token_id": vocab["<|endoftext|>"],
         },
-        vision_config={**small, "image_size": image_size, "patch_size": 32},
-        projection_dim=64,
+        vision_config={**dims["vision"], "image_size": image_size, "patch_size": 32},
+        projection_dim=dims["projection_dim"],
     )
     torch.manual_seed(SEED)
     model = CLIPModel(config).eval()

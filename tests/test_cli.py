@@ -1,0 +1,82 @@
+"""The commands as a user types them: `invoke ...` in a subprocess, exit codes and what is printed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO, tiny_config_dict
+
+
+def invoke(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def test_list_shows_every_task_with_help() -> None:
+    result = invoke("--list")
+    assert result.returncode == 0
+    for name in ("all", "export", "verify", "status"):
+        assert f"\n  {name} " in result.stdout
+
+
+def test_misspelled_key_is_one_line_and_non_zero(tmp_path: Path) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("stages:\n  verfy:\n    min_cosine: 0.9\n")
+    result = invoke("all", "--config", str(config))
+    _assert_one_line_error(result, f"{config}: stages.verfy: unknown key; did you mean 'verify'?")
+
+
+def test_missing_model_directory_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"model": {"id": "./no-such-model"}, "artifacts": str(tmp_path / "a")}))
+    result = invoke("export", "--config", str(config))
+    _assert_one_line_error(result, "model directory", "no-such-model does not exist")
+
+
+def test_unreachable_model_id_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"model": {"id": "openai/clip-vit-base-patch32"}, "artifacts": str(tmp_path / "a")}))
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = invoke("export", "--config", str(config), env=env)
+    _assert_one_line_error(result, "cannot load model 'openai/clip-vit-base-patch32'", "check the id")
+
+
+def test_all_runs_then_reports_up_to_date_and_status_explains_changes(tmp_path: Path) -> None:
+    config = tmp_path / "pipeline.yaml"
+    data = tiny_config_dict(tmp_path / "artifacts")
+    config.write_text(yaml.safe_dump(data))
+    first = invoke("all", "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    assert "export: ran" in first.stdout and "verify: ran" in first.stdout
+    assert "pipeline summary" in first.stdout
+
+    second = invoke("all", "--config", str(config))
+    assert second.returncode == 0
+    assert "export: up to date" in second.stdout and "verify: up to date" in second.stdout
+
+    data["stages"]["verify"]["min_cosine"] = 0.9999
+    config.write_text(yaml.safe_dump(data))
+    status = invoke("status", "--config", str(config))
+    assert "param min_cosine: 0.99999 -> 0.9999" in status.stdout
+    dry = invoke("all", "--config", str(config), "--dry-run")
+    assert "verify: would run" in dry.stdout and "export: up to date" in dry.stdout

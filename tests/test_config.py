@@ -1,0 +1,112 @@
+"""pipeline.yaml validation: every mistake is one line naming the file, the key path and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import BUILTIN_TINY_CLIP, DEFAULT_MODEL_ID, load_config
+from pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_pipeline_is_the_real_model_with_mac_and_pi_hosts() -> None:
+    config = load_config(REPO / "pipeline.yaml")
+    assert config.model.id == DEFAULT_MODEL_ID
+    assert config.hosts["mac"].kind == "ssh" and config.hosts["pi"].kind == "ssh"
+    assert config.stages.export.opset == 14
+
+
+def test_local_example_uses_the_builtin_tiny_clip() -> None:
+    config = load_config(REPO / "examples" / "local.yaml")
+    assert config.model.id == BUILTIN_TINY_CLIP
+    assert config.stages.verify.images == (REPO / "data" / "images").resolve()
+    assert config.artifacts == (REPO / "artifacts" / "local").resolve()
+
+
+def test_misspelled_key_is_named_with_a_suggestion(write_config) -> None:
+    path = write_config({"stages": {"verify": {"min_cosin": 0.9}}})
+    with pytest.raises(ConfigError, match=r"pipeline\.yaml: stages\.verify\.min_cosin: unknown key; did you mean 'min_cosine'\?"):
+        load_config(path)
+
+
+def test_misspelled_host_key_is_named(write_config) -> None:
+    path = write_config({"hosts": {"mac": {"kind": "ssh", "adress": "mac.local"}}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "hosts.mac.adress: unknown key; did you mean 'address'?" in str(caught.value)
+
+
+def test_out_of_range_value_states_the_bound_and_the_value(write_config) -> None:
+    path = write_config({"stages": {"verify": {"min_cosine": 1.5}}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: stages.verify.min_cosine: must be <= 1 (got 1.5)"
+
+
+def test_every_error_is_reported_one_per_line(write_config) -> None:
+    path = write_config({"stages": {"export": {"opset": 3}, "verify": {"max_images": 0}}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith(f"{path}: stages.") for line in lines)
+
+
+def test_ssh_host_needs_an_address(write_config) -> None:
+    path = write_config({"hosts": {"pi": {"kind": "ssh", "user": "pi"}}})
+    with pytest.raises(ConfigError, match=r"hosts\.pi: an ssh host needs 'address'"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_gives_line_and_column(write_config) -> None:
+    path = write_config("model:\n  id: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+: not valid YAML"):
+        load_config(path)
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_a_mapping(write_config) -> None:
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write_config("- a\n- b\n"))
+
+
+def test_relative_paths_resolve_against_the_config_file(write_config, tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    config = load_config(write_config({"artifacts": "out", "stages": {"verify": {"images": "photos"}}}))
+    assert config.artifacts == tmp_path / "out"
+    assert config.stages.verify.images == tmp_path / "photos"
+
+
+def test_existing_local_model_dir_is_resolved(write_config, tmp_path: Path) -> None:
+    (tmp_path / "my-clip").mkdir()
+    config = load_config(write_config({"model": {"id": "my-clip"}}))
+    assert config.model.is_local_dir and config.model.id == str(tmp_path / "my-clip")
+
+
+def test_hugging_face_id_stays_an_id(write_config) -> None:
+    config = load_config(write_config({"model": {"id": "openai/clip-vit-base-patch32"}}))
+    assert not config.model.is_local_dir
+
+
+def test_unknown_builtin_model_is_rejected(write_config) -> None:
+    with pytest.raises(ConfigError, match="unknown built-in model 'builtin:huge'; built-in: builtin:tiny-clip"):
+        load_config(write_config({"model": {"id": "builtin:huge"}}))
+
+
+def test_config_is_frozen(write_config) -> None:
+    config = load_config(write_config({}))
+    with pytest.raises(ValueError):
+        config.stages.export.opset = 13  # type: ignore[misc]
+
+
+def test_unknown_host_name_lists_the_known_ones(write_config) -> None:
+    config = load_config(REPO / "pipeline.yaml")
+    with pytest.raises(ConfigError, match="unknown host 'mack'.*local, mac, pi"):
+        config.host("mack")

@@ -1,0 +1,259 @@
+"""The engine's decisions, on two small stages that write files: what reruns, what is kept, and why."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline import files
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import GraphError, RunLockedError, StageError
+from pipeline.graph import StageGraph
+from pipeline.runlock import run_lock
+from pipeline.runner import Outcome, RunRequest, plan, run
+from pipeline.stage import Stage, StageContext, StageResult
+
+
+class Produce(Stage):
+    """Writes a file whose content is its param (stages.export.opset)."""
+
+    name = "produce"
+    help = "toy upstream stage"
+    outputs = ("value.txt",)
+
+    def params(self, config: PipelineConfig) -> dict[str, Any]:
+        return {"opset": config.stages.export.opset}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        (ctx.out_dir / "value.txt").write_text(str(ctx.config.stages.export.opset))
+        return StageResult("wrote value")
+
+
+class Consume(Stage):
+    """Reads produce's output; fails when stages.verify.max_images is 13."""
+
+    name = "consume"
+    help = "toy downstream stage"
+    after = ("produce",)
+    outputs = ("double.txt",)
+
+    def params(self, config: PipelineConfig) -> dict[str, Any]:
+        return {"max_images": config.stages.verify.max_images}
+
+    def external_inputs(self, config: PipelineConfig) -> list[Path]:
+        return [config.stages.verify.images]
+
+    def run(self, ctx: StageContext) -> StageResult:
+        if ctx.config.stages.verify.max_images == 13:
+            (ctx.out_dir / "double.txt").write_text("half-written")
+            raise StageError(self.name, "unlucky number")
+        value = int((ctx.upstream("produce") / "value.txt").read_text())
+        (ctx.out_dir / "double.txt").write_text(str(2 * value * ctx.config.stages.verify.max_images))
+        return StageResult("doubled")
+
+
+GRAPH = StageGraph([Produce(), Consume()])
+
+
+def _config(tmp_path: Path, opset: int = 14, max_images: int = 4) -> PipelineConfig:
+    path = tmp_path / "pipeline.yaml"
+    data = {
+        "artifacts": "artifacts",
+        "stages": {"export": {"opset": opset}, "verify": {"max_images": max_images, "images": "photos"}},
+    }
+    (tmp_path / "photos").mkdir(exist_ok=True)
+    if not (tmp_path / "photos/a.jpg").exists():
+        (tmp_path / "photos/a.jpg").write_text("pixels")
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path)
+
+
+def _results(config: PipelineConfig, **request: Any) -> dict[str, Outcome]:
+    return {o.stage: o.outcome for o in run(config, GRAPH, RunRequest(**request))}
+
+
+def _why(config: PipelineConfig, stage: str) -> tuple[str, ...]:
+    return dict((s.name, d.reasons) for s, d in plan(config, GRAPH, RunRequest()))[stage]
+
+
+def test_first_run_runs_everything_and_records_it(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    assert _results(config) == {"produce": Outcome.RAN, "consume": Outcome.RAN}
+    lock = json.loads((config.artifacts / "pipeline.lock.json").read_text())
+    record = lock["stages"]["consume"]
+    assert record["params"] == {"max_images": 4}
+    assert set(record["inputs"]) == {"produce/value.txt", str(tmp_path / "photos/a.jpg")}
+    assert record["outputs"]["double.txt"]["sha256"] == files.sha256_file(config.artifacts / "consume/double.txt")
+    assert {"torch", "onnx", "onnxruntime", "transformers"} <= set(record["tools"])
+    assert record["host"] == "local" and record["seconds"] >= 0
+
+
+def test_rerun_skips_unchanged_stages(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _results(config)
+    assert _results(config) == {"produce": Outcome.UP_TO_DATE, "consume": Outcome.UP_TO_DATE}
+
+
+def test_param_change_reruns_that_stage_and_downstream_only(tmp_path: Path) -> None:
+    _results(_config(tmp_path))
+    changed_downstream = _config(tmp_path, max_images=5)
+    assert _why(changed_downstream, "consume") == ("param max_images: 4 -> 5",)
+    assert _results(changed_downstream) == {"produce": Outcome.UP_TO_DATE, "consume": Outcome.RAN}
+
+    changed_upstream = _config(tmp_path, opset=13, max_images=5)
+    assert _why(changed_upstream, "produce") == ("param opset: 14 -> 13",)
+    assert _why(changed_upstream, "consume") == ("upstream produce will run first",)
+    assert _results(changed_upstream) == {"produce": Outcome.RAN, "consume": Outcome.RAN}
+    assert (changed_upstream.artifacts / "consume/double.txt").read_text() == str(2 * 13 * 5)
+
+
+def test_deleted_output_reruns_its_stage_and_status_says_so(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _results(config)
+    (config.artifacts / "consume/double.txt").unlink()
+    assert _why(config, "consume") == ("output consume/double.txt missing",)
+    assert _why(config, "produce") == ()
+    assert _results(config) == {"produce": Outcome.UP_TO_DATE, "consume": Outcome.RAN}
+
+
+def test_edited_output_reruns_its_stage_first(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _results(config)
+    (config.artifacts / "produce/value.txt").write_text("99")
+    assert _why(config, "produce") == ("output produce/value.txt modified since it was written",)
+    assert _why(config, "consume") == ("upstream produce will run first",)
+    assert _results(config) == {"produce": Outcome.RAN, "consume": Outcome.UP_TO_DATE}
+
+
+def test_changed_added_and_removed_inputs_are_named(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _results(config)
+    photos = tmp_path / "photos"
+    (photos / "a.jpg").write_text("other pixels")
+    assert _why(config, "consume") == (f"input {photos / 'a.jpg'} changed",)
+    (photos / "b.jpg").write_text("new")
+    (photos / "a.jpg").unlink()
+    assert _why(config, "consume") == (f"input {photos / 'a.jpg'} removed", f"input {photos / 'b.jpg'} added")
+
+
+def test_failed_stage_keeps_last_good_outputs_and_is_retried(tmp_path: Path) -> None:
+    _results(_config(tmp_path))
+    good = (tmp_path / "artifacts/consume/double.txt").read_text()
+    failing = _config(tmp_path, max_images=13)
+    outcomes = run(failing, GRAPH, RunRequest())
+    assert outcomes[1].outcome is Outcome.FAILED and "unlucky number" in outcomes[1].summary
+    assert (failing.artifacts / "consume/double.txt").read_text() == good
+    assert not any((failing.artifacts / ".tmp").iterdir())
+    assert _why(failing, "consume") == ("param max_images: 4 -> 13",)
+
+
+def test_downstream_of_a_failure_is_skipped(tmp_path: Path) -> None:
+    class Broken(Produce):
+        def run(self, ctx: StageContext) -> StageResult:
+            raise StageError(self.name, "boom")
+
+    outcomes = run(_config(tmp_path), StageGraph([Broken(), Consume()]), RunRequest())
+    assert [o.outcome for o in outcomes] == [Outcome.FAILED, Outcome.SKIPPED]
+    assert outcomes[1].why == ("upstream produce failed",)
+
+
+def test_force_reruns_up_to_date_stages(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _results(config)
+    assert _results(config, force=True) == {"produce": Outcome.RAN, "consume": Outcome.RAN}
+
+
+def test_dry_run_reports_and_writes_nothing(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    assert _results(config, dry_run=True) == {"produce": Outcome.WOULD_RUN, "consume": Outcome.WOULD_RUN}
+    assert not (config.artifacts / "produce").exists()
+
+
+def test_target_runs_its_upstream_but_not_downstream(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    assert _results(config, targets=("produce",)) == {"produce": Outcome.RAN}
+    assert _results(config, targets=("consume",)) == {"produce": Outcome.UP_TO_DATE, "consume": Outcome.RAN}
+
+
+def test_only_runs_a_single_stage_and_needs_its_upstream_outputs(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    outcomes = run(config, GRAPH, RunRequest(targets=("consume",), only=True))
+    assert [o.stage for o in outcomes] == ["consume"]
+    assert outcomes[0].outcome is Outcome.FAILED and "run them first" in outcomes[0].summary
+
+
+def test_unchanged_files_are_not_rehashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config(tmp_path)
+    _results(config)
+    calls: list[Path] = []
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda path: calls.append(path) or real(path))
+    assert _results(config) == {"produce": Outcome.UP_TO_DATE, "consume": Outcome.UP_TO_DATE}
+    assert calls == []
+    os.utime(config.artifacts / "produce/value.txt", ns=(1, 1))
+    assert _results(config) == {"produce": Outcome.UP_TO_DATE, "consume": Outcome.UP_TO_DATE}
+    assert config.artifacts / "produce/value.txt" in calls
+
+
+def _hold_lock(artifacts: str, ready: multiprocessing.Event, release: multiprocessing.Event) -> None:
+    with run_lock(Path(artifacts)):
+        ready.set()
+        release.wait(10)
+
+
+def test_second_concurrent_run_is_refused(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_lock, args=(str(config.artifacts), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(RunLockedError, match=rf"another pipeline run \(pid {holder.pid}\)"):
+            run(config, GRAPH, RunRequest())
+    finally:
+        release.set()
+        holder.join(10)
+    assert _results(config)["consume"] is Outcome.RAN
+
+
+def test_interrupted_swap_is_recovered(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _results(config)
+    stage_dir = config.artifacts / "consume"
+    os.replace(stage_dir, stage_dir.with_name("consume.old"))
+    assert _results(config)["consume"] is Outcome.UP_TO_DATE
+    assert stage_dir.is_dir()
+
+
+def test_unreadable_lock_file_says_what_to_do(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _results(config)
+    (config.artifacts / "pipeline.lock.json").write_text("{not json")
+    with pytest.raises(Exception, match="lock file is unreadable.*delete it"):
+        _results(config)
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([Produce(), Produce()], "declared twice"),
+        ([Consume()], "unknown stage 'produce'"),
+    ],
+)
+def test_malformed_graphs_are_rejected(stages: list[Stage], message: str) -> None:
+    with pytest.raises(GraphError, match=message):
+        StageGraph(stages)
+
+
+def test_cycles_are_rejected() -> None:
+    class Loop(Produce):
+        after = ("consume",)
+
+    with pytest.raises(GraphError, match="cycle"):
+        StageGraph([Loop(), Consume()])

@@ -1,0 +1,144 @@
+"""export and verify on the tiny CLIP, through the real loading, export and onnxruntime code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from modeling.graph_checks import check_operators
+from modeling.op_tables import AX650
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelLoadError
+from pipeline.graph import StageGraph
+from pipeline.runner import Outcome, RunRequest, plan, run
+from runtime import model_io
+from stages import ALL_STAGES
+
+GRAPH = StageGraph(ALL_STAGES)
+
+
+def _io(path: Path) -> dict[str, tuple[int, list]]:
+    model = onnx.load(str(path))
+    values = [*model.graph.input, *model.graph.output]
+    return {
+        v.name: (v.type.tensor_type.elem_type, [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim])
+        for v in values
+    }
+
+
+def test_exported_files_have_opset_14_static_shapes_and_the_contract_names(built_artifacts: Path) -> None:
+    export = built_artifacts / "export"
+    for name in ("image_encoder.onnx", "text_encoder.onnx"):
+        model = onnx.load(str(export / name))
+        assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [14]
+    assert _io(export / model_io.IMAGE_MODEL_FILE) == {
+        "pixel_values": (onnx.TensorProto.FLOAT, [1, 3, 224, 224]),
+        "image_embeds": (onnx.TensorProto.FLOAT, [1, 64]),
+    }
+    assert _io(export / model_io.TEXT_MODEL_FILE) == {
+        "input_ids": (onnx.TensorProto.INT64, [1, 77]),
+        "text_embeds": (onnx.TensorProto.FLOAT, [1, 64]),
+    }
+    for name in ("tokenizer.json", "preprocessor_config.json", "export.json"):
+        assert (export / name).is_file()
+
+
+def test_verify_report_shows_near_identical_outputs(built_artifacts: Path) -> None:
+    report = json.loads((built_artifacts / "verify/report.json").read_text())
+    assert report["passed"] and all(check["passed"] for check in report["checks"])
+    for output in ("image_embeds", "text_embeds"):
+        assert report["numerics"][output]["min_cosine"] >= 0.99999
+    names = [check["check"] for check in report["checks"]]
+    assert "text_encoder.onnx: op ArgMax x1" in names
+    assert "tokenizer vs transformers" in names and "preprocessing vs transformers" in names
+
+
+def test_golden_files_reproduce_through_onnxruntime(built_artifacts: Path) -> None:
+    golden, export = built_artifacts / "verify/golden", built_artifacts / "export"
+    manifest = json.loads((golden / "golden.json").read_text())
+    assert manifest["image_embeds"]["labels"] == ["astronaut.jpg", "bricks.jpg"]
+    ids = np.load(golden / "input_ids.npy")
+    assert ids.dtype == np.int64 and ids.shape[1] == 77
+    session = ort.InferenceSession(str(export / model_io.TEXT_MODEL_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": ids[:1]})[0]
+    np.testing.assert_allclose(got, np.load(golden / "text_embeds.npy")[:1], atol=1e-4)
+
+
+def test_rerun_reports_every_stage_up_to_date(tiny_pipeline) -> None:
+    config = tiny_pipeline()
+    assert [o.outcome for o in run(config, GRAPH, RunRequest())] == [Outcome.UP_TO_DATE, Outcome.UP_TO_DATE]
+
+
+def test_verify_param_change_reruns_verify_only(tiny_pipeline) -> None:
+    config = tiny_pipeline(verify={"max_images": 3})
+    reasons = {stage.name: d.reasons for stage, d in plan(config, GRAPH, RunRequest())}
+    assert reasons == {"export": (), "verify": ("param max_images: 2 -> 3",)}
+    outcomes = {o.stage: o.outcome for o in run(config, GRAPH, RunRequest())}
+    assert outcomes == {"export": Outcome.UP_TO_DATE, "verify": Outcome.RAN}
+    manifest = json.loads((config.artifacts / "verify/golden/golden.json").read_text())
+    assert len(manifest["image_embeds"]["labels"]) == 3
+
+
+def test_failed_verification_lists_failures_and_keeps_the_last_good_report(tiny_pipeline) -> None:
+    config = tiny_pipeline(verify={"max_abs_diff": 1e-12})
+    before = (config.artifacts / "verify/report.json").read_bytes()
+    outcomes = {o.stage: o for o in run(config, GRAPH, RunRequest())}
+    failed = outcomes["verify"]
+    assert failed.outcome is Outcome.FAILED
+    assert "max abs diff" in failed.summary and "full report:" in failed.summary
+    assert (config.artifacts / "verify/report.json").read_bytes() == before
+    attempt = json.loads((config.artifacts / "reports/verify.json").read_text())
+    assert attempt["passed"] is False
+
+
+def test_verify_without_images_says_where_to_put_them(tiny_pipeline, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = tiny_pipeline(verify={"images": str(empty)})
+    outcome = run(config, GRAPH, RunRequest())[1]
+    assert outcome.outcome is Outcome.FAILED and "no images" in outcome.summary
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
+    from modeling.loading import load_clip
+
+    with pytest.raises(ModelLoadError, match="model directory .* does not exist"):
+        load_clip(ModelConfig(id=str(tmp_path / "nope")), tmp_path)
+
+
+def test_directory_that_is_not_clip_is_a_clear_error(tmp_path: Path) -> None:
+    from modeling.loading import load_clip
+
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert/config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelLoadError, match="holds a 'bert' model, not a CLIP model"):
+        load_clip(ModelConfig(id=str(tmp_path / "bert")), tmp_path)
+
+
+def test_full_size_vit_b32_exports_with_only_ax650_operators(tmp_path: Path) -> None:
+    """ViT-B/32 shapes (random weights): the real model's graph must fit the NPU's operator table."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from modeling.encoders import ImageEncoder, TextEncoder
+    from modeling.onnx_export import export_onnx
+
+    config = CLIPConfig(text_config={"eos_token_id": 2}, vision_config={"patch_size": 32}, projection_dim=512)
+    config._attn_implementation = "eager"
+    clip = CLIPModel(config).eval()
+    cases = {
+        "image": (ImageEncoder(clip), torch.zeros(1, 3, 224, 224), "pixel_values", "image_embeds"),
+        "text": (TextEncoder(clip, eos_token_id=49407), torch.full((1, 77), 49407), "input_ids", "text_embeds"),
+    }
+    for name, (module, example, input_name, output_name) in cases.items():
+        path = tmp_path / f"{name}.onnx"
+        export_onnx(module, example, path, input_name=input_name, output_name=output_name, opset=14, simplify=True)
+        model = onnx.load(str(path))
+        failures = [c for c in check_operators(path.name, model, AX650) if not c.passed]
+        assert failures == [], failures
+        assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, 512]

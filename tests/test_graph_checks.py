@@ -1,0 +1,122 @@
+"""The AX650 operator checks, on small hand-built ONNX graphs that break one documented limit each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from modeling.graph_checks import TensorSpec, check_model_file, check_operators
+from modeling.op_tables import AX650
+
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+
+
+def _model(nodes: list[onnx.NodeProto], inputs=(X,), outputs=(Y,), initializers=(), opset: int = 14) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", list(inputs), list(outputs), initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _failures(model: onnx.ModelProto) -> dict[str, str]:
+    return {c.name.split(": op ")[1]: c.detail for c in check_operators("m.onnx", model, AX650) if not c.passed}
+
+
+def test_supported_graph_passes() -> None:
+    model = _model([helper.make_node("Relu", ["x"], ["y"])])
+    assert _failures(model) == {}
+
+
+def test_cast_to_int64_is_flagged() -> None:
+    y64 = helper.make_tensor_value_info("y", TensorProto.INT64, [1, 4])
+    model = _model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.INT64)], outputs=(y64,))
+    assert _failures(model) == {"Cast x1": "Cast: Cast to INT64 is not supported"}
+
+
+def test_gather_with_2d_indices_is_flagged_and_1d_passes() -> None:
+    table = numpy_helper.from_array(np.zeros((10, 4), np.float32), "table")
+    ids2 = helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])
+    model = _model([helper.make_node("Gather", ["table", "ids"], ["y"])], (ids2,), (out,), (table,))
+    assert "indices have rank 2" in _failures(model)["Gather x1"]
+    ids1 = helper.make_tensor_value_info("ids", TensorProto.INT64, [3])
+    out1 = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])
+    assert _failures(_model([helper.make_node("Gather", ["table", "ids"], ["y"])], (ids1,), (out1,), (table,))) == {}
+
+
+def test_argmax_select_last_index_is_flagged() -> None:
+    out = helper.make_tensor_value_info("y", TensorProto.INT64, [1])
+    model = _model([helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0, select_last_index=1)], outputs=(out,))
+    assert "select_last_index=1" in _failures(model)["ArgMax x1"]
+
+
+def test_pow_needs_a_scalar_constant_exponent() -> None:
+    exponent = helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])
+    model = _model([helper.make_node("Pow", ["x", "e"], ["y"])], inputs=(X, exponent))
+    assert _failures(model) == {"Pow x1": "Pow: exponent must be a scalar initializer"}
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    assert _failures(_model([helper.make_node("Pow", ["x", "two"], ["y"])], initializers=(two,))) == {}
+
+
+def test_operator_missing_from_the_table_is_flagged() -> None:
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])
+    square = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
+    model = _model([helper.make_node("Trilu", ["x"], ["y"])], inputs=(square,), outputs=(out,))
+    assert _failures(model) == {"Trilu x1": "Trilu: not in the ax650 operator table"}
+
+
+def test_gemm_with_alpha_is_flagged() -> None:
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    model = _model([helper.make_node("Gemm", ["x", "w"], ["y"], alpha=0.5)], initializers=(w,))
+    assert "alpha/beta" in _failures(model)["Gemm x1"]
+
+
+def _save(model: onnx.ModelProto, tmp_path: Path) -> Path:
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_file_checks_catch_opset_and_symbolic_dims(tmp_path: Path) -> None:
+    dynamic = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    path = _save(_model([helper.make_node("Relu", ["x"], ["y"])], inputs=(dynamic,), opset=13), tmp_path)
+    checks = check_model_file(
+        path,
+        opset=14,
+        inputs=[TensorSpec("x", TensorProto.FLOAT, (1, 4))],
+        outputs=[TensorSpec("y", TensorProto.FLOAT, (1, 4))],
+        table=AX650,
+    )
+    failed = {c.name: c.detail for c in checks if not c.passed}
+    assert failed == {
+        "m.onnx: opset": "opset 13, expected 14",
+        "m.onnx: input x": "symbolic dims ['batch'] in float ['batch', 4]; export with static shapes",
+    }
+
+
+def test_file_checks_catch_wrong_names_and_dtypes(tmp_path: Path) -> None:
+    path = _save(_model([helper.make_node("Relu", ["x"], ["y"])]), tmp_path)
+    checks = check_model_file(
+        path,
+        opset=14,
+        inputs=[TensorSpec("pixel_values", TensorProto.FLOAT, (1, 4))],
+        outputs=[TensorSpec("y", TensorProto.INT64, (1, 4))],
+        table=AX650,
+    )
+    failed = {c.name: c.detail for c in checks if not c.passed}
+    assert failed["m.onnx: inputs"] == "unexpected inputs ['x']"
+    assert failed["m.onnx: input pixel_values"].startswith("missing")
+    assert failed["m.onnx: output y"] == "float [1, 4], expected y int64 [1, 4]"
+
+
+@pytest.mark.parametrize("garbage", [b"", b"not an onnx file"])
+def test_invalid_file_fails_the_checker(tmp_path: Path, garbage: bytes) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(garbage)
+    checks = check_model_file(path, opset=14, inputs=[], outputs=[], table=AX650)
+    assert [c.passed for c in checks] == [False]
