@@ -39,7 +39,9 @@ def resolve_source(model: ModelConfig, cache_dir: Path) -> str:
             cache_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".tmp-{preset}-", dir=cache_dir))
             try:
-                make_random_clip(staging, image_size=model.image_size, context_length=model.context_length, preset=preset)
+                make_random_clip(
+                    staging, image_size=model.image_size, context_length=model.context_length, preset=preset
+                )
                 os.replace(staging, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -101,9 +101,7 @@ PRESETS = {
 }
 
 
-def make_random_clip(
-    directory: Path, *, image_size: int = 224, context_length: int = 77, preset: str = "tiny"
-) -> Path:
+def make_random_clip(directory: Path, *, image_size: int = 224, context_length: int = 77, preset: str = "tiny") -> Path:
     """Write a complete CLIP model directory (config, safetensors weights, tokenizer, preprocessor)."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer

@@ -55,7 +55,8 @@ def test_missing_model_directory_is_one_line(tmp_path: Path) -> None:
 
 def test_unreachable_model_id_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({"model": {"id": "openai/clip-vit-base-patch32"}, "artifacts": str(tmp_path / "a")}))
+    data = {"model": {"id": "openai/clip-vit-base-patch32"}, "artifacts": str(tmp_path / "a")}
+    config.write_text(yaml.safe_dump(data))
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     result = invoke("export", "--config", str(config), env=env)
     _assert_one_line_error(result, "cannot load model 'openai/clip-vit-base-patch32'", "check the id")

@@ -235,7 +235,7 @@ def test_unreadable_lock_file_says_what_to_do(tmp_path: Path) -> None:
     config = _config(tmp_path)
     _results(config)
     (config.artifacts / "pipeline.lock.json").write_text("{not json")
-    with pytest.raises(Exception, match="lock file is unreadable.*delete it"):
+    with pytest.raises(Exception, match=r"lock file is unreadable.*delete it"):
         _results(config)
 
 

@@ -107,7 +107,7 @@ def test_verify_without_images_says_where_to_put_them(tiny_pipeline, tmp_path: P
 def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
     from modeling.loading import load_clip
 
-    with pytest.raises(ModelLoadError, match="model directory .* does not exist"):
+    with pytest.raises(ModelLoadError, match=r"model directory .* does not exist"):
         load_clip(ModelConfig(id=str(tmp_path / "nope")), tmp_path)
 
 
