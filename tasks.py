@@ -14,25 +14,24 @@ _HELP = {
     "config": "pipeline file (default: pipeline.yaml)",
     "force": "run the stages even when they are up to date",
     "dry-run": "say what would run and why, run nothing",
-    "host": "host from the config for the stages that run remotely",
+    "host": "host from the config to run this stage on (compile: the build host, fetch: the device)",
     "verbose": "log each step",
 }
 
 
-@task(help={**_HELP, "only": "run just this stage, not its stale upstream stages"})
+@task(help={**{k: v for k, v in _HELP.items() if k != "host"}, "only": "run just this stage, not its upstream"})
 def all(  # noqa: A001 - `invoke all` is the documented command
     c: Context,
     config: str | None = None,
     force: bool = False,
     dry_run: bool = False,
     only: str | None = None,
-    host: str = "local",
     verbose: bool = False,
 ) -> None:
     """Run every stale stage in order (export, verify, ...) and print a summary."""
     setup_logging(verbose)
     targets = (only,) if only else None
-    run_stages(config, RunRequest(targets=targets, force=force, dry_run=dry_run, only=bool(only), host=host))
+    run_stages(config, RunRequest(targets=targets, force=force, dry_run=dry_run, only=bool(only)))
 
 
 @task(help={"config": _HELP["config"]})
@@ -49,11 +48,11 @@ def _stage_task(name: str, doc: str) -> object:
         config: str | None = None,
         force: bool = False,
         dry_run: bool = False,
-        host: str = "local",
+        host: str | None = None,
         verbose: bool = False,
     ) -> None:
         setup_logging(verbose)
-        run_stages(config, RunRequest(targets=(name,), force=force, dry_run=dry_run, host=host))
+        run_stages(config, RunRequest(targets=(name,), force=force, dry_run=dry_run), host=host)
 
     stage_task.__doc__ = f"{doc} Runs stale upstream stages first."
     stage_task.body.__doc__ = stage_task.__doc__

@@ -73,10 +73,13 @@ class ConsoleReporter:
         console.print(line)
 
 
-def run_stages(config_path: str | None, request: RunRequest) -> None:
+def run_stages(config_path: str | None, request: RunRequest, host: str | None = None) -> None:
+    """Run the request; `host` replaces the host of the one targeted stage (`invoke compile --host mac`)."""
     with user_errors():
         config = load(config_path)
-        config.host(request.host)
+        if host is not None:
+            for target in request.targets or ():
+                config = config.with_host(target, host)
         started = time.perf_counter()
         outcomes = run(config, graph(), request, ConsoleReporter())
         wall = time.perf_counter() - started

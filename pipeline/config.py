@@ -72,25 +72,41 @@ class ModelConfig(Strict):
 
 
 class HostConfig(Strict):
-    """Where a stage runs: this machine, or an SSH host (address or ssh_config alias)."""
+    """Where a stage runs: this machine, or an SSH host (address or ssh_config alias).
+
+    A local host's relative workdir is resolved against the config file, like every other path.
+    """
 
     kind: Literal["local", "ssh"] = "ssh"
     address: str | None = None
     user: str | None = None
-    port: int = Field(22, ge=1, le=65535)
+    port: int | None = Field(None, ge=1, le=65535)  # None: ssh_config's Port, else 22
     key: str | None = None
+    known_hosts: str | None = None  # extra known_hosts file, besides ~/.ssh/known_hosts
+    trust_new_host_key: bool = False  # accept (and remember) an unknown host key: explicit, never silent
     workdir: str = "~/clip-axera"
     connect_timeout: float = Field(15.0, gt=0, le=300)
-    command_timeout: float = Field(3600.0, gt=0)
-    trust_new_host_key: bool = False
-    docker: str | None = None
+    command_timeout: float = Field(3 * 3600.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)  # reconnect attempts on connection errors (never on auth errors)
+    docker: str | None = None  # docker binary; found on PATH or in the usual macOS places when unset
+    min_free_gb: float = Field(5.0, ge=0)
     python: str = "python3"
 
     @model_validator(mode="after")
-    def _ssh_needs_address(self) -> HostConfig:
+    def _check(self, info: ValidationInfo) -> HostConfig:
         if self.kind == "ssh" and not self.address:
             raise ValueError("an ssh host needs 'address' (a hostname, IP or ssh_config alias)")
+        if self.kind == "local" and not self.workdir.startswith(("/", "~")):
+            base = Path((info.context or {}).get("base_dir", "."))
+            object.__setattr__(self, "workdir", str((base / self.workdir).resolve()))
         return self
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return "this machine"
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{self.address}{port}"
 
 
 class ExportParams(Strict):
@@ -107,9 +123,58 @@ class VerifyParams(Strict):
     max_abs_diff: float = Field(1e-3, gt=0)
 
 
+class CalibrateParams(Strict):
+    images: ConfigPath = Path("data/images")
+    image_count: int = Field(32, ge=1, le=10000)
+    prompts: ConfigPath = Path("data/calibration_prompts.txt")  # one prompt a line
+    text_count: int = Field(32, ge=1, le=10000)
+    seed: int = 0  # which files and prompts are chosen when there are more than the counts
+
+
+class Pulsar2Params(Strict):
+    """Keys of the `pulsar2 build` JSON config, spelled as Axera's pulsar2 docs spell them."""
+
+    image: str = "pulsar2:5.1"  # the docker image loaded on the build host (`docker load -i ...`)
+    target_hardware: Literal["AX650", "AX620E", "AX615", "M76H", "M57"] = "AX650"
+    npu_mode: Literal["NPU1", "NPU2", "NPU3"] = "NPU1"
+    precision_analysis: bool = True
+    precision_analysis_method: Literal["PerLayer", "EndToEnd"] = "PerLayer"
+    precision_analysis_mode: Literal["Reference", "NPUBackend"] = "Reference"
+    conv_bias_data_type: Literal["S32", "FP32"] = "S32"
+    transformer_opt_level: int = Field(0, ge=0, le=2)
+    enable_smooth_quant: bool = False
+    compiler_check: int = Field(0, ge=0, le=3)
+    npu_perf: bool = False
+    platform: str | None = None  # e.g. linux/amd64; set automatically on an arm64 build host
+
+    @model_validator(mode="after")
+    def _npu_mode_fits(self) -> Pulsar2Params:
+        if self.target_hardware != "AX650" and self.npu_mode == "NPU3":
+            raise ValueError(f"npu_mode NPU3 exists only on AX650, not {self.target_hardware}")
+        return self
+
+
+class CompileParams(Strict):
+    target: Literal["pulsar2", "onnxruntime"] = "pulsar2"
+    host: str = "local"  # the build host (pulsar2 target); `invoke compile --host NAME` overrides
+    data_type: Literal["U16", "U8"] = "U16"  # activation precision
+    calibration_method: Literal["MinMax", "Percentile", "MSE", "KL"] = "MinMax"
+    calibration_size: int = Field(32, ge=1, le=10000)
+    min_cosine: float = Field(0.98, ge=0, le=1)  # quantized vs float (Axera's documented bar is 0.98)
+    pulsar2: Pulsar2Params = Pulsar2Params()
+
+
+class FetchParams(Strict):
+    host: str = "local"  # the device; `invoke fetch --host NAME` overrides
+    models_dir: str = "models"  # relative to the host's workdir, or absolute
+
+
 class StagesConfig(Strict):
     export: ExportParams = ExportParams()
     verify: VerifyParams = VerifyParams()
+    calibrate: CalibrateParams = CalibrateParams()
+    compile: CompileParams = CompileParams()
+    fetch: FetchParams = FetchParams()
 
 
 class PipelineConfig(Strict):
@@ -119,6 +184,24 @@ class PipelineConfig(Strict):
     artifacts: ConfigPath = Path("artifacts")
     hosts: dict[str, HostConfig] = Field(default_factory=lambda: {"local": HostConfig(kind="local")})
     stages: StagesConfig = StagesConfig()
+
+    @model_validator(mode="after")
+    def _stage_hosts_exist(self) -> PipelineConfig:
+        for stage in ("compile", "fetch"):
+            name = getattr(self.stages, stage).host
+            if name != "local" and name not in self.hosts:
+                known = ", ".join(sorted(self.hosts)) or "none"
+                raise ValueError(f"stages.{stage}.host {name!r} is not in hosts (hosts: {known})")
+        return self
+
+    def with_host(self, stage: str, host: str) -> PipelineConfig:
+        """This config with `stages.<stage>.host` replaced (what `--host` does for the named stage)."""
+        self.host(host)
+        params = getattr(self.stages, stage)
+        if "host" not in type(params).model_fields:
+            raise ConfigError(f"stage {stage!r} does not run on a host; drop --host")
+        stages = self.stages.model_copy(update={stage: params.model_copy(update={"host": host})})
+        return self.model_copy(update={"stages": stages})
 
     def host(self, name: str) -> HostConfig:
         if name == "local" and name not in self.hosts:

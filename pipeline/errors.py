@@ -44,6 +44,32 @@ class ValidationFailed(StageError):
         super().__init__(stage, f"{len(failures)} check(s) failed: {listed}", hint=f"full report: {report_path}")
 
 
+class HostError(PipelineError):
+    """A host could not be reached, or a command on it failed; carries the host and the output tail."""
+
+    def __init__(
+        self,
+        host: str,
+        message: str,
+        *,
+        hint: str = "",
+        command: str = "",
+        exit_code: int | None = None,
+        tail: list[str] | None = None,
+    ) -> None:
+        self.host = host
+        self.command = command
+        self.exit_code = exit_code
+        self.tail = tail or []
+        super().__init__(f"{host}: {message}", hint=hint)
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.tail:
+            text += "\n  last lines of output:\n" + "\n".join(f"    {line}" for line in self.tail)
+        return text
+
+
 class RunLockedError(PipelineError):
     """Another pipeline run holds the artifacts directory."""
 

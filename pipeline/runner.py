@@ -71,7 +71,6 @@ class RunRequest:
     force: bool = False
     dry_run: bool = False
     only: bool = False
-    host: str = "local"
 
 
 def plan(config: PipelineConfig, graph: StageGraph, request: RunRequest) -> list[tuple[Stage, Decision]]:
@@ -132,7 +131,7 @@ def _run_locked(
             else:
                 why = decision.reasons or ("forced",)
                 reporter.stage_started(stage.name, why)
-                outcome = _run_stage(stage, config, request.host, tools, why, records)
+                outcome = _run_stage(stage, config, tools, why, records)
                 if outcome.outcome is Outcome.FAILED:
                     broken.add(stage.name)
         outcomes.append(outcome)
@@ -143,7 +142,6 @@ def _run_locked(
 def _run_stage(
     stage: Stage,
     config: PipelineConfig,
-    host: str,
     tools: dict[str, str],
     why: tuple[str, ...],
     records: dict[str, StageRecord],
@@ -158,7 +156,7 @@ def _run_stage(
     tmp_root = config.artifacts / ".tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     out_dir = tempfile.mkdtemp(prefix=f"{stage.name}-", dir=tmp_root)
-    ctx = StageContext(config=config, out_dir=Path(out_dir), host=host, log=logging.getLogger(f"stage.{stage.name}"))
+    ctx = StageContext(config=config, out_dir=Path(out_dir), log=logging.getLogger(f"stage.{stage.name}"))
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
@@ -182,7 +180,7 @@ def _run_stage(
         tools=tools,
         inputs=inputs,
         outputs=outputs,
-        host=host,
+        host=stage.host_name(config),
         started_at=started_at,
         seconds=seconds,
         summary=result.figures,

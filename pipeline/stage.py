@@ -20,7 +20,6 @@ class StageContext:
 
     config: PipelineConfig
     out_dir: Path
-    host: str
     log: logging.Logger
 
     def upstream(self, stage: str) -> Path:
@@ -57,6 +56,10 @@ class Stage(ABC):
     @abstractmethod
     def params(self, config: PipelineConfig) -> dict[str, Any]:
         """Every setting that changes this stage's outputs, as plain data (digested into the lock)."""
+
+    def host_name(self, config: PipelineConfig) -> str:
+        """The host this stage works on (stages with a `host` param override it with --host)."""
+        return str(getattr(getattr(config.stages, self.name, None), "host", "local"))
 
     def external_inputs(self, config: PipelineConfig) -> list[Path]:
         """Files outside artifacts/ that this stage reads (images, local model weights)."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pipeline.stage import Stage
+from stages.calibrate import CalibrateStage
+from stages.compile import CompileStage
 from stages.export import ExportStage
+from stages.fetch import FetchStage
 from stages.verify import VerifyStage
 
-ALL_STAGES: tuple[Stage, ...] = (ExportStage(), VerifyStage())
+ALL_STAGES: tuple[Stage, ...] = (ExportStage(), VerifyStage(), CalibrateStage(), CompileStage(), FetchStage())

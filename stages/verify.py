@@ -18,10 +18,9 @@ from pipeline.files import list_files, write_json
 from pipeline.report import print_checks
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
-from runtime.preprocess import PreprocessConfig, open_image, preprocess
+from runtime.preprocess import IMAGE_SUFFIXES, PreprocessConfig, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # transformers' CLIPImageProcessor and our numpy/Pillow copy differ only by float rounding.
 PREPROCESS_TOLERANCE = 1e-5
 GOLDEN_DIR = "golden"

@@ -1,0 +1,90 @@
+"""calibrate: the quantization calibration sets, from real images and real prompts.
+
+Images go through runtime/'s preprocessing, exactly what the device feeds the NPU. Text comes from
+real tokenized prompts: random ids would put the end-of-text position (where CLIP pools) at random.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import StageError
+from pipeline.files import list_files, write_json
+from pipeline.stage import Stage, StageContext, StageResult
+from runtime import model_io
+from runtime.preprocess import IMAGE_SUFFIXES, PreprocessConfig, open_image, preprocess
+from runtime.tokenizer import ClipTokenizer
+from toolchains.calibration_tar import write_npy_tar
+
+IMAGE_TAR = f"{model_io.IMAGE_INPUT}.tar"
+TEXT_TAR = f"{model_io.TEXT_INPUT}.tar"
+MANIFEST = "calibration.json"
+
+
+class CalibrateStage(Stage):
+    name = "calibrate"
+    help = "Build the image and text calibration sets (Pulsar2 Numpy tarballs) from real images and prompts."
+    after = ("export",)
+    outputs = (IMAGE_TAR, TEXT_TAR, MANIFEST)
+    code_modules = ("runtime.preprocess", "runtime.tokenizer", "toolchains.calibration_tar")
+
+    def params(self, config: PipelineConfig) -> dict[str, Any]:
+        return config.stages.calibrate.model_dump(mode="json")
+
+    def external_inputs(self, config: PipelineConfig) -> list[Path]:
+        params = config.stages.calibrate
+        return [params.images, params.prompts]
+
+    def run(self, ctx: StageContext) -> StageResult:
+        params, export_dir = ctx.config.stages.calibrate, ctx.upstream("export")
+        info = json.loads((export_dir / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+        chooser = random.Random(params.seed)
+
+        images = [p for p in list_files(params.images) if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise StageError(self.name, f"no images in {params.images}", hint="set stages.calibrate.images")
+        chosen_images = sorted(chooser.sample(images, min(params.image_count, len(images))))
+        preprocess_cfg = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
+        pixels = [preprocess(open_image(path), preprocess_cfg) for path in chosen_images]
+        write_npy_tar(ctx.out_dir / IMAGE_TAR, pixels)
+
+        prompts = _read_prompts(params.prompts)
+        chosen_prompts = chooser.sample(prompts, min(params.text_count, len(prompts)))
+        tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info["context_length"])
+        ids = [tokenizer.encode(prompt) for prompt in chosen_prompts]
+        write_npy_tar(ctx.out_dir / TEXT_TAR, ids)
+
+        write_json(
+            ctx.out_dir / MANIFEST,
+            {
+                model_io.IMAGE_INPUT: {
+                    "archive": IMAGE_TAR,
+                    "shape": list(pixels[0].shape),
+                    "dtype": str(pixels[0].dtype),
+                    "sources": [str(p) for p in chosen_images],
+                },
+                model_io.TEXT_INPUT: {
+                    "archive": TEXT_TAR,
+                    "shape": list(ids[0].shape),
+                    "dtype": str(ids[0].dtype),
+                    "sources": chosen_prompts,
+                },
+            },
+        )
+        short = [f"{len(pixels)} images" + (f" (only {len(images)} found)" if len(images) < params.image_count else "")]
+        short.append(f"{len(ids)} prompts" + (f" (only {len(prompts)})" if len(prompts) < params.text_count else ""))
+        return StageResult(summary=", ".join(short), figures={"images": len(pixels), "prompts": len(ids)})
+
+
+def _read_prompts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise StageError("calibrate", f"prompt file {path} not found", hint="set stages.calibrate.prompts")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise StageError("calibrate", f"{path} holds no prompts", hint="one prompt a line")
+    return prompts

@@ -1,0 +1,132 @@
+"""compile: quantize and compile both encoders for the NPU.
+
+Target `pulsar2`: generate the Pulsar2 JSON configs, upload the float models and calibration archives to
+the build host, run `pulsar2 build` there in Docker, download the .axmodel files, logs and precision
+tables. Target `onnxruntime`: static QDQ quantization here, from the same calibration archives, with the
+quantized-vs-float cosine on verify's golden inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import ValidationFailed
+from pipeline.files import write_json
+from pipeline.hosts import connect
+from pipeline.report import console, print_table
+from pipeline.stage import Stage, StageContext, StageResult
+from toolchains.encoders import EncoderSpec, encoder_specs
+
+REPORT_FILE = "report.json"
+
+
+class CompileStage(Stage):
+    name = "compile"
+    help = "Quantize and compile both encoders: Pulsar2 on the build host (--host), or onnxruntime QDQ here."
+    after = ("export", "verify", "calibrate")
+    outputs = (REPORT_FILE,)
+    code_modules = (
+        "toolchains.pulsar2_config",
+        "toolchains.pulsar2_build",
+        "toolchains.ort_quant",
+        "toolchains.encoders",
+        "toolchains.calibration_tar",
+    )
+
+    def params(self, config: PipelineConfig) -> dict[str, Any]:
+        # The build host is not part of the identity: the same inputs and toolchain give the same model.
+        return config.stages.compile.model_dump(mode="json", exclude={"host"})
+
+    def run(self, ctx: StageContext) -> StageResult:
+        params = ctx.config.stages.compile
+        specs = encoder_specs(ctx.upstream("export"), ctx.upstream("calibrate"))
+        report: dict[str, Any] = {"target": params.target, "data_type": params.data_type, "host": params.host}
+        if params.target == "onnxruntime":
+            report["models"] = _compile_onnxruntime(ctx, specs)
+        else:
+            report["models"], report["transfers"] = _compile_pulsar2(ctx, specs)
+        models = report["models"]
+        write_json(ctx.out_dir / REPORT_FILE, report)
+        write_json(ctx.reports_dir / "compile.json", report)
+        rows = [(name, m["file"], _cosine_text(m.get("cosine")), m["sha256"][:12]) for name, m in models.items()]
+        columns = ("encoder", "model", "cosine vs float", "sha256")
+        print_table(f"compile ({params.target}, {params.data_type})", columns, rows)
+        failures = [
+            f"{name}: cosine {m['cosine']:.5f} < {params.min_cosine}"
+            for name, m in models.items()
+            if m.get("cosine") is not None and m["cosine"] < params.min_cosine
+        ]
+        if failures:
+            raise ValidationFailed(self.name, failures, str(ctx.reports_dir / "compile.json"))
+        cosines = ", ".join(f"{name} {_cosine_text(m.get('cosine'))}" for name, m in models.items())
+        return StageResult(summary=f"{params.target} {params.data_type}: cosine vs float {cosines}", figures=report)
+
+
+def _cosine_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.5f}"
+
+
+def _compile_onnxruntime(ctx: StageContext, specs: list[EncoderSpec]) -> dict[str, Any]:
+    from pipeline.files import sha256_file
+    from toolchains.ort_quant import quantize
+
+    params = ctx.config.stages.compile
+    golden = ctx.upstream("verify") / "golden"
+    models = {}
+    for spec in specs:
+        output = ctx.out_dir / f"{spec.name}.onnx"
+        used = quantize(spec, params, output)
+        cosine = _golden_cosine(spec, output, golden)
+        models[spec.name] = {
+            "file": output.name,
+            "sha256": sha256_file(output),
+            "calibration_samples": used,
+            "cosine": cosine,
+            "cosine_source": "onnxruntime, quantized vs float on verify's golden inputs (min)",
+        }
+    return models
+
+
+def _golden_cosine(spec: EncoderSpec, quantized: Path, golden: Path) -> float:
+    import onnxruntime as ort
+
+    inputs = np.load(golden / f"{spec.input_name}.npy")
+    reference = np.load(golden / f"{spec.output_name}.npy")
+    session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+    cosines = []
+    for row, ref in zip(inputs, reference, strict=True):
+        got = session.run([spec.output_name], {spec.input_name: row[None]})[0].ravel().astype(np.float64)
+        ref64 = ref.ravel().astype(np.float64)
+        cosines.append(float(got @ ref64 / (np.linalg.norm(got) * np.linalg.norm(ref64) + 1e-300)))
+    return min(cosines)
+
+
+def _compile_pulsar2(ctx: StageContext, specs: list[EncoderSpec]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from toolchains import pulsar2_build
+
+    params = ctx.config.stages.compile
+    host = ctx.config.host(params.host)
+    configs = pulsar2_build.write_configs(specs, params, ctx.out_dir)
+    models = {}
+    with connect(ctx.config, params.host) as transport:
+        build_host = pulsar2_build.preflight(transport, host, params)
+        sent = pulsar2_build.upload_inputs(transport, specs, configs)
+        console.print(f"{params.host}: uploaded {len(sent.sent)} file(s), {len(sent.skipped)} unchanged", markup=False)
+        for spec in specs:
+            built = pulsar2_build.build(
+                transport, build_host, spec, params, ctx.out_dir, lambda line: console.print(line, markup=False)
+            )
+            models[spec.name] = {
+                "file": built.axmodel.name,
+                "sha256": built.sha256,
+                "log": built.log.name,
+                "precision_table": built.precision_table.name if built.precision_table else None,
+                "cosine": built.final_cosine,
+                "cosine_source": "pulsar2 precision analysis, final layer" if built.final_cosine is not None else None,
+            }
+    transfers = {"uploaded": list(sent.sent), "unchanged": list(sent.skipped), "bytes_uploaded": sent.bytes_sent}
+    return models, transfers

@@ -1,0 +1,1 @@
+"""The NPU toolchains: Pulsar2 (config, calibration archives, remote docker build) and onnxruntime QDQ."""

@@ -1,0 +1,198 @@
+"""Pulsar2 in Docker on a build host: preflight, upload, `docker run ... pulsar2 build`, download.
+
+Docker is a command line built for the host, not a transport: everything goes through the host's
+Transport, so `--host local` and `--host mac` run the very same commands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import CompileParams, HostConfig
+from pipeline.errors import HostError
+from pipeline.hosts.base import Transport, quote
+from pipeline.hosts.sync import TransferSummary, download, upload
+from toolchains.encoders import EncoderSpec
+from toolchains.pulsar2_config import pulsar2_build_args, pulsar2_config, remote_paths
+
+log = logging.getLogger(__name__)
+
+# A non-interactive SSH session on macOS often has neither of these in PATH.
+DOCKER_FALLBACKS = (
+    "/usr/local/bin/docker",
+    "/opt/homebrew/bin/docker",
+    "/Applications/Docker.app/Contents/Resources/bin/docker",
+)
+OOM_EXIT = 137  # SIGKILL: the kernel's OOM killer inside Docker's VM
+_PRECISION_TITLE = re.compile(r"precision table", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BuildHost:
+    docker: str
+    platform: str | None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    encoder: str
+    axmodel: Path
+    sha256: str
+    log: Path
+    precision_table: Path | None
+    final_cosine: float | None
+
+
+def preflight(transport: Transport, host: HostConfig, params: CompileParams) -> BuildHost:
+    """Docker found and running, the image loaded, enough disk: each with its own clear error."""
+    docker = _find_docker(transport, host)
+    image = params.pulsar2.image
+    inspect = transport.run(f"{quote(docker)} image inspect --format '{{{{.Architecture}}}}' {quote(image)}")
+    if not inspect.ok:
+        text = (inspect.stdout + inspect.stderr).lower()
+        if "cannot connect" in text or ("daemon" in text and "running" in text):
+            raise HostError(transport.name, "Docker is installed but not running", hint="start Docker Desktop")
+        raise HostError(
+            transport.name,
+            f"docker image {image} is not loaded",
+            hint="on the build host: docker load -i ax_pulsar2_<version>.tar.gz (then `docker images`), "
+            "or set stages.compile.pulsar2.image to the loaded tag",
+            tail=inspect.tail(5),
+        )
+    platform = params.pulsar2.platform
+    machine = transport.check("uname -m", what="reading the CPU architecture").stdout.strip()
+    if platform is None and machine in ("arm64", "aarch64") and inspect.stdout.strip() == "amd64":
+        platform = "linux/amd64"
+        log.warning("%s is %s: the amd64 Pulsar2 image runs emulated, expect a slow build", transport.name, machine)
+    free_kb = transport.check(
+        f"df -Pk {quote(transport.workdir)} | tail -1 | awk '{{print $4}}'", what="reading free disk space"
+    ).stdout.strip()
+    free_gb = int(free_kb or 0) / 1024 / 1024
+    if free_gb < host.min_free_gb:
+        raise HostError(
+            transport.name,
+            f"only {free_gb:.1f} GB free in {transport.workdir}, need {host.min_free_gb:g} GB",
+            hint=f"free disk space on the build host, or lower hosts.{transport.name}.min_free_gb",
+        )
+    return BuildHost(docker=docker, platform=platform)
+
+
+def _find_docker(transport: Transport, host: HostConfig) -> str:
+    if host.docker:
+        if not transport.run(f"test -x {quote(host.docker)}").ok:
+            raise HostError(
+                transport.name,
+                f"docker binary {host.docker} not found or not executable",
+                hint=f"fix hosts.{transport.name}.docker",
+            )
+        return host.docker
+    candidates = " ".join(quote(p) for p in DOCKER_FALLBACKS)
+    found = (
+        transport.run(f'command -v docker || for p in {candidates}; do if [ -x "$p" ]; then echo "$p"; break; fi; done')
+        .stdout.strip()
+        .splitlines()
+    )
+    if not found:
+        raise HostError(
+            transport.name,
+            "docker not found (looked in PATH and " + ", ".join(DOCKER_FALLBACKS) + ")",
+            hint=f"install Docker Desktop, or set hosts.{transport.name}.docker to the docker binary",
+        )
+    return found[0]
+
+
+def write_configs(specs: list[EncoderSpec], params: CompileParams, out_dir: Path) -> dict[str, Path]:
+    paths = {}
+    for spec in specs:
+        path = out_dir / f"{spec.name}.pulsar2.json"
+        path.write_text(json.dumps(pulsar2_config(spec, params), indent=2) + "\n", encoding="utf-8")
+        paths[spec.name] = path
+    return paths
+
+
+def upload_inputs(transport: Transport, specs: list[EncoderSpec], configs: dict[str, Path]) -> TransferSummary:
+    files: dict[Path, str] = {}
+    for spec in specs:
+        paths = remote_paths(spec)
+        files[spec.onnx] = transport.path(paths["onnx"])
+        files[spec.calibration] = transport.path(paths["calibration"])
+        files[configs[spec.name]] = transport.path(paths["config"])
+    return upload(transport, files)
+
+
+def build(
+    transport: Transport,
+    build_host: BuildHost,
+    spec: EncoderSpec,
+    params: CompileParams,
+    out_dir: Path,
+    echo: Callable[[str], None],
+) -> BuildResult:
+    """Run one `pulsar2 build` in a fresh container, streaming its log; download what it made."""
+    paths = remote_paths(spec)
+    transport.check(f"rm -rf {quote(transport.path(paths['output_dir']))}", what="clearing the old build dir")
+    container = f"clip-axera-{spec.name}-{uuid.uuid4().hex[:8]}"
+    docker = [build_host.docker, "run", "--rm", "--name", container]
+    if build_host.platform:
+        docker += ["--platform", build_host.platform]
+    docker += ["-v", f"{transport.workdir}:/data", "-w", "/data", params.pulsar2.image]
+    command = " ".join(quote(arg) for arg in docker + pulsar2_build_args(spec, params))
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        echo(f"[{transport.name} {spec.name}] {line}")
+
+    result = transport.run(command, on_line=on_line)
+    log_path = out_dir / f"{spec.name}.build.log"
+    log_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if result.exit_code == OOM_EXIT:
+        raise HostError(
+            transport.name,
+            f"pulsar2 build of {spec.name} was killed (exit 137): most likely out of memory",
+            hint="raise Docker Desktop's VM memory limit (Settings > Resources > Memory, 16 GB or more for U16 "
+            "ViT builds), or close other containers; the previous .axmodel was kept",
+            command=command, exit_code=result.exit_code, tail=lines[-20:],
+        )  # fmt: skip
+    if not result.ok:
+        raise HostError(
+            transport.name,
+            f"pulsar2 build of {spec.name} failed (exit {result.exit_code})",
+            hint=f"full log: {log_path}; the previous .axmodel was kept",
+            command=command, exit_code=result.exit_code, tail=lines[-20:],
+        )  # fmt: skip
+    axmodel = out_dir / paths["output_name"]
+    digest = download(transport, transport.path(f"{paths['output_dir']}/{paths['output_name']}"), axmodel)
+    table = precision_table(lines) if params.pulsar2.precision_analysis else []
+    table_path = None
+    if table:
+        table_path = out_dir / f"{spec.name}.precision.txt"
+        table_path.write_text("\n".join(table) + "\n", encoding="utf-8")
+    return BuildResult(spec.name, axmodel, digest, log_path, table_path, final_cosine(table))
+
+
+def precision_table(lines: list[str]) -> list[str]:
+    """The precision-analysis table pulsar2 prints in its log (title line to the table's bottom edge)."""
+    for start, line in enumerate(lines):
+        if _PRECISION_TITLE.search(line):
+            for end in range(start + 1, len(lines)):
+                if lines[end].lstrip().startswith("└"):
+                    return lines[start : end + 1]
+            return lines[start:]
+    return []
+
+
+def final_cosine(table: list[str]) -> float | None:
+    """The last layer's cosine: the last number in the last data row (0..1), if the table has one."""
+    rows = [line for line in table if line.lstrip().startswith("│")]
+    for row in reversed(rows):
+        numbers = [float(n) for n in re.findall(r"(?<![\w.])[01]?\.\d+|(?<![\w.])[01](?![\w.])", row)]
+        if numbers:
+            return numbers[-1]
+    return None
