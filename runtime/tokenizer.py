@@ -22,6 +22,12 @@ class ClipTokenizer:
         self.pad_id = pad_id
         self.eos_id = pad_id
 
+    def decode(self, ids: np.ndarray | list[int]) -> str:
+        """Ids back to text, special tokens dropped. transformers' CLIPTokenizer writes a byte-level
+        decoder into tokenizer.json and strips the `</w>` word ends afterwards; so does this."""
+        text = self._tokenizer.decode([int(i) for i in np.ravel(ids)], skip_special_tokens=True)
+        return " ".join(text.replace("</w>", " ").split())
+
     def encode(self, text: str, dtype: type = np.int64) -> np.ndarray:
         ids = self._tokenizer.encode(text).ids
         if len(ids) > self.context_length:

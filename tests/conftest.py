@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,18 +13,32 @@ import yaml
 from pipeline.config import PipelineConfig, load_config
 from pipeline.graph import StageGraph
 from pipeline.runner import RunRequest, run
+from tests.sshd import SshServer, start_sshd
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "data" / "images"
 
 
+STAGES = ["export", "verify", "calibrate", "compile", "fetch"]
+
+
 def tiny_config_dict(artifacts: Path) -> dict:
+    """Every stage on this machine: tiny CLIP, onnxruntime compile, fetch to a local 'device' folder."""
     return {
         "model": {"id": "builtin:tiny-clip"},
         "artifacts": str(artifacts),
+        "hosts": {"local": {"kind": "local", "workdir": str(artifacts.parent / "device")}},
         "stages": {
             "export": {"opset": 14},
             "verify": {"images": str(IMAGES), "max_images": 2, "min_cosine": 0.99999, "max_abs_diff": 1e-4},
+            "calibrate": {
+                "images": str(IMAGES),
+                "prompts": str(REPO / "data" / "calibration_prompts.txt"),
+                "image_count": 4,
+                "text_count": 8,
+            },
+            "compile": {"target": "onnxruntime", "data_type": "U16", "calibration_size": 8},
+            "fetch": {"host": "local"},
         },
     }
 
@@ -42,14 +57,14 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def built_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """export + verify run once on the tiny CLIP; tests copy the result rather than rebuild it."""
+    """Every stage run once on the tiny CLIP; tests copy the result rather than rebuild it."""
     from stages import ALL_STAGES
 
     root = tmp_path_factory.mktemp("built")
     path = root / "pipeline.yaml"
     path.write_text(yaml.safe_dump(tiny_config_dict(root / "artifacts")), encoding="utf-8")
     outcomes = run(load_config(path), StageGraph(ALL_STAGES), RunRequest())
-    assert [o.outcome.value for o in outcomes] == ["ran", "ran"], outcomes
+    assert [o.outcome.value for o in outcomes] == ["ran"] * len(STAGES), outcomes
     return root / "artifacts"
 
 
@@ -59,8 +74,9 @@ def tiny_pipeline(built_artifacts: Path, tmp_path: Path) -> Callable[..., Pipeli
     artifacts = tmp_path / "artifacts"
     shutil.copytree(built_artifacts, artifacts, copy_function=shutil.copy2)
 
-    def make(**stage_overrides: dict) -> PipelineConfig:
+    def make(hosts: dict | None = None, **stage_overrides: dict) -> PipelineConfig:
         data = tiny_config_dict(artifacts)
+        data["hosts"].update(hosts or {})
         for stage, values in stage_overrides.items():
             data["stages"][stage].update(values)
         path = tmp_path / "pipeline.yaml"
@@ -68,3 +84,26 @@ def tiny_pipeline(built_artifacts: Path, tmp_path: Path) -> Callable[..., Pipeli
         return load_config(path)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real sshd on 127.0.0.1 for the whole session (see tests/sshd.py)."""
+    process, server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def standin_docker(ssh_server: SshServer) -> Iterator[Callable[..., None]]:
+    """Set the stand-in docker's behaviour for one test (images present, exit code); reset after."""
+    control = ssh_server.bin_dir / "standin.json"
+
+    def configure(**behaviour: object) -> None:
+        control.write_text(json.dumps(behaviour))
+
+    yield configure
+    control.unlink(missing_ok=True)

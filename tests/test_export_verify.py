@@ -71,14 +71,19 @@ def test_golden_files_reproduce_through_onnxruntime(built_artifacts: Path) -> No
 
 def test_rerun_reports_every_stage_up_to_date(tiny_pipeline) -> None:
     config = tiny_pipeline()
-    assert [o.outcome for o in run(config, GRAPH, RunRequest())] == [Outcome.UP_TO_DATE, Outcome.UP_TO_DATE]
+    outcomes = {o.stage: o.outcome for o in run(config, GRAPH, RunRequest(targets=("compile",)))}
+    assert set(outcomes.values()) == {Outcome.UP_TO_DATE} and len(outcomes) == 4
+    # This copy's device folder is elsewhere: fetch says so, and runs.
+    reasons = dict((s.name, d.reasons) for s, d in plan(config, GRAPH, RunRequest()))
+    assert len(reasons["fetch"]) == 1 and reasons["fetch"][0].startswith("param workdir: ")
 
 
 def test_verify_param_change_reruns_verify_only(tiny_pipeline) -> None:
     config = tiny_pipeline(verify={"max_images": 3})
     reasons = {stage.name: d.reasons for stage, d in plan(config, GRAPH, RunRequest())}
-    assert reasons == {"export": (), "verify": ("param max_images: 2 -> 3",)}
-    outcomes = {o.stage: o.outcome for o in run(config, GRAPH, RunRequest())}
+    assert reasons["export"] == () and reasons["verify"] == ("param max_images: 2 -> 3",)
+    assert reasons["calibrate"] == () and reasons["compile"] == ("upstream verify will run first",)
+    outcomes = {o.stage: o.outcome for o in run(config, GRAPH, RunRequest(targets=("verify",)))}
     assert outcomes == {"export": Outcome.UP_TO_DATE, "verify": Outcome.RAN}
     manifest = json.loads((config.artifacts / "verify/golden/golden.json").read_text())
     assert len(manifest["image_embeds"]["labels"]) == 3
@@ -88,6 +93,7 @@ def test_failed_verification_lists_failures_and_keeps_the_last_good_report(tiny_
     config = tiny_pipeline(verify={"max_abs_diff": 1e-12})
     before = (config.artifacts / "verify/report.json").read_bytes()
     outcomes = {o.stage: o for o in run(config, GRAPH, RunRequest())}
+    assert outcomes["compile"].outcome is Outcome.SKIPPED and outcomes["fetch"].outcome is Outcome.SKIPPED
     failed = outcomes["verify"]
     assert failed.outcome is Outcome.FAILED
     assert "max abs diff" in failed.summary and "full report:" in failed.summary
@@ -100,7 +106,7 @@ def test_verify_without_images_says_where_to_put_them(tiny_pipeline, tmp_path: P
     empty = tmp_path / "empty"
     empty.mkdir()
     config = tiny_pipeline(verify={"images": str(empty)})
-    outcome = run(config, GRAPH, RunRequest())[1]
+    outcome = run(config, GRAPH, RunRequest(targets=("verify",)))[1]
     assert outcome.outcome is Outcome.FAILED and "no images" in outcome.summary
 
 

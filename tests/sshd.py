@@ -1,0 +1,108 @@
+"""A real OpenSSH server on 127.0.0.1 for the tests: temporary host and user keys, sftp, a stand-in docker.
+
+Started the way ansible/pylibssh's test suite does: a free loopback port, a private sshd_config, `sshd -D`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+STANDINS = Path(__file__).resolve().parent / "standins"
+
+
+@dataclass(frozen=True)
+class SshServer:
+    port: int
+    user: str
+    client_key: Path
+    other_key: Path  # a key the server does not accept
+    known_hosts: Path
+    bin_dir: Path  # on the PATH of every session: holds the stand-in docker and its standin.json
+
+    def host_entry(self, workdir: Path, **overrides: object) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "kind": "ssh",
+            "address": "127.0.0.1",
+            "port": self.port,
+            "user": self.user,
+            "key": str(self.client_key),
+            "known_hosts": str(self.known_hosts),
+            "workdir": str(workdir),
+            "retries": 0,
+            "connect_timeout": 10,
+            "min_free_gb": 0.01,
+        }
+        entry.update(overrides)
+        return entry
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+def start_sshd(root: Path) -> tuple[subprocess.Popen, SshServer]:
+    if not Path(SSHD).exists():
+        raise RuntimeError("sshd not found: install openssh-server (.ci/run does)")
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    for name in ("host_key", "client_key", "other_key"):
+        _keygen(root / name)
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    shutil.copy2(STANDINS / "docker", bin_dir / "docker")
+    port = _free_port()
+    sftp = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server") if Path(p).exists()), None)
+    config = root / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {root / 'host_key'}",
+                f"PidFile {root / 'sshd.pid'}",
+                f"AuthorizedKeysFile {root / 'authorized_keys'}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "StrictModes no",
+                "UsePAM no",
+                "MaxStartups 50",
+                "LogLevel ERROR",
+                f"Subsystem sftp {sftp or 'internal-sftp'}",
+                f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin",
+            ]
+        )
+        + "\n"
+    )
+    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sshd exited: {process.stderr.read() if process.stderr else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError("sshd did not start listening within 15 s")
+    host_key = (root / "host_key.pub").read_text().split()
+    known = root / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    server = SshServer(port, getpass.getuser(), root / "client_key", root / "other_key", known, bin_dir)
+    return process, server
