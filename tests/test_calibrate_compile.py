@@ -98,8 +98,11 @@ def test_pulsar2_config_uses_axera_keys_and_s32_token_ids(built_artifacts: Path)
         "calibration_mean": [0.0],
         "calibration_std": [1.0],
     }
-    assert quant["layer_configs"] == [{"start_tensor_names": ["DEFAULT"], "end_tensor_names": ["DEFAULT"], "data_type": "U16"}]
-    assert {"calibration_method", "precision_analysis", "precision_analysis_method", "conv_bias_data_type"} <= set(quant)
+    everything = {"start_tensor_names": ["DEFAULT"], "end_tensor_names": ["DEFAULT"], "data_type": "U16"}
+    assert quant["layer_configs"] == [everything]
+    assert {"calibration_method", "precision_analysis", "precision_analysis_method", "conv_bias_data_type"} <= set(
+        quant
+    )
     assert text["compiler"] == {"check": 0, "npu_perf": False}
     image = pulsar2_config(specs["image_encoder"], CompileParams(data_type="U8"))
     assert "layer_configs" not in image["quant"]

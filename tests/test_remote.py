@@ -1,0 +1,174 @@
+"""compile on a build host and fetch to a device, over a real sshd on 127.0.0.1.
+
+The build host's PATH holds the stand-in docker (Pulsar2 cannot run here); everything else is real:
+Fabric, SFTP, host-key checks, checksums, the generated config and the docker command line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PipelineConfig
+from pipeline.graph import StageGraph
+from pipeline.hosts.ssh import SshTransport
+from pipeline.runner import Outcome, RunRequest, StageOutcome, run
+from stages import ALL_STAGES
+from tests.sshd import SshServer
+
+GRAPH = StageGraph(ALL_STAGES)
+
+
+@pytest.fixture
+def remote(tiny_pipeline, ssh_server: SshServer, standin_docker, tmp_path: Path):
+    """A config whose compile runs with Pulsar2 on `mac` (sshd) and whose fetch goes to `pi` (sshd)."""
+
+    def make(mac: dict | None = None, pi: dict | None = None, **stage_overrides: dict) -> PipelineConfig:
+        hosts = {
+            "mac": ssh_server.host_entry(tmp_path / "build host", **(mac or {})),
+            "pi": ssh_server.host_entry(tmp_path / "pi device", **(pi or {})),
+        }
+        stages = {"compile": {"target": "pulsar2", "host": "mac"}, "fetch": {"host": "pi"}}
+        for stage, values in stage_overrides.items():
+            stages.setdefault(stage, {}).update(values)
+        return tiny_pipeline(hosts=hosts, **stages)
+
+    standin_docker(images=["pulsar2:5.1"], exit_code=0)
+    return make
+
+
+def _run(config: PipelineConfig, stage: str, **request: object) -> StageOutcome:
+    outcomes = run(config, GRAPH, RunRequest(targets=(stage,), **request))
+    return {o.stage: o for o in outcomes}[stage]
+
+
+def _report(config: PipelineConfig) -> dict:
+    return json.loads((config.artifacts / "compile/report.json").read_text())
+
+
+def test_compile_on_the_build_host_downloads_verified_axmodels(remote, tmp_path: Path) -> None:
+    config = remote()
+    outcome = _run(config, "compile")
+    assert outcome.outcome is Outcome.RAN, outcome.summary
+    report = _report(config)
+    assert report["target"] == "pulsar2" and report["host"] == "mac"
+    assert sorted(report["transfers"]["uploaded"]) == sorted(
+        str(tmp_path / "build host" / p)
+        for p in (
+            "models/image_encoder.onnx",
+            "models/text_encoder.onnx",
+            "calibration/pixel_values.tar",
+            "calibration/input_ids.tar",
+            "configs/image_encoder.json",
+            "configs/text_encoder.json",
+        )
+    )
+    for name in ("image_encoder", "text_encoder"):
+        model = report["models"][name]
+        assert (config.artifacts / "compile" / f"{name}.axmodel").is_file()
+        assert model["cosine"] == pytest.approx(0.9987)
+        assert "Precision Table" in (config.artifacts / "compile" / f"{name}.precision.txt").read_text()
+        assert "fuse 1 subgraph" in (config.artifacts / "compile" / f"{name}.build.log").read_text()
+        config_json = json.loads((config.artifacts / "compile" / f"{name}.pulsar2.json").read_text())
+        assert config_json["quant"]["input_configs"][0]["calibration_format"] == "Numpy"
+
+
+def test_second_run_transfers_nothing(remote) -> None:
+    config = remote()
+    assert _run(config, "compile").outcome is Outcome.RAN
+    assert _run(config, "compile").outcome is Outcome.UP_TO_DATE
+    forced = _run(config, "compile", force=True, only=True)
+    assert forced.outcome is Outcome.RAN
+    assert _report(config)["transfers"]["uploaded"] == []
+    assert len(_report(config)["transfers"]["unchanged"]) == 6
+
+
+def test_fetch_to_the_device_over_ssh_then_nothing_to_send(remote, tmp_path: Path) -> None:
+    config = remote()
+    first = _run(config, "fetch")
+    assert first.outcome is Outcome.RAN, first.summary
+    device = tmp_path / "pi device" / "models"
+    assert (device / "image_encoder.axmodel").is_file() and (device / "tokenizer.json").is_file()
+    assert json.loads((device / "manifest.json").read_text())["compile"]["target"] == "pulsar2"
+    again = _run(config, "fetch", force=True, only=True)
+    assert again.outcome is Outcome.RAN and " 0 sent" in again.summary
+
+
+def _assert_failed_and_kept(config: PipelineConfig, stage: str, *fragments: str) -> None:
+    before = (config.artifacts / "compile/report.json").read_bytes()
+    outcome = _run(config, stage)
+    assert outcome.outcome is Outcome.FAILED
+    for fragment in fragments:
+        assert fragment in outcome.summary, outcome.summary
+    assert (config.artifacts / "compile/report.json").read_bytes() == before
+    assert not any((config.artifacts / ".tmp").iterdir())
+
+
+def test_authentication_failure_is_clear(remote, ssh_server: SshServer) -> None:
+    config = remote(mac={"key": str(ssh_server.other_key)})
+    _assert_failed_and_kept(config, "compile", "authentication failed", "authorized_keys")
+
+
+def test_connection_refused_is_clear(remote) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    config = remote(mac={"port": closed_port, "retries": 1})
+    _assert_failed_and_kept(config, "compile", f"cannot connect to root@127.0.0.1:{closed_port}", "tried 2 times")
+
+
+def test_unknown_host_key_is_refused_unless_trusted(remote, tmp_path: Path) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    config = remote(mac={"known_hosts": str(empty)})
+    _assert_failed_and_kept(config, "compile", "host key", "not in known_hosts", "trust_new_host_key")
+    trusting = remote(mac={"known_hosts": str(empty), "trust_new_host_key": True})
+    assert _run(trusting, "compile").outcome is Outcome.RAN
+
+
+def test_missing_image_names_docker_load(remote, standin_docker) -> None:
+    standin_docker(images=["pulsar2:4.0"])
+    _assert_failed_and_kept(remote(), "compile", "docker image pulsar2:5.1 is not loaded", "docker load")
+
+
+def test_docker_binary_not_found(remote) -> None:
+    _assert_failed_and_kept(remote(mac={"docker": "/nowhere/docker"}), "compile", "/nowhere/docker not found")
+
+
+def test_compiler_failure_shows_the_log_tail_and_keeps_the_previous_model(remote, standin_docker) -> None:
+    config = remote()
+    assert _run(config, "compile").outcome is Outcome.RAN
+    axmodel = (config.artifacts / "compile/image_encoder.axmodel").read_bytes()
+    standin_docker(images=["pulsar2:5.1"], exit_code=1)
+    outcome = _run(config, "compile", force=True, only=True)
+    assert outcome.outcome is Outcome.FAILED
+    assert "pulsar2 build of image_encoder failed (exit 1)" in outcome.summary
+    assert "RuntimeError: compilation failed" in outcome.summary
+    assert (config.artifacts / "compile/image_encoder.axmodel").read_bytes() == axmodel
+
+
+def test_killed_build_points_at_docker_memory(remote, standin_docker) -> None:
+    standin_docker(images=["pulsar2:5.1"], exit_code=137)
+    _assert_failed_and_kept(remote(), "compile", "exit 137", "out of memory", "Docker Desktop")
+
+
+def test_corrupted_upload_is_caught_by_checksum(remote, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_put = SshTransport.put
+
+    def corrupting_put(self, local: Path, remote_path: str, progress=None) -> None:
+        real_put(self, local, remote_path, progress)
+        self.run(f"printf x >> '{remote_path}'")
+
+    monkeypatch.setattr(SshTransport, "put", corrupting_put)
+    _assert_failed_and_kept(remote(), "compile", "arrived corrupted", "sha256")
+
+
+def test_host_flag_overrides_the_configured_build_host(remote) -> None:
+    config = remote().with_host("compile", "local")
+    assert config.stages.compile.host == "local"
+    with pytest.raises(Exception, match="unknown host 'nas'"):
+        config.with_host("compile", "nas")
