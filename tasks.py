@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from invoke import Collection, Context, task
 
-from pipeline.cli import run_stages, setup_logging, show_status
+from pipeline.cli import caption_images, run_stages, setup_logging, show_status
 from pipeline.runner import RunRequest
 
 _HELP = {
@@ -41,6 +41,30 @@ def status(c: Context, config: str | None = None) -> None:
     show_status(config)
 
 
+@task(
+    help={
+        "images": "folder of images (searched recursively)",
+        "out": "write the .txt files and captions.jsonl here instead of beside the images",
+        "models": "models dir as fetch lays it out (default: the local device's, from the config)",
+        "config": _HELP["config"],
+        "ranks": "write (label:0.123) with each pick, as A1111's 'return ranks'",
+        "overwrite": "caption again images that already have a .txt",
+    }
+)
+def caption(
+    c: Context,
+    images: str,
+    out: str | None = None,
+    models: str | None = None,
+    config: str | None = None,
+    ranks: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Caption a folder of images for a training set: a .txt per image and a JSONL; resumable."""
+    setup_logging(False)
+    caption_images(config, images, out, models, ranks, overwrite)
+
+
 def _stage_task(name: str, doc: str) -> object:
     @task(name=name, help=_HELP)
     def stage_task(
@@ -62,7 +86,7 @@ def _stage_task(name: str, doc: str) -> object:
 def _collection() -> Collection:
     from stages import ALL_STAGES
 
-    namespace = Collection(all, status)
+    namespace = Collection(all, status, caption)
     for stage in ALL_STAGES:
         namespace.add_task(_stage_task(stage.name, stage.help))
     return namespace

@@ -112,3 +112,57 @@ def show_status(config_path: str | None) -> None:
         for stage, d in decisions
     ]
     print_table(f"status ({config.artifacts})", ("stage", "status", "why"), rows)
+
+
+def device_models_dir(config_path: str | None, models: str | None) -> Path:
+    """--models, or the models dir that fetch fills when the device is this machine."""
+    if models:
+        return Path(models)
+    config = load(config_path)
+    fetch = config.stages.fetch
+    host = config.host(fetch.host)
+    if host.kind != "local":
+        raise PipelineError(
+            f"the device ({fetch.host}) is not this machine", hint="pass --models DIR with the fetched models"
+        )
+    return Path(host.workdir) / fetch.models_dir
+
+
+def caption_images(
+    config_path: str | None, images: str, out: str | None, models: str | None, ranks: bool, overwrite: bool
+) -> None:
+    """Caption every image below `images` with the fetched models and vocabulary tables."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from runtime.captioning import caption_folder, find_images
+    from runtime.clip import VOCAB_DIR, ClipRuntime
+    from runtime.errors import RuntimeErrorBase
+    from runtime.interrogator import CaptionOptions, Interrogator
+    from runtime.label_tables import LabelTables
+
+    images_dir = Path(images)
+    with user_errors():
+        if not images_dir.is_dir():
+            raise PipelineError(f"{images_dir} is not a directory", hint="pass --images DIR")
+        models_dir = device_models_dir(config_path, models)
+        try:
+            interrogator = Interrogator(
+                ClipRuntime.load(models_dir, with_text=False), LabelTables.load(models_dir / VOCAB_DIR)
+            )
+        except RuntimeErrorBase as exc:
+            raise PipelineError(str(exc)) from exc
+    total = len(find_images(images_dir))
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("caption", total=total)
+        summary = caption_folder(
+            interrogator,
+            images_dir,
+            Path(out) if out else None,
+            options=CaptionOptions(ranks=ranks),
+            overwrite=overwrite,
+            on_image=lambda _: bar.advance(task),
+        )
+    console.print(f"captioned {summary.captioned}, already done {summary.skipped}, unreadable {len(summary.failed)}")
+    for path, reason in summary.failed:
+        console.print(f"  skipped {path}: {reason}", markup=False)

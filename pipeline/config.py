@@ -164,6 +164,18 @@ class CompileParams(Strict):
     pulsar2: Pulsar2Params = Pulsar2Params()
 
 
+class EmbedVocabParams(Strict):
+    vocabulary: ConfigPath = Path("vocab/default.yaml")
+
+
+class SmokeTestParams(Strict):
+    host: str = "local"  # the device; `invoke smoke-test --host NAME` overrides
+    runs: int = Field(20, ge=1, le=10000)  # latency samples per encoder
+    min_cosine: float = Field(0.98, ge=0, le=1)  # device output vs the float reference, per encoder
+    provider: str | None = None  # axengine provider; None: the first available
+    device_id: int = Field(0, ge=0)  # AXCLRTExecutionProvider: which card
+
+
 class FetchParams(Strict):
     host: str = "local"  # the device; `invoke fetch --host NAME` overrides
     models_dir: str = "models"  # relative to the host's workdir, or absolute
@@ -174,7 +186,15 @@ class StagesConfig(Strict):
     verify: VerifyParams = VerifyParams()
     calibrate: CalibrateParams = CalibrateParams()
     compile: CompileParams = CompileParams()
+    embed_vocab: EmbedVocabParams = Field(EmbedVocabParams(), alias="embed-vocab")
     fetch: FetchParams = FetchParams()
+    smoke_test: SmokeTestParams = Field(SmokeTestParams(), alias="smoke-test")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def of(self, stage: str) -> BaseModel:
+        """The params of a stage by its name (`embed-vocab` -> embed_vocab)."""
+        return getattr(self, stage.replace("-", "_"))
 
 
 class PipelineConfig(Strict):
@@ -187,8 +207,8 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _stage_hosts_exist(self) -> PipelineConfig:
-        for stage in ("compile", "fetch"):
-            name = getattr(self.stages, stage).host
+        for stage in ("compile", "fetch", "smoke-test"):
+            name = self.stages.of(stage).host  # type: ignore[attr-defined]
             if name != "local" and name not in self.hosts:
                 known = ", ".join(sorted(self.hosts)) or "none"
                 raise ValueError(f"stages.{stage}.host {name!r} is not in hosts (hosts: {known})")
@@ -197,10 +217,11 @@ class PipelineConfig(Strict):
     def with_host(self, stage: str, host: str) -> PipelineConfig:
         """This config with `stages.<stage>.host` replaced (what `--host` does for the named stage)."""
         self.host(host)
-        params = getattr(self.stages, stage)
+        params = self.stages.of(stage)
         if "host" not in type(params).model_fields:
             raise ConfigError(f"stage {stage!r} does not run on a host; drop --host")
-        stages = self.stages.model_copy(update={stage: params.model_copy(update={"host": host})})
+        field = stage.replace("-", "_")
+        stages = self.stages.model_copy(update={field: params.model_copy(update={"host": host})})
         return self.model_copy(update={"stages": stages})
 
     def host(self, name: str) -> HostConfig:
@@ -272,9 +293,9 @@ def _keys_at(loc: tuple[Any, ...]) -> list[str]:
             continue
         if model is HostConfig and part not in HostConfig.model_fields:
             continue  # the host's own name
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        annotation = getattr(fields.get(str(part)), "annotation", None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
-    return list(model.model_fields)
+    return [f.alias or name for name, f in model.model_fields.items()]

@@ -59,7 +59,7 @@ class Stage(ABC):
 
     def host_name(self, config: PipelineConfig) -> str:
         """The host this stage works on (stages with a `host` param override it with --host)."""
-        return str(getattr(getattr(config.stages, self.name, None), "host", "local"))
+        return str(getattr(config.stages.of(self.name), "host", "local"))
 
     def external_inputs(self, config: PipelineConfig) -> list[Path]:
         """Files outside artifacts/ that this stage reads (images, local model weights)."""

@@ -22,6 +22,7 @@ from pipeline.hosts.sync import upload
 from pipeline.report import console
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
+from runtime.clip import VOCAB_DIR
 
 MANIFEST = "manifest.json"
 _GOLDEN_FILES = ("golden.json",)
@@ -31,7 +32,7 @@ _BAR_THRESHOLD = 8 * 1024 * 1024  # show a progress bar for files above this siz
 class FetchStage(Stage):
     name = "fetch"
     help = "Copy the compiled models, tokenizer and golden data to the device (--host), checksummed."
-    after = ("export", "verify", "compile")
+    after = ("export", "verify", "compile", "embed-vocab")
     outputs = (MANIFEST,)
     code_modules = ("pipeline.hosts.sync",)
 
@@ -73,6 +74,9 @@ def device_files(ctx: StageContext) -> dict[str, Path]:
     files = {model["file"]: compiled / model["file"] for model in report["models"].values()}
     for name in (model_io.TOKENIZER_FILE, model_io.PREPROCESSOR_FILE, model_io.EXPORT_INFO_FILE):
         files[name] = export / name
+    vocab = ctx.upstream("embed-vocab")
+    for path in sorted(vocab.iterdir()):
+        files[f"{VOCAB_DIR}/{path.name}"] = path
     golden = ctx.upstream("verify") / "golden"
     for path in sorted(golden.glob("*.npy")) + [golden / name for name in _GOLDEN_FILES]:
         files[f"golden/{path.name}"] = path

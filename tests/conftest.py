@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "data" / "images"
 
 
-STAGES = ["export", "verify", "calibrate", "compile", "fetch"]
+STAGES = ["export", "verify", "calibrate", "compile", "embed-vocab", "fetch", "smoke-test"]
 
 
 def tiny_config_dict(artifacts: Path) -> dict:
@@ -38,7 +38,9 @@ def tiny_config_dict(artifacts: Path) -> dict:
                 "text_count": 8,
             },
             "compile": {"target": "onnxruntime", "data_type": "U16", "calibration_size": 8},
+            "embed-vocab": {"vocabulary": str(REPO / "vocab" / "default.yaml")},
             "fetch": {"host": "local"},
+            "smoke-test": {"host": "local", "runs": 3},
         },
     }
 

@@ -83,7 +83,7 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen, SshServer]:
                 "MaxStartups 50",
                 "LogLevel ERROR",
                 f"Subsystem sftp {sftp or 'internal-sftp'}",
-                f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin",
+                f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin PYTHONPATH={STANDINS / 'python'}",
             ]
         )
         + "\n"

@@ -1,0 +1,131 @@
+"""Inference backends behind one small interface: load a model file, run named inputs.
+
+`.onnx` runs on onnxruntime; `.axmodel` on the NPU through Axera's pyaxengine (AxEngineExecutionProvider
+on the board, AXCLRTExecutionProvider with a device_id on a PCIe/M.2 card). pyaxengine asserts exact
+dtypes and shapes, so inputs are cast to what the model declares: int32 token ids for a model built with
+`src_dtype: S32`, int64 for the ONNX one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from runtime.errors import BackendUnavailable
+
+AXENGINE_PROVIDER = "AxEngineExecutionProvider"
+AXCLRT_PROVIDER = "AXCLRTExecutionProvider"
+AXENGINE_INSTALL = (
+    "install Axera's pyaxengine wheel on the device: download axengine-*.whl from "
+    "https://github.com/AXERA-TECH/pyaxengine/releases and `pip install` it (it is not on PyPI); on a "
+    "PCIe/M.2 card the AXCL driver and runtime must be installed too"
+)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class Backend(Protocol):
+    name: str
+    provider: str
+
+    @property
+    def inputs(self) -> list[TensorInfo]: ...
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.provider = self._session.get_providers()[0]
+        self._inputs = [
+            TensorInfo(i.name, tuple(int(d) for d in i.shape), np.dtype(_ORT_TYPES[i.type]))
+            for i in self._session.get_inputs()
+        ]
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self._session.run(None, conform(feed, self._inputs)), strict=True))
+
+
+class AxEngineBackend:
+    name = "axengine"
+
+    def __init__(self, path: Path, provider: str | None = None, device_id: int = 0) -> None:
+        try:
+            import axengine
+        except ImportError as exc:
+            raise BackendUnavailable(f"cannot run {path.name}: axengine is not installed ({AXENGINE_INSTALL})") from exc
+        available = list(axengine.get_available_providers())
+        if not available:
+            raise BackendUnavailable(f"cannot run {path.name}: axengine found no NPU ({AXENGINE_INSTALL})")
+        chosen = provider or available[0]
+        if chosen not in available:
+            raise BackendUnavailable(f"provider {chosen} is not available here; available: {', '.join(available)}")
+        providers = [(chosen, {"device_id": device_id})] if chosen == AXCLRT_PROVIDER else [chosen]
+        try:
+            self._session = axengine.InferenceSession(str(path), providers=providers)
+        except (RuntimeError, ValueError) as exc:
+            raise BackendUnavailable(f"axengine could not load {path.name} with {chosen}: {exc}") from exc
+        self.provider = chosen
+        self._inputs = [TensorInfo(i.name, tuple(i.shape), np.dtype(i.dtype)) for i in self._session.get_inputs()]
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self._session.run(None, conform(feed, self._inputs)), strict=True))
+
+
+def conform(feed: dict[str, np.ndarray], inputs: list[TensorInfo]) -> dict[str, np.ndarray]:
+    """Cast each input to the dtype the model declares (ids int64 -> int32 for an S32 axmodel)."""
+    out = {}
+    for info in inputs:
+        if info.name not in feed:
+            raise ValueError(f"missing input {info.name!r}; the model takes {[i.name for i in inputs]}")
+        array = np.ascontiguousarray(feed[info.name], dtype=info.dtype)
+        if array.shape != info.shape:
+            raise ValueError(f"input {info.name!r} has shape {array.shape}, the model takes {info.shape}")
+        out[info.name] = array
+    return out
+
+
+def open_backend(path: Path, provider: str | None = None, device_id: int = 0) -> Backend:
+    """The backend for a model file, chosen by its extension."""
+    if not path.is_file():
+        raise BackendUnavailable(f"model file {path} not found")
+    if path.suffix == ".axmodel":
+        return AxEngineBackend(path, provider, device_id)
+    if path.suffix == ".onnx":
+        return OnnxRuntimeBackend(path)
+    raise BackendUnavailable(f"{path.name}: unknown model type (expected .onnx or .axmodel)")

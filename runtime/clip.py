@@ -1,0 +1,75 @@
+"""The device's CLIP: both encoders from a models directory (as fetch lays it out), preprocessing, tokens."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from runtime import model_io
+from runtime.backends import Backend, open_backend
+from runtime.errors import ModelFilesError
+from runtime.preprocess import PreprocessConfig, preprocess
+from runtime.tokenizer import ClipTokenizer
+
+MANIFEST_FILE = "manifest.json"
+VOCAB_DIR = "vocab"
+
+
+@dataclass
+class ClipRuntime:
+    image: Backend
+    text: Backend | None
+    preprocess_config: PreprocessConfig
+    tokenizer: ClipTokenizer
+    info: dict[str, Any]
+    models_dir: Path
+
+    @classmethod
+    def load(
+        cls, models_dir: Path, *, provider: str | None = None, device_id: int = 0, with_text: bool = True
+    ) -> ClipRuntime:
+        """Both encoders named by manifest.json (compiled models), or the float ONNX from export.json."""
+        models_dir = Path(models_dir)
+        info_path = models_dir / model_io.EXPORT_INFO_FILE
+        if not info_path.is_file():
+            raise ModelFilesError(f"{models_dir} holds no {model_io.EXPORT_INFO_FILE}: run `invoke fetch` first")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        files = model_files(models_dir, info)
+        image = open_backend(models_dir / files["image"], provider, device_id)
+        text = open_backend(models_dir / files["text"], provider, device_id) if with_text else None
+        return cls(
+            image=image,
+            text=text,
+            preprocess_config=PreprocessConfig.from_file(models_dir / model_io.PREPROCESSOR_FILE),
+            tokenizer=ClipTokenizer(models_dir / model_io.TOKENIZER_FILE, int(info["context_length"])),
+            info=info,
+            models_dir=models_dir,
+        )
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return preprocess(image, self.preprocess_config)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self.image.run({model_io.IMAGE_INPUT: pixels})[model_io.IMAGE_OUTPUT][0]
+
+    def encode_image(self, image: Image.Image) -> np.ndarray:
+        return self.encode_pixels(self.preprocess(image))
+
+    def encode_text(self, text: str) -> np.ndarray:
+        if self.text is None:
+            raise ModelFilesError("this runtime was loaded without the text encoder")
+        return self.text.run({model_io.TEXT_INPUT: self.tokenizer.encode(text)})[model_io.TEXT_OUTPUT][0]
+
+
+def model_files(models_dir: Path, info: dict[str, Any]) -> dict[str, str]:
+    """Encoder -> file: the compiled models when manifest.json names them, else export's float ONNX."""
+    manifest_path = models_dir / MANIFEST_FILE
+    if manifest_path.is_file():
+        models = json.loads(manifest_path.read_text(encoding="utf-8"))["compile"]["models"]
+        return {part: models[Path(info[part]["file"]).stem]["file"] for part in ("image", "text")}
+    return {part: info[part]["file"] for part in ("image", "text")}

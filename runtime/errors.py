@@ -1,0 +1,23 @@
+"""The device runtime's error family: messages a user on the device can act on."""
+
+from __future__ import annotations
+
+
+class RuntimeErrorBase(Exception):
+    """Base of every runtime error with a user-actionable message."""
+
+
+class BackendUnavailable(RuntimeErrorBase):
+    """The backend for a model file cannot be used here (package missing, no NPU found)."""
+
+
+class ModelFilesError(RuntimeErrorBase):
+    """The models directory is missing files or holds inconsistent ones."""
+
+
+class VocabularyError(RuntimeErrorBase):
+    """A vocabulary file is malformed; the message names the file and the entry."""
+
+
+class ImageError(RuntimeErrorBase):
+    """An image could not be decoded."""

@@ -1,0 +1,136 @@
+"""smoke-test: on the device, through runtime/, the compiled models against the float reference.
+
+Puts runtime/ on the device beside the fetched models, keeps a virtualenv there with the runtime's
+requirements (made once, rebuilt only when requirements.txt changes; `--system-site-packages` so a
+system-wide vendor axengine wheel stays visible), runs `python -m runtime.smoke_test` and brings back
+its JSON report: per-encoder cosine vs the float reference, latency p50/p95, peak RSS, backend, provider.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import StageError, ValidationFailed
+from pipeline.files import sha256_file, write_json
+from pipeline.hosts import Transport, connect
+from pipeline.hosts.base import quote
+from pipeline.hosts.sync import download, upload
+from pipeline.report import console, print_table
+from pipeline.stage import Stage, StageContext, StageResult
+
+RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+REPORT_FILE = "report.json"
+
+
+class SmokeTestStage(Stage):
+    name = "smoke-test"
+    help = "Run the compiled models on the device (--host) against the float reference; latency and memory."
+    after = ("verify", "fetch")
+    outputs = (REPORT_FILE,)
+    code_modules = ("runtime.smoke_test", "runtime.backends", "runtime.clip")
+
+    def params(self, config: PipelineConfig) -> dict[str, Any]:
+        params = config.stages.smoke_test
+        host = config.host(params.host)
+        return {**params.model_dump(mode="json"), "address": host.address, "workdir": host.workdir}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        params = ctx.config.stages.smoke_test
+        host = ctx.config.host(params.host)
+        with connect(ctx.config, params.host) as transport:
+            app = transport.path("app")
+            upload(transport, {path: f"{app}/runtime/{path.name}" for path in _runtime_files()})
+            python = _ensure_venv(transport, host.python, app)
+            remote_report = transport.path("smoke-test-report.json")
+            command = (
+                f"cd {quote(app)} && {quote(python)} -m runtime.smoke_test"
+                f" --models {quote(transport.path(ctx.config.stages.fetch.models_dir))}"
+                f" --runs {params.runs} --device-id {params.device_id} --report {quote(remote_report)}"
+            )
+            if params.provider:
+                command += f" --provider {quote(params.provider)}"
+            result = transport.run(
+                command, on_line=lambda line: console.print(f"[{transport.name}] {line}", markup=False)
+            )
+            if not transport.run(f"test -f {quote(remote_report)}").ok:
+                raise StageError(
+                    self.name,
+                    f"the smoke test wrote no report (exit {result.exit_code})",
+                    hint="\n".join(result.tail()),
+                )
+            download(transport, remote_report, ctx.out_dir / REPORT_FILE)
+        report = json.loads((ctx.out_dir / REPORT_FILE).read_text(encoding="utf-8"))
+        write_json(ctx.reports_dir / "smoke-test.json", report)
+        if "error" in report:
+            raise StageError(self.name, f"on {params.host}: {report['error']}")
+        return _judge(report, params.min_cosine, params.host, ctx.reports_dir / "smoke-test.json")
+
+
+def _runtime_files() -> list[Path]:
+    return sorted(RUNTIME_DIR.glob("*.py")) + [RUNTIME_DIR / "requirements.txt"]
+
+
+def _ensure_venv(transport: Transport, python: str, app: str) -> str:
+    """The device virtualenv's python, (re)built when runtime/requirements.txt changed."""
+    venv = transport.path("venv")
+    requirements = f"{app}/runtime/requirements.txt"
+    digest = sha256_file(RUNTIME_DIR / "requirements.txt")
+    marker = f"{venv}/.requirements.sha256"
+    if transport.run(f"cat {quote(marker)}").stdout.strip() != digest:
+        transport.check(
+            f"{quote(python)} -m venv --system-site-packages {quote(venv)}",
+            what=f"creating a virtualenv with {python}",
+            hint="install python3-venv on the device, or set the host's `python` to another interpreter",
+        )
+        transport.check(
+            f"{quote(venv)}/bin/python -m pip install --disable-pip-version-check -q -r {quote(requirements)}",
+            what="installing the runtime requirements",
+            hint="the device needs access to PyPI (or a local mirror) once",
+            timeout=1800,
+        )
+        transport.check(f"echo {digest} > {quote(marker)}", what="recording the requirements hash")
+    wheel_install = (
+        f"{quote(venv)}/bin/python -c 'import axengine' 2>/dev/null || "
+        f"for w in {quote(transport.workdir)}/axengine-*.whl; do "
+        f'if [ -f "$w" ]; then {quote(venv)}/bin/python -m pip install -q "$w"; fi; done'
+    )
+    transport.run(wheel_install)
+    return f"{venv}/bin/python"
+
+
+def _judge(report: dict[str, Any], min_cosine: float, host: str, report_path: Path) -> StageResult:
+    rows, failures = [], []
+    for part, encoder in report["encoders"].items():
+        latency = encoder["latency_ms"]
+        rows.append(
+            (
+                part,
+                f"{encoder['backend']} ({encoder['provider']})",
+                f"{encoder['cosine_min']:.5f}",
+                f"{latency['p50']:.1f} / {latency['p95']:.1f}",
+            )
+        )
+        if encoder["cosine_min"] < min_cosine:
+            failures.append(f"{part} encoder cosine {encoder['cosine_min']:.5f} < {min_cosine}")
+    print_table(
+        f"smoke test on {host} (peak RSS {report['peak_rss_mb']:.0f} MB)",
+        ("encoder", "backend", "cosine vs float (min)", "latency ms p50 / p95"),
+        rows,
+    )
+    if failures:
+        raise ValidationFailed("smoke-test", failures, str(report_path))
+    image, text = report["encoders"]["image"], report["encoders"]["text"]
+    return StageResult(
+        summary=f"cosine image {image['cosine_min']:.5f}, text {text['cosine_min']:.5f}; "
+        f"p50 {image['latency_ms']['p50']:.1f} / {text['latency_ms']['p50']:.1f} ms; "
+        f"peak RSS {report['peak_rss_mb']:.0f} MB",
+        figures={
+            "encoders": {
+                k: {"cosine_min": v["cosine_min"], "latency_ms": v["latency_ms"]} for k, v in report["encoders"].items()
+            },
+            "peak_rss_mb": report["peak_rss_mb"],
+        },
+    )
