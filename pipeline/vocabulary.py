@@ -8,6 +8,7 @@ the device reads the JSON index that embed-vocab writes.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Literal
 
@@ -108,8 +109,6 @@ def _with_names(raw: object, error: dict) -> str:
     """Key paths name categories (`categories.medium.mode`) rather than index them."""
     loc = list(error["loc"])
     if len(loc) >= 2 and loc[0] == "categories" and isinstance(loc[1], int) and isinstance(raw, dict):
-        try:
+        with contextlib.suppress(IndexError, AttributeError, KeyError, TypeError):
             loc[1] = raw["categories"][loc[1]].get("name", loc[1])
-        except (IndexError, AttributeError, KeyError, TypeError):
-            pass
     return describe_error({**error, "loc": tuple(loc)})

@@ -49,13 +49,11 @@ class PreprocessConfig:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB; transparent pixels become white, as transformers' convert_rgb does."""
+    """Any Pillow mode to RGB exactly as transformers' convert_to_rgb: transparency composited on white,
+    everything else through Pillow's own conversion (so the device sees what the reference saw)."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        scaled = np.asarray(image, dtype=np.float64) / (65535.0 if image.mode.startswith("I;16") else 2**31 - 1)
-        image = Image.fromarray(np.clip(scaled * 255.0, 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

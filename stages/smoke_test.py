@@ -70,7 +70,7 @@ class SmokeTestStage(Stage):
 
 
 def _runtime_files() -> list[Path]:
-    return sorted(RUNTIME_DIR.glob("*.py")) + [RUNTIME_DIR / "requirements.txt"]
+    return [*sorted(RUNTIME_DIR.glob("*.py")), RUNTIME_DIR / "requirements.txt"]
 
 
 def _ensure_venv(transport: Transport, python: str, app: str) -> str:

@@ -172,3 +172,33 @@ def test_host_flag_overrides_the_configured_build_host(remote) -> None:
     assert config.stages.compile.host == "local"
     with pytest.raises(Exception, match="unknown host 'nas'"):
         config.with_host("compile", "nas")
+
+
+def test_smoke_test_on_the_device_runs_the_axmodels_through_axengine(remote) -> None:
+    config = remote(**{"smoke-test": {"host": "pi", "runs": 3}})
+    outcome = _run(config, "smoke-test")
+    assert outcome.outcome is Outcome.RAN, outcome.summary
+    report = json.loads((config.artifacts / "smoke-test/report.json").read_text())
+    for part in ("image", "text"):
+        encoder = report["encoders"][part]
+        assert encoder["backend"] == "axengine" and encoder["provider"] == "AxEngineExecutionProvider"
+        assert encoder["model"].endswith(".axmodel")
+        assert encoder["cosine_min"] > 0.9999  # the stand-in "compiles" by copying the float model
+        assert encoder["latency_ms"]["runs"] == 3 and encoder["latency_ms"]["p95"] >= encoder["latency_ms"]["p50"]
+    assert report["encoders"]["text"]["input_dtype"] == "int32"
+    assert report["peak_rss_mb"] > 0
+    again = _run(config, "smoke-test", force=True, only=True)
+    assert again.outcome is Outcome.RAN  # the device virtualenv is reused
+
+
+def test_smoke_test_reports_a_provider_the_device_lacks(remote) -> None:
+    config = remote(**{"smoke-test": {"host": "pi", "runs": 1, "provider": "NoSuchExecutionProvider"}})
+    outcome = _run(config, "smoke-test")
+    assert outcome.outcome is Outcome.FAILED
+    assert "provider NoSuchExecutionProvider is not available here" in outcome.summary
+
+
+def test_smoke_test_fails_below_the_cosine_bar(remote) -> None:
+    config = remote(**{"smoke-test": {"host": "pi", "runs": 1, "min_cosine": 1.0}})
+    outcome = _run(config, "smoke-test")
+    assert outcome.outcome is Outcome.FAILED and "encoder cosine" in outcome.summary

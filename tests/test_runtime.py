@@ -1,0 +1,166 @@
+"""The device runtime: torch-free imports, backends, vocabulary tables, interrogation, captioning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.backends import AxEngineBackend, OnnxRuntimeBackend, conform, open_backend
+from runtime.captioning import caption_folder
+from runtime.clip import VOCAB_DIR, ClipRuntime
+from runtime.errors import BackendUnavailable
+from runtime.interrogator import CaptionOptions, Interrogator, format_caption
+from runtime.label_tables import LabelTables
+from runtime.preprocess import open_image
+
+REPO = Path(__file__).resolve().parent.parent
+STANDIN_PYTHON = REPO / "tests/standins/python"
+
+
+def _device(built_artifacts: Path) -> Path:
+    return built_artifacts.parent / "device" / "models"
+
+
+def test_runtime_imports_and_runs_without_torch_transformers_or_onnx(built_artifacts: Path) -> None:
+    modules = sorted(f"runtime.{p.stem}" for p in (REPO / "runtime").glob("*.py") if p.stem != "__init__")
+    script = f"""
+import importlib, json, sys
+from pathlib import Path
+for name in {modules!r}:
+    importlib.import_module(name)
+from runtime.clip import ClipRuntime, VOCAB_DIR
+from runtime.interrogator import Interrogator
+from runtime.label_tables import LabelTables
+from runtime.preprocess import open_image
+models = Path({str(_device(built_artifacts))!r})
+caption = Interrogator(ClipRuntime.load(models), LabelTables.load(models / VOCAB_DIR)).interrogate(
+    open_image(Path({str(REPO / "data/images/cat.jpg")!r}))).caption
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "onnx"))
+print(json.dumps({{"heavy": heavy, "caption": caption}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["heavy"] == []
+    assert answer["caption"].count(", ") >= 5
+
+
+@pytest.fixture
+def standin_axengine(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(STANDIN_PYTHON))
+    sys.modules.pop("axengine", None)
+    yield
+    sys.modules.pop("axengine", None)
+
+
+def test_axengine_backend_feeds_int32_ids_to_an_s32_model(built_artifacts: Path, standin_axengine) -> None:
+    export = built_artifacts / "export"
+    axmodel = built_artifacts.parent / "text_encoder.axmodel"
+    axmodel.write_bytes((export / "text_encoder.onnx").read_bytes())
+    backend = open_backend(axmodel, provider="AXCLRTExecutionProvider", device_id=0)
+    assert isinstance(backend, AxEngineBackend) and backend.provider == "AXCLRTExecutionProvider"
+    assert backend.inputs[0].dtype == np.int32
+    ids = np.load(built_artifacts / "verify/golden/input_ids.npy")[:1]  # int64, as the tokenizer gives
+    got = backend.run({"input_ids": ids})["text_embeds"]
+    reference = OnnxRuntimeBackend(export / "text_encoder.onnx").run({"input_ids": ids})["text_embeds"]
+    np.testing.assert_allclose(got, reference, atol=1e-6)
+
+
+def test_missing_axengine_names_the_install_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "m.axmodel"
+    model.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "axengine", None)
+    with pytest.raises(BackendUnavailable, match=r"axengine is not installed.*pyaxengine/releases"):
+        open_backend(model)
+
+
+def test_no_npu_found_is_a_clear_error(tmp_path: Path, standin_axengine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "")
+    model = tmp_path / "m.axmodel"
+    model.write_bytes(b"x")
+    with pytest.raises(BackendUnavailable, match="found no NPU"):
+        open_backend(model)
+
+
+def test_inputs_are_checked_against_the_model() -> None:
+    from runtime.backends import TensorInfo
+
+    inputs = [TensorInfo("input_ids", (1, 4), np.dtype(np.int32))]
+    assert conform({"input_ids": np.arange(4)[None]}, inputs)["input_ids"].dtype == np.int32
+    with pytest.raises(ValueError, match="shape"):
+        conform({"input_ids": np.arange(5)[None]}, inputs)
+    with pytest.raises(ValueError, match="missing input"):
+        conform({}, inputs)
+
+
+@pytest.fixture(scope="module")
+def interrogator(built_artifacts: Path) -> Interrogator:
+    models = _device(built_artifacts)
+    return Interrogator(ClipRuntime.load(models, with_text=False), LabelTables.load(models / VOCAB_DIR))
+
+
+def test_caption_joins_one_pick_per_category_in_order(interrogator: Interrogator) -> None:
+    result = interrogator.interrogate(open_image(REPO / "data/images/astronaut.jpg"))
+    names = [c.name for c in result.categories]
+    assert names == ["medium", "subject", "setting", "style", "lighting", "flavors", "tags"]
+    picks = [p.label for c in result.categories for p in c.picks]
+    assert result.caption == ", ".join(picks)
+    counts = {c.name: len(c.picks) for c in result.categories}
+    assert counts["medium"] == counts["subject"] == 1 and counts["flavors"] == 3
+    assert all(c.top[0].score >= c.top[-1].score for c in result.categories)
+
+
+def test_scores_are_cosines_of_the_image_with_each_label(interrogator: Interrogator, built_artifacts: Path) -> None:
+    image = open_image(REPO / "data/images/cat.jpg")
+    embedding = interrogator.clip.encode_image(image)
+    tables = interrogator.tables
+    subject = next(c for c in tables.categories if c.name == "subject")
+    # embed-vocab encodes with the float text model from export
+    float_text = OnnxRuntimeBackend(built_artifacts / "export/text_encoder.onnx")
+    ids = interrogator.clip.tokenizer.encode(f"a photo of a {subject.labels[0]}")
+    text = float_text.run({"input_ids": ids})["text_embeds"][0]
+    expected = float(embedding @ text / np.linalg.norm(embedding) / np.linalg.norm(text))
+    assert tables.scores(embedding)[subject.start] == pytest.approx(expected, abs=2e-3)  # fp16 storage
+
+
+def test_many_category_takes_every_label_above_its_threshold(interrogator: Interrogator) -> None:
+    scores = interrogator.tables.scores(interrogator.clip.encode_image(open_image(REPO / "data/images/cat.jpg")))
+    tags = next(c for c in interrogator.tables.categories if c.name == "tags")
+    result = interrogator.interrogate(open_image(REPO / "data/images/cat.jpg"))
+    picked = next(c for c in result.categories if c.name == "tags").picks
+    assert len(picked) == int((scores[tags.start : tags.stop] >= tags.threshold).sum())
+
+
+def test_caption_options_ranks_skip_and_tags(interrogator: Interrogator) -> None:
+    image = open_image(REPO / "data/images/rocket.jpg")
+    plain = interrogator.interrogate(image)
+    ranked = interrogator.interrogate(image, CaptionOptions(ranks=True, skip=frozenset({"flavors", "tags"})))
+    parts = ranked.caption.split(", ")
+    assert len(parts) == 5 and all((p.startswith("(") and p.endswith(")") and ":0." in p) or ":-0." in p for p in parts)
+    tables = interrogator.tables.categories
+    tags_only = format_caption(plain.categories, tables, CaptionOptions(tags_only=True, min_score=-1))
+    tag_labels = [p.label for c in plain.categories if c.name == "tags" for p in c.picks]
+    assert tags_only == ", ".join(tag_labels)
+
+
+def test_batch_captioning_is_resumable_and_skips_unreadable_files(interrogator: Interrogator, tmp_path: Path) -> None:
+    images = tmp_path / "set"
+    (images / "sub").mkdir(parents=True)
+    for name in ("cat.jpg", "coffee.jpg"):
+        (images / name).write_bytes((REPO / "data/images" / name).read_bytes())
+    (images / "sub/rocket.jpg").write_bytes((REPO / "data/images/rocket.jpg").read_bytes())
+    (images / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "captions"
+    first = caption_folder(interrogator, images, out)
+    assert first.captioned == 3 and first.skipped == 0 and [Path(f).name for f, _ in first.failed] == ["broken.png"]
+    assert (out / "sub/rocket.txt").read_text().strip()
+    records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert sorted(r["file"] for r in records) == ["cat.jpg", "coffee.jpg", "sub/rocket.jpg"]
+    second = caption_folder(interrogator, images, out)
+    assert second.captioned == 0 and second.skipped == 3
+    beside = caption_folder(interrogator, images)
+    assert beside.captioned == 3 and (images / "cat.txt").is_file()

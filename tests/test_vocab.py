@@ -1,0 +1,88 @@
+"""Vocabulary files and the embed-vocab stage: clear errors, tables reused while unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.graph import StageGraph
+from pipeline.runner import Outcome, RunRequest, run
+from pipeline.vocabulary import load_vocabulary
+from stages import ALL_STAGES
+
+GRAPH = StageGraph(ALL_STAGES)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_default_vocabulary_has_thousands_of_labels() -> None:
+    spec, categories = load_vocabulary(REPO / "vocab/default.yaml")
+    assert sum(len(c.labels) for c in categories) >= 2000
+    assert {c.spec.mode for c in categories} == {"one", "top", "many"}
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "vocab.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("category", "message"),
+    [
+        ({"name": "medium", "mode": "best", "labels": ["a"]}, "categories.medium.mode: input should be 'one', 'many'"),
+        ({"name": "medium", "template": "a photo", "labels": ["a"]}, "must contain {}"),
+        ({"name": "medium"}, "give labels (a list) or labels_file"),
+        ({"name": "medium", "labels": ["a"], "colour": "red"}, "categories.medium.colour: unknown key"),
+        ({"name": "medium", "labels_file": "nope.txt"}, "labels_file: "),
+    ],
+)
+def test_malformed_vocabulary_names_the_category_and_key(tmp_path: Path, category: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_vocabulary(_write(tmp_path, {"categories": [category]}))
+    assert message in str(caught.value)
+    assert str(caught.value).startswith(str(tmp_path / "vocab.yaml"))
+
+
+def test_duplicate_category_names_are_rejected(tmp_path: Path) -> None:
+    data = {"categories": [{"name": "a", "labels": ["x"]}, {"name": "a", "labels": ["y"]}]}
+    with pytest.raises(ConfigError, match="repeated: a"):
+        load_vocabulary(_write(tmp_path, data))
+
+
+def test_labels_file_is_read_deduplicated_with_comments_skipped(tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_text("# a comment\ncat\n\ndog\ncat\n")
+    _, categories = load_vocabulary(_write(tmp_path, {"categories": [{"name": "s", "labels_file": "labels.txt"}]}))
+    assert categories[0].labels == ("cat", "dog")
+
+
+def test_changed_category_reencodes_only_new_prompts(tiny_pipeline, tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    vocab = _write(
+        tmp_path,
+        {
+            "name": "small",
+            "categories": [
+                {"name": "animal", "labels_file": "labels.txt", "template": "a sketch of one {}"},
+                {"name": "mood", "mode": "top", "k": 2, "template": "mood: {}", "labels": ["happy", "sad", "calm"]},
+            ],
+        },
+    )
+    config = tiny_pipeline(**{"embed-vocab": {"vocabulary": str(vocab)}})
+    first = {o.stage: o for o in run(config, GRAPH, RunRequest(targets=("embed-vocab",)))}["embed-vocab"]
+    assert first.outcome is Outcome.RAN and "6 labels in 2 categories (6 encoded, 0 reused)" in first.summary
+    table = np.load(config.artifacts / "embed-vocab/animal.npy")
+    assert table.dtype == np.float16 and table.shape == (3, 64)
+    np.testing.assert_allclose(np.linalg.norm(table.astype(np.float32), axis=1), 1.0, atol=2e-3)
+
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\nhorse\n")
+    second = {o.stage: o for o in run(config, GRAPH, RunRequest(targets=("embed-vocab",)))}["embed-vocab"]
+    assert "7 labels in 2 categories (1 encoded, 6 reused)" in second.summary
+    index = json.loads((config.artifacts / "embed-vocab/vocab.json").read_text())
+    assert index["categories"][0]["labels"] == ["cat", "dog", "bird", "horse"]
+    assert len(index["text_model_sha256"]) == 64
+    np.testing.assert_array_equal(np.load(config.artifacts / "embed-vocab/animal.npy")[:3], table)
