@@ -59,7 +59,8 @@ class Stage(ABC):
 
     def host_name(self, config: PipelineConfig) -> str:
         """The host this stage works on (stages with a `host` param override it with --host)."""
-        return str(getattr(config.stages.of(self.name), "host", "local"))
+        params = getattr(config.stages, self.name.replace("-", "_"), None)
+        return str(getattr(params, "host", "local"))
 
     def external_inputs(self, config: PipelineConfig) -> list[Path]:
         """Files outside artifacts/ that this stage reads (images, local model weights)."""

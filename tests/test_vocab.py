@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_default_vocabulary_has_thousands_of_labels() -> None:
-    spec, categories = load_vocabulary(REPO / "vocab/default.yaml")
+    _, categories = load_vocabulary(REPO / "vocab/default.yaml")
     assert sum(len(c.labels) for c in categories) >= 2000
     assert {c.spec.mode for c in categories} == {"one", "top", "many"}
 

@@ -1,0 +1,128 @@
+"""Interrogation latency: the bare image-encoder forward pass (the floor) vs our full interrogation
+(decode, preprocess, encode, rank) against vocabularies of 7, 1k, 10k and 100k labels, vs the manual
+design that runs the text encoder once per label on every request (7 and 100 labels).
+
+Full-size ViT-B/32 shapes with random weights (speed does not depend on weight values); onnxruntime on
+the CPU stands in for the NPU. Rounds are interleaved so every variant sees the same machine load.
+Target: ours at 100k labels <= 1.15x the floor (median).
+
+    python bench/interrogate.py [--rounds 15] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from common import REPO, full_size_export, median_ms
+
+from runtime import model_io
+from runtime.clip import ClipRuntime
+from runtime.interrogator import Interrogator
+from runtime.label_tables import LabelTables, write_category
+from runtime.preprocess import open_image
+
+TABLE_SIZES = (7, 1_000, 10_000, 100_000)
+MANUAL_SIZES = (7, 100)
+TARGET_RATIO = 1.15
+
+
+def _tables(root: Path, labels: int, dim: int) -> LabelTables:
+    """A vocabulary shaped like the default one (a `one`, a `top` and a `many` category), random rows."""
+    directory = root / f"vocab-{labels}"
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(labels)
+    tenth = max(1, labels // 10)
+    sizes = {"subject": tenth, "flavors": max(1, labels - 2 * tenth), "tags": tenth}
+    modes = {"subject": "one", "flavors": "top", "tags": "many"}
+    categories = []
+    for name, count in sizes.items():
+        file = write_category(directory, name, rng.standard_normal((count, dim)).astype(np.float32))
+        categories.append(
+            {
+                "name": name,
+                "mode": modes[name],
+                "threshold": 0.1,
+                "k": 3,
+                "file": file,
+                "labels": [f"{name} {i}" for i in range(count)],
+                "template": "{}",
+            }
+        )
+    (directory / "vocab.json").write_text(json.dumps({"name": "bench", "dim": dim, "categories": categories}))
+    return LabelTables.load(directory)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    export = full_size_export()
+    clip = ClipRuntime.load(export)  # the float ONNX files
+    dim = int(clip.info["projection_dim"])
+    photo = (REPO / "data/images/grace_hopper.jpg").read_bytes()
+    tables_root = export.parent.parent / "tables"
+    interrogators = {n: Interrogator(clip, _tables(tables_root, n, dim)) for n in TABLE_SIZES}
+    text = clip.text
+    assert text is not None
+    prompts = [f"a photo of label {i}" for i in range(max(MANUAL_SIZES))]
+    token_ids = [clip.tokenizer.encode(p) for p in prompts]
+    pixels = clip.preprocess(open_image(photo))
+
+    def floor() -> None:
+        clip.image.run({model_io.IMAGE_INPUT: pixels})
+
+    def ours(n: int):
+        return lambda: interrogators[n].interrogate(open_image(photo))
+
+    def manual(n: int):
+        def run() -> None:
+            embedding = clip.encode_image(open_image(photo))
+            for ids in token_ids[:n]:
+                text.run({model_io.TEXT_INPUT: ids})
+            del embedding
+
+        return run
+
+    variants = {"floor: image encoder": floor}
+    variants.update({f"ours, {n:,} labels": ours(n) for n in TABLE_SIZES})
+    variants.update({f"manual, {n} labels": manual(n) for n in MANUAL_SIZES})
+    for run in variants.values():  # warm-up
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, run in variants.items():
+            started = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - started)
+    floor_ms = median_ms(samples["floor: image encoder"])
+    rows = {
+        name: {"median_ms": median_ms(s), "ratio_to_floor": round(median_ms(s) / floor_ms, 3)}
+        for name, s in samples.items()
+    }
+    ratio = rows["ours, 100,000 labels"]["ratio_to_floor"]
+    figures = {
+        "rounds": args.rounds,
+        "variants": rows,
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio <= TARGET_RATIO,
+        "image_bytes": len(io.BytesIO(photo).getvalue()),
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"interrogation latency, ViT-B/32 shapes, onnxruntime CPU, median of {args.rounds} interleaved rounds")
+    print(f"  {'variant':28} {'median ms':>10} {'x floor':>8}")
+    for name, row in rows.items():
+        print(f"  {name:28} {row['median_ms']:>10.1f} {row['ratio_to_floor']:>8.3f}")
+    print(f"  target: ours at 100k labels <= {TARGET_RATIO}x floor: {'met' if figures['meets_target'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
