@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 from common import REPO, full_size_export, median_ms
 
+from modeling.rank_model import write_rank_model
 from runtime import model_io
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator
-from runtime.label_tables import LabelTables, write_category
+from runtime.label_tables import RANK_MODEL_FILE, LabelTables, write_category
 from runtime.preprocess import open_image
 
 TABLE_SIZES = (7, 1_000, 10_000, 100_000)
@@ -39,21 +40,16 @@ def _tables(root: Path, labels: int, dim: int) -> LabelTables:
     tenth = max(1, labels // 10)
     sizes = {"subject": tenth, "flavors": max(1, labels - 2 * tenth), "tags": tenth}
     modes = {"subject": "one", "flavors": "top", "tags": "many"}
-    categories = []
+    categories, stored = [], []
     for name, count in sizes.items():
         file = write_category(directory, name, rng.standard_normal((count, dim)).astype(np.float32))
-        categories.append(
-            {
-                "name": name,
-                "mode": modes[name],
-                "threshold": 0.1,
-                "k": 3,
-                "file": file,
-                "labels": [f"{name} {i}" for i in range(count)],
-                "template": "{}",
-            }
-        )
-    (directory / "vocab.json").write_text(json.dumps({"name": "bench", "dim": dim, "categories": categories}))
+        stored.append(np.load(directory / file))
+        names = [f"{name} {i}" for i in range(count)]
+        entry = {"name": name, "mode": modes[name], "threshold": 0.1, "k": 3, "file": file, "labels": names}
+        categories.append(entry)
+    rank = write_rank_model(directory / RANK_MODEL_FILE, np.concatenate(stored))
+    index = {"name": "bench", "dim": dim, "categories": categories, "rank": {"file": RANK_MODEL_FILE, **rank}}
+    (directory / "vocab.json").write_text(json.dumps(index))
     return LabelTables.load(directory)
 
 

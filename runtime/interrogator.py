@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.clip import ClipRuntime
-from runtime.label_tables import CategoryTable, LabelTables
+from runtime.label_tables import CategoryTable, LabelTables, normalize
 
 STRUCTURED_TOP = 5  # labels per category in the structured result
 
@@ -84,26 +84,37 @@ class Interrogator:
         options = options or CaptionOptions()
         embedding, timings = self.embed(image)
         started = time.perf_counter()
-        scores = self.tables.scores(embedding)
-        results = tuple(_rank(category, scores[category.start : category.stop]) for category in self.tables.categories)
+        vector = normalize(embedding)
+        coarse, bound = self.tables.coarse_scores(vector)
+        results = tuple(_rank(self.tables, category, coarse, bound, vector) for category in self.tables.categories)
         timings["rank"] = (time.perf_counter() - started) * 1e3
         return Interrogation(format_caption(results, self.tables.categories, options), results, timings)
 
 
-def _rank(category: CategoryTable, scores: np.ndarray) -> CategoryResult:
-    count = min(len(scores), max(STRUCTURED_TOP, category.k))
-    best = np.argpartition(-scores, count - 1)[:count]
-    best = best[np.argsort(-scores[best], kind="stable")]
-    top = tuple(Pick(category.labels[i], float(scores[i])) for i in best)
+def _rank(
+    tables: LabelTables, category: CategoryTable, coarse: np.ndarray, bound: float, vector: np.ndarray
+) -> CategoryResult:
+    """Exact picks from coarse scores: only labels the error bound cannot rule out are rescored.
+
+    A label in the exact top n scores at least the n-th best coarse score minus twice the bound; a label
+    at or above a threshold scores at least the threshold minus the bound.
+    """
+    block = coarse[category.start : category.stop]
+    need = min(len(block), max(STRUCTURED_TOP, category.k))
+    cutoff = float(np.partition(block, len(block) - need)[len(block) - need]) - 2 * bound
+    if category.mode == "many":
+        cutoff = min(cutoff, category.threshold - bound)
+    candidates = np.flatnonzero(block >= cutoff)
+    exact = tables.exact_scores(candidates + category.start, vector)
+    order = np.argsort(-exact, kind="stable")
+    ranked = [Pick(category.labels[candidates[i]], float(exact[i])) for i in order]
     if category.mode == "one":
-        picks = top[:1]
+        picks = ranked[:1]
     elif category.mode == "top":
-        picks = top[: category.k]
+        picks = ranked[: category.k]
     else:
-        above = np.flatnonzero(scores >= category.threshold)
-        above = above[np.argsort(-scores[above], kind="stable")]
-        picks = tuple(Pick(category.labels[i], float(scores[i])) for i in above)
-    return CategoryResult(category.name, category.mode, picks, top[:STRUCTURED_TOP])
+        picks = [p for p in ranked if p.score >= category.threshold]
+    return CategoryResult(category.name, category.mode, tuple(picks), tuple(ranked[:STRUCTURED_TOP]))
 
 
 def format_caption(results: tuple[CategoryResult, ...], tables: list[CategoryTable], options: CaptionOptions) -> str:

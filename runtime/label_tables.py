@@ -1,8 +1,11 @@
 """Precomputed label embeddings: what lets the device rank 100,000 labels without a text-encoder pass.
 
-On disk (written by embed-vocab): `vocab.json` (categories, their settings, labels and hashes) and one
-`<category>.npy` per category, float16 [labels, dim], L2-normalized. In memory every category sits in
-one float32 matrix, so ranking an image against all of them is one matrix-vector product.
+On disk (written by embed-vocab): `vocab.json` (categories, their settings, labels and hashes), one
+`<category>.npy` per category (float16 [labels, dim], L2-normalized) and `rank.onnx`, the same rows in
+int8. Ranking is two passes: the int8 model scores every label with one MatMulInteger (a quarter of the
+memory traffic of float32, which is what a 100k-row matrix-vector product is bound by), then the labels
+the coarse scores cannot rule out are rescored exactly from the float16 rows. The coarse error is
+bounded analytically (`coarse_error_bound`), so the final picks equal those of an exact float ranking.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from runtime.errors import ModelFilesError
 
 INDEX_FILE = "vocab.json"
+RANK_MODEL_FILE = "rank.onnx"
 
 
 @dataclass(frozen=True)
@@ -36,20 +40,23 @@ class CategoryTable:
 
 
 class LabelTables:
-    def __init__(self, categories: list[CategoryTable], matrix: np.ndarray, index: dict[str, Any]) -> None:
+    def __init__(self, categories: list[CategoryTable], rows: np.ndarray, index: dict[str, Any], ranker: Any) -> None:
         self.categories = categories
-        self.matrix = matrix  # float32 [total labels, dim], rows L2-normalized
+        self.rows = rows  # float16 [total labels, dim], L2-normalized
         self.index = index
+        self._ranker = ranker  # onnxruntime session of rank.onnx
 
     @classmethod
     def load(cls, directory: Path) -> LabelTables:
+        import onnxruntime as ort
+
         index_path = directory / INDEX_FILE
         if not index_path.is_file():
             raise ModelFilesError(f"{index_path} not found: run `invoke embed-vocab` and `invoke fetch`")
         index = json.loads(index_path.read_text(encoding="utf-8"))
         categories, blocks, start = [], [], 0
         for entry in index["categories"]:
-            block = np.load(directory / entry["file"], mmap_mode="r")
+            block = np.load(directory / entry["file"])
             if block.shape[0] != len(entry["labels"]):
                 raise ModelFilesError(f"{entry['file']}: {block.shape[0]} rows for {len(entry['labels'])} labels")
             categories.append(
@@ -64,24 +71,42 @@ class LabelTables:
                     start=start,
                 )
             )
-            blocks.append(block)
+            blocks.append(block.astype(np.float16, copy=False))
             start += block.shape[0]
-        matrix = np.empty((start, int(index["dim"])), dtype=np.float32)
-        row = 0
-        for block in blocks:
-            matrix[row : row + block.shape[0]] = block
-            row += block.shape[0]
-        return cls(categories, matrix, index)
+        options = ort.SessionOptions()
+        # One thread, no spinning: memory-bound work gains nothing from more, and idle spinners would
+        # steal the CPU from the next image's preprocessing.
+        options.intra_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        rank_model = str(directory / index["rank"]["file"])
+        ranker = ort.InferenceSession(rank_model, options, providers=["CPUExecutionProvider"])
+        return cls(categories, np.concatenate(blocks), index, ranker)
 
     @property
     def sizes(self) -> dict[str, int]:
         return {c.name: len(c.labels) for c in self.categories}
 
-    def scores(self, embedding: np.ndarray) -> np.ndarray:
-        """Cosine of the (normalized) image embedding with every label: one matrix-vector product."""
-        vector = np.asarray(embedding, dtype=np.float32).ravel()
-        vector = vector / (np.linalg.norm(vector) + 1e-12)
-        return self.matrix @ vector
+    def coarse_scores(self, vector: np.ndarray) -> tuple[np.ndarray, float]:
+        """int8 cosines of a normalized vector with every label, and a bound on their error."""
+        scores = self._ranker.run(None, {"embedding": vector[None].astype(np.float32)})[0][0]
+        return scores, coarse_error_bound(vector, self.index["rank"], self.rows.shape[1])
+
+    def exact_scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        return self.rows[rows].astype(np.float32) @ vector
+
+
+def normalize(embedding: np.ndarray) -> np.ndarray:
+    vector = np.asarray(embedding, dtype=np.float32).ravel()
+    return vector / (np.linalg.norm(vector) + 1e-12)
+
+
+def coarse_error_bound(vector: np.ndarray, rank: dict[str, float], dim: int) -> float:
+    """|coarse - exact| for any label, from the two quantization steps (rounding error <= scale/2 each):
+    |x.w - x'.w'| <= s_x/2 * |w'|_1 + s_w/2 * |x|_1 + s_x*s_w/4 * dim, plus float16 storage error."""
+    x_scale = (max(float(vector.max()), 0.0) - min(float(vector.min()), 0.0)) / 255.0
+    w_scale, w_l1 = rank["max_label_scale"], rank["max_label_l1"]
+    bound = x_scale / 2 * w_l1 + w_scale / 2 * float(np.abs(vector).sum()) + x_scale * w_scale / 4 * dim
+    return bound + 1e-5  # float32 rounding in both passes
 
 
 def write_category(directory: Path, name: str, embeddings: np.ndarray) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from modeling.rank_model import write_rank_model
 from pipeline.config import PipelineConfig
 from pipeline.files import sha256_file, sha256_text, write_json
 from pipeline.report import console
@@ -21,7 +22,7 @@ from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.vocabulary import Category, load_vocabulary, vocabulary_files
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
-from runtime.label_tables import INDEX_FILE, write_category
+from runtime.label_tables import INDEX_FILE, RANK_MODEL_FILE, write_category
 from runtime.tokenizer import ClipTokenizer
 
 
@@ -30,7 +31,7 @@ class EmbedVocabStage(Stage):
     help = "Encode every vocabulary label once into normalized fp16 tables for the interrogator."
     after = ("export",)
     outputs = (INDEX_FILE,)
-    code_modules = ("pipeline.vocabulary", "runtime.label_tables", "runtime.tokenizer")
+    code_modules = ("pipeline.vocabulary", "runtime.label_tables", "runtime.tokenizer", "modeling.rank_model")
 
     def params(self, config: PipelineConfig) -> dict[str, Any]:
         return config.stages.embed_vocab.model_dump(mode="json")
@@ -50,11 +51,13 @@ class EmbedVocabStage(Stage):
         )
         if missing:
             cache.update(_encode(missing, text_model, export / model_io.TOKENIZER_FILE, info["context_length"]))
-        index_categories = []
+        index_categories, stored = [], []
         for category in categories:
             vectors = np.stack([cache[category.prompt(label)] for label in category.labels])
             file = write_category(ctx.out_dir, category.spec.name, vectors)
+            stored.append(np.load(ctx.out_dir / file))
             index_categories.append(_index_entry(category, file))
+        rank = write_rank_model(ctx.out_dir / RANK_MODEL_FILE, np.concatenate(stored))
         write_json(
             ctx.out_dir / INDEX_FILE,
             {
@@ -62,6 +65,7 @@ class EmbedVocabStage(Stage):
                 "dim": int(info["projection_dim"]),
                 "text_model_sha256": model_sha,
                 "categories": index_categories,
+                "rank": {"file": RANK_MODEL_FILE, **rank},
             },
         )
         total = sum(len(c.labels) for c in categories)

@@ -15,7 +15,7 @@ from runtime.captioning import caption_folder
 from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.errors import BackendUnavailable
 from runtime.interrogator import CaptionOptions, Interrogator, format_caption
-from runtime.label_tables import LabelTables
+from runtime.label_tables import LabelTables, normalize
 from runtime.preprocess import open_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ for name in {modules!r}:
     importlib.import_module(name)
 from runtime.clip import ClipRuntime, VOCAB_DIR
 from runtime.interrogator import Interrogator
-from runtime.label_tables import LabelTables
+from runtime.label_tables import LabelTables, normalize
 from runtime.preprocess import open_image
 models = Path({str(_device(built_artifacts))!r})
 caption = Interrogator(ClipRuntime.load(models), LabelTables.load(models / VOCAB_DIR)).interrogate(
@@ -124,15 +124,19 @@ def test_scores_are_cosines_of_the_image_with_each_label(interrogator: Interroga
     ids = interrogator.clip.tokenizer.encode(f"a photo of a {subject.labels[0]}")
     text = float_text.run({"input_ids": ids})["text_embeds"][0]
     expected = float(embedding @ text / np.linalg.norm(embedding) / np.linalg.norm(text))
-    assert tables.scores(embedding)[subject.start] == pytest.approx(expected, abs=2e-3)  # fp16 storage
+    vector = normalize(embedding)
+    assert tables.exact_scores(np.array([subject.start]), vector)[0] == pytest.approx(expected, abs=2e-3)  # fp16
+    coarse, bound = tables.coarse_scores(vector)
+    assert abs(coarse[subject.start] - expected) <= bound + 2e-3
 
 
 def test_many_category_takes_every_label_above_its_threshold(interrogator: Interrogator) -> None:
-    scores = interrogator.tables.scores(interrogator.clip.encode_image(open_image(REPO / "data/images/cat.jpg")))
+    vector = normalize(interrogator.clip.encode_image(open_image(REPO / "data/images/cat.jpg")))
     tags = next(c for c in interrogator.tables.categories if c.name == "tags")
+    scores = interrogator.tables.exact_scores(np.arange(tags.start, tags.stop), vector)
     result = interrogator.interrogate(open_image(REPO / "data/images/cat.jpg"))
     picked = next(c for c in result.categories if c.name == "tags").picks
-    assert len(picked) == int((scores[tags.start : tags.stop] >= tags.threshold).sum())
+    assert len(picked) == int((scores >= tags.threshold).sum())
 
 
 def test_caption_options_ranks_skip_and_tags(interrogator: Interrogator) -> None:
@@ -164,3 +168,39 @@ def test_batch_captioning_is_resumable_and_skips_unreadable_files(interrogator: 
     assert second.captioned == 0 and second.skipped == 3
     beside = caption_folder(interrogator, images)
     assert beside.captioned == 3 and (images / "cat.txt").is_file()
+
+
+def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
+    """Dense random tables (many near-ties): picks must still equal a brute-force float ranking."""
+    from modeling.rank_model import write_rank_model
+    from runtime.interrogator import _rank
+    from runtime.label_tables import RANK_MODEL_FILE, write_category
+
+    rng = np.random.default_rng(7)
+    file = write_category(tmp_path, "flavors", rng.standard_normal((20000, 64)).astype(np.float32))
+    rows = np.load(tmp_path / file)
+    rank = write_rank_model(tmp_path / RANK_MODEL_FILE, rows)
+    labels = [f"l{i}" for i in range(len(rows))]
+    index = {
+        "dim": 64,
+        "rank": {"file": RANK_MODEL_FILE, **rank},
+        "categories": [{"name": "flavors", "mode": "top", "k": 5, "threshold": 0.3, "file": file, "labels": labels}],
+    }
+    (tmp_path / "vocab.json").write_text(json.dumps(index))
+    tables = LabelTables.load(tmp_path)
+    for mode, k, threshold in (("top", 5, 0.3), ("many", 3, 0.25), ("one", 1, 0.0)):
+        category = tables.categories[0].__class__(
+            **{**tables.categories[0].__dict__, "mode": mode, "k": k, "threshold": threshold}
+        )
+        for _ in range(5):
+            vector = normalize(rng.standard_normal(64))
+            exact = rows.astype(np.float32) @ vector
+            coarse, bound = tables.coarse_scores(vector)
+            assert np.abs(coarse - exact).max() <= bound
+            result = _rank(tables, category, coarse, bound, vector)
+            order = np.argsort(-exact, kind="stable")
+            if mode == "many":
+                expected = [labels[i] for i in order if exact[i] >= threshold]
+            else:
+                expected = [labels[i] for i in order[:k]]
+            assert [p.label for p in result.picks] == expected

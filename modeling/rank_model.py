@@ -1,0 +1,48 @@
+"""The coarse ranking model embed-vocab writes beside the label tables: int8 labels, one MatMulInteger.
+
+Built here because the device has no `onnx` package; the device runs it with onnxruntime, whose int8
+kernels (SDOT on the Pi 5's Cortex-A76, VNNI on x86) read a quarter of the bytes a float32
+matrix-vector product reads. The interrogator then rescores, exactly, only the labels the coarse
+scores cannot rule out (see runtime/label_tables.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# onnxruntime's default opset for these ops; MatMulInteger and DynamicQuantizeLinear exist since 10/11.
+RANK_OPSET = 13
+
+
+def write_rank_model(path: Path, rows: np.ndarray) -> dict[str, float]:
+    """rows: [labels, dim] normalized embeddings. Returns the figures the runtime's error bound needs."""
+    rows = rows.astype(np.float32)
+    scales = np.maximum(np.abs(rows).max(axis=1), 1e-12) / 127.0
+    quantized = np.clip(np.round(rows / scales[:, None]), -127, 127).astype(np.int8)
+    labels, dim = rows.shape
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["embedding"], ["q", "q_scale", "q_zero"]),
+        helper.make_node("MatMulInteger", ["q", "labels_t", "q_zero"], ["acc"]),
+        helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["q_scale", "label_scales"], ["scale"]),
+        helper.make_node("Mul", ["acc_f", "scale"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "coarse_rank",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, dim])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, labels])],
+        initializer=[
+            numpy_helper.from_array(np.ascontiguousarray(quantized.T), "labels_t"),
+            numpy_helper.from_array(scales.astype(np.float32), "label_scales"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", RANK_OPSET)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    dequantized = quantized.astype(np.float32) * scales[:, None]
+    return {"max_label_scale": float(scales.max()), "max_label_l1": float(np.abs(dequantized).sum(axis=1).max())}
