@@ -45,4 +45,8 @@ def write_rank_model(path: Path, rows: np.ndarray) -> dict[str, float]:
     model.ir_version = 8
     onnx.save(model, str(path))
     dequantized = quantized.astype(np.float32) * scales[:, None]
-    return {"max_label_scale": float(scales.max()), "max_label_l1": float(np.abs(dequantized).sum(axis=1).max())}
+    return {
+        "max_label_scale": float(scales.max()),
+        "max_label_error_l2": float(np.linalg.norm(dequantized - rows, axis=1).max()),
+        "max_label_norm": float(np.linalg.norm(dequantized, axis=1).max()),
+    }

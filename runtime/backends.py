@@ -60,6 +60,8 @@ class OnnxRuntimeBackend:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Threads that spin after a run would compete with the ranking and preprocessing that follow.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.provider = self._session.get_providers()[0]
         self._inputs = [

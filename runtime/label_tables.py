@@ -74,9 +74,7 @@ class LabelTables:
             blocks.append(block.astype(np.float16, copy=False))
             start += block.shape[0]
         options = ort.SessionOptions()
-        # One thread, no spinning: memory-bound work gains nothing from more, and idle spinners would
-        # steal the CPU from the next image's preprocessing.
-        options.intra_op_num_threads = 1
+        # No spinning: idle spinners would steal the CPU from the next image's preprocessing and encode.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         rank_model = str(directory / index["rank"]["file"])
         ranker = ort.InferenceSession(rank_model, options, providers=["CPUExecutionProvider"])
@@ -89,7 +87,7 @@ class LabelTables:
     def coarse_scores(self, vector: np.ndarray) -> tuple[np.ndarray, float]:
         """int8 cosines of a normalized vector with every label, and a bound on their error."""
         scores = self._ranker.run(None, {"embedding": vector[None].astype(np.float32)})[0][0]
-        return scores, coarse_error_bound(vector, self.index["rank"], self.rows.shape[1])
+        return scores, coarse_error_bound(vector, self.index["rank"])
 
     def exact_scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         return self.rows[rows].astype(np.float32) @ vector
@@ -100,13 +98,17 @@ def normalize(embedding: np.ndarray) -> np.ndarray:
     return vector / (np.linalg.norm(vector) + 1e-12)
 
 
-def coarse_error_bound(vector: np.ndarray, rank: dict[str, float], dim: int) -> float:
-    """|coarse - exact| for any label, from the two quantization steps (rounding error <= scale/2 each):
-    |x.w - x'.w'| <= s_x/2 * |w'|_1 + s_w/2 * |x|_1 + s_x*s_w/4 * dim, plus float16 storage error."""
-    x_scale = (max(float(vector.max()), 0.0) - min(float(vector.min()), 0.0)) / 255.0
-    w_scale, w_l1 = rank["max_label_scale"], rank["max_label_l1"]
-    bound = x_scale / 2 * w_l1 + w_scale / 2 * float(np.abs(vector).sum()) + x_scale * w_scale / 4 * dim
-    return bound + 1e-5  # float32 rounding in both passes
+def coarse_error_bound(vector: np.ndarray, rank: dict[str, float]) -> float:
+    """A bound on |coarse - exact| for every label, by Cauchy-Schwarz on the two quantization errors:
+    x'.w' - x.w = (x' - x).w' + x.(w' - w), so it is <= |x' - x| |w'| + |x| max|w' - w|. The image side
+    is computed exactly here (DynamicQuantizeLinear replayed in numpy), the label side at build time."""
+    low, high = min(float(vector.min()), 0.0), max(float(vector.max()), 0.0)
+    scale = np.float32((high - low) / 255.0)
+    zero = np.clip(np.round(-low / scale), 0, 255)
+    replayed = (np.clip(np.round(vector / scale) + zero, 0, 255) - zero) * scale
+    image_error = float(np.linalg.norm(replayed - vector)) + float(scale)  # + one step, for rounding ties
+    label_side = float(np.linalg.norm(vector)) * rank["max_label_error_l2"]
+    return image_error * rank["max_label_norm"] + label_side + 1e-5
 
 
 def write_category(directory: Path, name: str, embeddings: np.ndarray) -> str:

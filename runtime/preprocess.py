@@ -82,9 +82,12 @@ def preprocess(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     top = (height - config.crop_height) // 2
     left = (width - config.crop_width) // 2
     array = _center_crop(array, top, left, config.crop_height, config.crop_width)
-    scaled = array.astype(np.float64) * config.rescale_factor
-    normalized = (scaled - np.asarray(config.mean)) / np.asarray(config.std)
-    return normalized.transpose(2, 0, 1)[None].astype(np.float32)
+    # (x * rescale - mean) / std as one float32 multiply-add per pixel; within 1e-6 of the float64 path.
+    std = np.asarray(config.std, dtype=np.float64)
+    gain = (config.rescale_factor / std).astype(np.float32)
+    offset = (np.asarray(config.mean, dtype=np.float64) / std).astype(np.float32)
+    normalized = array.astype(np.float32) * gain - offset
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1)[None])
 
 
 def _center_crop(array: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
