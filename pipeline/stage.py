@@ -80,6 +80,12 @@ class Stage(ABC):
         return ":".join(sha256_file(path)[:16] for path in files)
 
 
+def device_params(config: PipelineConfig, params: Any) -> dict[str, Any]:
+    """A device stage's params plus where its host's files live: another device means another run."""
+    host = config.host(params.host)
+    return {**params.model_dump(mode="json"), "address": host.address, "workdir": host.workdir}
+
+
 def _module_origin(name: str) -> str:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,7 +52,22 @@ _ORT_TYPES = {
 }
 
 
-class OnnxRuntimeBackend:
+class _SessionBackend:
+    """What both backends share once their session and tensor lists are set up."""
+
+    _session: Any
+    _inputs: list[TensorInfo]
+    _outputs: list[str]
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self._session.run(None, conform(feed, self._inputs)), strict=True))
+
+
+class OnnxRuntimeBackend(_SessionBackend):
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int = 0) -> None:
@@ -70,15 +85,8 @@ class OnnxRuntimeBackend:
         ]
         self._outputs = [o.name for o in self._session.get_outputs()]
 
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
 
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._outputs, self._session.run(None, conform(feed, self._inputs)), strict=True))
-
-
-class AxEngineBackend:
+class AxEngineBackend(_SessionBackend):
     name = "axengine"
 
     def __init__(self, path: Path, provider: str | None = None, device_id: int = 0) -> None:
@@ -100,13 +108,6 @@ class AxEngineBackend:
         self.provider = chosen
         self._inputs = [TensorInfo(i.name, tuple(i.shape), np.dtype(i.dtype)) for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return self._inputs
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._outputs, self._session.run(None, conform(feed, self._inputs)), strict=True))
 
 
 def conform(feed: dict[str, np.ndarray], inputs: list[TensorInfo]) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from pipeline.files import sha256_file, write_json
 from pipeline.hosts import connect
 from pipeline.hosts.sync import upload
 from pipeline.report import console
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.stage import Stage, StageContext, StageResult, device_params
 from runtime import model_io
 from runtime.clip import VOCAB_DIR
 
@@ -37,9 +37,7 @@ class FetchStage(Stage):
     code_modules = ("pipeline.hosts.sync",)
 
     def params(self, config: PipelineConfig) -> dict[str, Any]:
-        params = config.stages.fetch
-        host = config.host(params.host)
-        return {**params.model_dump(mode="json"), "address": host.address, "workdir": host.workdir}
+        return device_params(config, config.stages.fetch)
 
     def run(self, ctx: StageContext) -> StageResult:
         params = ctx.config.stages.fetch

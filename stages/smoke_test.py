@@ -19,7 +19,7 @@ from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.hosts.sync import download, upload
 from pipeline.report import console, print_table
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.stage import Stage, StageContext, StageResult, device_params
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 REPORT_FILE = "report.json"
@@ -33,9 +33,7 @@ class SmokeTestStage(Stage):
     code_modules = ("runtime.smoke_test", "runtime.backends", "runtime.clip")
 
     def params(self, config: PipelineConfig) -> dict[str, Any]:
-        params = config.stages.smoke_test
-        host = config.host(params.host)
-        return {**params.model_dump(mode="json"), "address": host.address, "workdir": host.workdir}
+        return device_params(config, config.stages.smoke_test)
 
     def run(self, ctx: StageContext) -> StageResult:
         params = ctx.config.stages.smoke_test
