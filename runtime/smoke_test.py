@@ -21,6 +21,7 @@ import numpy as np
 from runtime import model_io
 from runtime.clip import ClipRuntime, model_files
 from runtime.errors import RuntimeErrorBase
+from runtime.similarity import cosine
 
 GOLDEN_DIR = "golden"
 
@@ -37,7 +38,7 @@ def run_smoke_test(models_dir: Path, runs: int, provider: str | None, device_id:
         inputs = np.load(golden / f"{input_name}.npy")
         reference = np.load(golden / f"{output_name}.npy")
         cosines = [
-            _cosine(backend.run({input_name: row[None]})[output_name][0], ref)
+            cosine(backend.run({input_name: row[None]})[output_name][0], ref)
             for row, ref in zip(inputs, reference, strict=True)
         ]
         latencies = []
@@ -65,11 +66,6 @@ def run_smoke_test(models_dir: Path, runs: int, provider: str | None, device_id:
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-300))
 
 
 def _peak_rss_mb() -> float:

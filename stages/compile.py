@@ -19,6 +19,7 @@ from pipeline.files import write_json
 from pipeline.hosts import connect
 from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult
+from runtime.similarity import cosine
 from toolchains.encoders import EncoderSpec, encoder_specs
 
 REPORT_FILE = "report.json"
@@ -80,12 +81,11 @@ def _compile_onnxruntime(ctx: StageContext, specs: list[EncoderSpec]) -> dict[st
     for spec in specs:
         output = ctx.out_dir / f"{spec.name}.onnx"
         used = quantize(spec, params, output)
-        cosine = _golden_cosine(spec, output, golden)
         models[spec.name] = {
             "file": output.name,
             "sha256": sha256_file(output),
             "calibration_samples": used,
-            "cosine": cosine,
+            "cosine": _golden_cosine(spec, output, golden),
             "cosine_source": "onnxruntime, quantized vs float on verify's golden inputs (min)",
         }
     return models
@@ -97,12 +97,10 @@ def _golden_cosine(spec: EncoderSpec, quantized: Path, golden: Path) -> float:
     inputs = np.load(golden / f"{spec.input_name}.npy")
     reference = np.load(golden / f"{spec.output_name}.npy")
     session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
-    cosines = []
-    for row, ref in zip(inputs, reference, strict=True):
-        got = session.run([spec.output_name], {spec.input_name: row[None]})[0].ravel().astype(np.float64)
-        ref64 = ref.ravel().astype(np.float64)
-        cosines.append(float(got @ ref64 / (np.linalg.norm(got) * np.linalg.norm(ref64) + 1e-300)))
-    return min(cosines)
+    return min(
+        cosine(session.run([spec.output_name], {spec.input_name: row[None]})[0], ref)
+        for row, ref in zip(inputs, reference, strict=True)
+    )
 
 
 def _compile_pulsar2(ctx: StageContext, specs: list[EncoderSpec]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -19,6 +19,7 @@ from pipeline.report import print_checks
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.preprocess import IMAGE_SUFFIXES, PreprocessConfig, open_image, preprocess
+from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
 
 # transformers' CLIPImageProcessor and our numpy/Pillow copy differ only by float rounding.
@@ -159,7 +160,7 @@ def _compare_with_pytorch(ctx: StageContext, info: dict[str, Any]) -> tuple[list
         session = ort.InferenceSession(str(export_dir / spec["file"]), providers=["CPUExecutionProvider"])
         got = np.concatenate([session.run([output], {spec["input"]["name"]: row[None]})[0] for row in inputs])
         samples = [
-            {"input": label, "cosine": _cosine(a, b), "max_abs_diff": float(np.abs(a - b).max())}
+            {"input": label, "cosine": cosine(a, b), "max_abs_diff": float(np.abs(a - b).max())}
             for label, a, b in zip(labels, got, reference, strict=True)
         ]
         figures = {
@@ -184,11 +185,6 @@ def _compare_with_pytorch(ctx: StageContext, info: dict[str, Any]) -> tuple[list
         )
     _save_golden(ctx.out_dir / GOLDEN_DIR, pixels, ids, runs)
     return checks, numerics
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-300))
 
 
 def _save_golden(directory: Path, pixels: np.ndarray, ids: np.ndarray, runs: dict[str, Any]) -> None:
