@@ -45,8 +45,8 @@ def _tables(root: Path, labels: int, dim: int) -> LabelTables:
     modes = {"subject": "one", "flavors": "top", "tags": "many"}
     categories, stored = [], []
     for name, count in sizes.items():
-        file = write_category(directory, name, rng.standard_normal((count, dim)).astype(np.float32))
-        stored.append(np.load(directory / file))
+        file, rows = write_category(directory, name, rng.standard_normal((count, dim)).astype(np.float32))
+        stored.append(rows)
         names = [f"{name} {i}" for i in range(count)]
         entry = {"name": name, "mode": modes[name], "threshold": 0.1, "k": 3, "file": file, "labels": names}
         categories.append(entry)

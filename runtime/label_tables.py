@@ -111,9 +111,10 @@ def coarse_error_bound(vector: np.ndarray, rank: dict[str, float]) -> float:
     return image_error * rank["max_label_norm"] + label_side + 1e-5
 
 
-def write_category(directory: Path, name: str, embeddings: np.ndarray) -> str:
-    """Save one category's normalized embeddings as float16; returns the file name for the index."""
+def write_category(directory: Path, name: str, embeddings: np.ndarray) -> tuple[str, np.ndarray]:
+    """Save one category's normalized embeddings as float16; returns the file name and the stored rows."""
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True) + 1e-12
+    rows = (embeddings / norms).astype(np.float16)
     file = f"{name}.npy"
-    np.save(directory / file, (embeddings / norms).astype(np.float16))
-    return file
+    np.save(directory / file, rows)
+    return file, rows

@@ -54,8 +54,8 @@ class EmbedVocabStage(Stage):
         index_categories, stored = [], []
         for category in categories:
             vectors = np.stack([cache[category.prompt(label)] for label in category.labels])
-            file = write_category(ctx.out_dir, category.spec.name, vectors)
-            stored.append(np.load(ctx.out_dir / file))
+            file, rows = write_category(ctx.out_dir, category.spec.name, vectors)
+            stored.append(rows)
             index_categories.append(_index_entry(category, file))
         rank = write_rank_model(ctx.out_dir / RANK_MODEL_FILE, np.concatenate(stored))
         write_json(

@@ -16,7 +16,7 @@ from typing import Any
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from pipeline.config import PipelineConfig
-from pipeline.files import sha256_file, write_json
+from pipeline.files import write_json
 from pipeline.hosts import connect
 from pipeline.hosts.sync import upload
 from pipeline.report import console
@@ -48,7 +48,7 @@ class FetchStage(Stage):
             with _progress(files) as progress:
                 summary = upload(transport, remote, progress)
             manifest = {
-                "files": {name: sha256_file(local) for name, local in files.items()},
+                "files": {name: summary.digests[remote[local]] for name, local in files.items()},
                 "compile": json.loads((ctx.upstream("compile") / "report.json").read_text(encoding="utf-8")),
             }
             manifest_path = ctx.out_dir / MANIFEST

@@ -177,8 +177,8 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
     from runtime.label_tables import RANK_MODEL_FILE, write_category
 
     rng = np.random.default_rng(7)
-    file = write_category(tmp_path, "flavors", rng.standard_normal((20000, 64)).astype(np.float32))
-    rows = np.load(tmp_path / file)
+    file, rows = write_category(tmp_path, "flavors", rng.standard_normal((20000, 64)).astype(np.float32))
+    np.testing.assert_array_equal(np.load(tmp_path / file), rows)
     rank = write_rank_model(tmp_path / RANK_MODEL_FILE, rows)
     labels = [f"l{i}" for i in range(len(rows))]
     index = {

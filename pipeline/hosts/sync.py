@@ -29,6 +29,7 @@ class TransferSummary:
     sent: tuple[str, ...]
     skipped: tuple[str, ...]
     bytes_sent: int
+    digests: dict[str, str]  # remote path -> sha256 of what is there now
 
 
 def remote_sha256(transport: Transport, paths: Iterable[str]) -> dict[str, str]:
@@ -73,7 +74,8 @@ def upload(transport: Transport, files: dict[Path, str], progress: Progress | No
             transport.run(f"rm -f {quote(temporary)}")
         sent.append(remote)
         total += local.stat().st_size
-    return TransferSummary(tuple(sent), tuple(skipped), total)
+    digests = {remote: local_digests[local] for local, remote in files.items()}
+    return TransferSummary(tuple(sent), tuple(skipped), total, digests)
 
 
 def download(transport: Transport, remote: str, local: Path, progress: Progress | None = None) -> str:
