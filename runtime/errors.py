@@ -13,11 +13,3 @@ class BackendUnavailable(RuntimeErrorBase):
 
 class ModelFilesError(RuntimeErrorBase):
     """The models directory is missing files or holds inconsistent ones."""
-
-
-class VocabularyError(RuntimeErrorBase):
-    """A vocabulary file is malformed; the message names the file and the entry."""
-
-
-class ImageError(RuntimeErrorBase):
-    """An image could not be decoded."""

@@ -80,10 +80,6 @@ class LabelTables:
         ranker = ort.InferenceSession(rank_model, options, providers=["CPUExecutionProvider"])
         return cls(categories, np.concatenate(blocks), index, ranker)
 
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {c.name: len(c.labels) for c in self.categories}
-
     def coarse_scores(self, vector: np.ndarray) -> tuple[np.ndarray, float]:
         """int8 cosines of a normalized vector with every label, and a bound on their error."""
         scores = self._ranker.run(None, {"embedding": vector[None].astype(np.float32)})[0][0]
