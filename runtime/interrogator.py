@@ -5,6 +5,8 @@ One lock serializes backend calls (one NPU); ranking is numpy on a precomputed t
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,11 +58,44 @@ class Interrogation:
 
 @dataclass(frozen=True)
 class CaptionOptions:
-    ranks: bool = False  # A1111's "return ranks": (label:0.123)
-    skip: frozenset[str] = frozenset()  # categories left out of the caption
-    tags_only: bool = False  # only categories marked `tags` (the deepdanbooru-style answer)
-    max_picks: int = 0  # cap on picks per category (0: no cap), A1111's interrogate_clip_dict_limit
-    min_score: float = -1.0  # picks below this cosine are dropped
+    """A1111's `clip` interrogation settings (the interrogate_* options)."""
+
+    ranks: bool = False  # interrogate_return_ranks: (label:0.123)
+    skip: frozenset[str] = frozenset()  # interrogate_clip_skip_categories
+    dict_limit: int = 0  # interrogate_clip_dict_limit: only each category's first N labels (0: all)
+
+
+@dataclass(frozen=True)
+class TagOptions:
+    """A1111's `deepdanbooru` settings (the deepbooru_* options) over the vocabulary's tag categories."""
+
+    threshold: float = 0.5  # interrogate_deepbooru_score_threshold, on tag_probability's scale
+    sort_alpha: bool = True  # deepbooru_sort_alpha; else by score
+    use_spaces: bool = True  # deepbooru_use_spaces; else underscores
+    escape: bool = True  # deepbooru_escape: \( \) \\ so prompts read them literally
+    exclude: frozenset[str] = frozenset()  # deepbooru_filter_tags
+    ranks: bool = False  # interrogate_return_ranks
+
+
+# CLIP's trained logit scale (exp(4.6052)): turns a cosine margin over a category's threshold into a
+# probability, so 0.5 (A1111's default deepbooru threshold) is exactly the vocabulary's own threshold.
+LOGIT_SCALE = 100.0
+_SPECIAL = re.compile(r"([\\()])")
+
+
+def tag_probability(cosine: float, threshold: float) -> float:
+    return 1.0 / (1.0 + math.exp(-LOGIT_SCALE * (cosine - threshold)))
+
+
+def cosine_for_probability(probability: float, threshold: float) -> float:
+    """The cosine at which tag_probability reaches `probability`: 0 admits every label, 1 none."""
+    if probability <= 0 or probability >= 1:
+        return -math.inf if probability <= 0 else math.inf
+    return threshold + math.log(probability / (1 - probability)) / LOGIT_SCALE
+
+
+class Busy(Exception):
+    """The encoder stayed busy past the caller's wait limit."""
 
 
 class Interrogator:
@@ -69,45 +104,86 @@ class Interrogator:
         self.tables = tables
         self._lock = threading.Lock()
 
-    def embed(self, image: Image.Image) -> tuple[np.ndarray, dict[str, float]]:
+    def embed(self, image: Image.Image, wait: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Preprocess (any number at once), then encode (one at a time: one NPU); `wait` bounds the queue."""
         started = time.perf_counter()
         pixels = self.clip.preprocess(image)
         prepared = time.perf_counter()
-        with self._lock:
+        if not self._lock.acquire(timeout=-1 if wait is None else wait):
+            raise Busy(f"the encoder stayed busy for {wait:.0f} s")
+        try:
+            encode_started = time.perf_counter()
             embedding = self.clip.encode_pixels(pixels)
+        finally:
+            self._lock.release()
+        done = time.perf_counter()
         return embedding, {
             "preprocess": (prepared - started) * 1e3,
-            "encode": (time.perf_counter() - prepared) * 1e3,
+            "queue": (encode_started - prepared) * 1e3,
+            "encode": (done - encode_started) * 1e3,
         }
 
-    def interrogate(self, image: Image.Image, options: CaptionOptions | None = None) -> Interrogation:
+    def interrogate(
+        self, image: Image.Image, options: CaptionOptions | None = None, wait: float | None = None
+    ) -> Interrogation:
+        """The `clip` caption: each category's picks, in vocabulary order."""
         options = options or CaptionOptions()
-        embedding, timings = self.embed(image)
+        scores, timings = self._score(image, wait)
         started = time.perf_counter()
-        vector = normalize(embedding)
-        coarse, bound = self.tables.coarse_scores(vector)
-        results = tuple(_rank(self.tables, category, coarse, bound, vector) for category in self.tables.categories)
+        results = tuple(_rank(scores, category, options.dict_limit) for category in self.tables.categories)
         timings["rank"] = (time.perf_counter() - started) * 1e3
         return Interrogation(format_caption(results, self.tables.categories, options), results, timings)
 
+    def tag(self, image: Image.Image, options: TagOptions | None = None, wait: float | None = None) -> str:
+        """The `deepdanbooru` answer: every tag-category label at or above the probability threshold."""
+        options = options or TagOptions()
+        scores, _ = self._score(image, wait)
+        found: dict[str, float] = {}
+        for category in self.tables.categories:
+            if not category.tags:
+                continue
+            cutoff = cosine_for_probability(options.threshold, category.threshold)
+            for pick in _above(scores, category, cutoff):
+                tag = pick.label.replace(" ", "_")
+                found[tag] = max(found.get(tag, 0.0), tag_probability(pick.score, category.threshold))
+        return format_tags(found, options)
 
-def _rank(
-    tables: LabelTables, category: CategoryTable, coarse: np.ndarray, bound: float, vector: np.ndarray
-) -> CategoryResult:
+    def _score(self, image: Image.Image, wait: float | None) -> tuple[_Scores, dict[str, float]]:
+        embedding, timings = self.embed(image, wait)
+        vector = normalize(embedding)
+        coarse, bound = self.tables.coarse_scores(vector)
+        return _Scores(self.tables, vector, coarse, bound), timings
+
+
+@dataclass(frozen=True)
+class _Scores:
+    """One image against every label: int8 coarse scores, their error bound, and the exact rescorer."""
+
+    tables: LabelTables
+    vector: np.ndarray
+    coarse: np.ndarray
+    bound: float
+
+    def exact(self, category: CategoryTable, candidates: np.ndarray) -> list[Pick]:
+        """Exact scores of a category's candidate rows (indices within the category), best first."""
+        exact = self.tables.exact_scores(candidates + category.start, self.vector)
+        order = np.argsort(-exact, kind="stable")
+        return [Pick(category.labels[candidates[i]], float(exact[i])) for i in order]
+
+
+def _rank(scores: _Scores, category: CategoryTable, dict_limit: int = 0) -> CategoryResult:
     """Exact picks from coarse scores: only labels the error bound cannot rule out are rescored.
 
     A label in the exact top n scores at least the n-th best coarse score minus twice the bound; a label
     at or above a threshold scores at least the threshold minus the bound.
     """
-    block = coarse[category.start : category.stop]
-    need = min(len(block), max(STRUCTURED_TOP, category.k))
-    cutoff = float(np.partition(block, len(block) - need)[len(block) - need]) - 2 * bound
+    size = min(len(category.labels), dict_limit) if dict_limit else len(category.labels)
+    block = scores.coarse[category.start : category.start + size]
+    need = min(size, max(STRUCTURED_TOP, category.k))
+    cutoff = float(np.partition(block, size - need)[size - need]) - 2 * scores.bound
     if category.mode == "many":
-        cutoff = min(cutoff, category.threshold - bound)
-    candidates = np.flatnonzero(block >= cutoff)
-    exact = tables.exact_scores(candidates + category.start, vector)
-    order = np.argsort(-exact, kind="stable")
-    ranked = [Pick(category.labels[candidates[i]], float(exact[i])) for i in order]
+        cutoff = min(cutoff, category.threshold - scores.bound)
+    ranked = scores.exact(category, np.flatnonzero(block >= cutoff))
     if category.mode == "one":
         picks = ranked[:1]
     elif category.mode == "top":
@@ -117,15 +193,33 @@ def _rank(
     return CategoryResult(category.name, category.mode, tuple(picks), tuple(ranked[:STRUCTURED_TOP]))
 
 
+def _above(scores: _Scores, category: CategoryTable, cutoff: float) -> list[Pick]:
+    block = scores.coarse[category.start : category.stop]
+    ranked = scores.exact(category, np.flatnonzero(block >= cutoff - scores.bound))
+    return [p for p in ranked if p.score >= cutoff]
+
+
 def format_caption(results: tuple[CategoryResult, ...], tables: list[CategoryTable], options: CaptionOptions) -> str:
     parts = []
     for result, table in zip(results, tables, strict=True):
-        if result.name in options.skip or (options.tags_only and not table.tags):
+        if result.name in options.skip:
             continue
-        picks = [p for p in result.picks if p.score >= options.min_score]
-        if options.max_picks:
-            picks = picks[: options.max_picks]
-        for pick in picks:
+        for pick in result.picks:
             text = f"{table.prefix}{pick.label}"
             parts.append(f"({text}:{pick.score:.3f})" if options.ranks else text)
+    return ", ".join(parts)
+
+
+def format_tags(found: dict[str, float], options: TagOptions) -> str:
+    """Tags as A1111's deepbooru writes them; `found` maps underscore tags to probabilities."""
+    excluded = {t.strip().replace(" ", "_") for t in options.exclude}
+    order = sorted(found) if options.sort_alpha else sorted(found, key=lambda t: -found[t])
+    parts = []
+    for tag in order:
+        if tag in excluded:
+            continue
+        text = tag.replace("_", " ") if options.use_spaces else tag
+        if options.escape:
+            text = _SPECIAL.sub(r"\\\1", text)
+        parts.append(f"({text}:{found[tag]:.3f})" if options.ranks else text)
     return ", ".join(parts)

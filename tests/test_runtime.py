@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from runtime.backends import AxEngineBackend, OnnxRuntimeBackend, conform, open_
 from runtime.captioning import caption_folder
 from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.errors import BackendUnavailable
-from runtime.interrogator import CaptionOptions, Interrogator, format_caption
+from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
 from runtime.label_tables import LabelTables, normalize
 from runtime.preprocess import open_image
 
@@ -139,16 +140,47 @@ def test_many_category_takes_every_label_above_its_threshold(interrogator: Inter
     assert len(picked) == int((scores >= tags.threshold).sum())
 
 
-def test_caption_options_ranks_skip_and_tags(interrogator: Interrogator) -> None:
+def test_caption_options_ranks_skip_and_dict_limit(interrogator: Interrogator) -> None:
     image = open_image(REPO / "data/images/rocket.jpg")
-    plain = interrogator.interrogate(image)
     ranked = interrogator.interrogate(image, CaptionOptions(ranks=True, skip=frozenset({"flavors", "tags"})))
     parts = ranked.caption.split(", ")
-    assert len(parts) == 5 and all((p.startswith("(") and p.endswith(")") and ":0." in p) or ":-0." in p for p in parts)
-    tables = interrogator.tables.categories
-    tags_only = format_caption(plain.categories, tables, CaptionOptions(tags_only=True, min_score=-1))
-    tag_labels = [p.label for c in plain.categories if c.name == "tags" for p in c.picks]
-    assert tags_only == ", ".join(tag_labels)
+    assert len(parts) == 5 and all(re.fullmatch(r"\(.+:-?[01]\.\d{3}\)", p) for p in parts)
+    limited = interrogator.interrogate(image, CaptionOptions(dict_limit=3))
+    for result, table in zip(limited.categories, interrogator.tables.categories, strict=True):
+        assert {p.label for p in result.top} <= set(table.labels[:3])
+
+
+def test_tags_follow_the_deepbooru_options(interrogator: Interrogator) -> None:
+    image = open_image(REPO / "data/images/cat.jpg")
+    tags = next(c for c in interrogator.tables.categories if c.name == "tags")
+    vector = normalize(interrogator.clip.encode_image(image))
+    scores = interrogator.tables.exact_scores(np.arange(tags.start, tags.stop), vector)
+    # the default threshold (0.5) is the category's own cosine threshold
+    assert len(_split(interrogator.tag(image))) == int((scores >= tags.threshold).sum())
+    ordered = np.sort(scores)
+    middle = float(ordered[len(ordered) // 2] + ordered[len(ordered) // 2 + 1]) / 2  # between two scores
+    half = TagOptions(threshold=tag_probability(middle, tags.threshold))
+    assert len(_split(interrogator.tag(image, half))) == int((scores > middle).sum())
+    everything = _split(interrogator.tag(image, TagOptions(threshold=0.0, sort_alpha=True)))
+    assert everything == sorted(everything) and len(everything) == len(tags.labels)
+    by_score = _split(interrogator.tag(image, TagOptions(threshold=0.0, sort_alpha=False, ranks=True)))
+    values = [float(t.rsplit(":", 1)[1].rstrip(")")) for t in by_score]
+    assert values == sorted(values, reverse=True)
+    assert interrogator.tag(image, TagOptions(threshold=1.0)) == ""
+    first = everything[0]
+    assert first not in _split(interrogator.tag(image, TagOptions(threshold=0.0, exclude=frozenset({first}))))
+
+
+def _split(text: str) -> list[str]:
+    return text.split(", ") if text else []
+
+
+def test_tag_text_is_formatted_as_deepbooru_writes_it() -> None:
+    found = {"smile": 0.9, "open_mouth": 0.7, "holding_(object)": 0.8}
+    assert format_tags(found, TagOptions()) == r"holding \(object\), open mouth, smile"
+    plain = TagOptions(use_spaces=False, escape=False, sort_alpha=False, ranks=True)
+    assert format_tags(found, plain) == "(smile:0.900), (holding_(object):0.800), (open_mouth:0.700)"
+    assert format_tags(found, TagOptions(exclude=frozenset({"open mouth"}))) == r"holding \(object\), smile"
 
 
 def test_batch_captioning_is_resumable_and_skips_unreadable_files(interrogator: Interrogator, tmp_path: Path) -> None:
@@ -173,7 +205,7 @@ def test_batch_captioning_is_resumable_and_skips_unreadable_files(interrogator: 
 def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
     """Dense random tables (many near-ties): picks must still equal a brute-force float ranking."""
     from modeling.rank_model import write_rank_model
-    from runtime.interrogator import _rank
+    from runtime.interrogator import _above, _rank, _Scores
     from runtime.label_tables import RANK_MODEL_FILE, write_category
 
     rng = np.random.default_rng(7)
@@ -197,10 +229,10 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
             exact = rows.astype(np.float32) @ vector
             coarse, bound = tables.coarse_scores(vector)
             assert np.abs(coarse - exact).max() <= bound
-            result = _rank(tables, category, coarse, bound, vector)
+            scores = _Scores(tables, vector, coarse, bound)
+            result = _rank(scores, category)
             order = np.argsort(-exact, kind="stable")
-            if mode == "many":
-                expected = [labels[i] for i in order if exact[i] >= threshold]
-            else:
-                expected = [labels[i] for i in order[:k]]
+            above = [labels[i] for i in order if exact[i] >= threshold]
+            expected = above if mode == "many" else [labels[i] for i in order[:k]]
             assert [p.label for p in result.picks] == expected
+            assert [p.label for p in _above(scores, category, threshold)] == above
