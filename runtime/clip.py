@@ -28,6 +28,7 @@ class ClipRuntime:
     tokenizer: ClipTokenizer
     info: dict[str, Any]
     models_dir: Path
+    files: dict[str, str]  # encoder -> the model file it runs
 
     @classmethod
     def load(
@@ -49,6 +50,7 @@ class ClipRuntime:
             tokenizer=ClipTokenizer(models_dir / model_io.TOKENIZER_FILE, int(info["context_length"])),
             info=info,
             models_dir=models_dir,
+            files=files,
         )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:

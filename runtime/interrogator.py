@@ -104,10 +104,11 @@ class Interrogator:
         self.tables = tables
         self._lock = threading.Lock()
 
-    def embed(self, image: Image.Image, wait: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
-        """Preprocess (any number at once), then encode (one at a time: one NPU); `wait` bounds the queue."""
+    def embed(self, image: Image.Image | np.ndarray, wait: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Preprocess (any number at once; skipped for an array of pixel values), then encode (one at a
+        time: one NPU). `wait` bounds how long a caller queues for the encoder."""
         started = time.perf_counter()
-        pixels = self.clip.preprocess(image)
+        pixels = image if isinstance(image, np.ndarray) else self.clip.preprocess(image)
         prepared = time.perf_counter()
         if not self._lock.acquire(timeout=-1 if wait is None else wait):
             raise Busy(f"the encoder stayed busy for {wait:.0f} s")
@@ -123,21 +124,24 @@ class Interrogator:
             "encode": (done - encode_started) * 1e3,
         }
 
-    def interrogate(
-        self, image: Image.Image, options: CaptionOptions | None = None, wait: float | None = None
-    ) -> Interrogation:
+    def score(self, image: Image.Image | np.ndarray, wait: float | None = None) -> tuple[Scores, dict[str, float]]:
+        """One image against every label (coarse pass); captions and tags are read from this."""
+        embedding, timings = self.embed(image, wait)
+        started = time.perf_counter()
+        vector = normalize(embedding)
+        coarse, bound = self.tables.coarse_scores(vector)
+        timings["rank"] = (time.perf_counter() - started) * 1e3
+        return Scores(self.tables, vector, coarse, bound), timings
+
+    def caption(self, scores: Scores, options: CaptionOptions | None = None) -> tuple[str, tuple[CategoryResult, ...]]:
         """The `clip` caption: each category's picks, in vocabulary order."""
         options = options or CaptionOptions()
-        scores, timings = self._score(image, wait)
-        started = time.perf_counter()
         results = tuple(_rank(scores, category, options.dict_limit) for category in self.tables.categories)
-        timings["rank"] = (time.perf_counter() - started) * 1e3
-        return Interrogation(format_caption(results, self.tables.categories, options), results, timings)
+        return format_caption(results, self.tables.categories, options), results
 
-    def tag(self, image: Image.Image, options: TagOptions | None = None, wait: float | None = None) -> str:
+    def tags(self, scores: Scores, options: TagOptions | None = None) -> str:
         """The `deepdanbooru` answer: every tag-category label at or above the probability threshold."""
         options = options or TagOptions()
-        scores, _ = self._score(image, wait)
         found: dict[str, float] = {}
         for category in self.tables.categories:
             if not category.tags:
@@ -148,15 +152,21 @@ class Interrogator:
                 found[tag] = max(found.get(tag, 0.0), tag_probability(pick.score, category.threshold))
         return format_tags(found, options)
 
-    def _score(self, image: Image.Image, wait: float | None) -> tuple[_Scores, dict[str, float]]:
-        embedding, timings = self.embed(image, wait)
-        vector = normalize(embedding)
-        coarse, bound = self.tables.coarse_scores(vector)
-        return _Scores(self.tables, vector, coarse, bound), timings
+    def interrogate(
+        self, image: Image.Image, options: CaptionOptions | None = None, wait: float | None = None
+    ) -> Interrogation:
+        scores, timings = self.score(image, wait)
+        started = time.perf_counter()
+        caption, results = self.caption(scores, options)
+        timings["rank"] += (time.perf_counter() - started) * 1e3
+        return Interrogation(caption, results, timings)
+
+    def tag(self, image: Image.Image, options: TagOptions | None = None, wait: float | None = None) -> str:
+        return self.tags(self.score(image, wait)[0], options)
 
 
 @dataclass(frozen=True)
-class _Scores:
+class Scores:
     """One image against every label: int8 coarse scores, their error bound, and the exact rescorer."""
 
     tables: LabelTables
@@ -171,7 +181,7 @@ class _Scores:
         return [Pick(category.labels[candidates[i]], float(exact[i])) for i in order]
 
 
-def _rank(scores: _Scores, category: CategoryTable, dict_limit: int = 0) -> CategoryResult:
+def _rank(scores: Scores, category: CategoryTable, dict_limit: int = 0) -> CategoryResult:
     """Exact picks from coarse scores: only labels the error bound cannot rule out are rescored.
 
     A label in the exact top n scores at least the n-th best coarse score minus twice the bound; a label
@@ -193,7 +203,7 @@ def _rank(scores: _Scores, category: CategoryTable, dict_limit: int = 0) -> Cate
     return CategoryResult(category.name, category.mode, tuple(picks), tuple(ranked[:STRUCTURED_TOP]))
 
 
-def _above(scores: _Scores, category: CategoryTable, cutoff: float) -> list[Pick]:
+def _above(scores: Scores, category: CategoryTable, cutoff: float) -> list[Pick]:
     block = scores.coarse[category.start : category.stop]
     ranked = scores.exact(category, np.flatnonzero(block >= cutoff - scores.bound))
     return [p for p in ranked if p.score >= cutoff]

@@ -205,7 +205,7 @@ def test_batch_captioning_is_resumable_and_skips_unreadable_files(interrogator: 
 def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
     """Dense random tables (many near-ties): picks must still equal a brute-force float ranking."""
     from modeling.rank_model import write_rank_model
-    from runtime.interrogator import _above, _rank, _Scores
+    from runtime.interrogator import Scores, _above, _rank
     from runtime.label_tables import RANK_MODEL_FILE, write_category
 
     rng = np.random.default_rng(7)
@@ -229,7 +229,7 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
             exact = rows.astype(np.float32) @ vector
             coarse, bound = tables.coarse_scores(vector)
             assert np.abs(coarse - exact).max() <= bound
-            scores = _Scores(tables, vector, coarse, bound)
+            scores = Scores(tables, vector, coarse, bound)
             result = _rank(scores, category)
             order = np.argsort(-exact, kind="stable")
             above = [labels[i] for i in order if exact[i] >= threshold]

@@ -1,0 +1,96 @@
+"""`python -m runtime.server --models DIR`: serve the fetched models as an A1111 interrogate API.
+
+Flags follow A1111 where it has them (--listen, --port, --api-auth). Exit 2 with one line when the
+models or settings cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from runtime.clip import VOCAB_DIR, ClipRuntime
+from runtime.errors import RuntimeErrorBase
+from runtime.interrogator import Interrogator
+from runtime.label_tables import LabelTables
+from runtime.server.app import ServerSettings, create_app
+from runtime.server.images import ImagePolicy
+
+AUTH_ENV = "CLIP_API_AUTH"  # user:pass[,user:pass]: keeps the password off the command line
+
+
+def parse_credentials(text: str) -> dict[str, str]:
+    """A1111's --api-auth format, `user:password[,user:password]`; a password may contain ':'."""
+    credentials = {}
+    for entry in filter(None, (e.strip() for e in text.replace("\n", ",").split(","))):
+        user, sep, password = entry.partition(":")
+        if not sep or not user or not password:
+            raise RuntimeErrorBase("--api-auth takes user:password[,user:password] (an entry lacks one of them)")
+        credentials[user] = password
+    return credentials
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runtime.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, required=True, help="models dir as fetch lays it out")
+    parser.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 (default 127.0.0.1 only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--api-auth", help=f"user:password[,...] for HTTP Basic auth (or ${AUTH_ENV})")
+    parser.add_argument("--api-auth-file", type=Path, help="a file holding user:password lines")
+    parser.add_argument("--provider", help="axengine provider (default: the first available)")
+    parser.add_argument("--device-id", type=int, default=0)
+    parser.add_argument("--queue", type=int, default=64, help="requests that may wait for the encoder")
+    parser.add_argument("--queue-timeout", type=float, default=60.0, help="seconds a request may wait")
+    parser.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body")
+    parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
+    parser.add_argument("--allow-image-urls", action="store_true", help="accept http(s) image URLs")
+    parser.add_argument("--allow-local-urls", action="store_true", help="... including local/private addresses")
+    parser.add_argument("--options-file", type=Path, help="where POSTed options persist (default: beside --models)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    auth = args.api_auth or os.environ.get(AUTH_ENV, "")
+    if args.api_auth_file:
+        try:
+            auth = args.api_auth_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RuntimeErrorBase(f"--api-auth-file {args.api_auth_file}: {exc.strerror}") from exc
+    return ServerSettings(
+        images=ImagePolicy(
+            max_pixels=int(args.max_megapixels * 1e6),
+            allow_urls=args.allow_image_urls,
+            allow_local_urls=args.allow_local_urls,
+        ),
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        queue_size=args.queue,
+        queue_timeout_s=args.queue_timeout,
+        credentials=parse_credentials(auth),
+        options_file=args.options_file or args.models.resolve().parent / "server-options.json",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from(args)
+        clip = ClipRuntime.load(args.models, provider=args.provider, device_id=args.device_id, with_text=False)
+        interrogator = Interrogator(clip, LabelTables.load(args.models / VOCAB_DIR))
+        app = create_app(interrogator, settings)
+    except RuntimeErrorBase as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    uvicorn.run(app, host=host, port=args.port, log_level=args.log_level, timeout_keep_alive=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The FastAPI app: A1111's interrogate and options endpoints, a structured answer, and a health check.
+
+Blocking work (decoding, preprocessing, the encoder, ranking) runs in worker threads; the interrogator
+lets one encode run at a time (one NPU), and the admission gate bounds how many requests wait for it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from runtime.interrogator import Busy, Interrogator, Scores
+from runtime.server.errors import install_error_handlers
+from runtime.server.images import ImagePolicy, decode_image
+from runtime.server.limits import AdmissionGate, BodySizeLimit
+from runtime.server.options import Options, OptionsStore
+
+MODELS = ("clip", "deepdanbooru")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    images: ImagePolicy = field(default_factory=ImagePolicy)
+    max_body_bytes: int = 32 * 1024 * 1024
+    queue_size: int = 64  # requests that may wait while one encodes
+    decoders: int = max(2, os.cpu_count() or 2)  # images decoded at once
+    queue_timeout_s: float = 60.0  # longest wait for the encoder before a 503
+    credentials: dict[str, str] = field(default_factory=dict)  # user -> password; empty: no auth
+    options_file: Path | None = None
+
+
+class InterrogateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = Field("", description="the image: base64, or a data:image/...;base64, URL")
+    model: str = Field("clip", description="clip (caption) or deepdanbooru (tags)")
+
+
+class InterrogateResponse(BaseModel):
+    caption: str
+
+
+class Pick(BaseModel):
+    label: str
+    score: float
+
+
+class CategoryAnswer(BaseModel):
+    name: str
+    mode: str
+    picks: list[Pick]
+    top: list[Pick]
+
+
+class DetailedResponse(BaseModel):
+    caption: str
+    tags: str
+    categories: list[CategoryAnswer]
+    timings_ms: dict[str, float]
+
+
+def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
+    app = FastAPI(
+        title="CLIP interrogator (A1111-compatible)",
+        description="AUTOMATIC1111's /sdapi/v1/interrogate, answered by CLIP on an Axera NPU",
+        version="1.0",
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    gate = AdmissionGate(1 + settings.queue_size)
+    decoders = threading.BoundedSemaphore(settings.decoders)
+    categories = [c.name for c in interrogator.tables.categories]
+    fixed = {
+        "api_enable_requests": settings.images.allow_urls,
+        "api_forbid_local_requests": not settings.images.allow_local_urls,
+    }
+    options = OptionsStore(settings.options_file, categories, fixed)
+    auth = [Depends(_authenticator(settings.credentials))] if settings.credentials else []
+    started = time.time()
+
+    def score(image_field: str) -> tuple[Scores, dict[str, float]]:
+        begin = time.perf_counter()
+        with decoders:  # decoded images are the big allocations: only a few at a time
+            image = decode_image(image_field, settings.images)
+            decoded = time.perf_counter()
+            pixels = interrogator.clip.preprocess(image)
+            del image
+        prepared = time.perf_counter()
+        try:
+            scores, timings = interrogator.score(pixels, wait=settings.queue_timeout_s)
+        except Busy as exc:
+            raise HTTPException(503, f"Server busy: {exc}; retry shortly") from exc
+        timings.update(decode=(decoded - begin) * 1e3, preprocess=(prepared - decoded) * 1e3)
+        return scores, timings
+
+    def answer(request: InterrogateRequest) -> str:
+        scores, _ = score(request.image)
+        if request.model == "clip":
+            return interrogator.caption(scores, options.caption_options())[0]
+        return interrogator.tags(scores, options.tag_options())
+
+    def detailed(request: InterrogateRequest) -> DetailedResponse:
+        begin = time.perf_counter()
+        scores, timings = score(request.image)
+        rank_started = time.perf_counter()
+        caption, results = interrogator.caption(scores, options.caption_options())
+        tags = interrogator.tags(scores, options.tag_options())
+        timings["rank"] += (time.perf_counter() - rank_started) * 1e3
+        timings["total"] = (time.perf_counter() - begin) * 1e3
+        return DetailedResponse(
+            caption=caption,
+            tags=tags,
+            categories=[
+                CategoryAnswer(
+                    name=r.name,
+                    mode=r.mode,
+                    picks=[Pick(label=p.label, score=round(p.score, 4)) for p in r.picks],
+                    top=[Pick(label=p.label, score=round(p.score, 4)) for p in r.top],
+                )
+                for r in results
+            ],
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+        )
+
+    @app.post("/sdapi/v1/interrogate", response_model=InterrogateResponse, dependencies=auth)
+    async def interrogate(request: InterrogateRequest) -> InterrogateResponse:
+        """A1111's interrogate: `clip` gives a caption, `deepdanbooru` comma-separated tags."""
+        if request.model not in MODELS:
+            raise HTTPException(404, "Model not found")
+        with gate.admitted():
+            caption = await run_in_threadpool(answer, request)
+        return InterrogateResponse(caption=caption)
+
+    @app.post("/clip/v1/interrogate", response_model=DetailedResponse, dependencies=auth)
+    async def interrogate_detailed(request: InterrogateRequest) -> DetailedResponse:
+        """Every category's picks and best labels with their cosines, the tags, and where the time went."""
+        with gate.admitted():
+            return await run_in_threadpool(detailed, request)
+
+    @app.get("/sdapi/v1/options", response_model=Options, dependencies=auth)
+    async def get_options() -> dict[str, Any]:
+        return options.get()
+
+    @app.post("/sdapi/v1/options", dependencies=auth)
+    async def set_options(changes: dict[str, Any]) -> None:
+        """Set any of the options; unknown keys are ignored, as A1111 does."""
+        await run_in_threadpool(options.update, changes)
+
+    @app.get("/healthz")
+    async def health() -> dict[str, Any]:
+        clip = interrogator.clip
+        return {
+            "status": "ok",
+            "backend": clip.image.name,
+            "provider": clip.image.provider,
+            "model": clip.info.get("model"),
+            "models": {"dir": str(clip.models_dir), "image": clip.files["image"]},
+            "vocabulary": {c.name: len(c.labels) for c in interrogator.tables.categories},
+            "labels": sum(len(c.labels) for c in interrogator.tables.categories),
+            "queue": {"inside": gate.inside, "capacity": gate.capacity, "served": gate.served, "refused": gate.refused},
+            "uptime_s": round(time.time() - started, 1),
+        }
+
+    return app
+
+
+def _authenticator(credentials: dict[str, str]) -> Any:
+    basic = HTTPBasic()
+
+    def check(given: Annotated[HTTPBasicCredentials, Depends(basic)]) -> None:
+        # Compare against every user, in constant time, so timing reveals neither names nor passwords.
+        ok = False
+        for user, password in credentials.items():
+            user_ok = secrets.compare_digest(given.username.encode(), user.encode())
+            password_ok = secrets.compare_digest(given.password.encode(), password.encode())
+            ok |= user_ok & password_ok
+        if not ok:
+            raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    return check

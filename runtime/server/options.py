@@ -1,0 +1,126 @@
+"""A1111's /sdapi/v1/options: the interrogate_* and deepbooru_* keys that shape the answers, plus the keys
+clients probe, with values that make sense for a CLIP-only server. Kept in a JSON file (as A1111's
+config.json) so settings survive a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime.errors import RuntimeErrorBase
+from runtime.interrogator import CaptionOptions, TagOptions
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    interrogate_return_ranks: bool = False
+    # A1111 defaults to 1500 lines because it encodes every label per request; ours are precomputed.
+    interrogate_clip_dict_limit: int = Field(0, ge=0, description="only each category's first N labels; 0: all")
+    interrogate_clip_skip_categories: list[str] = Field(default_factory=list)
+    interrogate_deepbooru_score_threshold: float = Field(0.5, ge=0, le=1)
+    deepbooru_sort_alpha: bool = True
+    deepbooru_use_spaces: bool = True
+    deepbooru_escape: bool = True
+    deepbooru_filter_tags: str = ""
+    # Accepted for clients that set them; no BLIP here, and the models always stay loaded.
+    interrogate_keep_models_in_memory: bool = True
+    interrogate_clip_num_beams: int = Field(1, ge=1)
+    interrogate_clip_min_length: int = Field(24, ge=1)
+    interrogate_clip_max_length: int = Field(48, ge=1)
+    # Set when the server starts (--allow-image-urls, --allow-local-urls); read-only here.
+    api_enable_requests: bool = False
+    api_forbid_local_requests: bool = True
+    # What clients probe on an A1111 server; there is no Stable Diffusion model here.
+    sd_model_checkpoint: str | None = None
+    sd_checkpoint_hash: str | None = None
+    samples_format: str = "png"
+    CLIP_stop_at_last_layers: int = 1
+
+
+READ_ONLY = {
+    "api_enable_requests": "--allow-image-urls",
+    "api_forbid_local_requests": "--allow-local-urls",
+}
+
+
+class OptionsStore:
+    def __init__(self, path: Path | None, categories: list[str], fixed: dict[str, Any]) -> None:
+        self.path = path
+        self.categories = categories
+        self._lock = threading.Lock()
+        self._options = Options.model_validate({**_read_saved(path), **fixed})
+
+    def get(self) -> dict[str, Any]:
+        return self._options.model_dump()
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply a POST body: unknown keys are ignored (as A1111 does), known ones validated all or none."""
+        with self._lock:
+            current = self._options.model_dump()
+            for key, flag in READ_ONLY.items():
+                if key in changes and changes[key] != current[key]:
+                    raise HTTPException(422, f"{key} is set when the server starts ({flag}); it cannot be changed here")
+            known = {k: v for k, v in changes.items() if k in Options.model_fields}
+            try:
+                updated = Options.model_validate({**current, **known})
+            except ValidationError as exc:
+                raise HTTPException(422, [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]) from exc
+            unknown = sorted(set(updated.interrogate_clip_skip_categories) - set(self.categories))
+            if unknown:
+                raise HTTPException(
+                    422,
+                    f"interrogate_clip_skip_categories: unknown {', '.join(unknown)}; "
+                    f"the categories are {', '.join(self.categories)}",
+                )
+            self._options = updated
+            if self.path:
+                _write_atomic(self.path, updated.model_dump(exclude=set(READ_ONLY)))
+
+    def caption_options(self) -> CaptionOptions:
+        o = self._options
+        return CaptionOptions(
+            ranks=o.interrogate_return_ranks,
+            skip=frozenset(o.interrogate_clip_skip_categories),
+            dict_limit=o.interrogate_clip_dict_limit,
+        )
+
+    def tag_options(self) -> TagOptions:
+        o = self._options
+        return TagOptions(
+            threshold=o.interrogate_deepbooru_score_threshold,
+            sort_alpha=o.deepbooru_sort_alpha,
+            use_spaces=o.deepbooru_use_spaces,
+            escape=o.deepbooru_escape,
+            exclude=frozenset(t.strip() for t in o.deepbooru_filter_tags.split(",") if t.strip()),
+            ranks=o.interrogate_return_ranks,
+        )
+
+
+def _read_saved(path: Path | None) -> dict[str, Any]:
+    """Saved options, minus the read-only ones; a broken file is named, with what to do."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        Options.model_validate(saved)
+    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
+        raise RuntimeErrorBase(f"options file {path} is unreadable ({exc}); fix it or delete it for defaults") from exc
+    if not isinstance(saved, dict):
+        raise RuntimeErrorBase(f"options file {path} is not a JSON object; fix it or delete it for defaults")
+    return {k: v for k, v in saved.items() if k not in READ_ONLY}
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(f.name, path)
