@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from invoke import Collection, Context, task
 
-from pipeline.cli import caption_images, run_stages, setup_logging, show_status
+from pipeline.cli import caption_images, run_stages, serve_command, setup_logging, show_status
 from pipeline.runner import RunRequest
+from pipeline.serving import ServeRequest
 
 _HELP = {
     "config": "pipeline file (default: pipeline.yaml)",
@@ -65,6 +66,37 @@ def caption(
     caption_images(config, images, out, models, ranks, overwrite)
 
 
+@task(
+    help={
+        "config": _HELP["config"],
+        "host": "run it on this host of the config, in the background (default: here, in the foreground)",
+        "models": "models dir as fetch lays it out (default: the local device's, from the config)",
+        "listen": "listen on 0.0.0.0 (default: 127.0.0.1 only)",
+        "port": "port (default 7860, as A1111)",
+        "api-auth": "user:password[,user:password] for HTTP Basic auth",
+        "stop": "stop the server running on --host",
+        "status": "show whether the server runs on --host, and its health",
+        "allow-image-urls": "accept http(s) image URLs (public addresses only)",
+    }
+)
+def serve(
+    c: Context,
+    config: str | None = None,
+    host: str | None = None,
+    models: str | None = None,
+    listen: bool = False,
+    port: int = 7860,
+    api_auth: str | None = None,
+    stop: bool = False,
+    status: bool = False,
+    allow_image_urls: bool = False,
+) -> None:
+    """Serve A1111's /sdapi/v1/interrogate with the fetched models (--host: on that host, in the background)."""
+    setup_logging(False)
+    extra = ("--allow-image-urls",) if allow_image_urls else ()
+    serve_command(config, host, models, ServeRequest(port, listen, api_auth, extra), stop=stop, status=status)
+
+
 def _stage_task(name: str, doc: str) -> object:
     @task(name=name, help=_HELP)
     def stage_task(
@@ -86,7 +118,7 @@ def _stage_task(name: str, doc: str) -> object:
 def _collection() -> Collection:
     from stages import ALL_STAGES
 
-    namespace = Collection(all, status, caption)
+    namespace = Collection(all, status, caption, serve)
     for stage in ALL_STAGES:
         namespace.add_task(_stage_task(stage.name, stage.help))
     return namespace

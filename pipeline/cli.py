@@ -16,6 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.graph import StageGraph
 from pipeline.report import console, print_table
 from pipeline.runner import Outcome, RunRequest, StageOutcome, plan, run
+from pipeline.serving import ServeRequest
 
 DEFAULT_CONFIG = "pipeline.yaml"
 _STYLE = {
@@ -166,3 +167,29 @@ def caption_images(
     console.print(f"captioned {summary.captioned}, already done {summary.skipped}, unreadable {len(summary.failed)}")
     for path, reason in summary.failed:
         console.print(f"  skipped {path}: {reason}", markup=False)
+
+
+def serve_command(
+    config_path: str | None, host: str | None, models: str | None, request: ServeRequest, *, stop: bool, status: bool
+) -> None:
+    """Foreground here, or start/stop/inspect the background server on a host of the config."""
+    from pipeline import serving
+
+    with user_errors():
+        if host is None:
+            if stop or status:
+                raise PipelineError("--stop and --status are for a server on a host", hint="add --host NAME")
+            code = serving.serve_here(device_models_dir(config_path, models), request)
+            if code:
+                raise Exit(code=code)
+            return
+        if models:
+            raise PipelineError("--models is for a server here; on a host it serves the models fetch put there")
+        config = load(config_path)
+        if stop:
+            serving.stop_on_host(config, host)
+        elif status:
+            if not serving.status_on_host(config, host):
+                raise Exit(code=1)
+        else:
+            serving.start_on_host(config, host, request)

@@ -1,9 +1,8 @@
 """smoke-test: on the device, through runtime/, the compiled models against the float reference.
 
-Puts runtime/ on the device beside the fetched models, keeps a virtualenv there with the runtime's
-requirements (made once, rebuilt only when requirements.txt changes; `--system-site-packages` so a
-system-wide vendor axengine wheel stays visible), runs `python -m runtime.smoke_test` and brings back
-its JSON report: per-encoder cosine vs the float reference, latency p50/p95, peak RSS, backend, provider.
+Puts runtime/ and its virtualenv on the device beside the fetched models (pipeline/device_app.py),
+runs `python -m runtime.smoke_test` and brings back its JSON report: per-encoder cosine vs the float
+reference, latency p50/p95, peak RSS, backend, provider.
 """
 
 from __future__ import annotations
@@ -13,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
+from pipeline.device_app import install_runtime
 from pipeline.errors import StageError, ValidationFailed
-from pipeline.files import sha256_file, write_json
-from pipeline.hosts import Transport, connect
+from pipeline.files import write_json
+from pipeline.hosts import connect
 from pipeline.hosts.base import quote
-from pipeline.hosts.sync import download, upload
+from pipeline.hosts.sync import download
 from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult, device_params
 
-RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 REPORT_FILE = "report.json"
 
 
@@ -39,9 +38,7 @@ class SmokeTestStage(Stage):
         params = ctx.config.stages.smoke_test
         host = ctx.config.host(params.host)
         with connect(ctx.config, params.host) as transport:
-            app = transport.path("app")
-            upload(transport, {path: f"{app}/runtime/{path.name}" for path in _runtime_files()})
-            python = _ensure_venv(transport, host.python, app)
+            app, python = install_runtime(transport, host.python)
             remote_report = transport.path("smoke-test-report.json")
             command = (
                 f"cd {quote(app)} && {quote(python)} -m runtime.smoke_test"
@@ -65,38 +62,6 @@ class SmokeTestStage(Stage):
         if "error" in report:
             raise StageError(self.name, f"on {params.host}: {report['error']}")
         return _judge(report, params.min_cosine, params.host, ctx.reports_dir / "smoke-test.json")
-
-
-def _runtime_files() -> list[Path]:
-    return [*sorted(RUNTIME_DIR.glob("*.py")), RUNTIME_DIR / "requirements.txt"]
-
-
-def _ensure_venv(transport: Transport, python: str, app: str) -> str:
-    """The device virtualenv's python, (re)built when runtime/requirements.txt changed."""
-    venv = transport.path("venv")
-    requirements = f"{app}/runtime/requirements.txt"
-    digest = sha256_file(RUNTIME_DIR / "requirements.txt")
-    marker = f"{venv}/.requirements.sha256"
-    if transport.run(f"cat {quote(marker)}").stdout.strip() != digest:
-        transport.check(
-            f"{quote(python)} -m venv --system-site-packages {quote(venv)}",
-            what=f"creating a virtualenv with {python}",
-            hint="install python3-venv on the device, or set the host's `python` to another interpreter",
-        )
-        transport.check(
-            f"{quote(venv)}/bin/python -m pip install --disable-pip-version-check -q -r {quote(requirements)}",
-            what="installing the runtime requirements",
-            hint="the device needs access to PyPI (or a local mirror) once",
-            timeout=1800,
-        )
-        transport.check(f"echo {digest} > {quote(marker)}", what="recording the requirements hash")
-    wheel_install = (
-        f"{quote(venv)}/bin/python -c 'import axengine' 2>/dev/null || "
-        f"for w in {quote(transport.workdir)}/axengine-*.whl; do "
-        f'if [ -f "$w" ]; then {quote(venv)}/bin/python -m pip install -q "$w"; fi; done'
-    )
-    transport.run(wheel_install)
-    return f"{venv}/bin/python"
 
 
 def _judge(report: dict[str, Any], min_cosine: float, host: str, report_path: Path) -> StageResult:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.loopback import free_port
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 STANDINS = Path(__file__).resolve().parent / "standins"
 
@@ -43,12 +45,6 @@ class SshServer:
         return entry
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
@@ -63,7 +59,7 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen, SshServer]:
     bin_dir = root / "bin"
     bin_dir.mkdir()
     shutil.copy2(STANDINS / "docker", bin_dir / "docker")
-    port = _free_port()
+    port = free_port()
     sftp = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server") if Path(p).exists()), None)
     config = root / "sshd_config"
     config.write_text(

@@ -83,3 +83,8 @@ def test_all_runs_then_reports_up_to_date_and_status_explains_changes(tmp_path: 
     assert "param min_cosine: 0.99999 -> 0.9999" in status.stdout
     dry = invoke("all", "--config", str(config), "--dry-run")
     assert "verify: would run" in dry.stdout and "export: up to date" in dry.stdout
+
+
+def test_serve_flags_that_need_a_host_say_so(tmp_path: Path) -> None:
+    _assert_one_line_error(invoke("serve", "--status"), "--stop and --status are for a server on a host")
+    _assert_one_line_error(invoke("serve", "--models", str(tmp_path)), "run `invoke fetch` first")

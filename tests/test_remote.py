@@ -202,3 +202,37 @@ def test_smoke_test_fails_below_the_cosine_bar(remote) -> None:
     config = remote(**{"smoke-test": {"host": "pi", "runs": 1, "min_cosine": 1.0}})
     outcome = _run(config, "smoke-test")
     assert outcome.outcome is Outcome.FAILED and "encoder cosine" in outcome.summary
+
+
+def test_serve_on_the_device_in_the_background_then_status_and_stop(remote, capsys) -> None:
+    import base64
+
+    import httpx
+
+    from pipeline.errors import PipelineError
+    from pipeline.serving import ServeRequest, start_on_host, status_on_host, stop_on_host
+    from tests.loopback import free_port
+
+    config = remote()
+    with pytest.raises(PipelineError, match="invoke fetch --host pi"):
+        start_on_host(config, "pi", ServeRequest(port=free_port()))
+    assert _run(config, "fetch").outcome is Outcome.RAN
+    port = free_port()
+    start_on_host(config, "pi", ServeRequest(port=port, api_auth="sd:pa ss$(id)"))
+    try:
+        assert status_on_host(config, "pi")
+        with pytest.raises(PipelineError, match="already runs"):
+            start_on_host(config, "pi", ServeRequest(port=port))
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/healthz").json()["backend"] == "axengine"  # the .axmodel files, via axengine
+        image = base64.b64encode(Path("data/images/cat.jpg").read_bytes()).decode()
+        body = {"image": image}
+        assert httpx.post(f"{url}/sdapi/v1/interrogate", json=body, timeout=60).status_code == 401
+        answer = httpx.post(f"{url}/sdapi/v1/interrogate", json=body, auth=("sd", "pa ss$(id)"), timeout=60)
+        assert answer.status_code == 200 and answer.json()["caption"]
+        pid = (Path(config.host("pi").workdir) / "serve.pid").read_text().strip()
+        assert "pa ss" not in Path(f"/proc/{pid}/cmdline").read_text()  # the password is not on a command line
+    finally:
+        stop_on_host(config, "pi")
+    assert not status_on_host(config, "pi")
+    assert "pa ss" not in capsys.readouterr().out

@@ -174,10 +174,11 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
     return app
 
 
-def _authenticator(credentials: dict[str, str]) -> Any:
-    basic = HTTPBasic()
+_BASIC = HTTPBasic()  # module level: FastAPI resolves the annotation below from this module's globals
 
-    def check(given: Annotated[HTTPBasicCredentials, Depends(basic)]) -> None:
+
+def _authenticator(credentials: dict[str, str]) -> Any:
+    def check(given: Annotated[HTTPBasicCredentials, Depends(_BASIC)]) -> None:
         # Compare against every user, in constant time, so timing reveals neither names nor passwords.
         ok = False
         for user, password in credentials.items():

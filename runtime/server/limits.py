@@ -19,10 +19,6 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
     """ASGI middleware: 413 for a Content-Length over the cap, or once a streamed body passes it."""
 
@@ -39,26 +35,28 @@ class BodySizeLimit:
             await self._refuse(send)
             return
         received = 0
-        started = False
+        refused = False  # after our 413, whatever the app sends is dropped
+        app_started = False
 
         async def counted_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise BodyTooLarge
+                if not refused and not app_started:
+                    refused = True
+                    await self._refuse(send)
+                return {"type": "http.disconnect"}  # the app stops reading, as if the client left
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+        async def guarded_send(message: Message) -> None:
+            nonlocal app_started
+            if refused:
+                return
+            app_started = app_started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+        await self.app(scope, counted_receive, guarded_send)
 
     async def _refuse(self, send: Send) -> None:
         detail = f"Request body too large: the limit is {self.max_bytes:,} bytes (--max-body-mb)"

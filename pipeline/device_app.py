@@ -1,0 +1,56 @@
+"""runtime/ on a device: the code beside the fetched models and a virtualenv with its requirements.
+
+The virtualenv is made once and rebuilt only when runtime/requirements.txt changes; it sees system
+site-packages so a system-wide vendor axengine wheel stays visible. The smoke test and the server both
+run from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.files import sha256_file
+from pipeline.hosts import Transport
+from pipeline.hosts.base import quote
+from pipeline.hosts.sync import upload
+
+RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+
+
+def install_runtime(transport: Transport, python: str) -> tuple[str, str]:
+    """Upload runtime/ (only changed files travel) and ensure its venv; returns (app dir, venv python)."""
+    app = transport.path("app")
+    upload(transport, {path: f"{app}/runtime/{path.relative_to(RUNTIME_DIR).as_posix()}" for path in runtime_files()})
+    return app, _ensure_venv(transport, python, app)
+
+
+def runtime_files() -> list[Path]:
+    return [*sorted(RUNTIME_DIR.rglob("*.py")), RUNTIME_DIR / "requirements.txt"]
+
+
+def _ensure_venv(transport: Transport, python: str, app: str) -> str:
+    """The device virtualenv's python, (re)built when runtime/requirements.txt changed."""
+    venv = transport.path("venv")
+    requirements = f"{app}/runtime/requirements.txt"
+    digest = sha256_file(RUNTIME_DIR / "requirements.txt")
+    marker = f"{venv}/.requirements.sha256"
+    if transport.run(f"cat {quote(marker)}").stdout.strip() != digest:
+        transport.check(
+            f"{quote(python)} -m venv --system-site-packages {quote(venv)}",
+            what=f"creating a virtualenv with {python}",
+            hint="install python3-venv on the device, or set the host's `python` to another interpreter",
+        )
+        transport.check(
+            f"{quote(venv)}/bin/python -m pip install --disable-pip-version-check -q -r {quote(requirements)}",
+            what="installing the runtime requirements",
+            hint="the device needs access to PyPI (or a local mirror) once",
+            timeout=1800,
+        )
+        transport.check(f"echo {digest} > {quote(marker)}", what="recording the requirements hash")
+    wheel_install = (
+        f"{quote(venv)}/bin/python -c 'import axengine' 2>/dev/null || "
+        f"for w in {quote(transport.workdir)}/axengine-*.whl; do "
+        f'if [ -f "$w" ]; then {quote(venv)}/bin/python -m pip install -q "$w"; fi; done'
+    )
+    transport.run(wheel_install)
+    return f"{venv}/bin/python"

@@ -1,0 +1,163 @@
+"""`invoke serve`: the interrogation server here in the foreground, or on a host in the background.
+
+On a host (`--host pi`) the server runs from the device's runtime/ and virtualenv (device_app.py), with
+its log in `serve.log`, its pid in `serve.pid` and its port in `serve.port` under the host's workdir, so
+`--status` and `--stop` find it later from any controller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.device_app import install_runtime
+from pipeline.errors import HostError, PipelineError
+from pipeline.hosts import Transport, connect
+from pipeline.hosts.base import quote
+from pipeline.report import console
+
+START_TIMEOUT_S = 90
+STOP_TIMEOUT_S = 15
+LOG_FILE, PID_FILE, PORT_FILE, AUTH_FILE = "serve.log", "serve.pid", "serve.port", "serve.auth"
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    port: int = 7860
+    listen: bool = False
+    api_auth: str | None = None  # user:password[,...]; never printed
+    extra: tuple[str, ...] = ()  # further runtime.server flags
+
+
+def server_argv(models: str, request: ServeRequest, auth_file: str | None = None) -> list[str]:
+    argv = ["--models", models, "--port", str(request.port), *request.extra]
+    if request.listen:
+        argv.append("--listen")
+    if auth_file:
+        argv += ["--api-auth-file", auth_file]
+    return argv
+
+
+def serve_here(models: Path, request: ServeRequest) -> int:
+    """Run the server in this process until Ctrl+C (the password reaches it through the environment)."""
+    from runtime.server.__main__ import AUTH_ENV, main
+
+    if request.api_auth:
+        os.environ[AUTH_ENV] = request.api_auth
+    return main(server_argv(str(models), request))
+
+
+def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest) -> None:
+    host = config.host(host_name)
+    with connect(config, host_name) as transport:
+        models = transport.path(config.stages.fetch.models_dir)
+        if not transport.run(f"test -f {quote(models)}/export.json").ok:
+            raise PipelineError(
+                f"no fetched models in {models} on {host_name}", hint=f"run `invoke fetch --host {host_name}` first"
+            )
+        if _running_pid(transport):
+            raise PipelineError(
+                f"the server already runs on {host_name}", hint="`invoke serve --host ... --stop` first, or --status"
+            )
+        app, python = install_runtime(transport, host.python)
+        auth_file = _put_auth(transport, request.api_auth) if request.api_auth else None
+        if not request.api_auth:
+            transport.run(f"rm -f {quote(transport.path(AUTH_FILE))}")
+        args = " ".join(quote(a) for a in server_argv(models, request, auth_file))
+        log, pid_file = transport.path(LOG_FILE), transport.path(PID_FILE)
+        transport.check(
+            f"cd {quote(app)} && (command -v setsid >/dev/null && S=setsid || S=); "
+            f"$S nohup {quote(python)} -m runtime.server {args} > {quote(log)} 2>&1 < /dev/null & "
+            f"echo $! > {quote(pid_file)}; echo {request.port} > {quote(transport.path(PORT_FILE))}",
+            what="starting the server",
+        )
+        health = _wait_healthy(transport, python, request.port)
+        if health is None:
+            tail = transport.run(f"tail -n 20 {quote(log)}").stdout.strip().splitlines()
+            transport.run(f"kill $(cat {quote(pid_file)}) 2>/dev/null; rm -f {quote(pid_file)}")
+            raise HostError(host_name, "the server did not come up", hint=f"its log ({log}) ends:", tail=tail)
+    where = "0.0.0.0" if request.listen else "127.0.0.1"
+    console.print(
+        f"serving on {host_name} at {where}:{request.port} ({health['backend']}, {health['labels']:,} labels); "
+        f"log: {log}"
+    )
+
+
+def stop_on_host(config: PipelineConfig, host_name: str) -> None:
+    with connect(config, host_name) as transport:
+        pid = _running_pid(transport)
+        if pid is None:
+            console.print(f"no server runs on {host_name}")
+            return
+        transport.run(
+            f"kill {pid}; for i in $(seq {STOP_TIMEOUT_S * 10}); do kill -0 {pid} 2>/dev/null || break; "
+            f"sleep 0.1; done; kill -0 {pid} 2>/dev/null && kill -9 {pid}; rm -f {quote(transport.path(PID_FILE))}"
+        )
+    console.print(f"stopped the server on {host_name} (pid {pid})")
+
+
+def status_on_host(config: PipelineConfig, host_name: str) -> bool:
+    """Print whether the server runs on the host and what /healthz says; True when it is healthy."""
+    with connect(config, host_name) as transport:
+        pid = _running_pid(transport)
+        if pid is None:
+            console.print(f"no server runs on {host_name}")
+            return False
+        port = transport.run(f"cat {quote(transport.path(PORT_FILE))}").stdout.strip()
+        python = f"{transport.path('venv')}/bin/python"
+        health = _health(transport, python, int(port)) if port.isdigit() else None
+    if health is None:
+        console.print(f"the server on {host_name} (pid {pid}) runs but does not answer /healthz on port {port}")
+        return False
+    queue = health["queue"]
+    console.print(
+        f"serving on {host_name} port {port} (pid {pid}): {health['backend']} ({health['provider']}), "
+        f"{health['labels']:,} labels, {queue['served']} served, {queue['refused']} refused, "
+        f"up {health['uptime_s']:.0f} s"
+    )
+    return True
+
+
+def _running_pid(transport: Transport) -> int | None:
+    pid_file = quote(transport.path(PID_FILE))
+    out = transport.run(f"test -f {pid_file} && kill -0 $(cat {pid_file}) 2>/dev/null && cat {pid_file}").stdout
+    return int(out.strip()) if out.strip().isdigit() else None
+
+
+def _put_auth(transport: Transport, api_auth: str) -> str:
+    """The credentials as a 0600 file on the host: never on a command line, where `ps` would show them."""
+    remote = transport.path(AUTH_FILE)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / AUTH_FILE
+        local.touch(mode=0o600)
+        local.write_text(api_auth.replace(",", "\n") + "\n", encoding="utf-8")
+        transport.put(local, remote)
+    transport.check(f"chmod 600 {quote(remote)}", what="protecting the credentials file")
+    return remote
+
+
+_HEALTH_PROBE = (
+    "import json, urllib.request; "
+    "print(json.dumps(json.load(urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=3))))"
+)
+
+
+def _health(transport: Transport, python: str, port: int) -> dict | None:
+    result = transport.run(f"{quote(python)} -c {quote(_HEALTH_PROBE.format(port=port))}", timeout=30)
+    return json.loads(result.stdout) if result.ok else None
+
+
+def _wait_healthy(transport: Transport, python: str, port: int) -> dict | None:
+    """Poll /healthz on the host (in one remote loop, bounded) while the process lives."""
+    pid_file = quote(transport.path(PID_FILE))
+    probe = f"{quote(python)} -c {quote(_HEALTH_PROBE.format(port=port))}"
+    result = transport.run(
+        f"for i in $(seq {START_TIMEOUT_S * 2}); do {probe} 2>/dev/null && exit 0; "
+        f"kill -0 $(cat {pid_file}) 2>/dev/null || exit 3; sleep 0.5; done; exit 4",
+        timeout=START_TIMEOUT_S + 30,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1]) if result.ok else None

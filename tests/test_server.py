@@ -1,0 +1,413 @@
+"""The A1111-compatible server, served by a real uvicorn on loopback and called with httpx."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import io
+import json
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from PIL import Image
+
+from runtime.clip import VOCAB_DIR, ClipRuntime
+from runtime.errors import RuntimeErrorBase
+from runtime.interrogator import Interrogator
+from runtime.label_tables import LabelTables
+from runtime.server.app import ServerSettings, create_app
+from runtime.server.images import ImagePolicy
+from tests.loopback import free_port, serving
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTOS = sorted((REPO / "data/images").glob("*.jpg"))
+INTERROGATE = "/sdapi/v1/interrogate"
+OPTIONS = "/sdapi/v1/options"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def photo(name: str = "cat.jpg") -> str:
+    return b64((REPO / "data/images" / name).read_bytes())
+
+
+def png(image: Image.Image, format: str = "PNG") -> bytes:  # noqa: A002 - Pillow's name
+    out = io.BytesIO()
+    image.save(out, format=format)
+    return out.getvalue()
+
+
+def png_bomb(width: int, height: int, rows: int | None = None) -> bytes:
+    """A valid RGB PNG of width x height black pixels, compressed ~1000:1 (a decompression bomb); with
+    `rows`, only that many rows of pixel data follow the header."""
+    raw = zlib.compress((b"\x00" + b"\x00" * 3 * width) * (height if rows is None else rows), 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def interrogator(built_artifacts: Path) -> Interrogator:
+    models = built_artifacts.parent / "device" / "models"
+    return Interrogator(ClipRuntime.load(models, with_text=False), LabelTables.load(models / VOCAB_DIR))
+
+
+@pytest.fixture
+def serve(interrogator: Interrogator) -> Iterator[object]:
+    """serve(**settings) -> an httpx client of a fresh app on a real uvicorn; closed after the test."""
+    stack: list = []
+
+    def start(**settings: object) -> httpx.Client:
+        context = serving(create_app(interrogator, ServerSettings(**settings)))
+        url = context.__enter__()
+        client = httpx.Client(base_url=url, timeout=60)
+        stack.append((context, client))
+        return client
+
+    yield start
+    for context, client in reversed(stack):
+        client.close()
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def expected(interrogator: Interrogator) -> dict[str, str]:
+    """Each photo's caption, interrogated directly (no server)."""
+    from runtime.preprocess import open_image
+
+    return {p.name: interrogator.interrogate(open_image(p)).caption for p in PHOTOS}
+
+
+def _assert_error(client: httpx.Client, body: object, status: int, detail: str | None = None, **kw: object) -> None:
+    """The stated status and detail in A1111's error shape; then a good request still succeeds."""
+    response = client.post(INTERROGATE, json=body, **kw) if body is not None else client.post(INTERROGATE, **kw)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert set(answer) == {"error", "detail", "body", "errors"}
+    if detail is not None:
+        assert answer["detail"] == detail
+    good = client.post(INTERROGATE, json={"image": photo()})
+    assert good.status_code == 200 and good.json()["caption"]
+
+
+def test_clip_answers_exactly_a_caption_from_the_vocabulary(serve, expected: dict[str, str]) -> None:
+    client = serve()
+    response = client.post(INTERROGATE, json={"image": photo(), "model": "clip", "unknown_field": 1})
+    assert response.status_code == 200
+    assert response.json() == {"caption": expected["cat.jpg"]}
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda s: "data:image/jpeg;base64," + s,
+        lambda s: "\n".join(s[i : i + 76] for i in range(0, len(s), 76)) + "\n",  # MIME line breaks
+        lambda s: "  " + s.rstrip("=") + " ",  # padding dropped, spaces around
+        lambda s: s.replace("+", "-").replace("/", "_"),  # URL-safe alphabet
+    ],
+    ids=["data-url", "line-breaks", "no-padding", "urlsafe"],
+)
+def test_lenient_base64_decodes_to_the_same_caption(serve, expected: dict[str, str], encode) -> None:
+    client = serve()
+    response = client.post(INTERROGATE, json={"image": encode(photo())})
+    assert response.json() == {"caption": expected["cat.jpg"]}
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "CMYK", "I;16"])
+def test_every_image_mode_is_converted_to_rgb(serve, mode: str) -> None:
+    client = serve()
+    image = Image.open(REPO / "data/images/cat.jpg").convert("RGB")
+    converted = image.convert("P") if mode == "P" else image.convert(mode)
+    data = png(converted, "JPEG" if mode == "CMYK" else ("TIFF" if mode == "I;16" else "PNG"))
+    response = client.post(INTERROGATE, json={"image": b64(data)})
+    assert response.status_code == 200 and response.json()["caption"]
+
+
+def test_deepdanbooru_answers_tags_from_the_tag_categories(serve, interrogator: Interrogator) -> None:
+    client = serve()
+    client.post(OPTIONS, json={"interrogate_deepbooru_score_threshold": 0.0}).raise_for_status()
+    tags = client.post(INTERROGATE, json={"image": photo(), "model": "deepdanbooru"}).json()["caption"].split(", ")
+    vocabulary = {label for c in interrogator.tables.categories if c.tags for label in c.labels}
+    assert set(tags) == vocabulary and tags == sorted(tags)  # threshold 0: every tag, alphabetical
+
+
+def test_error_cases_answer_as_a1111_and_the_server_keeps_serving(serve) -> None:
+    client = serve()
+    jpeg = (REPO / "data/images/cat.jpg").read_bytes()
+    _assert_error(client, {"image": photo(), "model": "blip"}, 404, "Model not found")
+    _assert_error(client, {"image": ""}, 500, "Invalid encoded image")
+    _assert_error(client, {}, 500, "Invalid encoded image")
+    _assert_error(client, {"image": "not base64 at all!"}, 500, "Invalid encoded image")
+    _assert_error(client, {"image": b64(b"plain text, not an image")}, 500, "Invalid encoded image")
+    _assert_error(client, {"image": b64(jpeg[: len(jpeg) // 2])}, 500, "Invalid encoded image")  # truncated
+    _assert_error(client, {"image": "data:image/png," + photo()}, 500, "Invalid encoded image")  # not base64
+    _assert_error(client, {"image": 42}, 422)
+    _assert_error(client, None, 422, content=b"{not json", headers={"content-type": "application/json"})
+
+
+def test_images_over_the_pixel_cap_are_refused_before_decoding(serve) -> None:
+    client = serve(images=ImagePolicy(max_pixels=1_000_000))
+    bomb = png_bomb(2000, 1000)
+    assert len(bomb) < 20_000  # 6 MB of pixels
+    _assert_error(client, {"image": b64(bomb)}, 413)
+    _assert_error(client, {"image": b64(png_bomb(100_000, 100_000, rows=1))}, 413)  # Pillow's own bomb guard
+    small = png(Image.new("RGB", (1000, 1000), "white"))
+    assert client.post(INTERROGATE, json={"image": b64(small)}).status_code == 200
+
+
+def test_bodies_over_the_size_cap_are_refused(serve) -> None:
+    client = serve(max_body_bytes=100_000)
+    big = {"image": "A" * 200_000}
+    _assert_error(client, big, 413)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"image": "'
+        for _ in range(20):
+            yield b"A" * 10_000
+        yield b'"}'
+
+    _assert_error(client, None, 413, content=chunks(), headers={"content-type": "application/json"})
+
+
+def test_32_concurrent_requests_are_all_answered_and_none_crossed(serve, expected: dict[str, str]) -> None:
+    assert len(set(expected.values())) >= 5, "the photos must caption differently for this test to mean anything"
+    client = serve()
+    names = [PHOTOS[i % len(PHOTOS)].name for i in range(32)]
+
+    def ask(name: str) -> tuple[str, int, str]:
+        response = client.post(INTERROGATE, json={"image": photo(name)}, timeout=120)
+        return name, response.status_code, response.json().get("caption", response.text)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(ask, names))
+    assert time.monotonic() - started < 120
+    assert [status for _, status, _ in answers] == [200] * 32
+    assert all(caption == expected[name] for name, _, caption in answers)
+
+
+@contextmanager
+def encoder_busy(interrogator: Interrogator) -> Iterator[None]:
+    """Hold the encoder as a long inference would."""
+    interrogator._lock.acquire()
+    try:
+        yield
+    finally:
+        interrogator._lock.release()
+
+
+def _wait_until(check, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_a_full_queue_gets_503_at_once_and_the_queued_requests_finish(serve, interrogator: Interrogator) -> None:
+    client = serve(queue_size=1, queue_timeout_s=30)
+    with ThreadPoolExecutor(2) as pool:
+        with encoder_busy(interrogator):
+            queued = [pool.submit(client.post, INTERROGATE, json={"image": photo()}) for _ in range(2)]
+            _wait_until(lambda: client.get("/healthz").json()["queue"]["inside"] == 2)
+            started = time.monotonic()
+            refused = client.post(INTERROGATE, json={"image": photo()})
+            assert refused.status_code == 503 and time.monotonic() - started < 5
+            assert refused.json()["detail"].startswith("Server busy")
+        assert [f.result(timeout=60).status_code for f in queued] == [200, 200]
+    assert client.get("/healthz").json()["queue"]["refused"] == 1
+
+
+def test_a_request_waiting_past_the_queue_timeout_gets_503(serve, interrogator: Interrogator) -> None:
+    client = serve(queue_timeout_s=0.5)
+    with encoder_busy(interrogator):
+        response = client.post(INTERROGATE, json={"image": photo()})
+    assert response.status_code == 503 and "busy" in response.json()["detail"]
+    assert client.post(INTERROGATE, json={"image": photo()}).status_code == 200
+
+
+def test_basic_auth(serve) -> None:
+    client = serve(credentials={"alice": "s3:cret", "bob": "hunter2"})
+    body = {"image": photo()}
+    assert client.post(INTERROGATE, json=body).status_code == 401
+    wrong = client.post(INTERROGATE, json=body, auth=("alice", "hunter2"))
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "Incorrect username or password"
+    assert wrong.headers["www-authenticate"] == "Basic"
+    assert client.get(OPTIONS, auth=("mallory", "s3:cret")).status_code == 401
+    assert client.post(INTERROGATE, json=body, auth=("alice", "s3:cret")).status_code == 200
+    assert client.get(OPTIONS, auth=("bob", "hunter2")).status_code == 200
+    assert client.get("/healthz").status_code == 200
+
+
+def test_options_change_the_answers(serve, interrogator: Interrogator, expected: dict[str, str]) -> None:
+    client = serve()
+    from runtime.preprocess import open_image
+
+    found = interrogator.interrogate(open_image(REPO / "data/images/cat.jpg")).categories
+    flavors = {p.label for c in found if c.name == "flavors" for p in c.picks}
+    tags = next(c for c in interrogator.tables.categories if c.name == "tags")
+    defaults = client.get(OPTIONS).json()
+    assert defaults["interrogate_return_ranks"] is False and defaults["deepbooru_escape"] is True
+    assert defaults["sd_model_checkpoint"] is None and defaults["api_enable_requests"] is False
+    body = {"image": photo()}
+
+    def caption(model: str = "clip") -> str:
+        return client.post(INTERROGATE, json={**body, "model": model}).json()["caption"]
+
+    assert client.post(OPTIONS, json={"interrogate_return_ranks": True, "not_an_option": 1}).json() is None
+    assert all(re.fullmatch(r"\(.+:-?\d\.\d{3}\)", part) for part in caption().split(", "))
+    client.post(OPTIONS, json={"interrogate_return_ranks": False, "interrogate_clip_skip_categories": ["flavors"]})
+    assert caption() == ", ".join(p for p in expected["cat.jpg"].split(", ") if p not in flavors)
+    client.post(OPTIONS, json={"interrogate_clip_skip_categories": [], "interrogate_clip_dict_limit": 1})
+    firsts = [c.labels[0] for c in interrogator.tables.categories if c.mode == "one"]
+    assert caption().split(", ")[: len(firsts)] == firsts
+    client.post(OPTIONS, json={"interrogate_clip_dict_limit": 0})
+    assert caption() == expected["cat.jpg"]
+
+    client.post(OPTIONS, json={"interrogate_deepbooru_score_threshold": 0.0, "deepbooru_use_spaces": False})
+    underscored = caption("deepdanbooru").split(", ")
+    assert "full_body" in underscored and len(underscored) == len(set(tags.labels))
+    client.post(OPTIONS, json={"deepbooru_filter_tags": "full body, sky", "deepbooru_use_spaces": True})
+    filtered = caption("deepdanbooru").split(", ")
+    assert "full body" not in filtered and "sky" not in filtered and len(filtered) == len(underscored) - 2
+    client.post(OPTIONS, json={"deepbooru_sort_alpha": False, "interrogate_return_ranks": True})
+    scores = [float(t.rsplit(":", 1)[1].rstrip(")")) for t in caption("deepdanbooru").split(", ")]
+    assert scores == sorted(scores, reverse=True)
+    client.post(OPTIONS, json={"interrogate_deepbooru_score_threshold": 1.0})
+    assert caption("deepdanbooru") == ""
+
+
+def test_bad_options_are_refused_and_change_nothing(serve) -> None:
+    client = serve()
+    before = client.get(OPTIONS).json()
+    for bad in (
+        {"interrogate_return_ranks": "maybe"},
+        {"interrogate_deepbooru_score_threshold": 2},
+        {"interrogate_clip_skip_categories": ["artists"]},
+        {"interrogate_return_ranks": True, "interrogate_clip_dict_limit": -1},  # all or nothing
+        {"api_enable_requests": True},  # set at start, not over the API
+    ):
+        response = client.post(OPTIONS, json=bad)
+        assert response.status_code == 422, bad
+        assert set(response.json()) == {"error", "detail", "body", "errors"}
+    assert client.post(OPTIONS, json={"api_enable_requests": False}).status_code == 200  # unchanged: fine
+    assert client.get(OPTIONS).json() == before
+
+
+def test_options_persist_across_restarts(serve, tmp_path: Path, interrogator: Interrogator) -> None:
+    path = tmp_path / "options.json"
+    serve(options_file=path).post(OPTIONS, json={"interrogate_clip_dict_limit": 7}).raise_for_status()
+    assert serve(options_file=path).get(OPTIONS).json()["interrogate_clip_dict_limit"] == 7
+    path.write_text("{broken")
+    with pytest.raises(RuntimeErrorBase, match=r"options\.json is unreadable"):
+        create_app(interrogator, ServerSettings(options_file=path))
+
+
+@contextmanager
+def file_server(directory: Path) -> Iterator[str]:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_image_urls_are_off_by_default_and_local_ones_refused(serve, expected: dict[str, str]) -> None:
+    with file_server(REPO / "data/images") as files:
+        url = f"{files}/cat.jpg"
+        _assert_error(serve(), {"image": url}, 500, "Requests not allowed")
+        remote_only = serve(images=ImagePolicy(allow_urls=True))
+        _assert_error(remote_only, {"image": url}, 500, "Request to local resource not allowed")
+        _assert_error(remote_only, {"image": "http://localhost/x.png"}, 500, "Request to local resource not allowed")
+        local = serve(images=ImagePolicy(allow_urls=True, allow_local_urls=True))
+        assert local.post(INTERROGATE, json={"image": url}).json() == {"caption": expected["cat.jpg"]}
+        _assert_error(local, {"image": f"{files}/missing.jpg"}, 500, "Invalid image url")
+        _assert_error(local, {"image": f"{files}/SOURCES.md"}, 500, "Invalid image url")
+
+
+def test_detailed_answer_and_health(serve, interrogator: Interrogator, expected: dict[str, str]) -> None:
+    client = serve()
+    detailed = client.post("/clip/v1/interrogate", json={"image": photo()}).json()
+    assert detailed["caption"] == expected["cat.jpg"]
+    assert [c["name"] for c in detailed["categories"]] == [c.name for c in interrogator.tables.categories]
+    assert all(len(c["top"]) == 5 and c["top"][0]["score"] >= c["top"][-1]["score"] for c in detailed["categories"])
+    assert {"decode", "preprocess", "queue", "encode", "rank", "total"} <= set(detailed["timings_ms"])
+    health = client.get("/healthz").json()
+    assert health["backend"] == "onnxruntime" and health["labels"] == 2022
+    assert health["vocabulary"]["tags"] == len(next(c for c in interrogator.tables.categories if c.tags).labels)
+
+
+def test_openapi_document_is_served_and_valid(serve) -> None:
+    spec = serve().get("/openapi.json").json()
+    validate(spec)
+    assert {INTERROGATE, OPTIONS, "/clip/v1/interrogate", "/healthz"} <= set(spec["paths"])
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on `port`, from /proc (no traffic)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_the_command_line_server_captions_a_real_photo_on_loopback_only(built_artifacts: Path, tmp_path: Path) -> None:
+    models = built_artifacts.parent / "device" / "models"
+    port = free_port()
+    command = [sys.executable, "-m", "runtime.server", "--models", str(models), "--port", str(port)]
+    command += ["--options-file", str(tmp_path / "options.json")]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait_until(up, 60)
+        assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
+        caption = httpx.post(f"{url}{INTERROGATE}", json={"image": photo("astronaut.jpg")}, timeout=60).json()
+        index = json.loads((models / VOCAB_DIR / "vocab.json").read_text())
+        labels = {c.get("prefix", "") + label for c in index["categories"] for label in c["labels"]}
+        parts = caption["caption"].split(", ")
+        assert len(parts) >= 7 and all(part in labels for part in parts)
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_the_command_line_names_bad_models_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime.server", "--models", str(tmp_path)], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error:") and "invoke fetch" in result.stderr
