@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,3 +36,62 @@ def full_size_export(cache: Path = DEFAULT_CACHE) -> Path:
 
 def median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1e3, 2)
+
+
+def write_tables(directory: Path, labels: int, dim: int) -> Path:
+    """Label tables shaped like the default vocabulary (a `one`, a `top` and a `many` category) with
+    random rows, as embed-vocab writes them; returns the directory."""
+    from modeling.rank_model import write_rank_model
+    from runtime.label_tables import INDEX_FILE, RANK_MODEL_FILE, write_category
+
+    if (directory / INDEX_FILE).is_file():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(labels)
+    tenth = max(1, labels // 10)
+    sizes = {"subject": tenth, "flavors": max(1, labels - 2 * tenth), "tags": tenth}
+    modes = {"subject": "one", "flavors": "top", "tags": "many"}
+    categories, stored = [], []
+    for name, count in sizes.items():
+        file, rows = write_category(directory, name, rng.standard_normal((count, dim)).astype(np.float32))
+        stored.append(rows)
+        names = [f"{name} {i}" for i in range(count)]
+        entry = {"name": name, "mode": modes[name], "threshold": 0.1, "k": 3, "file": file, "labels": names}
+        categories.append(entry | {"tags": name == "tags"})
+    rank = write_rank_model(directory / RANK_MODEL_FILE, np.concatenate(stored))
+    index = {"name": "bench", "dim": dim, "categories": categories, "rank": {"file": RANK_MODEL_FILE, **rank}}
+    (directory / INDEX_FILE).write_text(json.dumps(index))
+    return directory
+
+
+def server_models(labels: int, cache: Path = DEFAULT_CACHE) -> Path:
+    """A models dir as fetch lays it out (the float ONNX export plus `labels` in vocab/), for the server."""
+    from runtime.clip import VOCAB_DIR
+
+    export = full_size_export(cache)
+    models = cache / f"server-models-{labels}"
+    models.mkdir(parents=True, exist_ok=True)
+    for source in export.iterdir():
+        link = models / source.name
+        if source.is_file() and not link.exists():
+            link.symlink_to(source)
+    dim = json.loads((export / "export.json").read_text())["projection_dim"]
+    write_tables(cache / "tables" / f"vocab-{labels}", labels, dim)
+    vocab = models / VOCAB_DIR
+    if not vocab.exists():
+        vocab.symlink_to(cache / "tables" / f"vocab-{labels}")
+    return models
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the process's peak resident set, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")

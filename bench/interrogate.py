@@ -18,42 +18,18 @@ import io
 import json
 import random
 import time
-from pathlib import Path
 
-import numpy as np
-from common import REPO, full_size_export, median_ms
+from common import REPO, full_size_export, median_ms, write_tables
 
-from modeling.rank_model import write_rank_model
 from runtime import model_io
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator
-from runtime.label_tables import RANK_MODEL_FILE, LabelTables, write_category
+from runtime.label_tables import LabelTables
 from runtime.preprocess import open_image
 
 TABLE_SIZES = (7, 1_000, 10_000, 100_000)
 MANUAL_SIZES = (7, 100)
 TARGET_RATIO = 1.15
-
-
-def _tables(root: Path, labels: int, dim: int) -> LabelTables:
-    """A vocabulary shaped like the default one (a `one`, a `top` and a `many` category), random rows."""
-    directory = root / f"vocab-{labels}"
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(labels)
-    tenth = max(1, labels // 10)
-    sizes = {"subject": tenth, "flavors": max(1, labels - 2 * tenth), "tags": tenth}
-    modes = {"subject": "one", "flavors": "top", "tags": "many"}
-    categories, stored = [], []
-    for name, count in sizes.items():
-        file, rows = write_category(directory, name, rng.standard_normal((count, dim)).astype(np.float32))
-        stored.append(rows)
-        names = [f"{name} {i}" for i in range(count)]
-        entry = {"name": name, "mode": modes[name], "threshold": 0.1, "k": 3, "file": file, "labels": names}
-        categories.append(entry)
-    rank = write_rank_model(directory / RANK_MODEL_FILE, np.concatenate(stored))
-    index = {"name": "bench", "dim": dim, "categories": categories, "rank": {"file": RANK_MODEL_FILE, **rank}}
-    (directory / "vocab.json").write_text(json.dumps(index))
-    return LabelTables.load(directory)
 
 
 def main() -> None:
@@ -67,7 +43,9 @@ def main() -> None:
     dim = int(clip.info["projection_dim"])
     photo = (REPO / "data/images/grace_hopper.jpg").read_bytes()
     tables_root = export.parent.parent / "tables"
-    interrogators = {n: Interrogator(clip, _tables(tables_root, n, dim)) for n in TABLE_SIZES}
+    interrogators = {
+        n: Interrogator(clip, LabelTables.load(write_tables(tables_root / f"vocab-{n}", n, dim))) for n in TABLE_SIZES
+    }
     text = clip.text
     assert text is not None
     prompts = [f"a photo of label {i}" for i in range(max(MANUAL_SIZES))]

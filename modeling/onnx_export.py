@@ -22,8 +22,10 @@ def export_onnx(
     output_name: str,
     opset: int,
     simplify: bool,
+    dynamic_axes: dict[int, str] | None = None,
 ) -> dict[str, int]:
-    """Export with batch 1 and no dynamic axes; returns node counts before and after simplification.
+    """Export (static shapes unless `dynamic_axes` names input axes, e.g. {0: "batch"}); returns node
+    counts before and after simplification.
 
     `dynamo=False` selects the TorchScript exporter: torch 2.13's default (dynamo) emits opset 18+,
     and Pulsar2 prefers 14. Constant folding plus onnxslim removes the shape arithmetic and mask ops.
@@ -40,6 +42,9 @@ def export_onnx(
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
+            dynamic_axes={input_name: dynamic_axes, output_name: {0: dynamic_axes.get(0, "batch")}}
+            if dynamic_axes
+            else None,
         )
     model = onnx.load(str(path))
     before = len(model.graph.node)

@@ -1,6 +1,8 @@
 """embed-vocab: every vocabulary label encoded once into L2-normalized float16 tables.
 
 At request time only the image is encoded; ranking is a matrix-vector product against these tables.
+Labels are encoded in batches by the controller-only batched text model, each batch cut after its last
+end-of-text token (about 10x less work than the full 77-token context for short labels).
 Embeddings of the last good run are reused for every prompt whose text and text model are unchanged,
 so editing one category of a 100,000-label vocabulary encodes only what changed.
 """
@@ -16,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from modeling.rank_model import write_rank_model
 from pipeline.config import PipelineConfig
+from pipeline.errors import StageError
 from pipeline.files import sha256_file, sha256_text, write_json
 from pipeline.report import console
 from pipeline.stage import Stage, StageContext, StageResult
@@ -23,7 +26,11 @@ from pipeline.vocabulary import Category, load_vocabulary, vocabulary_files
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
 from runtime.label_tables import INDEX_FILE, RANK_MODEL_FILE, write_category
+from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
+
+BATCH = 64
+MIN_AGREEMENT = 0.99999
 
 
 class EmbedVocabStage(Stage):
@@ -50,7 +57,7 @@ class EmbedVocabStage(Stage):
             dict.fromkeys(c.prompt(label) for c in categories for label in c.labels if c.prompt(label) not in cache)
         )
         if missing:
-            cache.update(_encode(missing, text_model, export / model_io.TOKENIZER_FILE, info["context_length"]))
+            cache.update(_encode(missing, export, info["context_length"], int(info["projection_dim"])))
         index_categories, stored = [], []
         for category in categories:
             vectors = np.stack([cache[category.prompt(label)] for label in category.labels])
@@ -108,15 +115,36 @@ def _previous_embeddings(previous: Path, model_sha: str) -> dict[str, np.ndarray
     return cache
 
 
-def _encode(prompts: list[str], model: Path, tokenizer_file: Path, context_length: int) -> dict[str, np.ndarray]:
-    backend = OnnxRuntimeBackend(model)
-    tokenizer = ClipTokenizer(tokenizer_file, context_length)
+def _encode(prompts: list[str], export: Path, context_length: int, dim: int) -> dict[str, np.ndarray]:
+    """Every prompt's embedding from the batched text model: prompts sorted by token count, batched, and
+    cut after each batch's last EOS (the same numbers as the full context; see model_io). Checked
+    against the fixed-shape model the device runs on the first prompt."""
+    import onnxruntime as ort
+
+    tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, context_length)
+    session = ort.InferenceSession(str(export / model_io.TEXT_BATCH_MODEL_FILE), providers=["CPUExecutionProvider"])
+    ids = np.concatenate([tokenizer.encode(prompt) for prompt in prompts])
+    lengths = (ids == tokenizer.eos_id).argmax(axis=1) + 1  # through the first EOS
+    order = np.argsort(lengths, kind="stable")
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    out = {}
+    vectors = np.empty((len(prompts), dim), dtype=np.float32)
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("embed-vocab", total=len(prompts))
-        for prompt in prompts:
-            ids = tokenizer.encode(prompt)
-            out[prompt] = backend.run({model_io.TEXT_INPUT: ids})[model_io.TEXT_OUTPUT][0].astype(np.float32)
-            bar.advance(task)
-    return out
+        for start in range(0, len(order), BATCH):
+            rows = order[start : start + BATCH]
+            cut = int(lengths[rows].max())
+            vectors[rows] = session.run(None, {model_io.TEXT_INPUT: ids[rows, :cut]})[0]
+            bar.advance(task, len(rows))
+    _check_against_fixed_model(vectors[0], ids[:1], export / model_io.TEXT_MODEL_FILE)
+    return dict(zip(prompts, vectors, strict=True))
+
+
+def _check_against_fixed_model(vector: np.ndarray, ids: np.ndarray, model: Path) -> None:
+    reference = OnnxRuntimeBackend(model).run({model_io.TEXT_INPUT: ids})[model_io.TEXT_OUTPUT][0]
+    agreement = cosine(vector, reference)
+    if agreement < MIN_AGREEMENT:
+        raise StageError(
+            "embed-vocab",
+            f"the batched text model disagrees with {model.name} (cosine {agreement:.6f} < {MIN_AGREEMENT})",
+            hint="run `invoke export --force` to export both again",
+        )

@@ -1,7 +1,8 @@
 """export: the image and text encoders, each with its projection, to static-shape ONNX.
 
 Outputs (artifacts/export/): image_encoder.onnx, text_encoder.onnx, the tokenizer and preprocessing
-config the device needs, and export.json describing the tensor contract.
+config the device needs, and export.json describing the tensor contract; plus text_encoder_batched.onnx
+(dynamic batch and length) that embed-vocab runs on the controller.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class ExportStage(Stage):
     outputs = (
         model_io.IMAGE_MODEL_FILE,
         model_io.TEXT_MODEL_FILE,
+        model_io.TEXT_BATCH_MODEL_FILE,
         model_io.TOKENIZER_FILE,
         model_io.PREPROCESSOR_FILE,
         model_io.EXPORT_INFO_FILE,
@@ -62,6 +64,7 @@ class ExportStage(Stage):
                 f"model.context_length {length} exceeds the model's {clip_cfg.text_config.max_position_embeddings}",
                 hint=f"set model.context_length: {clip_cfg.text_config.max_position_embeddings}",
             )
+        text_encoder = TextEncoder(loaded.model, loaded.tokenizer.eos_token_id)
         example_ids = loaded.tokenizer(
             "a photo of a cat", padding="max_length", max_length=length, truncation=True, return_tensors="pt"
         )["input_ids"]
@@ -76,7 +79,7 @@ class ExportStage(Stage):
                 simplify=params.simplify,
             ),
             "text": export_onnx(
-                TextEncoder(loaded.model, loaded.tokenizer.eos_token_id),
+                text_encoder,
                 example_ids.to(torch.int64),
                 ctx.out_dir / model_io.TEXT_MODEL_FILE,
                 input_name=model_io.TEXT_INPUT,
@@ -85,6 +88,16 @@ class ExportStage(Stage):
                 simplify=params.simplify,
             ),
         }
+        export_onnx(
+            text_encoder,
+            example_ids.to(torch.int64).repeat(2, 1),
+            ctx.out_dir / model_io.TEXT_BATCH_MODEL_FILE,
+            input_name=model_io.TEXT_INPUT,
+            output_name=model_io.TEXT_OUTPUT,
+            opset=params.opset,
+            simplify=params.simplify,
+            dynamic_axes={0: "batch", 1: "length"},
+        )
         loaded.tokenizer.save_pretrained(ctx.out_dir)
         loaded.image_processor.save_pretrained(ctx.out_dir)
         info = _export_info(ctx.config, loaded, counts)

@@ -13,7 +13,9 @@ import pytest
 
 from pipeline.config import PipelineConfig
 from pipeline.graph import StageGraph
+from pipeline.hosts import openssh
 from pipeline.hosts.ssh import SshTransport
+from pipeline.hosts.sync import upload
 from pipeline.runner import Outcome, RunRequest, StageOutcome, run
 from stages import ALL_STAGES
 from tests.sshd import SshServer
@@ -163,8 +165,47 @@ def test_corrupted_upload_is_caught_by_checksum(remote, monkeypatch: pytest.Monk
         real_put(self, local, remote_path, progress)
         self.run(f"printf x >> '{remote_path}'")
 
+    monkeypatch.setattr(openssh, "available", lambda: False)  # the SFTP path
     monkeypatch.setattr(SshTransport, "put", corrupting_put)
     _assert_failed_and_kept(remote(), "compile", "arrived corrupted", "sha256")
+
+
+def test_uploads_stream_through_the_ssh_client_hashing_both_ends(remote, monkeypatch, tmp_path: Path) -> None:
+    calls = []
+    real_stream = openssh.stream_put
+    monkeypatch.setattr(openssh, "stream_put", lambda *a, **k: calls.append(a[1].name) or real_stream(*a, **k))
+    monkeypatch.setattr(SshTransport, "put", lambda *a, **k: pytest.fail("SFTP used although ssh is here"))
+    config = remote()
+    transport = SshTransport.connect("pi", config.host("pi"))
+    try:
+        data = tmp_path / "weights.bin"
+        data.write_bytes(bytes(range(256)) * 40_000)
+        summary = upload(transport, {data: transport.path("a dir/weights $(x).bin")})
+        assert calls == ["weights.bin"] and summary.bytes_sent == data.stat().st_size
+        assert transport.sha256([transport.path("a dir/weights $(x).bin")]) == summary.digests
+    finally:
+        transport.close()
+
+
+def test_a_failing_ssh_client_falls_back_to_sftp(remote, monkeypatch, tmp_path: Path, caplog) -> None:
+    real_command = openssh.ssh_command
+
+    def refused_port(host) -> list[str]:  # the ssh client cannot connect; Fabric's connection still works
+        command = real_command(host)
+        command[command.index("-p") + 1] = "1"
+        return command
+
+    monkeypatch.setattr(openssh, "ssh_command", refused_port)
+    config = remote()
+    transport = SshTransport.connect("pi", config.host("pi"))
+    try:
+        data = tmp_path / "weights.bin"
+        data.write_bytes(b"w" * 100_000)
+        summary = upload(transport, {data: transport.path("weights.bin")})
+        assert summary.sent == (transport.path("weights.bin"),)
+        assert "using SFTP" in caplog.text
+    finally:
+        transport.close()
 
 
 def test_host_flag_overrides_the_configured_build_host(remote) -> None:

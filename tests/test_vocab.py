@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import yaml
 
@@ -86,3 +87,24 @@ def test_changed_category_reencodes_only_new_prompts(tiny_pipeline, tmp_path: Pa
     assert index["categories"][0]["labels"] == ["cat", "dog", "bird", "horse"]
     assert len(index["text_model_sha256"]) == 64
     np.testing.assert_array_equal(np.load(config.artifacts / "embed-vocab/animal.npy")[:3], table)
+
+
+def test_batched_cut_embeddings_equal_the_fixed_shape_model_for_every_label(built_artifacts: Path) -> None:
+    """embed-vocab batches by length and cuts after the last EOS; each row must still be what the
+    fixed [1, 77] text model (the one compiled for the NPU) gives for that prompt."""
+    from runtime.backends import OnnxRuntimeBackend
+    from runtime.tokenizer import ClipTokenizer
+
+    export, tables = built_artifacts / "export", built_artifacts / "embed-vocab"
+    batched = onnx.load(str(export / "text_encoder_batched.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in batched] == ["batch", "length"]
+    fixed = OnnxRuntimeBackend(export / "text_encoder.onnx")
+    tokenizer = ClipTokenizer(export / "tokenizer.json", 77)
+    index = json.loads((tables / "vocab.json").read_text())
+    for entry in index["categories"]:
+        rows = np.load(tables / entry["file"]).astype(np.float32)
+        for i in range(0, len(entry["labels"]), 25):  # a sample across every category and length
+            prompt = entry["template"].replace("{}", entry["labels"][i])
+            reference = fixed.run({"input_ids": tokenizer.encode(prompt)})["text_embeds"][0]
+            reference /= np.linalg.norm(reference)
+            np.testing.assert_allclose(rows[i], reference, atol=2e-3)  # float16 rows

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import HostError
+from pipeline.files import sha256_file
+
+# sha256sum on Linux, shasum on macOS.
+SHA_TOOL = "$(command -v sha256sum >/dev/null 2>&1 && echo sha256sum || echo 'shasum -a 256')"
+# Prints "<sha>  <path>" for each file that exists.
+SHA_COMMAND = f'H={SHA_TOOL}; for f in {{files}}; do if [ -f "$f" ]; then $H "$f"; fi; done'
 
 LineHandler = Callable[[str], None]
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -48,6 +54,25 @@ class Transport(ABC):
 
     def close(self) -> None:
         return None
+
+    def put_verified(self, local: Path, remote: str, progress: Progress | None = None) -> tuple[str, str]:
+        """Put a file; returns (sha256 of the local file, sha256 of what arrived, computed on the host).
+        Transports that can hash both ends while the bytes flow override this."""
+        self.put(local, remote, progress)
+        return sha256_file(local), self.sha256([remote]).get(remote, "missing")
+
+    def sha256(self, paths: Iterable[str]) -> dict[str, str]:
+        """sha256 of each existing file on the host, in one command; missing files are absent."""
+        paths = list(paths)
+        if not paths:
+            return {}
+        result = self.check(SHA_COMMAND.format(files=" ".join(quote(p) for p in paths)), what="computing checksums")
+        digests = {}
+        for line in result.stdout.splitlines():
+            digest, _, path = line.partition("  ")
+            if len(digest) == 64:
+                digests[path.lstrip("*")] = digest
+        return digests
 
     def check(self, command: str, *, what: str, hint: str = "", timeout: float | None = None) -> CommandResult:
         """Run and raise a HostError naming `what` failed, with the output tail, on a non-zero exit."""

@@ -27,6 +27,7 @@ from paramiko.ssh_exception import (
 
 from pipeline.config import HostConfig
 from pipeline.errors import HostError
+from pipeline.hosts import openssh
 from pipeline.hosts.base import CommandResult, LineHandler, Progress, Transport, quote
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class SshTransport(Transport):
         self.host = host
         self._conn = connection
         self.workdir = workdir
+        self._stream = True  # until the system's ssh fails once
 
     @classmethod
     def connect(cls, name: str, host: HostConfig) -> SshTransport:
@@ -113,6 +115,17 @@ class SshTransport(Transport):
             self._conn.sftp().put(str(local), remote, callback=progress)
         except (SSHException, *_CONNECTION_ERRORS) as exc:
             raise HostError(self.name, f"upload of {local.name} to {remote} failed ({exc})") from exc
+
+    def put_verified(self, local: Path, remote: str, progress: Progress | None = None) -> tuple[str, str]:
+        """Through the system's ssh when there is one (scp's speed, both ends hashed on the fly);
+        otherwise, or when it cannot connect the way Fabric did, SFTP and a hash on each end."""
+        if self._stream and openssh.available():
+            try:
+                return openssh.stream_put(self.host, local, remote, progress)
+            except openssh.StreamFailed as exc:
+                log.warning("%s: the ssh client could not stream %s (%s); using SFTP", self.name, local.name, exc)
+                self._stream = False
+        return super().put_verified(local, remote, progress)
 
     def get(self, remote: str, local: Path, progress: Progress | None = None) -> None:
         try:

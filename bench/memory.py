@@ -1,0 +1,99 @@
+"""Memory: peak RSS of our server (ViT-B/32-shaped image model, a 100k-label vocabulary, after serving
+clip, deepdanbooru and detailed requests) vs a process that does the manual design's work: load
+transformers' CLIPModel (both towers, to apply the projections), encode the image and 100 labels.
+
+Peak RSS is each process's VmHWM. Random weights (memory does not depend on their values); onnxruntime
+on the CPU holds the image model that the NPU would hold on the device. Target: ours <= 0.5x manual.
+
+    python bench/memory.py [--labels 100000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from common import DEFAULT_CACHE, REPO, free_port, peak_rss_mb, server_models
+from service import start_server
+
+TARGET_RATIO = 0.5
+MANUAL_LABELS = 100
+
+_MANUAL = """
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from PIL import Image
+from modeling.loading import load_clip
+from pipeline.config import ModelConfig
+
+loaded = load_clip(ModelConfig(id="builtin:random-vit-b-32"), Path({cache!r}))
+with torch.inference_mode():
+    pixels = loaded.image_processor(images=Image.open({photo!r}).convert("RGB"), return_tensors="pt")
+    image = loaded.model.get_image_features(**pixels)
+    tokens = loaded.tokenizer([f"a photo of label {{i}}" for i in range({labels})], padding=True, return_tensors="pt")
+    text = loaded.model.get_text_features(**tokens)
+for line in Path("/proc/self/status").read_text().splitlines():
+    if line.startswith("VmHWM:"):
+        print(int(line.split()[1]) / 1024)
+"""
+
+
+def ours(labels: int) -> float:
+    models = server_models(labels)
+    photo = base64.b64encode((REPO / "data/images/grace_hopper.jpg").read_bytes()).decode()
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(models, port, Path(tmp) / "options.json")
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+                for _ in range(3):
+                    for model in ("clip", "deepdanbooru"):
+                        client.post("/sdapi/v1/interrogate", json={"image": photo, "model": model}).raise_for_status()
+                    client.post("/clip/v1/interrogate", json={"image": photo}).raise_for_status()
+            return peak_rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+def manual() -> float:
+    script = _MANUAL.format(
+        repo=str(REPO), cache=str(DEFAULT_CACHE / "manual-model"), photo=str(REPO / "data/images/grace_hopper.jpg"),
+        labels=MANUAL_LABELS,
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    ours_mb, manual_mb = ours(args.labels), manual()
+    figures = {
+        "labels": args.labels,
+        "ours_peak_rss_mb": round(ours_mb, 1),
+        "manual_peak_rss_mb": round(manual_mb, 1),
+        "ratio": round(ours_mb / manual_mb, 3),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ours_mb / manual_mb <= TARGET_RATIO,
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print("peak RSS (VmHWM), ViT-B/32 shapes, random weights")
+    print(f"  ours: server, {args.labels:,} labels, after 9 requests   {ours_mb:8.0f} MB")
+    print(f"  manual: transformers CLIPModel, image + {MANUAL_LABELS} labels {manual_mb:8.0f} MB")
+    print(f"  ratio {figures['ratio']:.3f}; target <= {TARGET_RATIO}: {'met' if figures['meets_target'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

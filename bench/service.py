@@ -1,0 +1,138 @@
+"""Service: requests/s and p50/p99 latency of POST /sdapi/v1/interrogate at 1, 4 and 16 concurrent
+clients on loopback, and the error count, against the real server (`python -m runtime.server`) with
+ViT-B/32-shaped models (random weights, onnxruntime on the CPU for the NPU) and a 100k-label vocabulary.
+
+Each level runs the same number of requests per client over the sample photos; levels are repeated in
+interleaved rounds and the medians reported. Target: 0 errors; throughput at 4 clients >= 0.9x the
+single-client request rate (one encoder serves them all: concurrency must not cost throughput).
+
+    python bench/service.py [--labels 100000] [--requests 24] [--rounds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from common import REPO, free_port, peak_rss_mb, server_models
+
+LEVELS = (1, 4, 16)
+TARGET_RATIO = 0.9
+
+
+def start_server(models: Path, port: int, options_file: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "runtime.server", "--models", str(models), "--port", str(port)]
+    command += ["--options-file", str(options_file), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("the server did not come up in 120 s")
+
+
+def run_level(url: str, bodies: list[dict], clients: int, per_client: int) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def client(index: int) -> None:
+        with httpx.Client(base_url=url, timeout=300) as http:
+            for i in range(per_client):
+                body = bodies[(index + i) % len(bodies)]
+                started = time.perf_counter()
+                response = http.post("/sdapi/v1/interrogate", json=body)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200 or not response.json().get("caption"):
+                    errors.append(f"{response.status_code}: {response.text[:100]}")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "requests": len(latencies),
+        "wall_s": wall,
+        "rps": len(latencies) / wall,
+        "p50_ms": statistics.median(ordered) * 1e3,
+        "p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1e3,
+        "errors": errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=24, help="requests per level and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    models = server_models(args.labels)
+    bodies = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in sorted((REPO / "data/images").glob("*"))]
+    bodies = [b for b in bodies if len(b["image"]) > 1000]  # photos, not SOURCES.md
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(models, port, Path(tmp) / "options.json")
+        try:
+            url = f"http://127.0.0.1:{port}"
+            run_level(url, bodies, 1, 3)  # warm-up
+            runs: dict[int, list[dict]] = {level: [] for level in LEVELS}
+            for _ in range(args.rounds):
+                for level in LEVELS:
+                    runs[level].append(run_level(url, bodies, level, max(1, args.requests // level)))
+            rss = peak_rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(30)
+    rows = {}
+    for level, results in runs.items():
+        rows[level] = {
+            "rps": round(statistics.median(r["rps"] for r in results), 2),
+            "p50_ms": round(statistics.median(r["p50_ms"] for r in results), 1),
+            "p99_ms": round(statistics.median(r["p99_ms"] for r in results), 1),
+            "requests": sum(r["requests"] for r in results),
+            "errors": sum(len(r["errors"]) for r in results),
+        }
+    single = rows[1]["rps"]
+    for row in rows.values():
+        row["x_single"] = round(row["rps"] / single, 3)
+    figures = {
+        "labels": args.labels,
+        "rounds": args.rounds,
+        "levels": rows,
+        "server_peak_rss_mb": round(rss, 1),
+        "target_ratio_at_4": TARGET_RATIO,
+        "meets_target": rows[4]["x_single"] >= TARGET_RATIO and all(r["errors"] == 0 for r in rows.values()),
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"service on loopback, {args.labels:,} labels, ViT-B/32 shapes on onnxruntime CPU, median of {args.rounds}")
+    print(f"  {'clients':>7} {'req/s':>7} {'x 1 client':>10} {'p50 ms':>8} {'p99 ms':>8} {'requests':>8} {'errors':>6}")
+    for level, row in rows.items():
+        print(
+            f"  {level:>7} {row['rps']:>7.2f} {row['x_single']:>10.3f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}"
+            f" {row['requests']:>8} {row['errors']:>6}"
+        )
+    print(f"  server peak RSS {rss:.0f} MB")
+    print(f"  target: 0 errors and >= {TARGET_RATIO}x at 4 clients: {'met' if figures['meets_target'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
