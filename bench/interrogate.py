@@ -20,7 +20,6 @@ import random
 import time
 
 from common import REPO, full_size_export, median_ms, write_tables
-
 from runtime import model_io
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator

@@ -19,8 +19,9 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from common import DEFAULT_CACHE, REPO, free_port, peak_rss_mb, server_models
 from service import start_server
+
+from common import DEFAULT_CACHE, REPO, free_port, peak_rss_mb, server_models
 
 TARGET_RATIO = 0.5
 MANUAL_LABELS = 100

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
 from common import REPO, free_port, peak_rss_mb, server_models
 
 LEVELS = (1, 4, 16)

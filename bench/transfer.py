@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from common import REPO  # noqa: F401 - puts the repository on sys.path
-
 from pipeline.config import HostConfig
 from pipeline.hosts.openssh import PREFERRED_CIPHERS
 from pipeline.hosts.ssh import SshTransport

@@ -82,7 +82,14 @@ def run_stages(config_path: str | None, request: RunRequest, host: str | None = 
             for target in request.targets or ():
                 config = config.with_host(target, host)
         started = time.perf_counter()
-        outcomes = run(config, graph(), request, ConsoleReporter())
+        try:
+            outcomes = run(config, graph(), request, ConsoleReporter())
+        except KeyboardInterrupt:
+            raise Exit(
+                "interrupted: the running stage was stopped (remote containers too) and its partial outputs "
+                "removed; the last good artifacts are kept. Run the same command again to resume.",
+                code=130,
+            ) from None
         wall = time.perf_counter() - started
     _print_summary(outcomes, wall)
     failed = [o for o in outcomes if o.outcome is Outcome.FAILED]

@@ -76,3 +76,7 @@ class RunLockedError(PipelineError):
 
 class GraphError(PipelineError):
     """The stage graph is malformed (unknown stage, duplicate, cycle)."""
+
+
+class ConnectionLost(HostError):
+    """The connection to a host broke mid-operation: worth reconnecting and trying again."""

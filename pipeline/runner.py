@@ -114,6 +114,8 @@ def _run_locked(
     request: RunRequest,
     reporter: Reporter,
 ) -> list[StageOutcome]:
+    # We hold the run lock: anything in .tmp was left by a run that was killed before it could clean up.
+    shutil.rmtree(config.artifacts / ".tmp", ignore_errors=True)
     tools = tool_versions()
     outcomes: list[StageOutcome] = []
     broken: set[str] = set()

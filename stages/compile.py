@@ -17,6 +17,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import ValidationFailed
 from pipeline.files import write_json
 from pipeline.hosts import connect
+from pipeline.hosts.remote_lock import exclusive
 from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime.similarity import cosine
@@ -103,6 +104,9 @@ def _golden_cosine(spec: EncoderSpec, quantized: Path, golden: Path) -> float:
     )
 
 
+BUILD_LOCK = ".build.lock"
+
+
 def _compile_pulsar2(ctx: StageContext, specs: list[EncoderSpec]) -> tuple[dict[str, Any], dict[str, Any]]:
     from toolchains import pulsar2_build
 
@@ -110,21 +114,25 @@ def _compile_pulsar2(ctx: StageContext, specs: list[EncoderSpec]) -> tuple[dict[
     host = ctx.config.host(params.host)
     configs = pulsar2_build.write_configs(specs, params, ctx.out_dir)
     models = {}
+    echo = lambda line: console.print(line, markup=False)  # noqa: E731
     with connect(ctx.config, params.host) as transport:
         build_host = pulsar2_build.preflight(transport, host, params)
-        sent = pulsar2_build.upload_inputs(transport, specs, configs)
-        console.print(f"{params.host}: uploaded {len(sent.sent)} file(s), {len(sent.skipped)} unchanged", markup=False)
-        for spec in specs:
-            built = pulsar2_build.build(
-                transport, build_host, spec, params, ctx.out_dir, lambda line: console.print(line, markup=False)
-            )
-            models[spec.name] = {
-                "file": built.axmodel.name,
-                "sha256": built.sha256,
-                "log": built.log.name,
-                "precision_table": built.precision_table.name if built.precision_table else None,
-                "cosine": built.final_cosine,
-                "cosine_source": "pulsar2 precision analysis, final layer" if built.final_cosine is not None else None,
-            }
+        # Inputs, builds and downloads share the host's workdir: one controller at a time.
+        with exclusive(transport, BUILD_LOCK, host.command_timeout, echo):
+            pulsar2_build.stop_stale_containers(transport, build_host, echo)
+            sent = pulsar2_build.upload_inputs(transport, specs, configs)
+            echo(f"{params.host}: uploaded {len(sent.sent)} file(s), {len(sent.skipped)} unchanged")
+            for spec in specs:
+                built = pulsar2_build.build(transport, build_host, spec, params, ctx.out_dir, echo)
+                models[spec.name] = {
+                    "file": built.axmodel.name,
+                    "sha256": built.sha256,
+                    "log": built.log.name,
+                    "precision_table": built.precision_table.name if built.precision_table else None,
+                    "cosine": built.final_cosine,
+                    "cosine_source": "pulsar2 precision analysis, final layer"
+                    if built.final_cosine is not None
+                    else None,
+                }
     transfers = {"uploaded": list(sent.sent), "unchanged": list(sent.skipped), "bytes_uploaded": sent.bytes_sent}
     return models, transfers

@@ -57,7 +57,7 @@ class EmbedVocabStage(Stage):
             dict.fromkeys(c.prompt(label) for c in categories for label in c.labels if c.prompt(label) not in cache)
         )
         if missing:
-            cache.update(_encode(missing, export, info["context_length"], int(info["projection_dim"])))
+            cache.update(encode_prompts(missing, export, info["context_length"], int(info["projection_dim"])))
         index_categories, stored = [], []
         for category in categories:
             vectors = np.stack([cache[category.prompt(label)] for label in category.labels])
@@ -115,7 +115,7 @@ def _previous_embeddings(previous: Path, model_sha: str) -> dict[str, np.ndarray
     return cache
 
 
-def _encode(prompts: list[str], export: Path, context_length: int, dim: int) -> dict[str, np.ndarray]:
+def encode_prompts(prompts: list[str], export: Path, context_length: int, dim: int) -> dict[str, np.ndarray]:
     """Every prompt's embedding from the batched text model: prompts sorted by token count, batched, and
     cut after each batch's last EOS (the same numbers as the full context; see model_io). Checked
     against the fixed-shape model the device runs on the first prompt."""

@@ -29,6 +29,7 @@ DOCKER_FALLBACKS = (
     "/opt/homebrew/bin/docker",
     "/Applications/Docker.app/Contents/Resources/bin/docker",
 )
+CONTAINER_PREFIX = "clip-axera-"
 OOM_EXIT = 137  # SIGKILL: the kernel's OOM killer inside Docker's VM
 _PRECISION_TITLE = re.compile(r"precision table", re.IGNORECASE)
 
@@ -137,7 +138,7 @@ def build(
     """Run one `pulsar2 build` in a fresh container, streaming its log; download what it made."""
     paths = remote_paths(spec)
     transport.check(f"rm -rf {quote(transport.path(paths['output_dir']))}", what="clearing the old build dir")
-    container = f"clip-axera-{spec.name}-{uuid.uuid4().hex[:8]}"
+    container = f"{CONTAINER_PREFIX}{spec.name}-{uuid.uuid4().hex[:8]}"
     docker = [build_host.docker, "run", "--rm", "--name", container]
     if build_host.platform:
         docker += ["--platform", build_host.platform]
@@ -149,7 +150,11 @@ def build(
         lines.append(line)
         echo(f"[{transport.name} {spec.name}] {line}")
 
-    result = transport.run(command, on_line=on_line)
+    try:
+        result = transport.run(command, on_line=on_line)
+    except BaseException:  # Ctrl+C or a lost connection: the container must not build on unattended
+        _stop(transport, build_host, [container])
+        raise
     log_path = out_dir / f"{spec.name}.build.log"
     log_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if result.exit_code == OOM_EXIT:
@@ -175,6 +180,26 @@ def build(
         table_path = out_dir / f"{spec.name}.precision.txt"
         table_path.write_text("\n".join(table) + "\n", encoding="utf-8")
     return BuildResult(spec.name, axmodel, digest, log_path, table_path, final_cosine(table))
+
+
+def stop_stale_containers(transport: Transport, build_host: BuildHost, echo: Callable[[str], None]) -> None:
+    """Stop containers of ours that still run, left by a controller that was killed (we hold the lock,
+    so no live build owns them)."""
+    listed = transport.run(
+        f"{quote(build_host.docker)} ps --filter name={CONTAINER_PREFIX} --format '{{{{.Names}}}}'"
+    ).stdout.split()
+    stale = [name for name in listed if name.startswith(CONTAINER_PREFIX)]
+    if stale:
+        echo(f"{transport.name}: stopping {len(stale)} container(s) left by an interrupted build: {', '.join(stale)}")
+        _stop(transport, build_host, stale)
+
+
+def _stop(transport: Transport, build_host: BuildHost, containers: list[str]) -> None:
+    names = " ".join(quote(c) for c in containers)
+    try:
+        transport.run(f"{quote(build_host.docker)} stop -t 5 {names}", timeout=60)
+    except HostError as exc:
+        log.warning("%s: could not stop %s (%s); the next build stops it", transport.name, names, exc)
 
 
 def precision_table(lines: list[str]) -> list[str]:

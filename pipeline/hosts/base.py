@@ -36,6 +36,18 @@ class CommandResult:
         return (self.stdout + self.stderr).strip().splitlines()[-lines:]
 
 
+class Background(ABC):
+    """A command left running on a host: its output read line by line, its stdin closed to end it."""
+
+    @abstractmethod
+    def readline(self, timeout: float) -> str:
+        """The next line of stdout without its newline; "" at end of output or after `timeout` seconds."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close its stdin (the command sees end of input) and let go of it."""
+
+
 class Transport(ABC):
     """A connected host. `workdir` is absolute on that host; paths given to put/get are host paths."""
 
@@ -47,10 +59,19 @@ class Transport(ABC):
         """Run a shell command; never raises on a non-zero exit (see `check`)."""
 
     @abstractmethod
+    def start(self, command: str) -> Background:
+        """Start a command that runs while this side keeps its stdin open (see remote_lock.py)."""
+
+    @abstractmethod
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> None: ...
 
     @abstractmethod
     def get(self, remote: str, local: Path, progress: Progress | None = None) -> None: ...
+
+    retries = 0  # how often a transfer is tried again after the connection broke
+
+    def reconnect(self) -> None:  # noqa: B027 - a local host has nothing to reconnect
+        """Make a fresh connection after a ConnectionLost."""
 
     def close(self) -> None:
         return None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import threading
 from pathlib import Path
 
 from pipeline.errors import HostError
-from pipeline.hosts.base import CommandResult, LineHandler, Progress, Transport
+from pipeline.hosts.base import Background, CommandResult, LineHandler, Progress, Transport
 
 
 class LocalTransport(Transport):
@@ -41,9 +42,18 @@ class LocalTransport(Transport):
         except subprocess.TimeoutExpired:
             process.kill()
             raise HostError(self.name, f"command timed out after {timeout:.0f}s", command=command) from None
+        except BaseException:  # Ctrl+C: the command must not outlive us
+            process.kill()
+            raise
         for thread in threads:
             thread.join()
         return CommandResult(command, exit_code, "".join(chunks["stdout"]), "".join(chunks["stderr"]))
+
+    def start(self, command: str) -> Background:
+        process = subprocess.Popen(
+            ["bash", "-c", command], cwd=self.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        return _LocalBackground(process)
 
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> None:
         Path(remote).parent.mkdir(parents=True, exist_ok=True)
@@ -57,3 +67,21 @@ class LocalTransport(Transport):
         if progress:
             size = local.stat().st_size
             progress(size, size)
+
+
+class _LocalBackground(Background):
+    def __init__(self, process: subprocess.Popen) -> None:
+        self._process = process
+
+    def readline(self, timeout: float) -> str:
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], timeout)
+        return self._process.stdout.readline().rstrip("\n") if ready else ""
+
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()

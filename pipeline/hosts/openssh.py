@@ -85,6 +85,10 @@ def stream_put(host: HostConfig, local: Path, remote: str, progress: Progress | 
         process.stdin.close()
     except BrokenPipeError:
         pass  # the remote side ended early; its exit status and stderr say why
+    except BaseException:  # Ctrl+C: the ssh client must not outlive us, half a file is never used
+        process.kill()
+        process.wait()
+        raise
     code = process.wait()
     for reader in readers:
         reader.join()

@@ -8,16 +8,18 @@ errors are not, since retrying cannot fix them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from fabric import Connection
 from invoke.exceptions import CommandTimedOut
-from paramiko import AutoAddPolicy, RejectPolicy
+from paramiko import AutoAddPolicy, Channel, RejectPolicy
 from paramiko.ssh_exception import (
     AuthenticationException,
     BadHostKeyException,
@@ -26,9 +28,9 @@ from paramiko.ssh_exception import (
 )
 
 from pipeline.config import HostConfig
-from pipeline.errors import HostError
+from pipeline.errors import ConnectionLost, HostError
 from pipeline.hosts import openssh
-from pipeline.hosts.base import CommandResult, LineHandler, Progress, Transport, quote
+from pipeline.hosts.base import Background, CommandResult, LineHandler, Progress, Transport, quote
 
 log = logging.getLogger(__name__)
 _CONNECTION_ERRORS = (NoValidConnectionsError, socket.timeout, TimeoutError, ConnectionError, EOFError, OSError)
@@ -62,24 +64,13 @@ class SshTransport(Transport):
         self.workdir = workdir
         self._stream = True  # until the system's ssh fails once
 
+    @property
+    def retries(self) -> int:
+        return self.host.retries
+
     @classmethod
     def connect(cls, name: str, host: HostConfig) -> SshTransport:
-        connect_kwargs: dict[str, object] = {}
-        if host.key:
-            connect_kwargs["key_filename"] = [os.path.expanduser(host.key)]
-        connection = Connection(
-            host=host.address or "",
-            user=host.user,
-            port=host.port,
-            connect_timeout=host.connect_timeout,
-            connect_kwargs=connect_kwargs,
-        )
-        client = connection.client
-        if host.known_hosts:
-            known = Path(os.path.expanduser(host.known_hosts))
-            if known.is_file():
-                client.load_host_keys(str(known))
-        client.set_missing_host_key_policy(AutoAddPolicy() if host.trust_new_host_key else RejectPolicy())
+        connection = _connection(host)
         _open(name, host, connection)
         sftp = connection.sftp()
         home = sftp.normalize(".")
@@ -93,28 +84,38 @@ class SshTransport(Transport):
         if on_line:
             streams = {"out_stream": _LineWriter(on_line), "err_stream": _LineWriter(on_line)}
         try:
-            result = self._conn.run(
+            promise = self._conn.run(
                 command,
                 hide=on_line is None,
                 warn=True,
                 in_stream=False,
                 timeout=timeout or self.host.command_timeout,
+                asynchronous=True,
                 **streams,
             )
+            result = _finish(promise)
         except CommandTimedOut as exc:
             raise HostError(self.name, f"command timed out after {exc.timeout:.0f}s", command=command) from None
         except (SSHException, *_CONNECTION_ERRORS) as exc:
-            raise HostError(self.name, f"connection lost while running a command ({exc})", command=command) from exc
+            raise ConnectionLost(self.name, f"connection lost running a command ({exc})", command=command) from exc
         finally:
             for stream in streams.values():
                 stream.flush()  # type: ignore[attr-defined]
         return CommandResult(command, result.exited, result.stdout, result.stderr)
 
+    def start(self, command: str) -> Background:
+        try:
+            channel = self._conn.client.get_transport().open_session()
+            channel.exec_command(command)
+        except (SSHException, *_CONNECTION_ERRORS) as exc:
+            raise ConnectionLost(self.name, f"connection lost starting a command ({exc})", command=command) from exc
+        return _ChannelBackground(channel)
+
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> None:
         try:
             self._conn.sftp().put(str(local), remote, callback=progress)
         except (SSHException, *_CONNECTION_ERRORS) as exc:
-            raise HostError(self.name, f"upload of {local.name} to {remote} failed ({exc})") from exc
+            raise ConnectionLost(self.name, f"connection lost during the upload of {local.name} ({exc})") from exc
 
     def put_verified(self, local: Path, remote: str, progress: Progress | None = None) -> tuple[str, str]:
         """Through the system's ssh when there is one (scp's speed, both ends hashed on the fly);
@@ -131,10 +132,87 @@ class SshTransport(Transport):
         try:
             self._conn.sftp().get(remote, str(local), callback=progress)
         except (SSHException, *_CONNECTION_ERRORS) as exc:
-            raise HostError(self.name, f"download of {remote} failed ({exc})") from exc
+            raise ConnectionLost(self.name, f"connection lost during the download of {remote} ({exc})") from exc
+
+    def reconnect(self) -> None:
+        """A fresh connection with the same checks, retried with backoff (a rebooting device)."""
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        self._conn = _connection(self.host)
+        _open(self.name, self.host, self._conn)
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _finish(promise: Any) -> Any:
+    """Wait for a command here rather than in invoke, which on Ctrl+C without a pty would wait for the
+    remote command to end on its own: we close the channel and let the interrupt through at once."""
+    channel = promise.runner.channel
+    try:
+        while not channel.status_event.wait(0.2):
+            if channel.closed:
+                break
+    except KeyboardInterrupt:
+        channel.close()
+        with contextlib.suppress(Exception):
+            promise.join()
+        raise
+    return promise.join()
+
+
+class _ChannelBackground(Background):
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._pending = b""
+
+    def readline(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return ""
+            self._channel.settimeout(remaining)
+            try:
+                data = self._channel.recv(4096)
+            except TimeoutError:
+                return ""
+            if not data:
+                break
+            self._pending += data
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode(errors="replace").rstrip("\r")
+
+    def close(self) -> None:
+        try:
+            self._channel.shutdown_write()
+            self._channel.settimeout(30)
+            self._channel.recv_exit_status()
+        except (SSHException, *_CONNECTION_ERRORS):
+            pass  # the connection is gone: so is the command's stdin
+        finally:
+            self._channel.close()
+
+
+def _connection(host: HostConfig) -> Connection:
+    """A Fabric connection that checks host keys against known_hosts (Fabric's default trusts any)."""
+    connect_kwargs: dict[str, object] = {}
+    if host.key:
+        connect_kwargs["key_filename"] = [os.path.expanduser(host.key)]
+    connection = Connection(
+        host=host.address or "",
+        user=host.user,
+        port=host.port,
+        connect_timeout=host.connect_timeout,
+        connect_kwargs=connect_kwargs,
+    )
+    client = connection.client
+    if host.known_hosts:
+        known = Path(os.path.expanduser(host.known_hosts))
+        if known.is_file():
+            client.load_host_keys(str(known))
+    client.set_missing_host_key_policy(AutoAddPolicy() if host.trust_new_host_key else RejectPolicy())
+    return connection
 
 
 def _open(name: str, host: HostConfig, connection: Connection) -> None:

@@ -1,0 +1,72 @@
+"""Vocabulary embedding: labels/s that embed-vocab encodes with the float text model (ViT-B/32 shapes,
+random weights, onnxruntime on the CPU), ours (the batched export, prompts sorted by token count and cut
+after each batch's last end-of-text token) vs one prompt at a time through the fixed [1, 77] model.
+
+The prompts are the default vocabulary's, with their templates (a sample of --labels of them).
+
+    python bench/embed_vocab.py [--labels 1000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import numpy as np
+
+from common import REPO, full_size_export
+from pipeline.vocabulary import load_vocabulary
+from runtime import model_io
+from runtime.backends import OnnxRuntimeBackend
+from runtime.similarity import cosine
+from runtime.tokenizer import ClipTokenizer
+from stages.embed_vocab import encode_prompts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, default=1000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    export = full_size_export()
+    info = json.loads((export / model_io.EXPORT_INFO_FILE).read_text())
+    _, categories = load_vocabulary(REPO / "vocab/default.yaml")
+    prompts = sorted({c.prompt(label) for c in categories for label in c.labels})
+    prompts = random.Random(0).sample(prompts, min(args.labels, len(prompts)))
+
+    started = time.perf_counter()
+    ours = encode_prompts(prompts, export, info["context_length"], info["projection_dim"])
+    ours_s = time.perf_counter() - started
+
+    fixed = OnnxRuntimeBackend(export / model_io.TEXT_MODEL_FILE)
+    tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, info["context_length"])
+    one_by_one = prompts[: max(1, len(prompts) // 5)]  # a fifth is enough for a rate
+    started = time.perf_counter()
+    reference = {p: fixed.run({model_io.TEXT_INPUT: tokenizer.encode(p)})[model_io.TEXT_OUTPUT][0] for p in one_by_one}
+    single_s = time.perf_counter() - started
+
+    worst = min(cosine(ours[p], reference[p]) for p in one_by_one)
+    figures = {
+        "labels": len(prompts),
+        "ours_labels_per_s": round(len(prompts) / ours_s, 1),
+        "one_at_a_time_labels_per_s": round(len(one_by_one) / single_s, 1),
+        "speedup": round((len(prompts) / ours_s) / (len(one_by_one) / single_s), 2),
+        "min_cosine_vs_fixed_model": worst,
+        "hours_for_100k_labels": round(100_000 / (len(prompts) / ours_s) / 3600, 2),
+    }
+    assert worst > 0.99999, worst
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"embed-vocab, ViT-B/32 text shapes on onnxruntime CPU, {len(prompts)} default-vocabulary prompts")
+    print(f"  ours (batched, cut after the last EOS) {figures['ours_labels_per_s']:>8.1f} labels/s")
+    print(f"  one prompt at a time, [1, 77]         {figures['one_at_a_time_labels_per_s']:>8.1f} labels/s")
+    print(f"  speedup {figures['speedup']}x; same embeddings (min cosine {np.float64(worst):.7f})")
+    print(f"  100k labels would take {figures['hours_for_100k_labels']} h")
+
+
+if __name__ == "__main__":
+    main()

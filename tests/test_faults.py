@@ -1,0 +1,240 @@
+"""Faults injected into real runs: interrupts and kills mid-compile, two controllers on one build host,
+connections dropped mid-transfer. Each ends with a clear message, the last good artifacts intact, and a
+next run that resumes without --force."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import HostError
+from pipeline.files import sha256_file
+from pipeline.graph import StageGraph
+from pipeline.hosts import openssh
+from pipeline.hosts.remote_lock import exclusive
+from pipeline.hosts.ssh import SshTransport
+from pipeline.hosts.sync import download, upload
+from pipeline.lockfile import read_lock
+from pipeline.runner import Outcome, RunRequest, run
+from stages import ALL_STAGES
+from tests.conftest import REPO
+from tests.sshd import SshServer
+
+GRAPH = StageGraph(ALL_STAGES)
+
+
+@pytest.fixture
+def remote_config(tiny_pipeline, ssh_server: SshServer, standin_docker, tmp_path: Path):
+    """compile with the stand-in Pulsar2 on `mac` (sshd); everything else local. Returns (config, path)."""
+
+    def make(**mac: object) -> tuple[PipelineConfig, Path]:
+        hosts = {"mac": ssh_server.host_entry(tmp_path / "build host", **mac)}
+        config = tiny_pipeline(hosts=hosts, compile={"target": "pulsar2", "host": "mac"})
+        return config, tmp_path / "pipeline.yaml"
+
+    standin_docker(images=["pulsar2:5.1"], exit_code=0)
+    return make
+
+
+def _invoke_all(config_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "all", "--config", str(config_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # the local "device" runs the .axmodel files through the stand-in axengine, as the ssh one does
+        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO / "tests/standins/python")},
+        start_new_session=True,
+    )
+
+
+def _wait_for_container(ssh_server: SshServer, seconds: float = 120) -> str:
+    deadline = time.monotonic() + seconds
+    containers = ssh_server.bin_dir / "containers"
+    while time.monotonic() < deadline:
+        names = [p.name for p in containers.glob("*")] if containers.is_dir() else []
+        if names:
+            return names[0]
+        time.sleep(0.1)
+    raise AssertionError("the build never started")
+
+
+def _assert_artifacts_match_the_lock(artifacts: Path) -> None:
+    records = read_lock(artifacts)
+    assert set(records) == {stage.name for stage in ALL_STAGES}
+    for stage, record in records.items():
+        assert record.outputs
+        for name, state in record.outputs.items():
+            assert sha256_file(artifacts / stage / name) == state.sha256, f"{stage}: {name}"
+
+
+def test_ctrl_c_mid_compile_stops_the_container_and_the_next_run_resumes(
+    remote_config, ssh_server: SshServer, standin_docker
+) -> None:
+    config, path = remote_config()
+    before = (config.artifacts / "compile/report.json").read_bytes()
+    standin_docker(images=["pulsar2:5.1"], sleep=60)
+    process = _invoke_all(path)
+    container = _wait_for_container(ssh_server)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    assert (ssh_server.bin_dir / "stopped.log").read_text().split() == [container]  # docker stop by name
+    assert not list((ssh_server.bin_dir / "containers").glob("*"))
+    assert (config.artifacts / "compile/report.json").read_bytes() == before  # last good kept
+    assert not any((config.artifacts / ".tmp").iterdir())
+    assert not (Path(config.host("mac").workdir) / ".build.lock").exists()  # the build host lock released
+
+    standin_docker(images=["pulsar2:5.1"], sleep=0)
+    process = _invoke_all(path)  # the run lock was released too: this is not refused
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    _assert_artifacts_match_the_lock(config.artifacts)
+
+
+def test_killed_invoke_all_then_a_plain_invoke_all_finishes_up_to_date(
+    remote_config, ssh_server: SshServer, standin_docker
+) -> None:
+    config, path = remote_config()
+    standin_docker(images=["pulsar2:5.1"], sleep=60)
+    process = _invoke_all(path)
+    orphan = _wait_for_container(ssh_server)
+    os.killpg(process.pid, signal.SIGKILL)  # no cleanup at all: the container keeps running on the host
+    process.wait(30)
+
+    standin_docker(images=["pulsar2:5.1"], sleep=0)
+    rerun = _invoke_all(path)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+    assert "left by an interrupted build" in output and orphan in output
+    assert orphan in (ssh_server.bin_dir / "stopped.log").read_text().split()
+    assert not any((config.artifacts / ".tmp").iterdir())
+    again = _invoke_all(path)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and output.count("up to date") >= len(ALL_STAGES), output
+    _assert_artifacts_match_the_lock(config.artifacts)
+
+
+def test_two_controllers_compiling_on_one_build_host_take_turns(
+    remote_config, ssh_server: SshServer, standin_docker, tmp_path: Path
+) -> None:
+    import shutil
+
+    first, _ = remote_config()
+    other = tmp_path / "second controller"
+    shutil.copytree(first.artifacts, other)
+    second = first.model_copy(update={"artifacts": other})
+    standin_docker(images=["pulsar2:5.1"], sleep=1)
+    outcomes: dict[str, Outcome] = {}
+
+    def compile_with(name: str, config: PipelineConfig) -> None:
+        result = run(config, GRAPH, RunRequest(targets=("compile",), force=True, only=True))
+        outcomes[name] = result[-1].outcome
+
+    threads = [threading.Thread(target=compile_with, args=(n, c)) for n, c in (("a", first), ("b", second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert outcomes == {"a": Outcome.RAN, "b": Outcome.RAN}
+    events = [line.split() for line in (ssh_server.bin_dir / "builds.log").read_text().splitlines()]
+    assert len(events) == 8  # two encoders, two controllers, a start and an end each
+    running = 0
+    for kind, _, _ in sorted(events, key=lambda e: float(e[2])):
+        running += 1 if kind == "start" else -1
+        assert running <= 1, "two builds ran at once on the build host"
+
+
+def test_a_stale_build_lock_is_taken_over_and_a_live_one_waited_for(remote_config, tmp_path: Path) -> None:
+    config, _ = remote_config(command_timeout=3)
+    transport = SshTransport.connect("mac", config.host("mac"))
+    try:
+        lock = Path(config.host("mac").workdir) / ".build.lock"
+        lock.mkdir()
+        (lock / "pid").write_text("999999")  # a holder killed without its trap
+        with exclusive(transport, ".build.lock", 3):
+            assert (lock / "pid").read_text().strip() != "999999"
+            waits: list[str] = []
+            with pytest.raises(HostError, match="still holds"), exclusive(transport, ".build.lock", 2, waits.append):
+                pass
+            assert waits and "waiting for" in waits[0]
+        assert not lock.exists()
+    finally:
+        transport.close()
+
+
+def _drop_connection_after(transport: SshTransport, fraction: float):
+    """A progress callback that cuts the SSH connection once `fraction` of the bytes went through."""
+
+    dropped = []
+
+    def progress(done: int, total: int) -> None:
+        if done >= fraction * total and not dropped:
+            dropped.append(done)
+            transport._conn.client.get_transport().sock.shutdown(socket.SHUT_RDWR)
+
+    return progress
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_a_connection_dropped_mid_transfer_is_retried_and_verified(
+    remote_config, tmp_path: Path, monkeypatch, direction: str
+) -> None:
+    monkeypatch.setattr(openssh, "available", lambda: False)  # the SFTP path: the drop hits paramiko
+    config, _ = remote_config(retries=2)
+    transport = SshTransport.connect("mac", config.host("mac"))
+    data = tmp_path / "model.bin"
+    data.write_bytes(os.urandom(3_000_000))
+    remote = transport.path("model.bin")
+    try:
+        drop = _drop_connection_after(transport, 0.4)
+        if direction == "upload":
+            summary = upload(transport, {data: remote}, progress=drop)
+            assert summary.digests[remote] == sha256_file(data)
+            assert sha256_file(Path(remote)) == sha256_file(data)
+        else:
+            upload(transport, {data: remote})
+            target = tmp_path / "back.bin"
+            assert download(transport, remote, target, progress=drop) == sha256_file(data)
+            assert target.read_bytes() == data.read_bytes()
+        assert not [p for p in Path(transport.workdir).iterdir() if ".tmp-" in p.name]
+        assert transport.run("true").ok  # reconnected
+    finally:
+        transport.close()
+
+
+def test_a_device_that_stays_away_fails_fetch_clearly_and_the_next_run_resumes(
+    tiny_pipeline, ssh_server: SshServer, tmp_path: Path, monkeypatch
+) -> None:
+    """A device rebooting mid-fetch: every retry fails, fetch fails with the reason and keeps nothing
+    half-written; once the device is back, a plain run finishes the fetch."""
+    monkeypatch.setattr(openssh, "available", lambda: False)
+    config = tiny_pipeline(hosts={"pi": ssh_server.host_entry(tmp_path / "pi", retries=1)}, fetch={"host": "pi"})
+    real_put = SshTransport.put
+
+    def rebooting_put(self, local: Path, remote: str, progress=None) -> None:
+        self._conn.client.get_transport().sock.shutdown(socket.SHUT_RDWR)
+        real_put(self, local, remote, progress)
+
+    monkeypatch.setattr(SshTransport, "put", rebooting_put)
+    failed = run(config, GRAPH, RunRequest(targets=("fetch",), only=True))[-1]
+    assert failed.outcome is Outcome.FAILED and "connection" in failed.summary, failed.summary
+    assert not [p for p in (tmp_path / "pi").rglob("*") if ".tmp-" in p.name]
+    monkeypatch.setattr(SshTransport, "put", real_put)
+    resumed = run(config, GRAPH, RunRequest(targets=("fetch",), only=True))[-1]
+    assert resumed.outcome is Outcome.RAN, resumed.summary
+    manifest = json.loads((config.artifacts / "fetch/manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert sha256_file(tmp_path / "pi" / "models" / name) == digest
