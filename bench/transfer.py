@@ -42,6 +42,7 @@ def main() -> None:
         with artifact.open("wb") as handle:  # incompressible, as compiled weights are
             for _ in range(args.mb):
                 handle.write(os.urandom(1024 * 1024))
+        (root / "sshd").mkdir()
         process, server = start_sshd(root / "sshd")
         try:
             figures = _measure(server, artifact, root / "remote", args.rounds)

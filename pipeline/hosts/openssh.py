@@ -2,23 +2,24 @@
 
 Paramiko's SFTP runs its cipher in Python-driven packets and reaches under half of scp's throughput;
 the `ssh` binary streams at scp's speed. The file goes to `tee` on the host, which hands the same bytes
-to sha256sum, while this side hashes what it sends: one read on each end, verified end to end. Host keys
+to sha256, while this side hashes the file alongside: verified end to end at one read per end. Host keys
 are checked exactly as the Fabric connection checks them (known_hosts, no silent trust).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.config import HostConfig
+from pipeline.files import sha256_file
 from pipeline.hosts.base import SHA_TOOL, Progress, quote
 
-CHUNK = 1024 * 1024
+PROGRESS_INTERVAL_S = 0.2
 # AES-GCM first: with AES instructions (x86 AES-NI, the Pi 5's ARMv8 crypto) it is the fastest of
 # OpenSSH's AEAD ciphers; chacha20-poly1305 (OpenSSH's default) stays as the fallback.
 PREFERRED_CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
@@ -54,46 +55,53 @@ def ssh_command(host: HostConfig) -> list[str]:
 
 def stream_put(host: HostConfig, local: Path, remote: str, progress: Progress | None = None) -> tuple[str, str]:
     """Send `local` to `remote`; returns (sha256 sent, sha256 the host computed of what it received).
-    The host also checks the written file's size, so a short write (a full disk) cannot pass."""
+    The host also checks the written file's size, so a short write (a full disk) cannot pass.
+
+    ssh reads the file itself (no copy through Python); this side hashes it in a thread meanwhile and
+    follows ssh's progress through the file offset the two share."""
     size = local.stat().st_size
     remote_command = (
         f"H={SHA_TOOL}; tee {quote(remote)} | $H && [ \"$(wc -c < {quote(remote)} | tr -d ' ')\" = {size} ]"
     )
-    process = subprocess.Popen(
-        [*ssh_command(host), remote_command],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    hashed: dict[str, str] = {}
+    hasher = threading.Thread(target=lambda: hashed.__setitem__("sha256", sha256_file(local)), daemon=True)
+    hasher.start()
+    with local.open("rb") as source:
+        process = subprocess.Popen(
+            [*ssh_command(host), remote_command], stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            out, err = _communicate(process, source, size, progress)
+        except BaseException:  # Ctrl+C: the ssh client must not outlive us; half a file is never used
+            process.kill()
+            process.wait()
+            raise
+    hasher.join()
+    if process.returncode != 0:
+        reason = err.decode(errors="replace").strip().splitlines()
+        raise StreamFailed(f"exit {process.returncode}" + (f": {reason[-1]}" if reason else ""))
+    return hashed["sha256"], out.decode().split(" ", 1)[0].strip()
+
+
+def _communicate(
+    process: subprocess.Popen, source: BinaryIO, size: int, progress: Progress | None
+) -> tuple[bytes, bytes]:
     output: dict[str, bytes] = {}
     readers = [
-        threading.Thread(target=lambda: output.__setitem__("out", process.stdout.read()), daemon=True),
-        threading.Thread(target=lambda: output.__setitem__("err", process.stderr.read()), daemon=True),
+        threading.Thread(target=lambda: output.__setitem__("out", process.stdout.read()), daemon=True),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: output.__setitem__("err", process.stderr.read()), daemon=True),  # type: ignore[union-attr]
     ]
     for reader in readers:
         reader.start()
-    digest, done = hashlib.sha256(), 0
-    try:
-        with local.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-                process.stdin.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, size)
-        process.stdin.close()
-    except BrokenPipeError:
-        pass  # the remote side ended early; its exit status and stderr say why
-    except BaseException:  # Ctrl+C: the ssh client must not outlive us, half a file is never used
-        process.kill()
-        process.wait()
-        raise
-    code = process.wait()
+    while True:
+        try:
+            process.wait(timeout=PROGRESS_INTERVAL_S)
+            break
+        except subprocess.TimeoutExpired:
+            if progress:
+                progress(min(os.lseek(source.fileno(), 0, os.SEEK_CUR), size), size)
     for reader in readers:
         reader.join()
-    if code != 0:
-        reason = output.get("err", b"").decode(errors="replace").strip().splitlines()
-        raise StreamFailed(f"exit {code}" + (f": {reason[-1]}" if reason else ""))
-    remote_digest = output.get("out", b"").decode().split(" ", 1)[0].strip()
-    return digest.hexdigest(), remote_digest
+    if progress:
+        progress(size, size)
+    return output.get("out", b""), output.get("err", b"")
