@@ -260,21 +260,32 @@ def load_config(path: Path | str) -> PipelineConfig:
 
 def describe_error(err: Any) -> str:
     """One pydantic error as `key.path: what is wrong (got value)`."""
-    loc = [str(part) for part in err["loc"]]
+    loc = [_key_part(part) for part in err["loc"]]
     key = ".".join(loc) or "(top level)"
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
     bounds = {"less_than_equal": "<=", "less_than": "<", "greater_than_equal": ">=", "greater_than": ">"}
     if kind in bounds:
         bound = next(iter(ctx.values()))
         shown = f"{bound:g}" if isinstance(bound, (int, float)) else bound
-        return f"{key}: must be {bounds[kind]} {shown} (got {got!r})"
+        return f"{key}: must be {bounds[kind]} {shown} (got {_short(got)})"
     if kind == "missing":
         return f"{key}: required key is missing"
     if kind == "extra_forbidden":
         return f"{key}: unknown key{_did_you_mean(err['loc'])}"
-    message = str(err["msg"]).removeprefix("Value error, ")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    message = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
+    shown = "" if isinstance(got, dict) else f" (got {_short(got)})"
     return f"{key}: {message[:1].lower()}{message[1:]}{shown}"
+
+
+def _key_part(part: Any) -> str:
+    """A key as typed, or quoted when it would not read as one (empty, spaces, line breaks)."""
+    text = str(part)
+    return text if text and text.isprintable() and " " not in text else repr(text)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[: limit - 3]}..."
 
 
 def _did_you_mean(loc: tuple[Any, ...]) -> str:

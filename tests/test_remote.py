@@ -180,9 +180,12 @@ def test_uploads_stream_through_the_ssh_client_hashing_both_ends(remote, monkeyp
     try:
         data = tmp_path / "weights.bin"
         data.write_bytes(bytes(range(256)) * 40_000)
-        summary = upload(transport, {data: transport.path("a dir/weights $(x).bin")})
+        marker = tmp_path / "executed"
+        target = transport.path(f"a dir/it's \"w\" $(touch {marker}) `touch {marker}`.bin")  # quoted, never run
+        summary = upload(transport, {data: target})
         assert calls == ["weights.bin"] and summary.bytes_sent == data.stat().st_size
-        assert transport.sha256([transport.path("a dir/weights $(x).bin")]) == summary.digests
+        assert transport.sha256([target]) == summary.digests
+        assert Path(target).read_bytes() == data.read_bytes() and not marker.exists()
     finally:
         transport.close()
 

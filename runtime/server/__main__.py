@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue", type=int, default=64, help="requests that may wait for the encoder")
     parser.add_argument("--queue-timeout", type=float, default=60.0, help="seconds a request may wait")
     parser.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body")
+    parser.add_argument("--body-timeout", type=float, default=60.0, help="seconds a request body may take")
+    parser.add_argument("--max-connections", type=int, default=256, help="open connections; more get a 503")
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
     parser.add_argument("--allow-image-urls", action="store_true", help="accept http(s) image URLs")
     parser.add_argument("--allow-local-urls", action="store_true", help="... including local/private addresses")
@@ -67,6 +69,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
             allow_local_urls=args.allow_local_urls,
         ),
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        body_timeout_s=args.body_timeout,
         queue_size=args.queue,
         queue_timeout_s=args.queue_timeout,
         credentials=parse_credentials(auth),
@@ -88,7 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     host = "0.0.0.0" if args.listen else "127.0.0.1"
-    uvicorn.run(app, host=host, port=args.port, log_level=args.log_level, timeout_keep_alive=30)
+    uvicorn.run(
+        app,
+        host=host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_keep_alive=30,
+        limit_concurrency=args.max_connections,
+    )
     return 0
 
 

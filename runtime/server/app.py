@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from runtime.interrogator import Busy, Interrogator, Scores
 from runtime.server.errors import install_error_handlers
 from runtime.server.images import ImagePolicy, decode_image
-from runtime.server.limits import AdmissionGate, BodySizeLimit
+from runtime.server.limits import AdmissionGate, RequestBodyLimits
 from runtime.server.options import Options, OptionsStore
 
 MODELS = ("clip", "deepdanbooru")
@@ -32,6 +32,7 @@ MODELS = ("clip", "deepdanbooru")
 class ServerSettings:
     images: ImagePolicy = field(default_factory=ImagePolicy)
     max_body_bytes: int = 32 * 1024 * 1024
+    body_timeout_s: float = 60.0  # a body still arriving after this gets a 408
     queue_size: int = 64  # requests that may wait while one encodes
     decoders: int = max(2, os.cpu_count() or 2)  # images decoded at once
     queue_timeout_s: float = 60.0  # longest wait for the encoder before a 503
@@ -76,7 +77,7 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
         version="1.0",
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestBodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     gate = AdmissionGate(1 + settings.queue_size)
     decoders = threading.BoundedSemaphore(settings.decoders)
     categories = [c.name for c in interrogator.tables.categories]
