@@ -2,8 +2,11 @@
 clip, deepdanbooru and detailed requests) vs a process that does the manual design's work: load
 transformers' CLIPModel (both towers, to apply the projections), encode the image and 100 labels.
 
-Peak RSS is each process's VmHWM. Random weights (memory does not depend on their values); onnxruntime
-on the CPU holds the image model that the NPU would hold on the device. Target: ours <= 0.5x manual.
+Peak RSS is each process's VmHWM. Random weights (memory does not depend on their values). Here an
+onnxruntime session stands in for the NPU and holds the image model inside our process; on the device
+the NPU's own memory holds it, for both designs. So the manual process is measured twice: as it is
+(CLIPModel only) and like for like (CLIPModel plus the same image-model stand-in), the target's ratio.
+Target: ours <= 0.5x manual.
 
     python bench/memory.py [--labels 100000] [--json]
 """
@@ -35,6 +38,10 @@ from modeling.loading import load_clip
 from pipeline.config import ModelConfig
 
 loaded = load_clip(ModelConfig(id="builtin:random-vit-b-32"), Path({cache!r}))
+if {standin!r}:
+    import numpy as np, onnxruntime as ort
+    npu = ort.InferenceSession({standin!r}, providers=["CPUExecutionProvider"])
+    npu.run(None, {{"pixel_values": np.zeros((1, 3, 224, 224), np.float32)}})
 with torch.inference_mode():
     pixels = loaded.image_processor(images=Image.open({photo!r}).convert("RGB"), return_tensors="pt")
     image = loaded.model.get_image_features(**pixels)
@@ -64,10 +71,10 @@ def ours(labels: int) -> float:
             server.wait(30)
 
 
-def manual() -> float:
+def manual(standin: str) -> float:
     script = _MANUAL.format(
         repo=str(REPO), cache=str(DEFAULT_CACHE / "manual-model"), photo=str(REPO / "data/images/grace_hopper.jpg"),
-        labels=MANUAL_LABELS,
+        labels=MANUAL_LABELS, standin=standin,
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
@@ -78,12 +85,15 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=100_000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    ours_mb, manual_mb = ours(args.labels), manual()
+    image_model = str(server_models(args.labels) / "image_encoder.onnx")
+    ours_mb, bare_mb, manual_mb = ours(args.labels), manual(""), manual(image_model)
     figures = {
         "labels": args.labels,
         "ours_peak_rss_mb": round(ours_mb, 1),
-        "manual_peak_rss_mb": round(manual_mb, 1),
+        "manual_clipmodel_only_peak_rss_mb": round(bare_mb, 1),
+        "manual_like_for_like_peak_rss_mb": round(manual_mb, 1),
         "ratio": round(ours_mb / manual_mb, 3),
+        "ratio_to_clipmodel_only": round(ours_mb / bare_mb, 3),
         "target_ratio": TARGET_RATIO,
         "meets_target": ours_mb / manual_mb <= TARGET_RATIO,
     }
@@ -91,9 +101,11 @@ def main() -> None:
         print(json.dumps(figures))
         return
     print("peak RSS (VmHWM), ViT-B/32 shapes, random weights")
-    print(f"  ours: server, {args.labels:,} labels, after 9 requests   {ours_mb:8.0f} MB")
-    print(f"  manual: transformers CLIPModel, image + {MANUAL_LABELS} labels {manual_mb:8.0f} MB")
-    print(f"  ratio {figures['ratio']:.3f}; target <= {TARGET_RATIO}: {'met' if figures['meets_target'] else 'MISSED'}")
+    print(f"  ours: server, {args.labels:,} labels, after 9 requests, image model stand-in   {ours_mb:6.0f} MB")
+    print(f"  manual, like for like: CLIPModel, image + {MANUAL_LABELS} labels, same stand-in  {manual_mb:6.0f} MB")
+    print(f"  manual as it is: CLIPModel only                                  {bare_mb:6.0f} MB")
+    print(f"  ratio {figures['ratio']:.3f} (to CLIPModel only {figures['ratio_to_clipmodel_only']:.3f})")
+    print(f"  target <= {TARGET_RATIO}: {'met' if figures['meets_target'] else 'MISSED'}")
 
 
 if __name__ == "__main__":

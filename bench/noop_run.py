@@ -29,8 +29,15 @@ def _config(artifacts: Path) -> Path:
     data = {
         "model": {"id": "builtin:random-vit-b-32"},
         "artifacts": str(artifacts),
+        "hosts": {"local": {"kind": "local", "workdir": str(artifacts.parent / "device")}},
         # The benchmark times the engine, not the numerics: loose thresholds keep random weights passing.
-        "stages": {"verify": {"images": str(REPO / "data/images"), "min_cosine": 0.999, "max_abs_diff": 1.0}},
+        # Every stage on this machine, as examples/local.yaml: no Docker engine or device here.
+        "stages": {
+            "verify": {"images": str(REPO / "data/images"), "min_cosine": 0.999, "max_abs_diff": 1.0},
+            "compile": {"target": "onnxruntime", "min_cosine": 0.9},
+            "fetch": {"host": "local"},
+            "smoke-test": {"host": "local", "runs": 3, "min_cosine": 0.9},
+        },
     }
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

@@ -85,8 +85,8 @@ def main() -> None:
     args = parser.parse_args()
 
     models = server_models(args.labels)
-    bodies = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in sorted((REPO / "data/images").glob("*"))]
-    bodies = [b for b in bodies if len(b["image"]) > 1000]  # photos, not SOURCES.md
+    photos = sorted((REPO / "data/images").glob("*.jpg"))
+    bodies = [{"image": base64.b64encode(p.read_bytes()).decode()} for p in photos]
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(models, port, Path(tmp) / "options.json")

@@ -176,7 +176,7 @@ class Scores:
 
     def exact(self, category: CategoryTable, candidates: np.ndarray) -> list[Pick]:
         """Exact scores of a category's candidate rows (indices within the category), best first."""
-        exact = self.tables.exact_scores(candidates + category.start, self.vector)
+        exact = self.tables.exact_scores(category, candidates, self.vector)
         order = np.argsort(-exact, kind="stable")
         return [Pick(category.labels[candidates[i]], float(exact[i])) for i in order]
 

@@ -11,7 +11,7 @@ bounded analytically (`coarse_error_bound`), so the final picks equal those of a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ class CategoryTable:
     k: int
     prefix: str
     tags: bool
-    start: int  # rows [start, start + len(labels)) of the joint matrix
+    start: int  # rows [start, start + len(labels)) of the coarse scores
+    rows: np.ndarray = field(compare=False, repr=False)  # float16 [labels, dim], L2-normalized, memory-mapped
 
     @property
     def stop(self) -> int:
@@ -40,9 +41,11 @@ class CategoryTable:
 
 
 class LabelTables:
-    def __init__(self, categories: list[CategoryTable], rows: np.ndarray, index: dict[str, Any], ranker: Any) -> None:
+    """The tables of a vocabulary dir. The float16 rows stay memory-mapped: the exact pass reads only a
+    few candidates per category, so a 100k-label vocabulary costs its int8 copy in RAM, not both."""
+
+    def __init__(self, categories: list[CategoryTable], index: dict[str, Any], ranker: Any) -> None:
         self.categories = categories
-        self.rows = rows  # float16 [total labels, dim], L2-normalized
         self.index = index
         self._ranker = ranker  # onnxruntime session of rank.onnx
 
@@ -54,9 +57,11 @@ class LabelTables:
         if not index_path.is_file():
             raise ModelFilesError(f"{index_path} not found: run `invoke embed-vocab` and `invoke fetch`")
         index = json.loads(index_path.read_text(encoding="utf-8"))
-        categories, blocks, start = [], [], 0
+        categories, start = [], 0
         for entry in index["categories"]:
-            block = np.load(directory / entry["file"])
+            block = np.load(directory / entry["file"], mmap_mode="r")
+            if block.dtype != np.float16:
+                raise ModelFilesError(f"{entry['file']}: {block.dtype} rows, not float16: run `invoke embed-vocab`")
             if block.shape[0] != len(entry["labels"]):
                 raise ModelFilesError(f"{entry['file']}: {block.shape[0]} rows for {len(entry['labels'])} labels")
             categories.append(
@@ -69,24 +74,25 @@ class LabelTables:
                     prefix=entry.get("prefix", ""),
                     tags=bool(entry.get("tags", False)),
                     start=start,
+                    rows=block,
                 )
             )
-            blocks.append(block.astype(np.float16, copy=False))
             start += block.shape[0]
         options = ort.SessionOptions()
         # No spinning: idle spinners would steal the CPU from the next image's preprocessing and encode.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         rank_model = str(directory / index["rank"]["file"])
         ranker = ort.InferenceSession(rank_model, options, providers=["CPUExecutionProvider"])
-        return cls(categories, np.concatenate(blocks), index, ranker)
+        return cls(categories, index, ranker)
 
     def coarse_scores(self, vector: np.ndarray) -> tuple[np.ndarray, float]:
         """int8 cosines of a normalized vector with every label, and a bound on their error."""
         scores = self._ranker.run(None, {"embedding": vector[None].astype(np.float32)})[0][0]
         return scores, coarse_error_bound(vector, self.index["rank"])
 
-    def exact_scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
-        return self.rows[rows].astype(np.float32) @ vector
+    def exact_scores(self, category: CategoryTable, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        """Float cosines of a normalized vector with some of a category's labels (indices within it)."""
+        return np.asarray(category.rows[rows], dtype=np.float32) @ vector
 
 
 def normalize(embedding: np.ndarray) -> np.ndarray:

@@ -126,7 +126,7 @@ def test_scores_are_cosines_of_the_image_with_each_label(interrogator: Interroga
     text = float_text.run({"input_ids": ids})["text_embeds"][0]
     expected = float(embedding @ text / np.linalg.norm(embedding) / np.linalg.norm(text))
     vector = normalize(embedding)
-    assert tables.exact_scores(np.array([subject.start]), vector)[0] == pytest.approx(expected, abs=2e-3)  # fp16
+    assert tables.exact_scores(subject, np.array([0]), vector)[0] == pytest.approx(expected, abs=2e-3)  # fp16
     coarse, bound = tables.coarse_scores(vector)
     assert abs(coarse[subject.start] - expected) <= bound + 2e-3
 
@@ -134,7 +134,7 @@ def test_scores_are_cosines_of_the_image_with_each_label(interrogator: Interroga
 def test_many_category_takes_every_label_above_its_threshold(interrogator: Interrogator) -> None:
     vector = normalize(interrogator.clip.encode_image(open_image(REPO / "data/images/cat.jpg")))
     tags = next(c for c in interrogator.tables.categories if c.name == "tags")
-    scores = interrogator.tables.exact_scores(np.arange(tags.start, tags.stop), vector)
+    scores = interrogator.tables.exact_scores(tags, np.arange(len(tags.labels)), vector)
     result = interrogator.interrogate(open_image(REPO / "data/images/cat.jpg"))
     picked = next(c for c in result.categories if c.name == "tags").picks
     assert len(picked) == int((scores >= tags.threshold).sum())
@@ -154,7 +154,7 @@ def test_tags_follow_the_deepbooru_options(interrogator: Interrogator) -> None:
     image = open_image(REPO / "data/images/cat.jpg")
     tags = next(c for c in interrogator.tables.categories if c.name == "tags")
     vector = normalize(interrogator.clip.encode_image(image))
-    scores = interrogator.tables.exact_scores(np.arange(tags.start, tags.stop), vector)
+    scores = interrogator.tables.exact_scores(tags, np.arange(len(tags.labels)), vector)
     # the default threshold (0.5) is the category's own cosine threshold
     assert len(_split(interrogator.tag(image))) == int((scores >= tags.threshold).sum())
     ordered = np.sort(scores)

@@ -1,0 +1,149 @@
+"""Soak: the real server (`python -m runtime.server`, ViT-B/32 shapes, random weights) under bounded
+concurrent clients for several minutes, with good requests (clip, deepdanbooru, detailed) mixed with
+bad ones (garbage, truncated images, decompression bombs, oversized bodies, unknown models). Reports
+the answers by status, any 5xx beyond the documented ones, and resident memory over time (drift from
+the first sample after warm-up to the last).
+
+    python bench/soak.py [--minutes 3] [--clients 8] [--labels 10000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import random
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from service import start_server
+
+from common import REPO, free_port, server_models
+
+DOCUMENTED_500 = {"Invalid encoded image", "Invalid image url", "Requests not allowed"}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bomb(width: int, height: int) -> bytes:
+    raw = zlib.compress(b"\x00" * (1 + 3 * width) * 8)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def requests_mix() -> list[tuple[str, str, dict | bytes]]:
+    photos = [p.read_bytes() for p in sorted((REPO / "data/images").glob("*.jpg"))]
+    good = [base64.b64encode(p).decode() for p in photos]
+    png = io.BytesIO()
+    from PIL import Image
+
+    Image.open(io.BytesIO(photos[0])).save(png, "PNG")
+    mix: list[tuple[str, str, dict | bytes]] = []
+    for image in good:
+        mix += [("good", "/sdapi/v1/interrogate", {"image": image})] * 3
+        mix.append(("good", "/sdapi/v1/interrogate", {"image": image, "model": "deepdanbooru"}))
+        mix.append(("good", "/clip/v1/interrogate", {"image": image}))
+    mix += [
+        ("bad", "/sdapi/v1/interrogate", {"image": "not an image"}),
+        ("bad", "/sdapi/v1/interrogate", {"image": base64.b64encode(png.getvalue()[:5000]).decode()}),
+        ("bad", "/sdapi/v1/interrogate", {"image": base64.b64encode(bomb(20_000, 20_000)).decode()}),
+        ("bad", "/sdapi/v1/interrogate", {"image": good[0], "model": "blip"}),
+        ("bad", "/sdapi/v1/interrogate", b'{"image": "' + b"A" * 40_000_000 + b'"}'),
+        ("bad", "/sdapi/v1/interrogate", b"{broken json"),
+    ]
+    return mix
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--labels", type=int, default=10_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    models = server_models(args.labels)
+    mix = requests_mix()
+    port = free_port()
+    statuses: Counter[str] = Counter()
+    unexpected: list[str] = []
+    samples: list[tuple[float, float]] = []
+    lock = threading.Lock()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(models, port, Path(tmp) / "options.json")
+        url = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        stop_at = started + args.minutes * 60
+
+        def client(seed: int) -> None:
+            rng = random.Random(seed)
+            with httpx.Client(base_url=url, timeout=120) as http:
+                while time.monotonic() < stop_at:
+                    kind, path, body = rng.choice(mix)
+                    if isinstance(body, bytes):
+                        response = http.post(path, content=body, headers={"content-type": "application/json"})
+                    else:
+                        response = http.post(path, json=body)
+                    status = response.status_code
+                    detail = response.json().get("detail") if status >= 400 else None
+                    with lock:
+                        statuses[f"{kind} {status}"] += 1
+                        if (status >= 500 and status != 503 and detail not in DOCUMENTED_500) or (
+                            kind == "good" and status != 200
+                        ):
+                            unexpected.append(f"{path} {status} {str(detail)[:80]}")
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+        try:
+            for thread in threads:
+                thread.start()
+            while any(t.is_alive() for t in threads):
+                samples.append((time.monotonic() - started, rss_mb(server.pid)))
+                time.sleep(5)
+            for thread in threads:
+                thread.join()
+            alive = httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        finally:
+            server.terminate()
+            server.wait(30)
+    warm = [rss for t, rss in samples if t >= 30] or [rss for _, rss in samples]
+    figures = {
+        "minutes": args.minutes,
+        "clients": args.clients,
+        "labels": args.labels,
+        "requests": sum(statuses.values()),
+        "by_status": dict(sorted(statuses.items())),
+        "unexpected": len(unexpected),
+        "unexpected_examples": unexpected[:5],
+        "rss_mb_after_warmup": round(warm[0], 1),
+        "rss_mb_end": round(warm[-1], 1),
+        "rss_mb_max": round(max(warm), 1),
+        "rss_drift_mb": round(warm[-1] - warm[0], 1),
+        "alive_after": alive,
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"soak: {args.minutes:g} min, {args.clients} clients, {args.labels:,} labels")
+    for key, value in figures.items():
+        print(f"  {key:22} {value}")
+
+
+if __name__ == "__main__":
+    main()
