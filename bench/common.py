@@ -95,3 +95,29 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def emit(
+    figures: dict,
+    as_json: bool,
+    title: str,
+    columns: tuple[str, ...],
+    rows: list[tuple[object, ...]],
+    footer: str = "",
+) -> None:
+    """Print a benchmark's figures: one JSON line (--json), or a titled table and its verdict."""
+    if as_json:
+        print(json.dumps(figures))
+        return
+    cells = [tuple(str(c) for c in columns), *[tuple(str(c) for c in row) for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    print(title)
+    for row in cells:
+        first, *rest = row
+        print("  " + first.ljust(widths[0]) + "".join(f"  {c.rjust(w)}" for c, w in zip(rest, widths[1:], strict=True)))
+    if footer:
+        print(f"  {footer}")
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import random
 import time
 
-from common import REPO, full_size_export, median_ms, write_tables
+from common import REPO, emit, full_size_export, median_ms, verdict, write_tables
 from runtime import model_io
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator
@@ -99,14 +98,14 @@ def main() -> None:
         "meets_target": ratio <= TARGET_RATIO,
         "image_bytes": len(io.BytesIO(photo).getvalue()),
     }
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print(f"interrogation latency, ViT-B/32 shapes, onnxruntime CPU, median of {args.rounds} interleaved rounds")
-    print(f"  {'variant':28} {'median ms':>10} {'x floor':>8}")
-    for name, row in rows.items():
-        print(f"  {name:28} {row['median_ms']:>10.1f} {row['ratio_to_floor']:>8.3f}")
-    print(f"  target: ours at 100k labels <= {TARGET_RATIO}x floor: {'met' if figures['meets_target'] else 'MISSED'}")
+    emit(
+        figures,
+        args.json,
+        f"interrogation latency, ViT-B/32 shapes, onnxruntime CPU, median of {args.rounds} interleaved rounds",
+        ("variant", "median ms", "x floor"),
+        [(name, f"{row['median_ms']:.1f}", f"{row['ratio_to_floor']:.3f}") for name, row in rows.items()],
+        f"target: ours at 100k labels <= {TARGET_RATIO}x floor: {verdict(figures['meets_target'])}",
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import httpx
 from service import start_server
 
-from common import DEFAULT_CACHE, REPO, free_port, peak_rss_mb, server_models
+from common import DEFAULT_CACHE, REPO, emit, free_port, peak_rss_mb, server_models, verdict
 
 TARGET_RATIO = 0.5
 MANUAL_LABELS = 100
@@ -97,15 +96,19 @@ def main() -> None:
         "target_ratio": TARGET_RATIO,
         "meets_target": ours_mb / manual_mb <= TARGET_RATIO,
     }
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print("peak RSS (VmHWM), ViT-B/32 shapes, random weights")
-    print(f"  ours: server, {args.labels:,} labels, after 9 requests, image model stand-in   {ours_mb:6.0f} MB")
-    print(f"  manual, like for like: CLIPModel, image + {MANUAL_LABELS} labels, same stand-in  {manual_mb:6.0f} MB")
-    print(f"  manual as it is: CLIPModel only                                  {bare_mb:6.0f} MB")
-    print(f"  ratio {figures['ratio']:.3f} (to CLIPModel only {figures['ratio_to_clipmodel_only']:.3f})")
-    print(f"  target <= {TARGET_RATIO}: {'met' if figures['meets_target'] else 'MISSED'}")
+    emit(
+        figures,
+        args.json,
+        "peak RSS (VmHWM), ViT-B/32 shapes, random weights",
+        ("process", "MB"),
+        [
+            (f"ours: the server, {args.labels:,} labels, after 9 requests (image model stand-in)", f"{ours_mb:.0f}"),
+            (f"manual, like for like: CLIPModel, image + {MANUAL_LABELS} labels, same stand-in", f"{manual_mb:.0f}"),
+            ("manual as it is: CLIPModel only", f"{bare_mb:.0f}"),
+        ],
+        f"ratio {figures['ratio']:.3f} (to CLIPModel only {figures['ratio_to_clipmodel_only']:.3f}); "
+        f"target <= {TARGET_RATIO}: {verdict(figures['meets_target'])}",
+    )
 
 
 if __name__ == "__main__":

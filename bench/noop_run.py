@@ -9,7 +9,6 @@ repeated `invoke all` runs in fresh processes, as a user would type them. Target
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, emit
+
 TARGET_SECONDS = 2.0
 
 
@@ -84,12 +84,8 @@ def main() -> None:
         "target_s": TARGET_SECONDS,
         "meets_target": statistics.median(walls) <= TARGET_SECONDS,
     }
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print("no-op `invoke all` over full-size ViT-B/32 artifacts")
-    for key, value in figures.items():
-        print(f"  {key:15} {value}")
+    title = "no-op `invoke all` over full-size ViT-B/32 artifacts"
+    emit(figures, args.json, title, ("figure", "value"), list(figures.items()))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from common import REPO, free_port, peak_rss_mb, server_models
+from common import REPO, emit, free_port, peak_rss_mb, server_models, verdict
 
 LEVELS = (1, 4, 16)
 TARGET_RATIO = 0.9
@@ -121,18 +120,18 @@ def main() -> None:
         "target_ratio_at_4": TARGET_RATIO,
         "meets_target": rows[4]["x_single"] >= TARGET_RATIO and all(r["errors"] == 0 for r in rows.values()),
     }
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print(f"service on loopback, {args.labels:,} labels, ViT-B/32 shapes on onnxruntime CPU, median of {args.rounds}")
-    print(f"  {'clients':>7} {'req/s':>7} {'x 1 client':>10} {'p50 ms':>8} {'p99 ms':>8} {'requests':>8} {'errors':>6}")
-    for level, row in rows.items():
-        print(
-            f"  {level:>7} {row['rps']:>7.2f} {row['x_single']:>10.3f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f}"
-            f" {row['requests']:>8} {row['errors']:>6}"
-        )
-    print(f"  server peak RSS {rss:.0f} MB")
-    print(f"  target: 0 errors and >= {TARGET_RATIO}x at 4 clients: {'met' if figures['meets_target'] else 'MISSED'}")
+    emit(
+        figures,
+        args.json,
+        f"service on loopback, {args.labels:,} labels, ViT-B/32 shapes on onnxruntime CPU, median of {args.rounds}",
+        ("clients", "req/s", "x 1 client", "p50 ms", "p99 ms", "requests", "errors"),
+        [
+            (level, f"{r['rps']:.2f}", f"{r['x_single']:.3f}", r["p50_ms"], r["p99_ms"], r["requests"], r["errors"])
+            for level, r in rows.items()
+        ],
+        f"server peak RSS {rss:.0f} MB; target: 0 errors and >= {TARGET_RATIO}x at 4 clients: "
+        f"{verdict(figures['meets_target'])}",
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import random
 import struct
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx
 from service import start_server
 
-from common import REPO, free_port, server_models
+from common import REPO, emit, free_port, server_models
 
 DOCUMENTED_500 = {"Invalid encoded image", "Invalid image url", "Requests not allowed"}
 
@@ -137,12 +136,13 @@ def main() -> None:
         "rss_drift_mb": round(warm[-1] - warm[0], 1),
         "alive_after": alive,
     }
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print(f"soak: {args.minutes:g} min, {args.clients} clients, {args.labels:,} labels")
-    for key, value in figures.items():
-        print(f"  {key:22} {value}")
+    emit(
+        figures,
+        args.json,
+        f"soak: {args.minutes:g} min, {args.clients} clients, {args.labels:,} labels",
+        ("figure", "value"),
+        list(figures.items()),
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Interleaved rounds; medians. Target: ours >= 0.7x scp's throughput.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO  # noqa: F401 - puts the repository on sys.path
+from common import emit, verdict
 from pipeline.config import HostConfig
 from pipeline.hosts.openssh import PREFERRED_CIPHERS
 from pipeline.hosts.ssh import SshTransport
@@ -50,14 +49,17 @@ def main() -> None:
             process.terminate()
             process.wait(10)
     figures["mb"] = args.mb
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print(f"upload of {args.mb} MB over loopback SSH, median of {args.rounds} interleaved rounds")
-    print(f"  {'method':34} {'median s':>9} {'MB/s':>7} {'ours / it':>10}")
-    for name, row in figures["methods"].items():
-        print(f"  {name:34} {row['median_s']:>9.2f} {row['mb_per_s']:>7.0f} {row['ours_ratio']:>10.2f}")
-    print(f"  target: ours >= {TARGET_RATIO}x scp (default cipher): {'met' if figures['meets_target'] else 'MISSED'}")
+    emit(
+        figures,
+        args.json,
+        f"upload of {args.mb} MB over loopback SSH, median of {args.rounds} interleaved rounds",
+        ("method", "median s", "MB/s", "ours / it"),
+        [
+            (name, f"{r['median_s']:.2f}", f"{r['mb_per_s']:.0f}", f"{r['ours_ratio']:.2f}")
+            for name, r in figures["methods"].items()
+        ],
+        f"target: ours >= {TARGET_RATIO}x scp (default cipher): {verdict(figures['meets_target'])}",
+    )
 
 
 def _measure(server, artifact: Path, remote_dir: Path, rounds: int) -> dict:

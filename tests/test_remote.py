@@ -179,7 +179,7 @@ def test_uploads_stream_through_the_ssh_client_hashing_both_ends(remote, monkeyp
     transport = SshTransport.connect("pi", config.host("pi"))
     try:
         data = tmp_path / "weights.bin"
-        data.write_bytes(bytes(range(256)) * 40_000)
+        data.write_bytes(bytes(range(256)) * (openssh.STREAM_MIN_BYTES // 256 + 1))
         marker = tmp_path / "executed"
         target = transport.path(f"a dir/it's \"w\" $(touch {marker}) `touch {marker}`.bin")  # quoted, never run
         summary = upload(transport, {data: target})
@@ -203,7 +203,7 @@ def test_a_failing_ssh_client_falls_back_to_sftp(remote, monkeypatch, tmp_path: 
     transport = SshTransport.connect("pi", config.host("pi"))
     try:
         data = tmp_path / "weights.bin"
-        data.write_bytes(b"w" * 100_000)
+        data.write_bytes(b"w" * openssh.STREAM_MIN_BYTES)
         summary = upload(transport, {data: transport.path("weights.bin")})
         assert summary.sent == (transport.path("weights.bin"),)
         assert "using SFTP" in caplog.text

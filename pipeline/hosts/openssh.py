@@ -20,6 +20,8 @@ from pipeline.files import sha256_file
 from pipeline.hosts.base import SHA_TOOL, Progress, quote
 
 PROGRESS_INTERVAL_S = 0.2
+# Below this, a new ssh process (a key exchange, ~0.3 s) costs more than SFTP's slower stream saves.
+STREAM_MIN_BYTES = 16 * 1024 * 1024
 # AES-GCM first: with AES instructions (x86 AES-NI, the Pi 5's ARMv8 crypto) it is the fastest of
 # OpenSSH's AEAD ciphers; chacha20-poly1305 (OpenSSH's default) stays as the fallback.
 PREFERRED_CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"

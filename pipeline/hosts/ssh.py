@@ -118,9 +118,9 @@ class SshTransport(Transport):
             raise ConnectionLost(self.name, f"connection lost during the upload of {local.name} ({exc})") from exc
 
     def put_verified(self, local: Path, remote: str, progress: Progress | None = None) -> tuple[str, str]:
-        """Through the system's ssh when there is one (scp's speed, both ends hashed on the fly);
-        otherwise, or when it cannot connect the way Fabric did, SFTP and a hash on each end."""
-        if self._stream and openssh.available():
+        """Big files through the system's ssh when there is one (scp's speed, both ends hashed on the fly);
+        small ones, or when ssh cannot connect the way Fabric did, over SFTP on the open connection."""
+        if self._stream and local.stat().st_size >= openssh.STREAM_MIN_BYTES and openssh.available():
             try:
                 return openssh.stream_put(self.host, local, remote, progress)
             except openssh.StreamFailed as exc:
