@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,42 @@ def test_a_device_that_stays_away_fails_fetch_clearly_and_the_next_run_resumes(
     manifest = json.loads((config.artifacts / "fetch/manifest.json").read_text())
     for name, digest in manifest["files"].items():
         assert sha256_file(tmp_path / "pi" / "models" / name) == digest
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs: a real filesystem that fills up."""
+    mount = tmp_path / "tiny disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("size", [3_000_000, openssh.STREAM_MIN_BYTES + 1], ids=["sftp", "ssh-stream"])
+def test_a_full_disk_on_the_host_is_named_and_leaves_nothing_behind(
+    remote_config, tiny_disk: Path, tmp_path: Path, size: int
+) -> None:
+    config, _ = remote_config(retries=1)
+    transport = SshTransport.connect("mac", config.host("mac"))
+    data = tmp_path / "model.bin"
+    data.write_bytes(os.urandom(size))
+    try:
+        with pytest.raises(HostError) as failure:
+            upload(transport, {data: f"{tiny_disk}/model.bin"})
+        assert "could not write model.bin" in str(failure.value) and "df -h" in str(failure.value)
+        assert list(tiny_disk.iterdir()) == []  # no temporary file, no partial file
+        assert transport.run("true").ok
+    finally:
+        transport.close()
+
+
+def test_too_little_disk_on_the_build_host_fails_compile_before_uploading(remote_config) -> None:
+    config, _ = remote_config(min_free_gb=1_000_000)
+    before = (config.artifacts / "compile/report.json").read_bytes()
+    outcome = run(config, GRAPH, RunRequest(targets=("compile",), only=True))[-1]
+    assert outcome.outcome is Outcome.FAILED
+    assert "GB free" in outcome.summary and "min_free_gb" in outcome.summary
+    assert (config.artifacts / "compile/report.json").read_bytes() == before

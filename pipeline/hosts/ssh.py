@@ -115,7 +115,13 @@ class SshTransport(Transport):
         try:
             self._conn.sftp().put(str(local), remote, callback=progress)
         except (SSHException, *_CONNECTION_ERRORS) as exc:
+            if self._connected():  # the host refused the write (SFTP says only "Failure"): a full disk, mostly
+                raise _write_failed(self.name, local.name, remote, exc) from exc
             raise ConnectionLost(self.name, f"connection lost during the upload of {local.name} ({exc})") from exc
+
+    def _connected(self) -> bool:
+        transport = self._conn.client.get_transport()
+        return transport is not None and transport.is_active()
 
     def put_verified(self, local: Path, remote: str, progress: Progress | None = None) -> tuple[str, str]:
         """Big files through the system's ssh when there is one (scp's speed, both ends hashed on the fly);
@@ -124,6 +130,8 @@ class SshTransport(Transport):
             try:
                 return openssh.stream_put(self.host, local, remote, progress)
             except openssh.StreamFailed as exc:
+                if "No space left" in str(exc):
+                    raise _write_failed(self.name, local.name, remote, exc) from exc
                 log.warning("%s: the ssh client could not stream %s (%s); using SFTP", self.name, local.name, exc)
                 self._stream = False
         return super().put_verified(local, remote, progress)
@@ -143,6 +151,15 @@ class SshTransport(Transport):
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _write_failed(host: str, name: str, remote: str, exc: Exception) -> HostError:
+    parent = remote.rsplit("/", 1)[0] or "/"
+    return HostError(
+        host,
+        f"the host could not write {name} to {parent} ({exc})",
+        hint=f"check free space there (df -h {parent}); the previous files were kept",
+    )
 
 
 def _finish(promise: Any) -> Any:
