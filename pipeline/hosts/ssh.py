@@ -33,6 +33,7 @@ from pipeline.hosts import openssh
 from pipeline.hosts.base import Background, CommandResult, LineHandler, Progress, Transport, quote
 
 log = logging.getLogger(__name__)
+PROBE_TIMEOUT_S = 10
 _CONNECTION_ERRORS = (NoValidConnectionsError, socket.timeout, TimeoutError, ConnectionError, EOFError, OSError)
 
 
@@ -120,8 +121,18 @@ class SshTransport(Transport):
             raise ConnectionLost(self.name, f"connection lost during the upload of {local.name} ({exc})") from exc
 
     def _connected(self) -> bool:
+        """Whether the host still answers: after a failed write, tells a refused write from a lost link."""
         transport = self._conn.client.get_transport()
-        return transport is not None and transport.is_active()
+        if transport is None or not transport.is_active():
+            return False
+        try:
+            sftp = self._conn.sftp()
+            sftp.get_channel().settimeout(PROBE_TIMEOUT_S)
+            sftp.normalize(".")
+            sftp.get_channel().settimeout(None)
+            return True
+        except (SSHException, *_CONNECTION_ERRORS):
+            return False
 
     def put_verified(self, local: Path, remote: str, progress: Progress | None = None) -> tuple[str, str]:
         """Big files through the system's ssh when there is one (scp's speed, both ends hashed on the fly);
