@@ -19,7 +19,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from runtime.interrogator import Busy, Interrogator, Scores
+from runtime.interrogator import Busy, Interrogation, Interrogator, Scores
 from runtime.server.errors import install_error_handlers
 from runtime.server.images import ImagePolicy, decode_image
 from runtime.server.limits import AdmissionGate, RequestBodyLimits
@@ -118,20 +118,7 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
         tags = interrogator.tags(scores, options.tag_options())
         timings["rank"] += (time.perf_counter() - rank_started) * 1e3
         timings["total"] = (time.perf_counter() - begin) * 1e3
-        return DetailedResponse(
-            caption=caption,
-            tags=tags,
-            categories=[
-                CategoryAnswer(
-                    name=r.name,
-                    mode=r.mode,
-                    picks=[Pick(label=p.label, score=round(p.score, 4)) for p in r.picks],
-                    top=[Pick(label=p.label, score=round(p.score, 4)) for p in r.top],
-                )
-                for r in results
-            ],
-            timings_ms={k: round(v, 2) for k, v in timings.items()},
-        )
+        return DetailedResponse(**Interrogation(caption, results, timings).to_json(), tags=tags)
 
     @app.post("/sdapi/v1/interrogate", response_model=InterrogateResponse, dependencies=auth)
     async def interrogate(request: InterrogateRequest) -> InterrogateResponse:
