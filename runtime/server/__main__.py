@@ -19,6 +19,7 @@ from runtime.label_tables import LabelTables
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.images import ImagePolicy
 
+MB = 1024 * 1024
 AUTH_ENV = "CLIP_API_AUTH"  # user:pass[,user:pass]: keeps the password off the command line
 
 
@@ -42,12 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-auth-file", type=Path, help="a file holding user:password lines")
     parser.add_argument("--provider", help="axengine provider (default: the first available)")
     parser.add_argument("--device-id", type=int, default=0)
-    parser.add_argument("--queue", type=int, default=64, help="requests that may wait for the encoder")
-    parser.add_argument("--queue-timeout", type=float, default=60.0, help="seconds a request may wait")
-    parser.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body")
-    parser.add_argument("--body-timeout", type=float, default=60.0, help="seconds a request body may take")
+    defaults, images = ServerSettings(), ImagePolicy()
+    parser.add_argument("--queue", type=int, default=defaults.queue_size, help="requests that may wait for the encoder")
+    parser.add_argument("--queue-timeout", type=float, default=defaults.queue_timeout_s, help="seconds in the queue")
+    parser.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / MB, help="largest request body")
+    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s, help="seconds a body may take")
     parser.add_argument("--max-connections", type=int, default=256, help="open connections; more get a 503")
-    parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image")
+    parser.add_argument("--max-megapixels", type=float, default=images.max_pixels / 1e6, help="largest image")
     parser.add_argument("--allow-image-urls", action="store_true", help="accept http(s) image URLs")
     parser.add_argument("--allow-local-urls", action="store_true", help="... including local/private addresses")
     parser.add_argument("--options-file", type=Path, help="where POSTed options persist (default: beside --models)")
@@ -68,7 +70,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
             allow_urls=args.allow_image_urls,
             allow_local_urls=args.allow_local_urls,
         ),
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_body_bytes=int(args.max_body_mb * MB),
         body_timeout_s=args.body_timeout,
         queue_size=args.queue,
         queue_timeout_s=args.queue_timeout,
