@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -14,6 +13,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "clip-axera-bench"
 
@@ -83,18 +83,21 @@ def server_models(labels: int, cache: Path = DEFAULT_CACHE) -> Path:
     return models
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def peak_rss_mb(pid: int) -> float:
-    """VmHWM: the process's peak resident set, from /proc."""
+    """VmHWM: the process's peak resident set."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS: the process's resident set now."""
+    return _status_mb(pid, "VmRSS")
+
+
+def _status_mb(pid: int, key: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    raise RuntimeError(f"no {key} for pid {pid}")
 
 
 def emit(

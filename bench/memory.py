@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 from service import start_server
 
-from common import DEFAULT_CACHE, REPO, emit, free_port, peak_rss_mb, server_models, verdict
+from common import DEFAULT_CACHE, REPO, emit, peak_rss_mb, server_models, verdict
+from tests.loopback import free_port
 
 TARGET_RATIO = 0.5
 MANUAL_LABELS = 100

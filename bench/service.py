@@ -23,7 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from common import REPO, emit, free_port, peak_rss_mb, server_models, verdict
+from common import REPO, emit, peak_rss_mb, server_models, verdict
+from tests.loopback import free_port
 
 LEVELS = (1, 4, 16)
 TARGET_RATIO = 0.9

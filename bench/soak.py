@@ -13,37 +13,20 @@ import argparse
 import base64
 import io
 import random
-import struct
 import tempfile
 import threading
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
 import httpx
 from service import start_server
 
-from common import REPO, emit, free_port, server_models
+from common import REPO, emit, rss_mb, server_models
+from tests.hostile_images import png_bomb
+from tests.loopback import free_port
 
 DOCUMENTED_500 = {"Invalid encoded image", "Invalid image url", "Requests not allowed"}
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def bomb(width: int, height: int) -> bytes:
-    raw = zlib.compress(b"\x00" * (1 + 3 * width) * 8)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
 def requests_mix() -> list[tuple[str, str, dict | bytes]]:
@@ -61,7 +44,7 @@ def requests_mix() -> list[tuple[str, str, dict | bytes]]:
     mix += [
         ("bad", "/sdapi/v1/interrogate", {"image": "not an image"}),
         ("bad", "/sdapi/v1/interrogate", {"image": base64.b64encode(png.getvalue()[:5000]).decode()}),
-        ("bad", "/sdapi/v1/interrogate", {"image": base64.b64encode(bomb(20_000, 20_000)).decode()}),
+        ("bad", "/sdapi/v1/interrogate", {"image": base64.b64encode(png_bomb(20_000, 20_000, rows=8)).decode()}),
         ("bad", "/sdapi/v1/interrogate", {"image": good[0], "model": "blip"}),
         ("bad", "/sdapi/v1/interrogate", b'{"image": "' + b"A" * 40_000_000 + b'"}'),
         ("bad", "/sdapi/v1/interrogate", b"{broken json"),

@@ -8,12 +8,10 @@ import http.server
 import io
 import json
 import re
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,6 +28,7 @@ from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.images import ImagePolicy
+from tests.hostile_images import png_bomb
 from tests.loopback import free_port, serving
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,18 +49,6 @@ def png(image: Image.Image, format: str = "PNG") -> bytes:  # noqa: A002 - Pillo
     out = io.BytesIO()
     image.save(out, format=format)
     return out.getvalue()
-
-
-def png_bomb(width: int, height: int, rows: int | None = None) -> bytes:
-    """A valid RGB PNG of width x height black pixels, compressed ~1000:1 (a decompression bomb); with
-    `rows`, only that many rows of pixel data follow the header."""
-    raw = zlib.compress((b"\x00" + b"\x00" * 3 * width) * (height if rows is None else rows), 9)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")

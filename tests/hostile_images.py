@@ -1,0 +1,18 @@
+"""Hostile inputs shared by the server tests and the soak benchmark."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+
+def png_bomb(width: int, height: int, rows: int | None = None) -> bytes:
+    """A valid RGB PNG of width x height black pixels, compressed ~1000:1 (a decompression bomb); with
+    `rows`, only that many rows of pixel data follow the header."""
+    raw = zlib.compress((b"\x00" + b"\x00" * 3 * width) * (height if rows is None else rows), 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
