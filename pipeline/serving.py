@@ -64,9 +64,11 @@ def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest)
                 f"the server already runs on {host_name}", hint="`invoke serve --host ... --stop` first, or --status"
             )
         app, python = install_runtime(transport, host.python)
-        auth_file = _put_auth(transport, request.api_auth) if request.api_auth else None
-        if not request.api_auth:
-            transport.run(f"rm -f {quote(transport.path(AUTH_FILE))}")
+        auth_file = None
+        if request.api_auth:
+            auth_file = _put_auth(transport, request.api_auth)
+        else:
+            transport.run(f"rm -f {quote(transport.path(AUTH_FILE))}")  # no stale credentials
         args = " ".join(quote(a) for a in server_argv(models, request, auth_file))
         log, pid_file = transport.path(LOG_FILE), transport.path(PID_FILE)
         transport.check(
@@ -146,15 +148,20 @@ _HEALTH_PROBE = (
 )
 
 
+def _probe(python: str, port: int) -> str:
+    """A command that prints the server's /healthz as JSON, run on the host (the port is loopback there)."""
+    return f"{quote(python)} -c {quote(_HEALTH_PROBE.format(port=port))}"
+
+
 def _health(transport: Transport, python: str, port: int) -> dict | None:
-    result = transport.run(f"{quote(python)} -c {quote(_HEALTH_PROBE.format(port=port))}", timeout=30)
+    result = transport.run(_probe(python, port), timeout=30)
     return json.loads(result.stdout) if result.ok else None
 
 
 def _wait_healthy(transport: Transport, python: str, port: int) -> dict | None:
     """Poll /healthz on the host (in one remote loop, bounded) while the process lives."""
     pid_file = quote(transport.path(PID_FILE))
-    probe = f"{quote(python)} -c {quote(_HEALTH_PROBE.format(port=port))}"
+    probe = _probe(python, port)
     result = transport.run(
         f"for i in $(seq {START_TIMEOUT_S * 2}); do {probe} 2>/dev/null && exit 0; "
         f"kill -0 $(cat {pid_file}) 2>/dev/null || exit 3; sleep 0.5; done; exit 4",
