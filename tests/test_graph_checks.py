@@ -82,17 +82,18 @@ def _save(model: onnx.ModelProto, tmp_path: Path) -> Path:
     return path
 
 
+def _file_failures(path: Path, expected_input: TensorSpec, expected_output: TensorSpec) -> dict[str, str]:
+    """check_model_file at opset 14 against one input and one output: failed check -> detail."""
+    checks = check_model_file(path, opset=14, inputs=[expected_input], outputs=[expected_output], table=AX650)
+    return {c.name: c.detail for c in checks if not c.passed}
+
+
 def test_file_checks_catch_opset_and_symbolic_dims(tmp_path: Path) -> None:
     dynamic = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     path = _save(_model([helper.make_node("Relu", ["x"], ["y"])], inputs=(dynamic,), opset=13), tmp_path)
-    checks = check_model_file(
-        path,
-        opset=14,
-        inputs=[TensorSpec("x", TensorProto.FLOAT, (1, 4))],
-        outputs=[TensorSpec("y", TensorProto.FLOAT, (1, 4))],
-        table=AX650,
+    failed = _file_failures(
+        path, TensorSpec("x", TensorProto.FLOAT, (1, 4)), TensorSpec("y", TensorProto.FLOAT, (1, 4))
     )
-    failed = {c.name: c.detail for c in checks if not c.passed}
     assert failed == {
         "m.onnx: opset": "opset 13, expected 14",
         "m.onnx: input x": "symbolic dims ['batch'] in float ['batch', 4]; export with static shapes",
@@ -101,14 +102,9 @@ def test_file_checks_catch_opset_and_symbolic_dims(tmp_path: Path) -> None:
 
 def test_file_checks_catch_wrong_names_and_dtypes(tmp_path: Path) -> None:
     path = _save(_model([helper.make_node("Relu", ["x"], ["y"])]), tmp_path)
-    checks = check_model_file(
-        path,
-        opset=14,
-        inputs=[TensorSpec("pixel_values", TensorProto.FLOAT, (1, 4))],
-        outputs=[TensorSpec("y", TensorProto.INT64, (1, 4))],
-        table=AX650,
+    failed = _file_failures(
+        path, TensorSpec("pixel_values", TensorProto.FLOAT, (1, 4)), TensorSpec("y", TensorProto.INT64, (1, 4))
     )
-    failed = {c.name: c.detail for c in checks if not c.passed}
     assert failed["m.onnx: inputs"] == "unexpected inputs ['x']"
     assert failed["m.onnx: input pixel_values"].startswith("missing")
     assert failed["m.onnx: output y"] == "float [1, 4], expected y int64 [1, 4]"
