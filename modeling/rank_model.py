@@ -16,13 +16,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 # onnxruntime's default opset for these ops; MatMulInteger and DynamicQuantizeLinear exist since 10/11.
 RANK_OPSET = 13
+# Labels use 7 bits (-63..63), not 8: onnxruntime's u8 x s8 kernel on x86 without VNNI (AVX2's
+# vpmaddubsw) adds pairs of products in int16 with saturation, and 2 x 255 x 127 overflows it, which broke
+# the error bound (a test saw 0.14 against a bound of 0.018); 2 x 255 x 63 = 32130 fits. This is
+# onnxruntime's `reduce_range` advice for the same kernels.
+LABEL_LEVELS = 63
 
 
 def write_rank_model(path: Path, rows: np.ndarray) -> dict[str, float]:
     """rows: [labels, dim] normalized embeddings. Returns the figures the runtime's error bound needs."""
     rows = rows.astype(np.float32)
-    scales = np.maximum(np.abs(rows).max(axis=1), 1e-12) / 127.0
-    quantized = np.clip(np.round(rows / scales[:, None]), -127, 127).astype(np.int8)
+    scales = np.maximum(np.abs(rows).max(axis=1), 1e-12) / LABEL_LEVELS
+    quantized = np.clip(np.round(rows / scales[:, None]), -LABEL_LEVELS, LABEL_LEVELS).astype(np.int8)
     labels, dim = rows.shape
     nodes = [
         helper.make_node("DynamicQuantizeLinear", ["embedding"], ["q", "q_scale", "q_zero"]),
