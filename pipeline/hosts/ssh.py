@@ -8,16 +8,19 @@ errors are not, since retrying cannot fix them.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 from fabric import Connection
+from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
 from paramiko import AutoAddPolicy, Channel, RejectPolicy
 from paramiko.ssh_exception import (
@@ -37,6 +40,18 @@ PROBE_TIMEOUT_S = 10
 _CONNECTION_ERRORS = (NoValidConnectionsError, socket.timeout, TimeoutError, ConnectionError, EOFError, OSError)
 
 
+class _IncrementalRemote(Remote):
+    """Fabric's runner, decoding each stream incrementally: invoke decodes every 1000-byte chunk alone, so a
+    UTF-8 character split across two chunks (rich's box lines in a build log) became two U+FFFD."""
+
+    def read_proc_output(self, reader: Callable[[int], bytes]) -> Generator[str, None, None]:
+        decoder = codecs.getincrementaldecoder(self.encoding)("replace")
+        while data := reader(self.read_chunk_size):
+            yield decoder.decode(data)
+        if tail := decoder.decode(b"", final=True):
+            yield tail
+
+
 class _LineWriter(io.TextIOBase):
     """A stream that hands each complete line to a callback (for live, prefixed build logs)."""
 
@@ -52,6 +67,10 @@ class _LineWriter(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        """Nothing: invoke flushes after every chunk it writes, and a chunk may end mid-line."""
+
+    def finish(self) -> None:
+        """The last line, if the output did not end with a newline."""
         if self._pending:
             self._on_line(self._pending)
             self._pending = ""
@@ -101,7 +120,7 @@ class SshTransport(Transport):
             raise ConnectionLost(self.name, f"connection lost running a command ({exc})", command=command) from exc
         finally:
             for stream in streams.values():
-                stream.flush()  # type: ignore[attr-defined]
+                stream.finish()  # type: ignore[attr-defined]
         return CommandResult(command, result.exited, result.stdout, result.stderr)
 
     def start(self, command: str) -> Background:
@@ -234,6 +253,7 @@ def _connection(host: HostConfig) -> Connection:
         connect_timeout=host.connect_timeout,
         connect_kwargs=connect_kwargs,
     )
+    connection.config.runners.remote = _IncrementalRemote
     client = connection.client
     if host.known_hosts:
         known = Path(os.path.expanduser(host.known_hosts))
