@@ -7,18 +7,21 @@ real tokenized prompts: random ids would put the end-of-text position (where CLI
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import StageError
-from pipeline.files import list_files, write_json
+from pipeline.files import list_files, sha256_file, write_json
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.preprocess import IMAGE_SUFFIXES, PreprocessConfig, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
 from toolchains.calibration_tar import write_npy_tar
+
+log = logging.getLogger(__name__)
 
 IMAGE_TAR = f"{model_io.IMAGE_INPUT}.tar"
 TEXT_TAR = f"{model_io.TEXT_INPUT}.tar"
@@ -44,9 +47,16 @@ class CalibrateStage(Stage):
         info = json.loads((export_dir / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
         chooser = random.Random(params.seed)
 
-        images = [p for p in list_files(params.images) if p.suffix.lower() in IMAGE_SUFFIXES]
+        images = _distinct_images(params.images)
         if not images:
             raise StageError(self.name, f"no images in {params.images}", hint="set stages.calibrate.images")
+        if len(images) < params.image_count:
+            log.warning(
+                "calibrate: only %d distinct images in %s for image_count %d: quantization ranges come from "
+                "fewer samples than asked (Axera's CLIP builds calibrate on 32); add photos like the ones "
+                "the model will see",
+                len(images), params.images, params.image_count,
+            )  # fmt: skip
         chosen_images = sorted(chooser.sample(images, min(params.image_count, len(images))))
         preprocess_cfg = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
         pixels = [preprocess(open_image(path), preprocess_cfg) for path in chosen_images]
@@ -75,9 +85,19 @@ class CalibrateStage(Stage):
                 },
             },
         )
-        short = [f"{len(pixels)} images" + (f" (only {len(images)} found)" if len(images) < params.image_count else "")]
+        few = len(images) < params.image_count
+        short = [f"{len(pixels)} images" + (f" (only {len(images)} distinct found)" if few else "")]
         short.append(f"{len(ids)} prompts" + (f" (only {len(prompts)})" if len(prompts) < params.text_count else ""))
         return StageResult(summary=", ".join(short), figures={"images": len(pixels), "prompts": len(ids)})
+
+
+def _distinct_images(folder: Path) -> list[Path]:
+    """The image files of a folder, a copy of the same bytes counted once."""
+    by_digest: dict[str, Path] = {}
+    for path in list_files(folder):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            by_digest.setdefault(sha256_file(path), path)
+    return sorted(by_digest.values())
 
 
 def _read_prompts(path: Path) -> list[str]:

@@ -61,7 +61,7 @@ def test_verify_report_shows_near_identical_outputs(built_artifacts: Path) -> No
 def test_golden_files_reproduce_through_onnxruntime(built_artifacts: Path) -> None:
     golden, export = built_artifacts / "verify/golden", built_artifacts / "export"
     manifest = json.loads((golden / "golden.json").read_text())
-    assert manifest["image_embeds"]["labels"] == ["astronaut.jpg", "bricks.jpg"]
+    assert manifest["image_embeds"]["labels"] == ["astronaut.jpg", "autumn_painting.jpg"]
     ids = np.load(golden / "input_ids.npy")
     assert ids.dtype == np.int64 and ids.shape[1] == 77
     session = ort.InferenceSession(str(export / model_io.TEXT_MODEL_FILE), providers=["CPUExecutionProvider"])
