@@ -86,13 +86,13 @@ def check_operators(label: str, model: onnx.ModelProto, table: OpTable) -> list[
     """One line per operator type: count and, where it fails, which nodes break which limit."""
     inferred = shape_inference.infer_shapes(model)
     ranks = _known_ranks(inferred)
-    constants = _constant_values(inferred)
+    initializers = {i.name: numpy_helper.to_array(i) for i in inferred.graph.initializer}
     counts: dict[str, int] = defaultdict(int)
     problems: dict[str, list[str]] = defaultdict(list)
     for node in inferred.graph.node:
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         counts[op] += 1
-        problem = _node_problem(node, op, table, ranks, constants)
+        problem = _node_problem(node, op, table, ranks, initializers)
         if problem:
             problems[op].append(f"{node.name or op}: {problem}")
     checks = []
@@ -107,7 +107,7 @@ def check_operators(label: str, model: onnx.ModelProto, table: OpTable) -> list[
 
 
 def _node_problem(
-    node: onnx.NodeProto, op: str, table: OpTable, ranks: dict[str, int], constants: dict[str, np.ndarray]
+    node: onnx.NodeProto, op: str, table: OpTable, ranks: dict[str, int], initializers: dict[str, np.ndarray]
 ) -> str:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if op not in table.ops:
@@ -119,14 +119,20 @@ def _node_problem(
     if op in ("ArgMax", "ArgMin") and attrs.get("select_last_index", 0) != table.select_last_index:
         return f"select_last_index={attrs['select_last_index']}, only {table.select_last_index} is supported"
     if op == "Pow":
-        exponent = constants.get(node.input[1])
+        exponent = initializers.get(node.input[1])
         if exponent is None or exponent.size != 1:
-            return "exponent must be a scalar initializer"
-    if op == "LayerNormalization" and attrs.get("axis", -1) not in (
-        table.layernorm_axis,
-        ranks.get(node.input[0], 0) - 1,
-    ):
-        return f"axis={attrs['axis']}, only the last axis is supported"
+            return "exponent must be a scalar initializer (a Constant node or a computed tensor is not)"
+    for axis_op, last in (("LayerNormalization", table.layernorm_axis), ("LpNormalization", table.lp_norm_axis)):
+        if op == axis_op and attrs.get("axis", -1) not in (last, ranks.get(node.input[0], 0) - 1):
+            return f"axis={attrs['axis']}, only the last axis is supported"
+    if op == "Pad" and len(node.input) > 3 and node.input[3]:
+        return "axes is not supported yet"
+    for limit in table.attr_limits:
+        if op not in limit.ops or (limit.when and _value(attrs.get(limit.when[0], limit.when[1])) != limit.when[2]):
+            continue
+        value = _value(attrs.get(limit.attr, limit.default))
+        if not limit.allowed(value):
+            return f"{limit.attr}={value!r}: {limit.doc}"
     if op == "Gemm" and (attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
         return "alpha/beta other than 1 are not supported"
     if op == "Resize" and _text(attrs.get("mode", b"nearest")) not in table.resize_modes:
@@ -140,6 +146,13 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _value(value: object) -> object:
+    """An attribute value in a comparable form: bytes as text, lists as tuples."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _known_ranks(model: onnx.ModelProto) -> dict[str, int]:
     graph = model.graph
     ranks = {init.name: len(init.dims) for init in graph.initializer}
@@ -147,13 +160,3 @@ def _known_ranks(model: onnx.ModelProto) -> dict[str, int]:
         if value.type.tensor_type.HasField("shape"):
             ranks[value.name] = len(value.type.tensor_type.shape.dim)
     return ranks
-
-
-def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values

@@ -55,12 +55,64 @@ def test_argmax_select_last_index_is_flagged() -> None:
     assert "select_last_index=1" in _failures(model)["ArgMax x1"]
 
 
-def test_pow_needs_a_scalar_constant_exponent() -> None:
+def test_pow_needs_a_scalar_initializer_exponent() -> None:
     exponent = helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])
     model = _model([helper.make_node("Pow", ["x", "e"], ["y"])], inputs=(X, exponent))
-    assert _failures(model) == {"Pow x1": "Pow: exponent must be a scalar initializer"}
+    assert _failures(model)["Pow x1"].startswith("Pow: exponent must be a scalar initializer")
     two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
     assert _failures(_model([helper.make_node("Pow", ["x", "two"], ["y"])], initializers=(two,))) == {}
+    constant = helper.make_node("Constant", [], ["c"], value=two)
+    from_node = _model([constant, helper.make_node("Pow", ["x", "c"], ["y"])])
+    assert "a Constant node" in _failures(from_node)["Pow x1"]
+
+
+IMAGE = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])
+
+
+def _image_model(node: onnx.NodeProto, out_shape: list[int], *initializers: onnx.TensorProto) -> onnx.ModelProto:
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+    return _model([node], inputs=(IMAGE,), outputs=(out,), initializers=initializers)
+
+
+SCALES = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+AXES = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+PADS = numpy_helper.from_array(np.array([1, 1, 1, 1], np.int64), "pads")
+
+
+@pytest.mark.parametrize(
+    ("model", "op", "fragment"),
+    [
+        (_image_model(helper.make_node("Resize", ["x", "", "scales"], ["y"]), [1, 4, 8, 8], SCALES),
+         "Resize", "nearest_mode='round_prefer_floor'"),
+        (_image_model(helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD"), [1, 1, 8, 8]),
+         "DepthToSpace", "mode currently only supports DCR"),
+        (_image_model(helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2]), [1, 4, 3, 3]),
+         "AveragePool", "count_include_pad only supports 1"),
+        (_image_model(helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2]),
+                      [1, 4, 2, 2]), "MaxPool", "dilations only support 1"),
+        (_image_model(helper.make_node("LpNormalization", ["x"], ["y"], axis=1), [1, 4, 4, 4]),
+         "LpNormalization", "only the last axis"),
+        (_image_model(helper.make_node("LpNormalization", ["x"], ["y"], p=3), [1, 4, 4, 4]),
+         "LpNormalization", "p only supports 1 or 2"),
+        (_image_model(helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"]), [1, 4, 6, 6], PADS, AXES),
+         "Pad", "axes is not supported yet"),
+        (_image_model(helper.make_node("ReduceMean", ["x"], ["y"], noop_with_empty_axes=1), [1, 4, 4, 4]),
+         "ReduceMean", "noop_with_empty_axes is not supported yet"),
+    ],
+)  # fmt: skip
+def test_documented_attribute_limits_are_flagged(model: onnx.ModelProto, op: str, fragment: str) -> None:
+    failures = _failures(model)
+    assert list(failures) == [f"{op} x1"] and fragment in failures[f"{op} x1"]
+
+
+def test_attributes_within_the_limits_pass() -> None:
+    resize = helper.make_node("Resize", ["x", "", "scales"], ["y"], nearest_mode="round_prefer_ceil")
+    assert _failures(_image_model(resize, [1, 4, 8, 8], SCALES)) == {}
+    linear = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")
+    assert _failures(_image_model(linear, [1, 4, 8, 8], SCALES)) == {}
+    pool = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], count_include_pad=1)
+    assert _failures(_image_model(pool, [1, 4, 3, 3])) == {}
+    assert _failures(_image_model(helper.make_node("LpNormalization", ["x"], ["y"]), [1, 4, 4, 4])) == {}
 
 
 def test_operator_missing_from_the_table_is_flagged() -> None:
