@@ -18,6 +18,13 @@ from runtime.errors import BackendUnavailable
 
 AXENGINE_PROVIDER = "AxEngineExecutionProvider"
 AXCLRT_PROVIDER = "AXCLRTExecutionProvider"
+NO_PROVIDERS = "No providers found"  # pyaxengine's axengine/__init__.py, raised at import without a driver
+# pyaxengine refuses a model whose core count the NPU's vNPU mode does not allow (axengine/_axe.py).
+LOAD_HINT = (
+    "a likely cause is stages.compile.pulsar2.npu_mode: a model built for NPU3 or NPU2 does not load while the "
+    "NPU runs in vNPU mode, as another program such as a Stable Diffusion server may have set it up; compile "
+    "with npu_mode NPU1 for a shared NPU"
+)
 AXENGINE_INSTALL = (
     "install Axera's pyaxengine wheel on the device: download axengine-*.whl from "
     "https://github.com/AXERA-TECH/pyaxengine/releases and `pip install` it (it is not on PyPI); on a "
@@ -90,24 +97,38 @@ class AxEngineBackend(_SessionBackend):
     name = "axengine"
 
     def __init__(self, path: Path, provider: str | None = None, device_id: int = 0) -> None:
-        try:
-            import axengine
-        except ImportError as exc:
-            raise BackendUnavailable(f"cannot run {path.name}: axengine is not installed ({AXENGINE_INSTALL})") from exc
+        axengine = _import_axengine(path)
         available = list(axengine.get_available_providers())
-        if not available:
-            raise BackendUnavailable(f"cannot run {path.name}: axengine found no NPU ({AXENGINE_INSTALL})")
         chosen = provider or available[0]
         if chosen not in available:
             raise BackendUnavailable(f"provider {chosen} is not available here; available: {', '.join(available)}")
-        providers = [(chosen, {"device_id": device_id})] if chosen == AXCLRT_PROVIDER else [chosen]
+        options = {"device_id": device_id}
+        # Releases differ in which argument carries a card's options (the tuple's dict, or provider_options):
+        # pass them in both, so a second card never silently runs on card 0.
+        providers = [(chosen, options)] if chosen == AXCLRT_PROVIDER else [chosen]
+        provider_options = [options] if chosen == AXCLRT_PROVIDER else None
         try:
-            self._session = axengine.InferenceSession(str(path), providers=providers)
+            self._session = axengine.InferenceSession(str(path), providers=providers, provider_options=provider_options)
         except (RuntimeError, ValueError) as exc:
-            raise BackendUnavailable(f"axengine could not load {path.name} with {chosen}: {exc}") from exc
+            raise BackendUnavailable(f"axengine could not load {path.name} with {chosen}: {exc} ({LOAD_HINT})") from exc
         self.provider = chosen
         self._inputs = [TensorInfo(i.name, tuple(i.shape), np.dtype(i.dtype)) for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
+
+
+def _import_axengine(path: Path) -> Any:
+    """pyaxengine, or why it cannot run: it raises ImportError at import when it finds no driver."""
+    try:
+        import axengine
+    except ImportError as exc:
+        if NO_PROVIDERS in str(exc):
+            raise BackendUnavailable(
+                f"cannot run {path.name}: pyaxengine is installed but found no AX driver/runtime (AXCL on a "
+                f"PCIe/M.2 card, libax_engine on the board); check the driver install and `axcl-smi` or "
+                f"/dev/ax_* on the device. pyaxengine said: {exc}"
+            ) from exc
+        raise BackendUnavailable(f"cannot run {path.name}: axengine is not installed ({AXENGINE_INSTALL})") from exc
+    return axengine
 
 
 def conform(feed: dict[str, np.ndarray], inputs: list[TensorInfo]) -> dict[str, np.ndarray]:

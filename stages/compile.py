@@ -9,7 +9,7 @@ quantized-vs-float cosine on verify's golden inputs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime.similarity import cosine
 from toolchains.encoders import EncoderSpec, encoder_specs
+
+if TYPE_CHECKING:
+    from toolchains.pulsar2_build import BuildResult
 
 REPORT_FILE = "report.json"
 
@@ -58,7 +61,7 @@ class CompileStage(Stage):
         columns = ("encoder", "model", "cosine vs float", "sha256")
         print_table(f"compile ({params.target}, {params.data_type})", columns, rows)
         failures = [
-            f"{name}: cosine {m['cosine']:.5f} < {params.min_cosine}"
+            f"{name}: cosine {m['cosine']:.5f} < {params.min_cosine}{_worst_layers_text(m)}"
             for name, m in models.items()
             if m.get("cosine") is not None and m["cosine"] < params.min_cosine
         ]
@@ -70,6 +73,13 @@ class CompileStage(Stage):
 
 def _cosine_text(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.5f}"
+
+
+def _worst_layers_text(model: dict[str, Any]) -> str:
+    worst = model.get("worst_layers")
+    if not worst:
+        return ""
+    return " (worst layers: " + ", ".join(f"{w['operator']} {w['cosine']:.5f}" for w in worst) + ")"
 
 
 def _compile_onnxruntime(ctx: StageContext, specs: list[EncoderSpec]) -> dict[str, Any]:
@@ -105,6 +115,26 @@ def _golden_cosine(spec: EncoderSpec, quantized: Path, golden: Path) -> float:
 
 
 BUILD_LOCK = ".build.lock"
+WORST_LAYERS = 5
+
+
+def _pulsar2_model_entry(built: BuildResult) -> dict[str, Any]:
+    """What the report keeps of one build: files, and every row of the precision table."""
+    entry: dict[str, Any] = {"file": built.axmodel.name, "sha256": built.sha256, "log": built.log.name}
+    precision = built.precision
+    if precision is None:
+        return {**entry, "precision_table": None, "cosine": None, "cosine_source": None}
+    source = f"pulsar2 precision analysis {precision.analysis}, final output, from {built.precision_source}"
+    if precision.analysis.startswith("PerLayer"):
+        source += " (PerLayer feeds each layer the float inputs: this row is the output layer alone, not the model)"
+    return {
+        **entry,
+        "precision_table": built.precision_table.name,
+        "cosine": precision.final_cosine,
+        "cosine_source": source,
+        "worst_layers": [layer.to_json() for layer in precision.worst(WORST_LAYERS)],
+        "precision": precision.to_json(),
+    }
 
 
 def _compile_pulsar2(ctx: StageContext, specs: list[EncoderSpec]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -124,15 +154,6 @@ def _compile_pulsar2(ctx: StageContext, specs: list[EncoderSpec]) -> tuple[dict[
             echo(f"{params.host}: uploaded {len(sent.sent)} file(s), {len(sent.skipped)} unchanged")
             for spec in specs:
                 built = pulsar2_build.build(transport, build_host, spec, params, ctx.out_dir, echo)
-                models[spec.name] = {
-                    "file": built.axmodel.name,
-                    "sha256": built.sha256,
-                    "log": built.log.name,
-                    "precision_table": built.precision_table.name if built.precision_table else None,
-                    "cosine": built.final_cosine,
-                    "cosine_source": "pulsar2 precision analysis, final layer"
-                    if built.final_cosine is not None
-                    else None,
-                }
+                models[spec.name] = _pulsar2_model_entry(built)
     transfers = {"uploaded": list(sent.sent), "unchanged": list(sent.skipped), "bytes_uploaded": sent.bytes_sent}
     return models, transfers

@@ -109,6 +109,6 @@ def standin_docker(ssh_server: SshServer) -> Iterator[Callable[..., None]]:
 
     yield configure
     control.unlink(missing_ok=True)
-    for record in ("builds.log", "stopped.log"):
+    for record in ("builds.log", "stopped.log", "runs.log"):
         (ssh_server.bin_dir / record).unlink(missing_ok=True)
     shutil.rmtree(ssh_server.bin_dir / "containers", ignore_errors=True)

@@ -9,6 +9,7 @@ import getpass
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,10 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen, SshServer]:
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    shutil.copy2(STANDINS / "docker", bin_dir / "docker")
+    # The stand-in reads ONNX and renders its table with rich: run it with this Python, which has both.
+    standin = (STANDINS / "docker").read_text().split("\n", 1)[1]
+    (bin_dir / "docker").write_text(f"#!{sys.executable}\n{standin}")
+    (bin_dir / "docker").chmod(0o755)
     port = free_port()
     sftp = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server") if Path(p).exists()), None)
     config = root / "sshd_config"

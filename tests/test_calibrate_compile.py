@@ -87,7 +87,7 @@ def test_pulsar2_config_uses_axera_keys_and_s32_token_ids(built_artifacts: Path)
     specs = {s.name: s for s in encoder_specs(built_artifacts / "export", built_artifacts / "calibrate")}
     params = CompileParams()
     text = pulsar2_config(specs["text_encoder"], params)
-    assert text["model_type"] == "ONNX" and text["target_hardware"] == "AX650" and text["npu_mode"] == "NPU1"
+    assert text["model_type"] == "ONNX" and text["target_hardware"] == "AX650" and text["npu_mode"] == "NPU3"
     assert text["input_processors"] == [{"tensor_name": "input_ids", "src_dtype": "S32", "src_layout": "NCHW"}]
     quant = text["quant"]
     assert quant["input_configs"][0] == {
@@ -103,6 +103,7 @@ def test_pulsar2_config_uses_axera_keys_and_s32_token_ids(built_artifacts: Path)
     assert {"calibration_method", "precision_analysis", "precision_analysis_method", "conv_bias_data_type"} <= set(
         quant
     )
+    assert quant["precision_analysis_method"] == "EndToEnd" and quant["calibration_method"] == "MinMax"
     assert text["compiler"] == {"check": 0, "npu_perf": False}
     image = pulsar2_config(specs["image_encoder"], CompileParams(data_type="U8"))
     assert "layer_configs" not in image["quant"]

@@ -70,7 +70,13 @@ def test_compile_on_the_build_host_downloads_verified_axmodels(remote, tmp_path:
     for name in ("image_encoder", "text_encoder"):
         model = report["models"][name]
         assert (config.artifacts / "compile" / f"{name}.axmodel").is_file()
+        # The Cosin column's last row, from the saved table of an EndToEnd analysis (not the MSE beside it).
         assert model["cosine"] == pytest.approx(0.9987)
+        assert "EndToEnd Reference" in model["cosine_source"]
+        assert "quant/debug/precision_analysis_table.txt" in model["cosine_source"]
+        layers = model["precision"]["layers"]
+        assert len(layers) > 10 and all(0 < layer["cosine"] <= 1 and layer["mse"] is not None for layer in layers)
+        assert layers[-1]["cosine"] == model["cosine"] and len(model["worst_layers"]) == 5
         assert "Precision Table" in (config.artifacts / "compile" / f"{name}.precision.txt").read_text()
         assert "fuse 1 subgraph" in (config.artifacts / "compile" / f"{name}.build.log").read_text()
         config_json = json.loads((config.artifacts / "compile" / f"{name}.pulsar2.json").read_text())
@@ -151,6 +157,43 @@ def test_compiler_failure_shows_the_log_tail_and_keeps_the_previous_model(remote
     assert "pulsar2 build of image_encoder failed (exit 1)" in outcome.summary
     assert "RuntimeError: compilation failed" in outcome.summary
     assert (config.artifacts / "compile/image_encoder.axmodel").read_bytes() == axmodel
+
+
+def test_a_final_cosine_of_0_61_fails_compile_naming_it_and_the_worst_layers(remote, standin_docker) -> None:
+    standin_docker(images=["pulsar2:5.1"], final_cosine=0.61)
+    _assert_failed_and_kept(remote(), "compile", "image_encoder: cosine 0.61000 < 0.98", "worst layers: ")
+
+
+def test_without_the_saved_table_the_wrapped_80_column_log_is_read(remote, standin_docker) -> None:
+    standin_docker(images=["pulsar2:5.1"], save_table=False)
+    config = remote()
+    assert _run(config, "compile").outcome is Outcome.RAN
+    model = _report(config)["models"]["text_encoder"]
+    assert model["cosine"] == pytest.approx(0.9987) and "from build log" in model["cosine_source"]
+    log_lines = (config.artifacts / "compile/text_encoder.build.log").read_text().splitlines()
+    table_lines = [line for line in log_lines if line.startswith(("│", "┃"))]
+    assert table_lines and max(len(line) for line in table_lines) <= 80  # rich wrapped the cells
+
+
+def test_a_build_dir_the_ssh_user_cannot_remove_is_cleared_through_docker(
+    remote, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    config = remote()
+    assert _run(config, "compile").outcome is Outcome.RAN
+    # A Linux build host: the container wrote build/ as root, so the SSH user's rm is refused.
+    refusing_rm = ssh_server.bin_dir / "rm"
+    refusing_rm.write_text(
+        '#!/bin/sh\nfor a in "$@"; do case "$a" in */build/*) echo "rm: cannot remove \'$a\': Permission denied" >&2;'
+        ' exit 1;; esac; done\nexec /bin/rm "$@"\n'
+    )
+    refusing_rm.chmod(0o755)
+    try:
+        outcome = _run(config, "compile", force=True, only=True)
+    finally:
+        refusing_rm.unlink()
+    assert outcome.outcome is Outcome.RAN, outcome.summary
+    runs = (ssh_server.bin_dir / "runs.log").read_text().splitlines()
+    assert any(run.endswith("rm -rf /data/build/image_encoder") for run in runs)
 
 
 def test_killed_build_points_at_docker_memory(remote, standin_docker) -> None:

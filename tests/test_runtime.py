@@ -58,17 +58,49 @@ def standin_axengine(monkeypatch: pytest.MonkeyPatch):
     sys.modules.pop("axengine", None)
 
 
-def test_axengine_backend_feeds_int32_ids_to_an_s32_model(built_artifacts: Path, standin_axengine) -> None:
-    export = built_artifacts / "export"
-    axmodel = built_artifacts.parent / "text_encoder.axmodel"
-    axmodel.write_bytes((export / "text_encoder.onnx").read_bytes())
+def _axmodel(built_artifacts: Path, tmp_path: Path, npu_mode: str = "NPU3") -> Path:
+    """A stand-in .axmodel of the text encoder, built with `src_dtype: S32` token ids as compile builds it."""
+    from axmodel_notes import mark_axmodel
+
+    axmodel = tmp_path / "text_encoder.axmodel"
+    mark_axmodel(built_artifacts / "export/text_encoder.onnx", axmodel, npu_mode, {"input_ids": "S32"})
+    return axmodel
+
+
+def test_axengine_backend_feeds_int32_ids_to_an_s32_model(
+    built_artifacts: Path, tmp_path: Path, standin_axengine
+) -> None:
+    axmodel = _axmodel(built_artifacts, tmp_path)
     backend = open_backend(axmodel, provider="AXCLRTExecutionProvider", device_id=0)
     assert isinstance(backend, AxEngineBackend) and backend.provider == "AXCLRTExecutionProvider"
     assert backend.inputs[0].dtype == np.int32
     ids = np.load(built_artifacts / "verify/golden/input_ids.npy")[:1]  # int64, as the tokenizer gives
     got = backend.run({"input_ids": ids})["text_embeds"]
-    reference = OnnxRuntimeBackend(export / "text_encoder.onnx").run({"input_ids": ids})["text_embeds"]
-    np.testing.assert_allclose(got, reference, atol=1e-6)
+    reference = OnnxRuntimeBackend(built_artifacts / "export/text_encoder.onnx").run({"input_ids": ids})
+    np.testing.assert_allclose(got, reference["text_embeds"], atol=1e-6)
+
+
+@pytest.mark.parametrize("release", ["tuple", "provider_options"])
+def test_device_id_reaches_pyaxengine_whichever_argument_its_release_reads(
+    built_artifacts: Path, tmp_path: Path, standin_axengine, monkeypatch: pytest.MonkeyPatch, release: str
+) -> None:
+    monkeypatch.setenv("AXENGINE_STANDIN_RELEASE", release)
+    monkeypatch.setenv("AXENGINE_STANDIN_DEVICES", "2")
+    backend = open_backend(_axmodel(built_artifacts, tmp_path), provider="AXCLRTExecutionProvider", device_id=1)
+    assert backend._session.device_id == 1
+    monkeypatch.setenv("AXENGINE_STANDIN_DEVICES", "1")
+    with pytest.raises(BackendUnavailable, match="Device index 1 is out of range"):
+        open_backend(_axmodel(built_artifacts, tmp_path), provider="AXCLRTExecutionProvider", device_id=1)
+
+
+def test_an_npu3_model_refused_in_vnpu_mode_names_npu_mode(
+    built_artifacts: Path, tmp_path: Path, standin_axengine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AXENGINE_STANDIN_VNPU", "ENABLED")
+    with pytest.raises(BackendUnavailable, match=r"not allowed when vnpu.*npu_mode NPU1"):
+        open_backend(_axmodel(built_artifacts, tmp_path, "NPU3"), provider="AxEngineExecutionProvider")
+    single = open_backend(_axmodel(built_artifacts, tmp_path, "NPU1"), provider="AxEngineExecutionProvider")
+    assert single.provider == "AxEngineExecutionProvider"
 
 
 def test_missing_axengine_names_the_install_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,12 +111,15 @@ def test_missing_axengine_names_the_install_steps(tmp_path: Path, monkeypatch: p
         open_backend(model)
 
 
-def test_no_npu_found_is_a_clear_error(tmp_path: Path, standin_axengine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pyaxengine_without_a_driver_names_the_driver(
+    tmp_path: Path, standin_axengine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AXENGINE_STANDIN_PROVIDERS", "")
     model = tmp_path / "m.axmodel"
     model.write_bytes(b"x")
-    with pytest.raises(BackendUnavailable, match="found no NPU"):
+    with pytest.raises(BackendUnavailable, match=r"installed but found no AX driver.*No providers found") as caught:
         open_backend(model)
+    assert "not installed" not in str(caught.value)
 
 
 def test_inputs_are_checked_against_the_model() -> None:

@@ -21,7 +21,7 @@ from toolchains.calibration_tar import read_npy_tar
 from toolchains.encoders import EncoderSpec
 
 # Pulsar2 calibration method -> onnxruntime's; MSE has no onnxruntime counterpart.
-_METHODS = {"MinMax": "MinMax", "Percentile": "Percentile", "KL": "Entropy"}
+_METHODS = {"MinMax": "MinMax", "Percentile": "Percentile"}
 _ACTIVATIONS = {"U16": "QUInt16", "U8": "QUInt8"}
 # Attention masks add a constant near float32's minimum; quantized, it flattens every attention score.
 _MASK_MAGNITUDE = 1e4

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pipeline.errors import HostError
 from pipeline.hosts.base import Transport, quote
 from pipeline.hosts.sync import TransferSummary, download, upload
 from toolchains.encoders import EncoderSpec
+from toolchains.precision_table import PrecisionTable, find_precision_table
 from toolchains.pulsar2_config import pulsar2_build_args, pulsar2_config, remote_paths
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,9 @@ DOCKER_FALLBACKS = (
 )
 CONTAINER_PREFIX = "clip-axera-"
 OOM_EXIT = 137  # SIGKILL: the kernel's OOM killer inside Docker's VM
-_PRECISION_TITLE = re.compile(r"precision table", re.IGNORECASE)
+# Where `pulsar2 build` saves the precision table under its work_dir (= output_dir by default), as its log
+# says: "save precision analysis table to [output/quant/debug/precision_analysis_table.txt]".
+PRECISION_FILE = "quant/debug/precision_analysis_table.txt"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class BuildResult:
     sha256: str
     log: Path
     precision_table: Path | None
-    final_cosine: float | None
+    precision: PrecisionTable | None
+    precision_source: str  # the saved table file, or the build log when there is none
 
 
 def preflight(transport: Transport, host: HostConfig, params: CompileParams) -> BuildHost:
@@ -137,13 +140,9 @@ def build(
 ) -> BuildResult:
     """Run one `pulsar2 build` in a fresh container, streaming its log; download what it made."""
     paths = remote_paths(spec)
-    transport.check(f"rm -rf {quote(transport.path(paths['output_dir']))}", what="clearing the old build dir")
+    _clear_build_dir(transport, build_host, params, paths["output_dir"])
     container = f"{CONTAINER_PREFIX}{spec.name}-{uuid.uuid4().hex[:8]}"
-    docker = [build_host.docker, "run", "--rm", "--name", container]
-    if build_host.platform:
-        docker += ["--platform", build_host.platform]
-    docker += ["-v", f"{transport.workdir}:/data", "-w", "/data", params.pulsar2.image]
-    command = " ".join(quote(arg) for arg in docker + pulsar2_build_args(spec, params))
+    command = _docker_run(transport, build_host, params, pulsar2_build_args(spec, params), container)
     lines: list[str] = []
 
     def on_line(line: str) -> None:
@@ -174,12 +173,52 @@ def build(
         )  # fmt: skip
     axmodel = out_dir / paths["output_name"]
     digest = download(transport, transport.path(f"{paths['output_dir']}/{paths['output_name']}"), axmodel)
-    table = precision_table(lines) if params.pulsar2.precision_analysis else []
-    table_path = None
-    if table:
-        table_path = out_dir / f"{spec.name}.precision.txt"
-        table_path.write_text("\n".join(table) + "\n", encoding="utf-8")
-    return BuildResult(spec.name, axmodel, digest, log_path, table_path, final_cosine(table))
+    if not params.pulsar2.precision_analysis:
+        return BuildResult(spec.name, axmodel, digest, log_path, None, None, "")
+    table_path = out_dir / f"{spec.name}.precision.txt"
+    precision, source = _read_precision(transport, f"{paths['output_dir']}/{PRECISION_FILE}", lines, table_path)
+    if precision is None:
+        raise HostError(
+            transport.name,
+            f"pulsar2 build of {spec.name} printed no precision table, so its accuracy cannot be checked",
+            hint=f"look for 'Quant Precision Table' in {log_path}; set stages.compile.pulsar2.precision_analysis "
+            "false to build without the check",
+        )
+    table_path.write_text(precision.text + "\n", encoding="utf-8")
+    return BuildResult(spec.name, axmodel, digest, log_path, table_path, precision, source)
+
+
+def _docker_run(transport: Transport, build_host: BuildHost, params: CompileParams, args: list[str],
+                container: str | None = None) -> str:  # fmt: skip
+    docker = [build_host.docker, "run", "--rm"] + (["--name", container] if container else [])
+    if build_host.platform:
+        docker += ["--platform", build_host.platform]
+    docker += ["-v", f"{transport.workdir}:/data", "-w", "/data", params.pulsar2.image]
+    return " ".join(quote(arg) for arg in docker + args)
+
+
+def _clear_build_dir(transport: Transport, build_host: BuildHost, params: CompileParams, output_dir: str) -> None:
+    """Remove the previous build's outputs. On a Linux build host the container wrote them as root, so
+    the SSH user may not remove them: then the same image removes them, as root, inside the container."""
+    if transport.run(f"rm -rf {quote(transport.path(output_dir))}").ok:
+        return
+    transport.check(
+        _docker_run(transport, build_host, params, ["rm", "-rf", f"/data/{output_dir}"]),
+        what=f"clearing the previous build's {output_dir} through docker (it was written as root)",
+    )
+
+
+def _read_precision(
+    transport: Transport, remote_table: str, lines: list[str], local: Path
+) -> tuple[PrecisionTable | None, str]:
+    """The saved precision_analysis_table.txt (wide, never wrapped) when pulsar2 wrote one, else the log."""
+    remote = transport.path(remote_table)
+    if transport.run(f"test -f {quote(remote)}").ok:
+        download(transport, remote, local)
+        table = find_precision_table(local.read_text(encoding="utf-8"))
+        if table is not None:
+            return table, remote_table
+    return find_precision_table("\n".join(lines)), "build log"
 
 
 def stop_stale_containers(transport: Transport, build_host: BuildHost, echo: Callable[[str], None]) -> None:
@@ -200,24 +239,3 @@ def _stop(transport: Transport, build_host: BuildHost, containers: list[str]) ->
         transport.run(f"{quote(build_host.docker)} stop -t 5 {names}", timeout=60)
     except HostError as exc:
         log.warning("%s: could not stop %s (%s); the next build stops it", transport.name, names, exc)
-
-
-def precision_table(lines: list[str]) -> list[str]:
-    """The precision-analysis table pulsar2 prints in its log (title line to the table's bottom edge)."""
-    for start, line in enumerate(lines):
-        if _PRECISION_TITLE.search(line):
-            for end in range(start + 1, len(lines)):
-                if lines[end].lstrip().startswith("└"):
-                    return lines[start : end + 1]
-            return lines[start:]
-    return []
-
-
-def final_cosine(table: list[str]) -> float | None:
-    """The last layer's cosine: the last number in the last data row (0..1), if the table has one."""
-    rows = [line for line in table if line.lstrip().startswith("│")]
-    for row in reversed(rows):
-        numbers = [float(n) for n in re.findall(r"(?<![\w.])[01]?\.\d+|(?<![\w.])[01](?![\w.])", row)]
-        if numbers:
-            return numbers[-1]
-    return None

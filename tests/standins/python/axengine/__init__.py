@@ -1,10 +1,21 @@
 """Test stand-in for Axera's pyaxengine: its documented API on top of onnxruntime.
 
-No NPU exists here. The stand-in docker "compiles" by copying the ONNX model into the .axmodel, so this
-module runs that file with onnxruntime, while behaving as pyaxengine does: `InferenceSession(path,
-providers=...)`, `get_inputs()` / `get_outputs()` returning NodeArg(name, dtype, shape), `run(None or
-names, feed)` asserting exact shape and dtype. Token-id inputs are declared int32, as a model built
-with `src_dtype: S32` declares them, and widened to int64 for onnxruntime.
+Follows AXERA-TECH/pyaxengine:
+- `axengine/__init__.py`: at import, `get_available_providers()`; with none it raises
+  `ImportError("No providers found. Please make sure you have installed one of the following: [...]")`.
+- `axengine/_session.py`: `InferenceSession(path, sess_options=None, providers=None, provider_options=None)`;
+  providers as a name, or a list of names and (name, options) tuples, the first available one chosen.
+  Which argument carries the options differs between releases: AXENGINE_STANDIN_RELEASE=tuple (the
+  tuple's dict wins, else provider_options[0]) or provider_options (only provider_options[0] is read).
+- `axengine/_axclrt.py`: AXCLRTSession reads `device_id` from its options and raises
+  RuntimeError("Device index N is out of range, total M device.") past the cards present
+  (AXENGINE_STANDIN_DEVICES, default 1).
+- `axengine/_axe.py`: on an AX650 board with vNPU ENABLED only single-core (NPU1) models load, with
+  BIG_LITTLE or LITTLE_BIG no triple-core (NPU3) one: ValueError("Model type '...' is not allowed when vnpu
+  is inited as ..."). The vNPU mode comes from AXENGINE_STANDIN_VNPU (default DISABLED); the model's
+  core count from the npu_mode the docker stand-in recorded in the .axmodel.
+- `run(output_names, input_feed)` asserts exact shape and dtype. Inputs built with `src_dtype: S32`
+  are declared int32 (widened to int64 for onnxruntime, which runs the copied ONNX model).
 """
 
 from __future__ import annotations
@@ -13,13 +24,32 @@ import os
 
 import numpy as np
 import onnxruntime as ort
+from axmodel_notes import NPU_MODE, SRC_DTYPE
 
-_PROVIDERS = os.environ.get("AXENGINE_STANDIN_PROVIDERS", "AxEngineExecutionProvider,AXCLRTExecutionProvider")
-_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int32", "tensor(int32)": "int32"}
+axengine_provider_name = "AxEngineExecutionProvider"
+axclrt_provider_name = "AXCLRTExecutionProvider"
+_ALL = [axclrt_provider_name, axengine_provider_name]
+_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+_CORES = {"NPU1": "SINGLE", "NPU2": "DUAL", "NPU3": "TRIPLE"}
+_VNPU_ALLOWS = {
+    "DISABLED": {"SINGLE", "DUAL", "TRIPLE"},
+    "ENABLED": {"SINGLE"},
+    "BIG_LITTLE": {"SINGLE", "DUAL"},
+    "LITTLE_BIG": {"SINGLE", "DUAL"},
+}
+
+
+def get_all_providers() -> list[str]:
+    return list(_ALL)
 
 
 def get_available_providers() -> list[str]:
-    return [p for p in _PROVIDERS.split(",") if p]
+    names = os.environ.get("AXENGINE_STANDIN_PROVIDERS", ",".join(reversed(_ALL)))
+    return [p for p in names.split(",") if p]
+
+
+if not get_available_providers():
+    raise ImportError(f"No providers found. Please make sure you have installed one of the following: {_ALL}")
 
 
 class NodeArg:
@@ -32,19 +62,27 @@ class NodeArg:
 class InferenceSession:
     def __init__(self, path_or_bytes, sess_options=None, providers=None, provider_options=None, **kwargs) -> None:
         available = get_available_providers()
-        if not available:
-            raise ValueError("No available providers")
-        chosen = providers if isinstance(providers, str) else None
-        for item in providers or []:
-            name = item[0] if isinstance(item, tuple) else item
-            if name in available:
-                chosen = name
-                break
-        if chosen is None and providers:
-            raise ValueError(f"Selected provider(s): {providers} is(are) not available.")
-        self._provider = chosen or available[0]
+        self._provider, tuple_options = _choose(providers, available)
+        release = os.environ.get("AXENGINE_STANDIN_RELEASE", "tuple")
+        from_list = provider_options[0] if provider_options else None
+        self.provider_options = from_list if release == "provider_options" else (tuple_options or from_list)
         self._session = ort.InferenceSession(str(path_or_bytes), providers=["CPUExecutionProvider"])
-        self._inputs = [NodeArg(i.name, _DTYPES[i.type], tuple(i.shape)) for i in self._session.get_inputs()]
+        notes = self._session.get_modelmeta().custom_metadata_map  # see axmodel_notes
+        if self._provider == axclrt_provider_name:
+            self.device_id = int((self.provider_options or {}).get("device_id", 0))
+            cards = int(os.environ.get("AXENGINE_STANDIN_DEVICES", "1"))
+            if self.device_id >= cards:
+                raise RuntimeError(f"Device index {self.device_id} is out of range, total {cards} device.")
+        else:
+            vnpu = os.environ.get("AXENGINE_STANDIN_VNPU", "DISABLED")
+            model_type = _CORES[notes.get(NPU_MODE, "NPU1")]
+            if model_type not in _VNPU_ALLOWS[vnpu]:
+                raise ValueError(f"Model type '{model_type}' is not allowed when vnpu is inited as {vnpu}.")
+        s32 = [key.removeprefix(SRC_DTYPE) for key in notes if key.startswith(SRC_DTYPE) and notes[key] == "S32"]
+        self._inputs = [
+            NodeArg(i.name, "int32" if i.name in s32 else _DTYPES[i.type], tuple(i.shape))
+            for i in self._session.get_inputs()
+        ]
         self._outputs = [NodeArg(o.name, "float32", tuple(o.shape)) for o in self._session.get_outputs()]
 
     def get_providers(self) -> str:
@@ -57,9 +95,6 @@ class InferenceSession:
         return self._outputs
 
     def run(self, output_names, input_feed, run_options=None, shape_group: int = 0) -> list[np.ndarray]:
-        missing = [i.name for i in self._inputs if i.name not in input_feed]
-        if missing:
-            raise ValueError(f"Required inputs ({missing}) are missing from input feed ({list(input_feed)}).")
         feed = {}
         for info in self._inputs:
             array = input_feed[info.name]
@@ -70,3 +105,19 @@ class InferenceSession:
             feed[info.name] = array.astype(np.int64) if info.dtype == "int32" else array
         names = output_names or [o.name for o in self._outputs]
         return self._session.run(names, feed)
+
+
+def _choose(providers, available: list[str]) -> tuple[str, dict | None]:
+    if providers is None:
+        return available[0], None
+    if isinstance(providers, str):
+        if providers not in available:
+            raise ValueError(f"Selected provider: '{providers}' is not available.")
+        return providers, None
+    unavailable = []
+    for item in providers:
+        name, options = item if isinstance(item, tuple) else (item, None)
+        if name in available:
+            return name, options
+        unavailable.append(name)
+    raise ValueError(f"Selected provider(s): {unavailable} is(are) not available.")
