@@ -4,14 +4,21 @@ A category names its mode: `one` (the best label, A1111 style), `many` (every la
 tags) or `top` (the k best: flavors), an optional prompt template such as "a photo of {}", and its labels
 inline or from a one-label-per-line text file (clip-interrogator's format). Parsed on the controller;
 the device reads the JSON index that embed-vocab writes.
+
+A labels file has no comment syntax unless its category says `comments: true`: real label lists hold
+labels such as `#pixelart`. Every non-empty line (trimmed) is a label; what is dropped or merged on the
+way to the tables is counted, never silent (LabelStats).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -31,6 +38,7 @@ class CategorySpec(BaseModel):
     tags: bool = False  # part of the tag set (A1111's deepdanbooru-style answer)
     labels: tuple[str, ...] = ()
     labels_file: str | None = None
+    comments: bool = False  # labels_file lines starting with "#" are comments (off: they are labels)
 
     @model_validator(mode="after")
     def _check(self) -> CategorySpec:
@@ -56,16 +64,77 @@ class VocabularySpec(BaseModel):
         return self
 
 
-class Category(BaseModel):
-    """A category with its labels resolved (deduplicated, in file order)."""
+SHOWN = 5  # labels named in a warning
 
-    model_config = ConfigDict(frozen=True)
+
+@dataclass(frozen=True)
+class LabelStats:
+    """What happened to a category's labels between the file and the tables."""
+
+    read: int = 0  # labels given (inline and file lines that are labels)
+    empty_lines: int = 0
+    comment_lines: int = 0
+    exact_duplicates: int = 0
+    token_merges: tuple[tuple[str, str], ...] = ()  # (dropped spelling, the kept one with the same token ids)
+    truncated: tuple[str, ...] = ()  # labels longer than the text encoder's context, cut to fit
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "read": self.read,
+            "empty_lines": self.empty_lines,
+            "comment_lines": self.comment_lines,
+            "exact_duplicates": self.exact_duplicates,
+            "token_merges": len(self.token_merges),
+            "merged": [{"label": dropped, "into": kept} for dropped, kept in self.token_merges[:SHOWN]],
+            "truncated": len(self.truncated),
+            "truncated_labels": list(self.truncated[:SHOWN]),
+        }
+
+    def problems(self) -> list[str]:
+        """One phrase per kind of change, for the warning line; empty when the labels went in as given."""
+        phrases = []
+        if self.exact_duplicates:
+            phrases.append(f"{self.exact_duplicates} exact duplicates dropped")
+        if self.token_merges:
+            shown = "; ".join(f"{d!r} -> {k!r}" for d, k in self.token_merges[:3])
+            phrases.append(f"{len(self.token_merges)} merged into a spelling with the same tokens ({shown})")
+        if self.truncated:
+            shown = "; ".join(repr(label[:40] + ("..." if len(label) > 40 else "")) for label in self.truncated[:3])
+            phrases.append(f"{len(self.truncated)} cut to the context length ({shown})")
+        return phrases
+
+
+@dataclass(frozen=True)
+class Category:
+    """A category with its labels resolved (deduplicated, in file order) and the count of what changed."""
 
     spec: CategorySpec
     labels: tuple[str, ...]
+    stats: LabelStats = field(default_factory=LabelStats)
 
     def prompt(self, label: str) -> str:
         return self.spec.template.replace("{}", label)
+
+
+Tokenize = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # prompts -> (ids [n, context], token counts)
+
+
+def merge_token_identical(category: Category, tokenize: Tokenize, context_length: int) -> Category:
+    """Labels whose prompts tokenize to the same ids get the same embedding (`8k` / `8 k`, and two long
+    labels that differ only past the context): keep the first spelling, count the rest."""
+    ids, counts = tokenize([category.prompt(label) for label in category.labels])
+    first: dict[bytes, str] = {}
+    kept, merges = [], []
+    for label, row in zip(category.labels, ids, strict=True):
+        key = row.tobytes()
+        if key in first:
+            merges.append((label, first[key]))
+        else:
+            first[key] = label
+            kept.append(label)
+    truncated = tuple(label for label, count in zip(category.labels, counts, strict=True) if count > context_length)
+    stats = replace(category.stats, token_merges=tuple(merges), truncated=truncated)
+    return Category(spec=category.spec, labels=tuple(kept), stats=stats)
 
 
 def vocabulary_files(path: Path) -> list[Path]:
@@ -78,17 +147,25 @@ def load_vocabulary(path: Path) -> tuple[VocabularySpec, list[Category]]:
     spec = _read_spec(path)
     categories = []
     for category in spec.categories:
-        labels = list(category.labels)
+        labels = [label.strip() for label in category.labels if label.strip()]
+        empty, comments = len(category.labels) - len(labels), 0
         if category.labels_file:
             source = path.parent / category.labels_file
             if not source.is_file():
                 raise ConfigError(f"{path}: categories.{category.name}.labels_file: {source} not found")
-            lines = source.read_text(encoding="utf-8").splitlines()
-            labels += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+            for line in source.read_text(encoding="utf-8").splitlines():
+                text = line.strip()
+                if not text:
+                    empty += 1
+                elif category.comments and text.startswith("#"):
+                    comments += 1
+                else:
+                    labels.append(text)
         unique = tuple(dict.fromkeys(labels))
         if not unique:
             raise ConfigError(f"{path}: categories.{category.name}: no labels")
-        categories.append(Category(spec=category, labels=unique))
+        stats = LabelStats(len(labels), empty, comments, len(labels) - len(unique))
+        categories.append(Category(spec=category, labels=unique, stats=stats))
     return spec, categories
 
 

@@ -24,6 +24,7 @@ STRUCTURED_TOP = 5  # labels per category in the structured result
 class Pick:
     label: str
     score: float
+    row: int = field(default=-1, compare=False)  # the label's row in its category table
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class CategoryResult:
     mode: str
     picks: tuple[Pick, ...]  # what goes in the caption
     top: tuple[Pick, ...]  # the best labels, for the structured answer
+    labels: int = 0  # labels the category ranks
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Interrogation:
                 {
                     "name": c.name,
                     "mode": c.mode,
+                    "labels": c.labels,
                     "picks": [{"label": p.label, "score": round(p.score, 4)} for p in c.picks],
                     "top": [{"label": p.label, "score": round(p.score, 4)} for p in c.top],
                 }
@@ -178,7 +181,7 @@ class Scores:
         """Exact scores of a category's candidate rows (indices within the category), best first."""
         exact = self.tables.exact_scores(category, candidates, self.vector)
         order = np.argsort(-exact, kind="stable")
-        return [Pick(category.labels[candidates[i]], float(exact[i])) for i in order]
+        return [Pick(category.labels[candidates[i]], float(exact[i]), int(candidates[i])) for i in order]
 
 
 def _rank(scores: Scores, category: CategoryTable, dict_limit: int = 0) -> CategoryResult:
@@ -197,10 +200,23 @@ def _rank(scores: Scores, category: CategoryTable, dict_limit: int = 0) -> Categ
     if category.mode == "one":
         picks = ranked[:1]
     elif category.mode == "top":
-        picks = ranked[: category.k]
+        picks = _distinct(ranked, category)[: category.k]
     else:
-        picks = [p for p in ranked if p.score >= category.threshold]
-    return CategoryResult(category.name, category.mode, tuple(picks), tuple(ranked[:STRUCTURED_TOP]))
+        picks = _distinct([p for p in ranked if p.score >= category.threshold], category)
+    top = tuple(ranked[:STRUCTURED_TOP])
+    return CategoryResult(category.name, category.mode, tuple(picks), top, len(category.labels))
+
+
+def _distinct(ranked: list[Pick], category: CategoryTable) -> list[Pick]:
+    """Picks whose embeddings differ: two spellings with one embedding would repeat a word in the caption."""
+    seen: set[bytes] = set()
+    kept = []
+    for pick in ranked:
+        key = np.asarray(category.rows[pick.row]).tobytes()
+        if key not in seen:
+            seen.add(key)
+            kept.append(pick)
+    return kept
 
 
 def _above(scores: Scores, category: CategoryTable, cutoff: float) -> list[Pick]:

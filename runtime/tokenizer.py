@@ -29,8 +29,17 @@ class ClipTokenizer:
         return " ".join(text.replace("</w>", " ").split())
 
     def encode(self, text: str, dtype: type = np.int64) -> np.ndarray:
-        ids = self._tokenizer.encode(text).ids
-        if len(ids) > self.context_length:
-            ids = [*ids[: self.context_length - 1], self.eos_id]
-        ids = ids + [self.pad_id] * (self.context_length - len(ids))
-        return np.asarray([ids], dtype=dtype)
+        return self.encode_batch([text], dtype)[0][:1]
+
+    def encode_batch(self, texts: list[str], dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
+        """[len(texts), context_length] ids, and each text's token count before truncation (with BOS/EOS):
+        a count above context_length means the text was cut to fit."""
+        out = np.full((len(texts), self.context_length), self.pad_id, dtype=dtype)
+        counts = np.empty(len(texts), dtype=np.int64)
+        for row, encoding in enumerate(self._tokenizer.encode_batch(texts)):
+            ids = encoding.ids
+            counts[row] = len(ids)
+            if len(ids) > self.context_length:
+                ids = [*ids[: self.context_length - 1], self.eos_id]
+            out[row, : len(ids)] = ids
+        return out, counts

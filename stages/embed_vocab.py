@@ -10,6 +10,7 @@ so editing one category of a 100,000-label vocabulary encodes only what changed.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,14 @@ from pipeline.errors import StageError
 from pipeline.files import sha256_file, sha256_text, write_json
 from pipeline.report import console
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.vocabulary import Category, load_vocabulary, vocabulary_files
+from pipeline.vocabulary import Category, load_vocabulary, merge_token_identical, vocabulary_files
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
 from runtime.label_tables import INDEX_FILE, RANK_MODEL_FILE, write_category
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
+
+log = logging.getLogger(__name__)
 
 BATCH = 64
 MIN_AGREEMENT = 0.99999
@@ -47,11 +50,14 @@ class EmbedVocabStage(Stage):
         return vocabulary_files(config.stages.embed_vocab.vocabulary)
 
     def run(self, ctx: StageContext) -> StageResult:
-        spec, categories = load_vocabulary(ctx.config.stages.embed_vocab.vocabulary)
+        spec, read = load_vocabulary(ctx.config.stages.embed_vocab.vocabulary)
         export = ctx.upstream("export")
         text_model = export / model_io.TEXT_MODEL_FILE
         model_sha = sha256_file(text_model)
         info = json.loads((export / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+        tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, info["context_length"])
+        categories = [merge_token_identical(c, tokenizer.encode_batch, info["context_length"]) for c in read]
+        _warn_about_changed_labels(categories)
         cache = _previous_embeddings(ctx.config.artifacts / self.name, model_sha)
         missing = list(
             dict.fromkeys(c.prompt(label) for c in categories for label in c.labels if c.prompt(label) not in cache)
@@ -75,11 +81,15 @@ class EmbedVocabStage(Stage):
                 "rank": {"file": RANK_MODEL_FILE, **rank},
             },
         )
+        write_json(ctx.reports_dir / "embed-vocab.json", {c.spec.name: c.stats.to_json() for c in categories})
         total = sum(len(c.labels) for c in categories)
+        merged = sum(len(c.stats.token_merges) for c in categories)
+        truncated = sum(len(c.stats.truncated) for c in categories)
+        changed = f", {merged} merged, {truncated} truncated" if merged or truncated else ""
         return StageResult(
             summary=f"{total} labels in {len(categories)} categories ({len(missing)} encoded, "
-            f"{total - len(missing)} reused)",
-            figures={"labels": total, "encoded": len(missing)},
+            f"{total - len(missing)} reused{changed})",
+            figures={"labels": total, "encoded": len(missing), "merged": merged, "truncated": truncated},
         )
 
 
@@ -96,7 +106,15 @@ def _index_entry(category: Category, file: str) -> dict[str, Any]:
         "file": file,
         "labels": list(category.labels),
         "labels_sha256": sha256_text("\n".join(category.labels)),
+        "stats": category.stats.to_json(),
     }
+
+
+def _warn_about_changed_labels(categories: list[Category]) -> None:
+    for category in categories:
+        problems = category.stats.problems()
+        if problems:
+            log.warning("embed-vocab: %s: %s", category.spec.name, "; ".join(problems))
 
 
 def _previous_embeddings(previous: Path, model_sha: str) -> dict[str, np.ndarray]:
@@ -123,7 +141,7 @@ def encode_prompts(prompts: list[str], export: Path, context_length: int, dim: i
 
     tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, context_length)
     session = ort.InferenceSession(str(export / model_io.TEXT_BATCH_MODEL_FILE), providers=["CPUExecutionProvider"])
-    ids = np.concatenate([tokenizer.encode(prompt) for prompt in prompts])
+    ids, _ = tokenizer.encode_batch(prompts)
     lengths = (ids == tokenizer.eos_id).argmax(axis=1) + 1  # through the first EOS
     order = np.argsort(lengths, kind="stable")
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

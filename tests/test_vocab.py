@@ -55,10 +55,64 @@ def test_duplicate_category_names_are_rejected(tmp_path: Path) -> None:
         load_vocabulary(_write(tmp_path, data))
 
 
-def test_labels_file_is_read_deduplicated_with_comments_skipped(tmp_path: Path) -> None:
-    (tmp_path / "labels.txt").write_text("# a comment\ncat\n\ndog\ncat\n")
+def test_every_nonempty_line_is_a_label_hash_labels_included_and_drops_are_counted(tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_text("#pixelart\n# pixelart\n  cat  \n\n#1 digital painting of all time\ncat\n")
     _, categories = load_vocabulary(_write(tmp_path, {"categories": [{"name": "s", "labels_file": "labels.txt"}]}))
-    assert categories[0].labels == ("cat", "dog")
+    assert categories[0].labels == ("#pixelart", "# pixelart", "cat", "#1 digital painting of all time")
+    stats = categories[0].stats
+    assert (stats.read, stats.empty_lines, stats.comment_lines, stats.exact_duplicates) == (5, 1, 0, 1)
+
+
+def test_comments_are_skipped_only_when_the_category_asks(tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_text("# a comment\ncat\n\ndog\ncat\n")
+    category = {"name": "s", "labels_file": "labels.txt", "comments": True}
+    _, categories = load_vocabulary(_write(tmp_path, {"categories": [category]}))
+    assert categories[0].labels == ("cat", "dog") and categories[0].stats.comment_lines == 1
+
+
+def test_spelling_variants_merge_long_labels_are_named_and_top_picks_stay_distinct(
+    tiny_pipeline, built_artifacts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_label = " ".join(f"word{i}" for i in range(100))
+    variants = ["#pixelart", "8k", "8 k", "high-key", "high - key", "d&d", "d & d", "H.R. Giger", "H. R. Giger"]
+    (tmp_path / "flavors.txt").write_text("\n".join([*variants, long_label, long_label + " extra", "calm"]) + "\n")
+    vocab = _write(tmp_path, {"categories": [{"name": "flavor", "mode": "top", "k": 12, "labels_file": "flavors.txt"}]})
+    config = tiny_pipeline(**{"embed-vocab": {"vocabulary": str(vocab)}})
+    with caplog.at_level("WARNING"):
+        outcome = {o.stage: o for o in run(config, GRAPH, RunRequest(targets=("embed-vocab",)))}["embed-vocab"]
+    assert outcome.outcome is Outcome.RAN and "5 merged, 2 truncated" in outcome.summary, outcome.summary
+    entry = json.loads((config.artifacts / "embed-vocab/vocab.json").read_text())["categories"][0]
+    assert entry["labels"] == ["#pixelart", "8k", "high-key", "d&d", "H.R. Giger", long_label, "calm"]
+    stats = entry["stats"]
+    assert stats["token_merges"] == 5 and {"label": "8 k", "into": "8k"} in stats["merged"]
+    assert stats["truncated"] == 2 and stats["truncated_labels"][0] == long_label
+    assert "flavor: 5 merged into a spelling with the same tokens ('8 k' -> '8k'" in caplog.text
+    assert "2 cut to the context length" in caplog.text
+    report = json.loads((config.artifacts / "reports/embed-vocab.json").read_text())
+    assert report["flavor"]["read"] == 12
+
+    from runtime.clip import ClipRuntime
+    from runtime.interrogator import Interrogator
+    from runtime.label_tables import LabelTables
+    from runtime.preprocess import open_image
+
+    tables = LabelTables.load(config.artifacts / "embed-vocab")
+    interrogator = Interrogator(ClipRuntime.load(built_artifacts.parent / "device/models", with_text=False), tables)
+    result = interrogator.interrogate(open_image(REPO / "data/images/cat.jpg"))
+    picked = result.categories[0].picks
+    rows = {np.asarray(tables.categories[0].rows[p.row]).tobytes() for p in picked}
+    assert len(picked) == 7 and len(rows) == 7  # every label once, no two with one embedding
+    assert result.to_json()["categories"][0]["labels"] == 7
+
+
+def test_top_and_many_picks_skip_a_label_whose_embedding_was_already_picked() -> None:
+    from runtime.interrogator import Pick, _distinct
+    from runtime.label_tables import CategoryTable
+
+    rows = np.array([[1, 0], [1, 0], [0, 1]], np.float16)
+    table = CategoryTable("c", "top", ("8k", "8 k", "calm"), 0.2, 3, "", False, 0, rows)
+    ranked = [Pick("8k", 0.9, 0), Pick("8 k", 0.9, 1), Pick("calm", 0.1, 2)]
+    assert [p.label for p in _distinct(ranked, table)] == ["8k", "calm"]
 
 
 def test_changed_category_reencodes_only_new_prompts(tiny_pipeline, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ class Pick(BaseModel):
 class CategoryAnswer(BaseModel):
     name: str
     mode: str
+    labels: int  # the category's labels in the tables, after embed-vocab's merges
     picks: list[Pick]
     top: list[Pick]
 
