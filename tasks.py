@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from invoke import Collection, Context, task
+from invoke.exceptions import Exit
 
 from pipeline.cli import caption_images, run_stages, serve_command, setup_logging, show_status
 from pipeline.runner import RunRequest
@@ -50,6 +51,7 @@ def status(c: Context, config: str | None = None) -> None:
         "config": _HELP["config"],
         "ranks": "write (label:0.123) with each pick, as A1111's 'return ranks'",
         "overwrite": "caption again images that already have a .txt",
+        "npu-lock": "hold an exclusive flock on this file around every NPU call (default: device.npu_lock)",
     }
 )
 def caption(
@@ -60,10 +62,11 @@ def caption(
     config: str | None = None,
     ranks: bool = False,
     overwrite: bool = False,
+    npu_lock: str | None = None,
 ) -> None:
     """Caption a folder of images for a training set: a .txt per image and a JSONL; resumable."""
     setup_logging(False)
-    caption_images(config, images, out, models, ranks, overwrite)
+    caption_images(config, images, out, models, ranks, overwrite, npu_lock)
 
 
 @task(
@@ -77,6 +80,9 @@ def caption(
         "stop": "stop the server running on --host",
         "status": "show whether the server runs on --host, and its health",
         "allow-image-urls": "accept http(s) image URLs (public addresses only)",
+        "npu-lock": "a file on the serving machine: every NPU call holds an exclusive flock on it "
+        "(default: device.npu_lock)",
+        "unload-after": "idle seconds after which the image encoder leaves the NPU (default: device.unload_after)",
     }
 )
 def serve(
@@ -90,11 +96,26 @@ def serve(
     stop: bool = False,
     status: bool = False,
     allow_image_urls: bool = False,
+    npu_lock: str | None = None,
+    unload_after: str | None = None,
 ) -> None:
     """Serve A1111's /sdapi/v1/interrogate with the fetched models (--host: on that host, in the background)."""
     setup_logging(False)
     extra = ("--allow-image-urls",) if allow_image_urls else ()
-    serve_command(config, host, models, ServeRequest(port, listen, api_auth, extra), stop=stop, status=status)
+    request = ServeRequest(port, listen, api_auth, extra, npu_lock, _seconds("--unload-after", unload_after))
+    serve_command(config, host, models, request, stop=stop, status=status)
+
+
+def _seconds(flag: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise Exit(f"error: {flag} takes a number of seconds above 0 (got {value!r})", code=1)
+    return seconds
 
 
 def _stage_task(name: str, doc: str) -> object:

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from invoke.exceptions import Exit
@@ -137,7 +138,13 @@ def device_models_dir(config_path: str | None, models: str | None) -> Path:
 
 
 def caption_images(
-    config_path: str | None, images: str, out: str | None, models: str | None, ranks: bool, overwrite: bool
+    config_path: str | None,
+    images: str,
+    out: str | None,
+    models: str | None,
+    ranks: bool,
+    overwrite: bool,
+    npu_lock: str | None = None,
 ) -> None:
     """Caption every image below `images` with the fetched models and vocabulary tables."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -147,15 +154,18 @@ def caption_images(
     from runtime.errors import RuntimeErrorBase
     from runtime.interrogator import CaptionOptions, Interrogator
     from runtime.label_tables import LabelTables
+    from runtime.npu import NpuLock
 
     images_dir = Path(images)
     with user_errors():
         if not images_dir.is_dir():
             raise PipelineError(f"{images_dir} is not a directory", hint="pass --images DIR")
         models_dir = device_models_dir(config_path, models)
+        lock = npu_lock or (load(config_path).device.npu_lock if models is None else None)
         try:
+            npu = NpuLock(Path(lock) if lock else None)
             interrogator = Interrogator(
-                ClipRuntime.load(models_dir, with_text=False), LabelTables.load(models_dir / VOCAB_DIR)
+                ClipRuntime.load(models_dir, with_text=False, npu=npu), LabelTables.load(models_dir / VOCAB_DIR)
             )
         except RuntimeErrorBase as exc:
             raise PipelineError(str(exc)) from exc
@@ -183,6 +193,13 @@ def serve_command(
     from pipeline import serving
 
     with user_errors():
+        if models is None:
+            device = load(config_path).device
+            request = replace(
+                request,
+                npu_lock=request.npu_lock or device.npu_lock,
+                unload_after=request.unload_after if request.unload_after is not None else device.unload_after,
+            )
         if host is None:
             if stop or status:
                 raise PipelineError("--stop and --status are for a server on a host", hint="add --host NAME")

@@ -202,12 +202,22 @@ class StagesConfig(Strict):
         return getattr(self, stage.replace("-", "_"))
 
 
+class DeviceConfig(Strict):
+    """How the device's NPU is shared: used by serve, caption and the smoke test."""
+
+    # A file on the device: every NPU call holds an exclusive flock on it, so a Stable Diffusion server that
+    # locks the same file around its own NPU work never overlaps with ours (README: sharing the NPU).
+    npu_lock: str | None = None
+    unload_after: float | None = Field(None, gt=0)  # serve: idle seconds before the image encoder leaves the NPU
+
+
 class PipelineConfig(Strict):
     """The whole pipeline.yaml."""
 
     model: ModelConfig = ModelConfig()
     artifacts: ConfigPath = Path("artifacts")
     hosts: dict[str, HostConfig] = Field(default_factory=lambda: {"local": HostConfig(kind="local")})
+    device: DeviceConfig = DeviceConfig()
     stages: StagesConfig = StagesConfig()
 
     @model_validator(mode="after")

@@ -31,12 +31,18 @@ class ServeRequest:
     listen: bool = False
     api_auth: str | None = None  # user:password[,...]; never printed
     extra: tuple[str, ...] = ()  # further runtime.server flags
+    npu_lock: str | None = None  # a lock file on the machine that serves
+    unload_after: float | None = None
 
 
 def server_argv(models: str, request: ServeRequest, auth_file: str | None = None) -> list[str]:
     argv = ["--models", models, "--port", str(request.port), *request.extra]
     if request.listen:
         argv.append("--listen")
+    if request.npu_lock:
+        argv += ["--npu-lock", request.npu_lock]
+    if request.unload_after is not None:
+        argv += ["--unload-after", f"{request.unload_after:g}"]
     if auth_file:
         argv += ["--api-auth-file", auth_file]
     return argv

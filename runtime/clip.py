@@ -13,16 +13,19 @@ from PIL import Image
 from runtime import model_io
 from runtime.backends import Backend, open_backend
 from runtime.errors import ModelFilesError
+from runtime.npu import NpuLock, ResidentModel
 from runtime.preprocess import PreprocessConfig, preprocess
 from runtime.tokenizer import ClipTokenizer
 
 MANIFEST_FILE = "manifest.json"
 VOCAB_DIR = "vocab"
+FIRST_LOAD_WAIT_S = 300  # at start: how long to wait for another program to free the NPU
 
 
 @dataclass
 class ClipRuntime:
-    image: Backend
+    image_model: ResidentModel  # the image encoder: loaded now, unloaded after an idle period if asked
+    npu: NpuLock
     text: Backend | None
     preprocess_config: PreprocessConfig
     tokenizer: ClipTokenizer
@@ -32,19 +35,32 @@ class ClipRuntime:
 
     @classmethod
     def load(
-        cls, models_dir: Path, *, provider: str | None = None, device_id: int = 0, with_text: bool = True
+        cls,
+        models_dir: Path,
+        *,
+        provider: str | None = None,
+        device_id: int = 0,
+        with_text: bool = True,
+        npu: NpuLock | None = None,
+        unload_after: float | None = None,
     ) -> ClipRuntime:
-        """Both encoders named by manifest.json (compiled models), or the float ONNX from export.json."""
+        """Both encoders named by manifest.json (compiled models), or the float ONNX from export.json.
+        Models load while holding `npu` (a shared NPU lock, when the device has one)."""
         models_dir = Path(models_dir)
         info_path = models_dir / model_io.EXPORT_INFO_FILE
         if not info_path.is_file():
             raise ModelFilesError(f"{models_dir} holds no {model_io.EXPORT_INFO_FILE}: run `invoke fetch` first")
         info = json.loads(info_path.read_text(encoding="utf-8"))
         files = model_files(models_dir, info)
-        image = open_backend(models_dir / files["image"], provider, device_id)
-        text = open_backend(models_dir / files["text"], provider, device_id) if with_text else None
+        npu = npu or NpuLock()
+        image_model = ResidentModel(lambda: open_backend(models_dir / files["image"], provider, device_id), npu,
+                                    unload_after)  # fmt: skip
+        with npu.hold(FIRST_LOAD_WAIT_S):
+            image_model.get()  # load now: a model that cannot run fails at start, not at the first request
+            text = open_backend(models_dir / files["text"], provider, device_id) if with_text else None
         return cls(
-            image=image,
+            image_model=image_model,
+            npu=npu,
             text=text,
             preprocess_config=PreprocessConfig.from_file(models_dir / model_io.PREPROCESSOR_FILE),
             tokenizer=ClipTokenizer(models_dir / model_io.TOKENIZER_FILE, int(info["context_length"])),
@@ -53,10 +69,16 @@ class ClipRuntime:
             files=files,
         )
 
+    @property
+    def image(self) -> Backend:
+        """The image encoder's session, loaded again if it was unloaded; hold `npu` around its use."""
+        return self.image_model.get()
+
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return preprocess(image, self.preprocess_config)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The caller holds `npu` (Interrogator.embed does)."""
         return self.image.run({model_io.IMAGE_INPUT: pixels})[model_io.IMAGE_OUTPUT][0]
 
     def encode_image(self, image: Image.Image) -> np.ndarray:

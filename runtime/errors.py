@@ -13,3 +13,7 @@ class BackendUnavailable(RuntimeErrorBase):
 
 class ModelFilesError(RuntimeErrorBase):
     """The models directory is missing files or holds inconsistent ones."""
+
+
+class NpuBusy(RuntimeErrorBase):
+    """The NPU stayed busy (our other requests, or another program holding the NPU lock) past the wait."""

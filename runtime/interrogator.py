@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -97,29 +96,21 @@ def cosine_for_probability(probability: float, threshold: float) -> float:
     return threshold + math.log(probability / (1 - probability)) / LOGIT_SCALE
 
 
-class Busy(Exception):
-    """The encoder stayed busy past the caller's wait limit."""
-
-
 class Interrogator:
     def __init__(self, clip: ClipRuntime, tables: LabelTables) -> None:
         self.clip = clip
         self.tables = tables
-        self._lock = threading.Lock()
 
     def embed(self, image: Image.Image | np.ndarray, wait: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
         """Preprocess (any number at once; skipped for an array of pixel values), then encode (one at a
-        time: one NPU). `wait` bounds how long a caller queues for the encoder."""
+        time, holding the NPU lock: one NPU, perhaps shared with another program). `wait` bounds how long
+        a caller queues for it (NpuBusy past it)."""
         started = time.perf_counter()
         pixels = image if isinstance(image, np.ndarray) else self.clip.preprocess(image)
         prepared = time.perf_counter()
-        if not self._lock.acquire(timeout=-1 if wait is None else wait):
-            raise Busy(f"the encoder stayed busy for {wait:.0f} s")
-        try:
+        with self.clip.npu.hold(wait):
             encode_started = time.perf_counter()
             embedding = self.clip.encode_pixels(pixels)
-        finally:
-            self._lock.release()
         done = time.perf_counter()
         return embedding, {
             "preprocess": (prepared - started) * 1e3,

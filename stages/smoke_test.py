@@ -29,10 +29,10 @@ class SmokeTestStage(Stage):
     help = "Run the compiled models on the device (--host) against the float reference; latency and memory."
     after = ("verify", "fetch")
     outputs = (REPORT_FILE,)
-    code_modules = ("runtime.smoke_test", "runtime.backends", "runtime.clip")
+    code_modules = ("runtime.smoke_test", "runtime.backends", "runtime.clip", "runtime.npu")
 
     def params(self, config: PipelineConfig) -> dict[str, Any]:
-        return device_params(config, config.stages.smoke_test)
+        return {**device_params(config, config.stages.smoke_test), "npu_lock": config.device.npu_lock}
 
     def run(self, ctx: StageContext) -> StageResult:
         params = ctx.config.stages.smoke_test
@@ -47,6 +47,8 @@ class SmokeTestStage(Stage):
             )
             if params.provider:
                 command += f" --provider {quote(params.provider)}"
+            if ctx.config.device.npu_lock:
+                command += f" --npu-lock {quote(ctx.config.device.npu_lock)}"
             result = transport.run(
                 command, on_line=lambda line: console.print(f"[{transport.name}] {line}", markup=False)
             )
@@ -74,13 +76,14 @@ def _judge(report: dict[str, Any], min_cosine: float, host: str, report_path: Pa
                 f"{encoder['backend']} ({encoder['provider']})",
                 f"{encoder['cosine_min']:.5f}",
                 f"{latency['p50']:.1f} / {latency['p95']:.1f}",
+                f"{encoder['load_s']:.2f} s, +{encoder['resident_mb']:.0f} MB",
             )
         )
         if encoder["cosine_min"] < min_cosine:
             failures.append(f"{part} encoder cosine {encoder['cosine_min']:.5f} < {min_cosine}")
     print_table(
         f"smoke test on {host} (peak RSS {report['peak_rss_mb']:.0f} MB)",
-        ("encoder", "backend", "cosine vs float (min)", "latency ms p50 / p95"),
+        ("encoder", "backend", "cosine vs float (min)", "latency ms p50 / p95", "load, host memory"),
         rows,
     )
     if failures:
@@ -92,7 +95,8 @@ def _judge(report: dict[str, Any], min_cosine: float, host: str, report_path: Pa
         f"peak RSS {report['peak_rss_mb']:.0f} MB",
         figures={
             "encoders": {
-                k: {"cosine_min": v["cosine_min"], "latency_ms": v["latency_ms"]} for k, v in report["encoders"].items()
+                k: {key: v[key] for key in ("cosine_min", "latency_ms", "load_s", "resident_mb")}
+                for k, v in report["encoders"].items()
             },
             "peak_rss_mb": report["peak_rss_mb"],
         },

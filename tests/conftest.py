@@ -76,9 +76,11 @@ def tiny_pipeline(built_artifacts: Path, tmp_path: Path) -> Callable[..., Pipeli
     artifacts = tmp_path / "artifacts"
     shutil.copytree(built_artifacts, artifacts, copy_function=shutil.copy2)
 
-    def make(hosts: dict | None = None, **stage_overrides: dict) -> PipelineConfig:
+    def make(hosts: dict | None = None, device: dict | None = None, **stage_overrides: dict) -> PipelineConfig:
         data = tiny_config_dict(artifacts)
         data["hosts"].update(hosts or {})
+        if device:
+            data["device"] = device
         for stage, values in stage_overrides.items():
             data["stages"][stage].update(values)
         path = tmp_path / "pipeline.yaml"

@@ -27,7 +27,9 @@ GRAPH = StageGraph(ALL_STAGES)
 def remote(tiny_pipeline, ssh_server: SshServer, standin_docker, tmp_path: Path):
     """A config whose compile runs with Pulsar2 on `mac` (sshd) and whose fetch goes to `pi` (sshd)."""
 
-    def make(mac: dict | None = None, pi: dict | None = None, **stage_overrides: dict) -> PipelineConfig:
+    def make(
+        mac: dict | None = None, pi: dict | None = None, device: dict | None = None, **stage_overrides: dict
+    ) -> PipelineConfig:
         hosts = {
             "mac": ssh_server.host_entry(tmp_path / "build host", **(mac or {})),
             "pi": ssh_server.host_entry(tmp_path / "pi device", **(pi or {})),
@@ -35,7 +37,7 @@ def remote(tiny_pipeline, ssh_server: SshServer, standin_docker, tmp_path: Path)
         stages = {"compile": {"target": "pulsar2", "host": "mac"}, "fetch": {"host": "pi"}}
         for stage, values in stage_overrides.items():
             stages.setdefault(stage, {}).update(values)
-        return tiny_pipeline(hosts=hosts, **stages)
+        return tiny_pipeline(hosts=hosts, device=device, **stages)
 
     standin_docker(images=["pulsar2:5.1"], exit_code=0)
     return make
@@ -261,13 +263,16 @@ def test_host_flag_overrides_the_configured_build_host(remote) -> None:
         config.with_host("compile", "nas")
 
 
-def test_smoke_test_on_the_device_runs_the_axmodels_through_axengine(remote) -> None:
-    config = remote(**{"smoke-test": {"host": "pi", "runs": 3}})
+def test_smoke_test_on_the_device_runs_the_axmodels_through_axengine(remote, tmp_path: Path) -> None:
+    lock_file = tmp_path / "pi device" / "ax650.lock"
+    config = remote(device={"npu_lock": str(lock_file)}, **{"smoke-test": {"host": "pi", "runs": 3}})
     outcome = _run(config, "smoke-test")
     assert outcome.outcome is Outcome.RAN, outcome.summary
     report = json.loads((config.artifacts / "smoke-test/report.json").read_text())
+    assert report["npu_lock"] == str(lock_file) and lock_file.is_file()  # held while on the NPU
     for part in ("image", "text"):
         encoder = report["encoders"][part]
+        assert encoder["load_s"] > 0 and encoder["resident_mb"] >= 0  # what the encoder takes from SD's share
         assert encoder["backend"] == "axengine" and encoder["provider"] == "AxEngineExecutionProvider"
         assert encoder["model"].endswith(".axmodel")
         assert encoder["cosine_min"] > 0.9999  # the stand-in "compiles" by copying the float model

@@ -16,6 +16,7 @@ from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.errors import RuntimeErrorBase
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
+from runtime.npu import NpuLock
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.images import ImagePolicy
 
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-auth-file", type=Path, help="a file holding user:password lines")
     parser.add_argument("--provider", help="axengine provider (default: the first available)")
     parser.add_argument("--device-id", type=int, default=0)
+    parser.add_argument("--npu-lock", type=Path, help="hold an exclusive flock on this file around every NPU call "
+                        "(the same file another program on the NPU locks, e.g. /run/lock/ax650.lock)")
+    parser.add_argument("--unload-after", type=float, help="seconds without a request after which the image "
+                        "encoder leaves the NPU (loaded again by the next request); default: stay loaded")
     defaults, images = ServerSettings(), ImagePolicy()
     parser.add_argument("--queue", type=int, default=defaults.queue_size, help="requests that may wait for the encoder")
     parser.add_argument("--queue-timeout", type=float, default=defaults.queue_timeout_s, help="seconds in the queue")
@@ -86,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from(args)
-        clip = ClipRuntime.load(args.models, provider=args.provider, device_id=args.device_id, with_text=False)
+        if args.unload_after is not None and args.unload_after <= 0:
+            raise RuntimeErrorBase(f"--unload-after takes a number of seconds above 0 (got {args.unload_after:g})")
+        npu = NpuLock(args.npu_lock)
+        clip = ClipRuntime.load(
+            args.models, provider=args.provider, device_id=args.device_id, with_text=False, npu=npu,
+            unload_after=args.unload_after,
+        )  # fmt: skip
         interrogator = Interrogator(clip, LabelTables.load(args.models / VOCAB_DIR))
         app = create_app(interrogator, settings)
     except RuntimeErrorBase as exc:

@@ -10,16 +10,20 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from runtime.interrogator import Busy, Interrogation, Interrogator, Scores
+from runtime.errors import NpuBusy
+from runtime.interrogator import Interrogation, Interrogator, Scores
+from runtime.npu import IdleUnloader
 from runtime.server.errors import install_error_handlers
 from runtime.server.images import ImagePolicy, decode_image
 from runtime.server.limits import AdmissionGate, RequestBodyLimits
@@ -72,13 +76,31 @@ class DetailedResponse(BaseModel):
 
 
 def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
+    """The whole service: the endpoints, A1111's error shape, body limits, and the idle unloader."""
+    unloader = IdleUnloader(interrogator.clip.image_model)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        unloader.start()
+        yield
+        unloader.stop()
+
     app = FastAPI(
         title="CLIP interrogator (A1111-compatible)",
         description="AUTOMATIC1111's /sdapi/v1/interrogate, answered by CLIP on an Axera NPU",
         version="1.0",
+        lifespan=lifespan,
     )
     install_error_handlers(app)
     app.add_middleware(RequestBodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.include_router(create_router(interrogator, settings))
+    return app
+
+
+def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRouter:
+    """The endpoints alone, to `include_router` into an app a user already runs (see README: embedding).
+    That app installs the error handlers (runtime.server.errors) if it wants A1111's error bodies."""
+    router = APIRouter()
     gate = AdmissionGate(1 + settings.queue_size)
     decoders = threading.BoundedSemaphore(settings.decoders)
     categories = [c.name for c in interrogator.tables.categories]
@@ -100,7 +122,7 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
         prepared = time.perf_counter()
         try:
             scores, timings = interrogator.score(pixels, wait=settings.queue_timeout_s)
-        except Busy as exc:
+        except NpuBusy as exc:
             raise HTTPException(503, f"Server busy: {exc}; retry shortly") from exc
         timings.update(decode=(decoded - begin) * 1e3, preprocess=(prepared - decoded) * 1e3)
         return scores, timings
@@ -121,7 +143,7 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
         timings["total"] = (time.perf_counter() - begin) * 1e3
         return DetailedResponse(**Interrogation(caption, results, timings).to_json(), tags=tags)
 
-    @app.post("/sdapi/v1/interrogate", response_model=InterrogateResponse, dependencies=auth)
+    @router.post("/sdapi/v1/interrogate", response_model=InterrogateResponse, dependencies=auth)
     async def interrogate(request: InterrogateRequest) -> InterrogateResponse:
         """A1111's interrogate: `clip` gives a caption, `deepdanbooru` comma-separated tags."""
         if request.model not in MODELS:
@@ -130,37 +152,41 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
             caption = await run_in_threadpool(answer, request)
         return InterrogateResponse(caption=caption)
 
-    @app.post("/clip/v1/interrogate", response_model=DetailedResponse, dependencies=auth)
+    @router.post("/clip/v1/interrogate", response_model=DetailedResponse, dependencies=auth)
     async def interrogate_detailed(request: InterrogateRequest) -> DetailedResponse:
         """Every category's picks and best labels with their cosines, the tags, and where the time went."""
         with gate.admitted():
             return await run_in_threadpool(detailed, request)
 
-    @app.get("/sdapi/v1/options", response_model=Options, dependencies=auth)
+    @router.get("/sdapi/v1/options", response_model=Options, dependencies=auth)
     async def get_options() -> dict[str, Any]:
         return options.get()
 
-    @app.post("/sdapi/v1/options", dependencies=auth)
+    @router.post("/sdapi/v1/options", dependencies=auth)
     async def set_options(changes: dict[str, Any]) -> None:
         """Set any of the options; unknown keys are ignored, as A1111 does."""
         await run_in_threadpool(options.update, changes)
 
-    @app.get("/healthz")
+    @router.get("/healthz")
     async def health() -> dict[str, Any]:
         clip = interrogator.clip
+        image = clip.image_model.state()
         return {
             "status": "ok",
-            "backend": clip.image.name,
-            "provider": clip.image.provider,
+            "backend": image.get("backend"),
+            "provider": image.get("provider"),
             "model": clip.info.get("model"),
             "models": {"dir": str(clip.models_dir), "image": clip.files["image"]},
+            "image_encoder": image,
+            "text_encoder": "loaded" if clip.text is not None else "not loaded (labels are precomputed tables)",
+            "npu": {"lock_file": str(clip.npu.lock_file) if clip.npu.lock_file else None, **clip.npu.stats.to_json()},
             "vocabulary": {c.name: len(c.labels) for c in interrogator.tables.categories},
             "labels": sum(len(c.labels) for c in interrogator.tables.categories),
             "queue": {"inside": gate.inside, "capacity": gate.capacity, "served": gate.served, "refused": gate.refused},
             "uptime_s": round(time.time() - started, 1),
         }
 
-    return app
+    return router
 
 
 _BASIC = HTTPBasic()  # module level: FastAPI resolves the annotation below from this module's globals

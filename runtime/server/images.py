@@ -46,6 +46,11 @@ def decode_image(encoding: str, policy: ImagePolicy) -> Image.Image:
     return _open(_b64decode(text), policy, INVALID_IMAGE)
 
 
+def open_image_bytes(data: bytes, policy: ImagePolicy) -> Image.Image:
+    """An RGB image from raw file bytes, within the same limits as a request's image."""
+    return _open(data, policy, INVALID_IMAGE)
+
+
 def _b64decode(text: str) -> bytes:
     """Lenient as A1111's base64.b64decode: whitespace and stray characters dropped; padding is added
     when missing and URL-safe characters are accepted too."""

@@ -1,0 +1,76 @@
+"""Interrogation inside a program the user already runs (an SD server on the same NPU, a Flask app).
+
+`load_interrogator` opens the fetched models once, sharing the host program's NPU lock object (its
+`unet_lock`) and/or a lock file, and unloading the image encoder when idle; `caption` and `interrogate`
+take image bytes, base64 or a data URL and answer as the service does. For a FastAPI app,
+`runtime.server.app.create_router` gives the very endpoints to `include_router`. README shows both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+
+from runtime.clip import VOCAB_DIR, ClipRuntime
+from runtime.errors import RuntimeErrorBase
+from runtime.interrogator import CaptionOptions, Interrogation, Interrogator, TagOptions
+from runtime.label_tables import LabelTables
+from runtime.npu import HostLock, IdleUnloader, NpuLock
+from runtime.server.images import ImagePolicy, decode_image, open_image_bytes
+
+
+class InvalidImage(RuntimeErrorBase):
+    """The image could not be decoded, or is over the pixel limit; `status` is what the service answers."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        super().__init__(detail)
+
+
+def load_interrogator(
+    models: Path,
+    *,
+    host_lock: HostLock | None = None,
+    lock_file: Path | None = None,
+    unload_after: float | None = None,
+    provider: str | None = None,
+    device_id: int = 0,
+) -> Interrogator:
+    """The image encoder and label tables of a models dir as `invoke fetch` lays it out. Every NPU call
+    holds `host_lock` (if given) and an exclusive flock on `lock_file` (if given); with `unload_after`,
+    the encoder leaves the NPU after that many idle seconds and comes back on the next request."""
+    npu = NpuLock(lock_file, host_lock)
+    clip = ClipRuntime.load(
+        Path(models), provider=provider, device_id=device_id, with_text=False, npu=npu, unload_after=unload_after
+    )
+    IdleUnloader(clip.image_model).start()
+    return Interrogator(clip, LabelTables.load(Path(models) / VOCAB_DIR))
+
+
+def caption(
+    interrogator: Interrogator, image: bytes | str, *, model: str = "clip", wait: float | None = 60.0,
+    caption_options: CaptionOptions | None = None, tag_options: TagOptions | None = None,
+) -> str:  # fmt: skip
+    """What `POST /sdapi/v1/interrogate` answers: a caption (`clip`) or tags (`deepdanbooru`).
+    Raises InvalidImage for a bad image and NpuBusy when the NPU stays taken past `wait` seconds."""
+    scores, _ = interrogator.score(_image(image), wait)
+    if model == "deepdanbooru":
+        return interrogator.tags(scores, tag_options)
+    return interrogator.caption(scores, caption_options)[0]
+
+
+def interrogate(interrogator: Interrogator, image: bytes | str, *, wait: float | None = 60.0) -> dict[str, Any]:
+    """Every category's picks and best labels with their cosines, the tags, and timings."""
+    scores, timings = interrogator.score(_image(image), wait)
+    text, results = interrogator.caption(scores)
+    return {**Interrogation(text, results, timings).to_json(), "tags": interrogator.tags(scores)}
+
+
+def _image(image: bytes | str) -> Any:
+    policy = ImagePolicy()
+    try:
+        return open_image_bytes(image, policy) if isinstance(image, bytes) else decode_image(image, policy)
+    except HTTPException as exc:
+        raise InvalidImage(exc.status_code, str(exc.detail)) from exc
