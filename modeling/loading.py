@@ -71,6 +71,16 @@ def _check_clip_dir(path: Path) -> None:
         )
 
 
+def _load_hint() -> str:
+    """What to try next; offline mode is only suggested when it is not already on."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if offline:
+        return ("HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched: download the model "
+                "once with network access, or point model.id at a local model directory")  # fmt: skip
+    return ("check the id for typos and the network; offline, point model.id at a local model directory "
+            "or set HF_HUB_OFFLINE=1 to use the local cache")  # fmt: skip
+
+
 def load_clip(model: ModelConfig, cache_dir: Path) -> LoadedClip:
     """Eager attention (exportable, matches the NPU graph), safetensors only, float32, eval mode."""
     source = resolve_source(model, cache_dir)
@@ -85,9 +95,7 @@ def load_clip(model: ModelConfig, cache_dir: Path) -> LoadedClip:
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"cannot load model {model.id!r} (revision {model.revision!r}): {first_line}",
-            hint="check the id for typos and the network; offline, point model.id at a local model directory "
-            "or set HF_HUB_OFFLINE=1 to use the local cache",
+            f"cannot load model {model.id!r} (revision {model.revision!r}): {first_line}", hint=_load_hint()
         ) from exc
     if clip.config.model_type != "clip":
         raise ModelLoadError(f"{model.id!r} is a {clip.config.model_type!r} model, not CLIP")

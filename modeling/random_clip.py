@@ -104,7 +104,11 @@ PRESETS = {
 def make_random_clip(directory: Path, *, image_size: int = 224, context_length: int = 77, preset: str = "tiny") -> Path:
     """Write a complete CLIP model directory (config, safetensors weights, tokenizer, preprocessor)."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    import transformers
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    # transformers 5 names the Pillow processor ...Pil (the plain name wants torchvision and warns without it).
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = write_tokenizer_files(directory)
@@ -127,5 +131,5 @@ def make_random_clip(directory: Path, *, image_size: int = 224, context_length: 
     model = CLIPModel(config).eval()
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size).save_pretrained(directory)
+    processor_class(size={"shortest_edge": image_size}, crop_size=image_size).save_pretrained(directory)
     return directory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,11 @@ _STYLE = {
 
 
 def setup_logging(verbose: bool) -> None:
+    if not verbose:
+        # Read when transformers and huggingface_hub first configure themselves (after this, lazily):
+        # no library warnings below errors, no `\r` progress bars in logs.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
@@ -38,6 +44,8 @@ def setup_logging(verbose: bool) -> None:
     )
     for noisy in ("transformers", "onnxslim", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # paramiko logs a traceback for every failed handshake; our error says what failed, in one line.
+    logging.getLogger("paramiko").setLevel(logging.INFO if verbose else logging.CRITICAL)
     # huggingface_hub prints its own retry warnings (useful on a flaky network); don't print them twice.
     logging.getLogger("huggingface_hub").propagate = False
 
@@ -149,12 +157,13 @@ def caption_images(
     """Caption every image below `images` with the fetched models and vocabulary tables."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from runtime.captioning import caption_folder, find_images
+    from runtime.captioning import caption_folder
     from runtime.clip import VOCAB_DIR, ClipRuntime
     from runtime.errors import RuntimeErrorBase
     from runtime.interrogator import CaptionOptions, Interrogator
     from runtime.label_tables import LabelTables
     from runtime.npu import NpuLock
+    from runtime.preprocess import find_images
 
     images_dir = Path(images)
     with user_errors():
@@ -205,7 +214,7 @@ def serve_command(
                 raise PipelineError("--stop and --status are for a server on a host", hint="add --host NAME")
             code = serving.serve_here(device_models_dir(config_path, models), request)
             if code:
-                raise Exit(code=code)
+                raise Exit(code=1)  # the server printed its one `error:` line
             return
         if models:
             raise PipelineError("--models is for a server here; on a host it serves the models fetch put there")

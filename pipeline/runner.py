@@ -98,7 +98,9 @@ def run(
     reporter = reporter or SilentReporter()
     if request.dry_run:
         outcomes = [
-            StageOutcome(s.name, Outcome.WOULD_RUN if d.stale or request.force else Outcome.UP_TO_DATE, d.reasons)
+            StageOutcome(s.name, Outcome.WOULD_RUN, d.reasons or ("forced",))
+            if d.stale or request.force
+            else StageOutcome(s.name, Outcome.UP_TO_DATE, d.reasons)
             for s, d in plan(config, graph, request)
         ]
         for outcome in outcomes:

@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from runtime.interrogator import CaptionOptions, Interrogator
-from runtime.preprocess import IMAGE_SUFFIXES, open_image
+from runtime.preprocess import find_images, open_image
 
 JSONL_NAME = "captions.jsonl"
 
@@ -24,10 +24,6 @@ class CaptionSummary:
     captioned: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def find_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def caption_path(image: Path, images_dir: Path, out_dir: Path | None) -> Path:

@@ -146,6 +146,25 @@ class Interrogator:
                 found[tag] = max(found.get(tag, 0.0), tag_probability(pick.score, category.threshold))
         return format_tags(found, options)
 
+    def tags_note(self, scores: Scores, options: TagOptions | None = None) -> str:
+        """Why the tag answer is empty, in words (the best tag and the bar it missed); "" when it is not."""
+        options = options or TagOptions()
+        if self.tags(scores, options):
+            return ""
+        best: tuple[Pick, CategoryTable] | None = None
+        for category in self.tables.categories:
+            top = _rank(scores, category).top if category.tags else ()
+            if top and (best is None or top[0].score - category.threshold > best[0].score - best[1].threshold):
+                best = (top[0], category)
+        if best is None:
+            return "no tag categories in this vocabulary (tags: true)"
+        pick, category = best
+        return (
+            f"no tag reached the threshold: the closest, {pick.label!r}, has cosine {pick.score:.3f} against its "
+            f"category's {category.threshold:g} (probability {tag_probability(pick.score, category.threshold):.2f}"
+            f" < interrogate_deepbooru_score_threshold {options.threshold:g})"
+        )
+
     def interrogate(
         self, image: Image.Image, options: CaptionOptions | None = None, wait: float | None = None
     ) -> Interrogation:

@@ -98,3 +98,10 @@ def _center_crop(array: np.ndarray, top: int, left: int, height: int, width: int
         padded[pad_top : pad_top + array.shape[0], pad_left : pad_left + array.shape[1]] = array
         array, top, left = padded, max(top, 0), max(left, 0)
     return array[top : top + height, left : left + width]
+
+
+def find_images(root: Path) -> list[Path]:
+    """The image files below a folder (by extension, sorted): captions and lists beside them are not."""
+    if root.is_file():
+        return [root] if root.suffix.lower() in IMAGE_SUFFIXES else []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -14,10 +14,10 @@ from typing import Any
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import StageError
-from pipeline.files import list_files, sha256_file, write_json
+from pipeline.files import sha256_file, write_json
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
-from runtime.preprocess import IMAGE_SUFFIXES, PreprocessConfig, open_image, preprocess
+from runtime.preprocess import PreprocessConfig, find_images, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
 from toolchains.calibration_tar import write_npy_tar
 
@@ -40,7 +40,7 @@ class CalibrateStage(Stage):
 
     def external_inputs(self, config: PipelineConfig) -> list[Path]:
         params = config.stages.calibrate
-        return [params.images, params.prompts]
+        return [*find_images(params.images), params.prompts]
 
     def run(self, ctx: StageContext) -> StageResult:
         params, export_dir = ctx.config.stages.calibrate, ctx.upstream("export")
@@ -94,9 +94,8 @@ class CalibrateStage(Stage):
 def _distinct_images(folder: Path) -> list[Path]:
     """The image files of a folder, a copy of the same bytes counted once."""
     by_digest: dict[str, Path] = {}
-    for path in list_files(folder):
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            by_digest.setdefault(sha256_file(path), path)
+    for path in find_images(folder):
+        by_digest.setdefault(sha256_file(path), path)
     return sorted(by_digest.values())
 
 

@@ -14,11 +14,11 @@ import numpy as np
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import StageError, ValidationFailed
-from pipeline.files import list_files, write_json
+from pipeline.files import write_json
 from pipeline.report import print_checks
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
-from runtime.preprocess import IMAGE_SUFFIXES, PreprocessConfig, open_image, preprocess
+from runtime.preprocess import IMAGE_SUFFIXES, PreprocessConfig, find_images, open_image, preprocess
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
 
@@ -39,7 +39,7 @@ class VerifyStage(Stage):
         return {"model": config.model.model_dump(), **config.stages.verify.model_dump(mode="json")}
 
     def external_inputs(self, config: PipelineConfig) -> list[Path]:
-        return [config.stages.verify.images]
+        return find_images(config.stages.verify.images)
 
     def run(self, ctx: StageContext) -> StageResult:
         from modeling.graph_checks import check_model_file
@@ -107,7 +107,7 @@ def _tensor_spec(data: dict[str, Any]) -> Any:
 
 
 def _golden_images(params_images: Path, limit: int) -> list[Path]:
-    images = [p for p in list_files(params_images) if p.suffix.lower() in IMAGE_SUFFIXES]
+    images = find_images(params_images)
     if not images:
         raise StageError(
             "verify",

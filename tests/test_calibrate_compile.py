@@ -113,3 +113,22 @@ def test_pulsar2_config_uses_axera_keys_and_s32_token_ids(built_artifacts: Path)
         "--output_dir", "build/image_encoder", "--output_name", "image_encoder.axmodel",
         "--config", "configs/image_encoder.json",
     ]  # fmt: skip
+
+
+def test_captions_written_beside_the_sample_photos_leave_every_stage_up_to_date(tiny_pipeline, tmp_path: Path) -> None:
+    from pipeline.runner import plan
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat.jpg", "coffee.jpg", "rocket.jpg"):
+        (photos / name).write_bytes((Path(__file__).parents[1] / "data/images" / name).read_bytes())
+    config = tiny_pipeline(verify={"images": str(photos)}, calibrate={"images": str(photos)})
+    run(config, GRAPH, RunRequest(targets=("compile",)))
+    # what `invoke caption --images photos` leaves there
+    (photos / "cat.txt").write_text("a cat")
+    (photos / "captions.jsonl").write_text("{}\n")
+    reasons = {stage.name: decision.reasons for stage, decision in plan(config, GRAPH, RunRequest())}
+    assert reasons["verify"] == () and reasons["calibrate"] == () and reasons["compile"] == ()
+    (photos / "bricks.jpg").write_bytes((Path(__file__).parents[1] / "data/images/bricks.jpg").read_bytes())
+    reasons = {stage.name: decision.reasons for stage, decision in plan(config, GRAPH, RunRequest())}
+    assert reasons["verify"] and reasons["calibrate"]  # a new photo is a new input

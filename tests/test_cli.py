@@ -59,7 +59,8 @@ def test_unreachable_model_id_is_one_line(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(data))
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     result = invoke("export", "--config", str(config), env=env)
-    _assert_one_line_error(result, "cannot load model 'openai/clip-vit-base-patch32'", "check the id")
+    _assert_one_line_error(result, "cannot load model 'openai/clip-vit-base-patch32'", "HF_HUB_OFFLINE is set")
+    assert "set HF_HUB_OFFLINE=1" not in result.stdout + result.stderr  # advice already followed is not given
 
 
 def test_all_runs_then_reports_up_to_date_and_status_explains_changes(tmp_path: Path) -> None:
@@ -70,6 +71,8 @@ def test_all_runs_then_reports_up_to_date_and_status_explains_changes(tmp_path: 
     assert first.returncode == 0, first.stderr
     for stage in STAGES:
         assert f"{stage}: ran" in first.stdout
+    noise = first.stdout + first.stderr
+    assert "torchvision" not in noise and "\r" not in noise  # no library warnings or progress bars in a log
     assert "pipeline summary" in first.stdout
 
     second = invoke("all", "--config", str(config))
@@ -88,3 +91,36 @@ def test_all_runs_then_reports_up_to_date_and_status_explains_changes(tmp_path: 
 def test_serve_flags_that_need_a_host_say_so(tmp_path: Path) -> None:
     _assert_one_line_error(invoke("serve", "--status"), "--stop and --status are for a server on a host")
     _assert_one_line_error(invoke("serve", "--models", str(tmp_path)), "run `invoke fetch` first")
+
+
+def test_the_built_in_example_vocabulary_gives_the_tiny_model_tags(tiny_pipeline, built_artifacts: Path) -> None:
+    """examples/local.yaml's tag threshold fits the tiny CLIP's random weights: deepdanbooru is not empty."""
+    from pipeline.graph import StageGraph
+    from pipeline.runner import Outcome, RunRequest, run
+    from runtime.clip import ClipRuntime
+    from runtime.interrogator import Interrogator
+    from runtime.label_tables import LabelTables
+    from runtime.preprocess import open_image
+    from stages import ALL_STAGES
+
+    example = yaml.safe_load((REPO / "examples/local.yaml").read_text())["stages"]["embed-vocab"]
+    config = tiny_pipeline(**{"embed-vocab": {"vocabulary": str(REPO / "examples" / example["vocabulary"])}})
+    outcomes = run(config, StageGraph(ALL_STAGES), RunRequest(targets=("embed-vocab",)))
+    assert outcomes[-1].outcome is Outcome.RAN, outcomes[-1].summary
+    tables = LabelTables.load(config.artifacts / "embed-vocab")
+    interrogator = Interrogator(ClipRuntime.load(built_artifacts.parent / "device/models", with_text=False), tables)
+    scores, _ = interrogator.score(open_image(REPO / "data/images/cat.jpg"))
+    assert interrogator.tags(scores).count(", ") >= 2 and interrogator.tags_note(scores) == ""
+
+
+def test_a_busy_port_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke("serve", "--models", str(tmp_path), "--port", str(port))
+    assert result.returncode == 1
+    _assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "pass --port")
+    assert "Errno" not in result.stderr

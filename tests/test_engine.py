@@ -175,6 +175,13 @@ def test_dry_run_reports_and_writes_nothing(tmp_path: Path) -> None:
     assert not (config.artifacts / "produce").exists()
 
 
+def test_dry_run_with_force_says_forced(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _results(config)
+    outcomes = run(config, GRAPH, RunRequest(dry_run=True, force=True))
+    assert [(o.outcome, o.why) for o in outcomes] == [(Outcome.WOULD_RUN, ("forced",))] * 2
+
+
 def test_target_runs_its_upstream_but_not_downstream(tmp_path: Path) -> None:
     config = _config(tmp_path)
     assert _results(config, targets=("produce",)) == {"produce": Outcome.RAN}

@@ -7,6 +7,7 @@ Fabric, SFTP, host-key checks, checksums, the generated config and the docker co
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -310,13 +311,17 @@ def test_serve_on_the_device_in_the_background_then_status_and_stop(remote, caps
         start_on_host(config, "pi", ServeRequest(port=free_port()))
     assert _run(config, "fetch").outcome is Outcome.RAN
     port = free_port()
-    start_on_host(config, "pi", ServeRequest(port=port, api_auth="sd:pa ss$(id)"))
+    lock_file = str(Path(config.host("pi").workdir) / "ax650.lock")
+    request = ServeRequest(port=port, api_auth="sd:pa ss$(id)", npu_lock=lock_file, unload_after=600)
+    start_on_host(config, "pi", request)
     try:
         assert status_on_host(config, "pi")
         with pytest.raises(PipelineError, match="already runs"):
             start_on_host(config, "pi", ServeRequest(port=port))
         url = f"http://127.0.0.1:{port}"
-        assert httpx.get(f"{url}/healthz").json()["backend"] == "axengine"  # the .axmodel files, via axengine
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["backend"] == "axengine"  # the .axmodel files, via axengine
+        assert health["npu"]["lock_file"] == lock_file and health["image_encoder"]["unload_after_s"] == 600
         image = base64.b64encode(Path("data/images/cat.jpg").read_bytes()).decode()
         body = {"image": image}
         assert httpx.post(f"{url}/sdapi/v1/interrogate", json=body, timeout=60).status_code == 401
@@ -328,3 +333,53 @@ def test_serve_on_the_device_in_the_background_then_status_and_stop(remote, caps
         stop_on_host(config, "pi")
     assert not status_on_host(config, "pi")
     assert "pa ss" not in capsys.readouterr().out
+
+
+def test_a_port_that_is_not_sshd_is_one_quiet_line(remote, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+
+    with socket.socket() as not_ssh:
+        not_ssh.bind(("127.0.0.1", 0))
+        not_ssh.listen()
+
+        def answer_like_a_web_server() -> None:
+            for _ in range(3):
+                try:
+                    peer, _ = not_ssh.accept()
+                except OSError:
+                    return
+                with peer:
+                    peer.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_like_a_web_server, daemon=True).start()
+        remote(mac={"port": not_ssh.getsockname()[1], "retries": 0})
+        result = subprocess.run(
+            [sys.executable, "-m", "invoke", "compile", "--config", str(tmp_path / "pipeline.yaml")],
+            cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    errors = [line for line in output if line.startswith("error: ")]
+    assert len(errors) == 1 and "no SSH server spoke there" in errors[0] and "tried 1 time;" in errors[0]
+    assert not [line for line in output if "paramiko" in line or "Exception" in line or "File " in line]
+
+
+def test_a_name_that_does_not_resolve_is_not_retried(remote, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from pipeline.errors import HostError
+
+    config = remote(mac={"address": "build-host.invalid", "retries": 3})
+
+    def no_such_name(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)  # no DNS query leaves this machine
+    started = time.monotonic()
+    with pytest.raises(HostError, match=r"cannot resolve 'build-host\.invalid': Name or service not known"):
+        SshTransport.connect("mac", config.host("mac"))
+    assert time.monotonic() - started < 1.0  # no backoff: 1 + 2 + 4 s if it were retried

@@ -193,12 +193,9 @@ def test_32_concurrent_requests_are_all_answered_and_none_crossed(serve, expecte
 
 @contextmanager
 def encoder_busy(interrogator: Interrogator) -> Iterator[None]:
-    """Hold the encoder as a long inference would."""
-    interrogator._lock.acquire()
-    try:
+    """Hold the NPU as a long inference would."""
+    with interrogator.clip.npu.hold():
         yield
-    finally:
-        interrogator._lock.release()
 
 
 def _wait_until(check, seconds: float = 20) -> None:
@@ -279,6 +276,9 @@ def test_options_change_the_answers(serve, interrogator: Interrogator, expected:
     assert scores == sorted(scores, reverse=True)
     client.post(OPTIONS, json={"interrogate_deepbooru_score_threshold": 1.0})
     assert caption("deepdanbooru") == ""
+    detailed = client.post("/clip/v1/interrogate", json={"image": photo()}).json()
+    assert detailed["tags"] == "" and detailed["tags_note"].startswith("no tag reached the threshold: the closest, ")
+    assert "interrogate_deepbooru_score_threshold 1" in detailed["tags_note"]
 
 
 def test_bad_options_are_refused_and_change_nothing(serve) -> None:

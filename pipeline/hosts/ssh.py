@@ -289,15 +289,30 @@ def _open(name: str, host: HostConfig, connection: Connection) -> None:
                     f"the host key of {where} is not in known_hosts",
                     hint=f"run `ssh {where}` once to check and save it, or set hosts.{name}.trust_new_host_key: true",
                 ) from None
-            reason = str(exc)
+            reason = _banner_reason(str(exc))
+        except socket.gaierror as exc:  # a name that does not resolve now will not resolve in a second
+            raise HostError(
+                name,
+                f"cannot resolve {host.address!r}: {exc.strerror}",
+                hint=f"check hosts.{name}.address (or its HostName in ~/.ssh/config)",
+            ) from None
         except _CONNECTION_ERRORS as exc:
             reason = str(exc) or type(exc).__name__
         if attempt < host.retries:
             log.warning("%s: cannot connect (%s); retrying in %.0fs", name, reason, delay)
             time.sleep(delay)
             delay *= 2
+    tries = host.retries + 1
     raise HostError(
         name,
         f"cannot connect to {where}: {reason}",
-        hint=f"tried {host.retries + 1} times; check the address and port, and that sshd runs there",
+        hint=f"tried {tries} time{'s' if tries > 1 else ''}; check the address and port, and that sshd runs there",
     )
+
+
+def _banner_reason(message: str) -> str:
+    """paramiko glues its banner error to the cause ("...banner[Errno 104] ..."): say what it means."""
+    if "protocol banner" not in message:
+        return message
+    cause = message.split("banner", 1)[1].strip(" :")
+    return "the port answered but no SSH server spoke there (no SSH banner" + (f": {cause})" if cause else ")")

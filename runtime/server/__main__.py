@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -84,12 +85,26 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before loading any model, in one line, when the port is taken (uvicorn would exit 3)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise RuntimeErrorBase(
+                f"cannot listen on {host}:{port}: {exc.strerror} (another server there? stop it, or pass --port)"
+            ) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
     try:
+        _check_port_free(host, args.port)
         settings = settings_from(args)
         if args.unload_after is not None and args.unload_after <= 0:
             raise RuntimeErrorBase(f"--unload-after takes a number of seconds above 0 (got {args.unload_after:g})")
@@ -103,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeErrorBase as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    host = "0.0.0.0" if args.listen else "127.0.0.1"
     uvicorn.run(
         app,
         host=host,

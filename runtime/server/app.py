@@ -71,6 +71,7 @@ class CategoryAnswer(BaseModel):
 class DetailedResponse(BaseModel):
     caption: str
     tags: str
+    tags_note: str = ""  # why `tags` is empty, when it is
     categories: list[CategoryAnswer]
     timings_ms: dict[str, float]
 
@@ -139,9 +140,10 @@ def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRo
         rank_started = time.perf_counter()
         caption, results = interrogator.caption(scores, options.caption_options())
         tags = interrogator.tags(scores, options.tag_options())
+        note = "" if tags else interrogator.tags_note(scores, options.tag_options())
         timings["rank"] += (time.perf_counter() - rank_started) * 1e3
         timings["total"] = (time.perf_counter() - begin) * 1e3
-        return DetailedResponse(**Interrogation(caption, results, timings).to_json(), tags=tags)
+        return DetailedResponse(**Interrogation(caption, results, timings).to_json(), tags=tags, tags_note=note)
 
     @router.post("/sdapi/v1/interrogate", response_model=InterrogateResponse, dependencies=auth)
     async def interrogate(request: InterrogateRequest) -> InterrogateResponse:
