@@ -100,10 +100,26 @@ def run_stages(config_path: str | None, request: RunRequest, host: str | None = 
                 code=130,
             ) from None
         wall = time.perf_counter() - started
+    report = _write_report(config, outcomes) if not request.dry_run else None
     _print_summary(outcomes, wall)
+    if report:
+        console.print(f"report: {report}", markup=False, soft_wrap=True)
     failed = [o for o in outcomes if o.outcome is Outcome.FAILED]
     if failed:
         raise Exit("error: " + "; ".join(o.summary for o in failed), code=1)
+
+
+def _write_report(config: PipelineConfig, outcomes: list[StageOutcome]) -> Path | None:
+    """artifacts/reports/index.html after every run; a report that cannot be made never fails the run."""
+    from commands.report import write_index, write_run
+    from runtime.errors import RuntimeErrorBase
+
+    try:
+        write_run(config.artifacts / "reports", outcomes)
+        return write_index(config)
+    except (OSError, ValueError, KeyError, RuntimeErrorBase, PipelineError) as exc:
+        logging.getLogger(__name__).warning("could not write the build report: %s", exc)
+        return None
 
 
 def _print_summary(outcomes: list[StageOutcome], wall: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import shutil
@@ -107,7 +108,11 @@ def run(
             reporter.stage_finished(outcome)
         return outcomes
     with run_lock(config.artifacts):
-        return _run_locked(config, graph, request, reporter)
+        try:
+            return _run_locked(config, graph, request, reporter)
+        finally:
+            with contextlib.suppress(OSError):  # removed when empty: nothing half-written stays behind
+                (config.artifacts / ".tmp").rmdir()
 
 
 def _run_locked(

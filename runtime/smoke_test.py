@@ -88,6 +88,7 @@ def _check_encoder(
             "p50": float(np.percentile(latencies, 50)),
             "p95": float(np.percentile(latencies, 95)),
             "runs": runs,
+            "samples": [round(value, 4) for value in latencies],
         },
     }
 

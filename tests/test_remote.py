@@ -7,6 +7,7 @@ Fabric, SFTP, host-key checks, checksums, the generated config and the docker co
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def _assert_failed_and_kept(config: PipelineConfig, stage: str, *fragments: str)
     for fragment in fragments:
         assert fragment in outcome.summary, outcome.summary
     assert (config.artifacts / "compile/report.json").read_bytes() == before
-    assert not any((config.artifacts / ".tmp").iterdir())
+    assert not (config.artifacts / ".tmp").exists()
 
 
 def test_authentication_failure_is_clear(remote, ssh_server: SshServer) -> None:
@@ -383,3 +384,36 @@ def test_a_name_that_does_not_resolve_is_not_retried(remote, monkeypatch: pytest
     with pytest.raises(HostError, match=r"cannot resolve 'build-host\.invalid': Name or service not known"):
         SshTransport.connect("mac", config.host("mac"))
     assert time.monotonic() - started < 1.0  # no backoff: 1 + 2 + 4 s if it were retried
+
+
+def test_the_build_report_renders_offline_in_headless_chromium(remote, tmp_path: Path) -> None:
+    """index.html after a Pulsar2 compile: loads with no network and no console errors, and shows the
+    per-layer cosine chart, the latency charts and the captioned photos (a screenshot is kept)."""
+    import shutil
+    import subprocess
+
+    from commands.report import write_index, write_run
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is needed: apt-get install chromium (bash tests/run.sh installs it)"
+    config = remote(**{"smoke-test": {"host": "pi", "runs": 20}})
+    outcomes = run(config, GRAPH, RunRequest(targets=("smoke-test",)))
+    assert {o.outcome for o in outcomes} <= {Outcome.RAN, Outcome.UP_TO_DATE}, outcomes
+    write_run(config.artifacts / "reports", outcomes)
+    page = write_index(config)
+    text = page.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)  # nothing to fetch: self-contained
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+               "--enable-logging=stderr", "--v=0"]  # fmt: skip
+    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "net::ERR" in line]
+    assert console_errors == []
+    assert 'aria-label="cosine per layer"' in dom.stdout and "<polyline" in dom.stdout
+    assert dom.stdout.count('aria-label="latency histogram"') == 2
+    assert dom.stdout.count("data:image/jpeg;base64,") >= 4 and "worst layers:" in dom.stdout
+    shot = tmp_path / "report.png"
+    subprocess.run([*browser, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    assert shot.stat().st_size > 50_000
+    shutil.copy(shot, Path("/tmp/clip-axera-report.png"))  # for a person to look at

@@ -1,0 +1,1 @@
+"""What tasks.py calls beyond running stages (today: the build report)."""

@@ -1,0 +1,270 @@
+"""artifacts/reports/index.html: the last run, provenance, checks, quantization, device figures and captions.
+
+One self-contained page (styles inline, charts as inline SVG, thumbnails as data: URIs; no script, no
+network), written after every `invoke all` or stage command. It reads what the stages leave in
+artifacts/reports/ and the lock file; the captions come from the float models (export) and the label
+tables (embed-vocab) on the controller, so they need no device.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig
+from pipeline.lockfile import read_lock
+from pipeline.runner import StageOutcome
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.html"
+RUN_FILE = "run.json"
+THUMBNAIL_PX = 160
+CAPTIONED_PHOTOS = 6
+WORST_SHOWN = 5
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1d2430;padding:0 16px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #d8dde6;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d8dde6;padding:3px 8px;text-align:left;
+vertical-align:top}th{background:#f2f4f8}.ran{color:#0a7a32}.failed{color:#b3261e;font-weight:600}
+.up{color:#5b6577}.note{color:#5b6577}.photos{display:flex;flex-wrap:wrap;gap:14px}
+.photo{width:250px}.photo img{display:block;border-radius:4px}code{background:#f2f4f8;padding:0 3px}
+"""
+
+
+def write_run(reports: Path, outcomes: Sequence[StageOutcome]) -> None:
+    """The last run's outcomes, kept for the page (and for anyone who wants them as JSON)."""
+    reports.mkdir(parents=True, exist_ok=True)
+    rows = [{"stage": o.stage, "outcome": o.outcome.value, "why": list(o.why), "seconds": round(o.seconds, 2),
+             "summary": o.summary} for o in outcomes]  # fmt: skip
+    (reports / RUN_FILE).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+def write_index(config: PipelineConfig) -> Path:
+    """Build the page from whatever the artifacts hold now; sections without data say so."""
+    artifacts = config.artifacts
+    reports = artifacts / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    sections = [
+        _run_section(_load(reports / RUN_FILE)),
+        _provenance_section(artifacts),
+        _verify_section(_load(reports / "verify.json")),
+        _compile_section(_load(reports / "compile.json")),
+        _smoke_section(_load(reports / "smoke-test.json")),
+        _captions_section(config),
+    ]
+    page = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>clip-axera build report</title>"
+        f"<meta name=viewport content='width=device-width'><style>{STYLE}</style></head><body>"
+        "<h1>clip-axera build report</h1>" + "".join(sections) + "</body></html>\n"
+    )
+    path = reports / INDEX
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[object]], raw: bool = False) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{c if raw else _e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _section(title: str, content: str) -> str:
+    return f"<h2>{_e(title)}</h2>{content}"
+
+
+def _missing(what: str) -> str:
+    return f"<p class=note>No {_e(what)} yet.</p>"
+
+
+def _run_section(run: list[dict[str, Any]] | None) -> str:
+    if not run:
+        return _section("Last run", _missing("run recorded"))
+    css = {"ran": "ran", "failed": "failed", "up to date": "up"}
+    rows = [
+        (f"<span class={css.get(r['outcome'], 'up')}>{_e(r['outcome'])}</span>", _e(r["stage"]),
+         _e("; ".join(r["why"]) or "-"), f"{r['seconds']:.1f} s" if r["seconds"] else "", _e(r["summary"]))
+        for r in run
+    ]  # fmt: skip
+    return _section("Last run", _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True))
+
+
+def _provenance_section(artifacts: Path) -> str:
+    records = read_lock(artifacts)
+    if not records:
+        return _section("Provenance", _missing("lock file"))
+    rows = [(name, r.started_at, f"{r.seconds:.1f} s", r.host) for name, r in records.items()]
+    tools = next(iter(records.values())).tools
+    tool_text = ", ".join(f"{k} {v}" for k, v in sorted(tools.items()))
+    model = records["export"].params.get("model", {}) if "export" in records else {}
+    made_from = f"model {model.get('id', '?')} at revision {model.get('revision', '?')}; " if model else ""
+    content = (
+        _table(("stage", "last ran", "took", "host"), rows) + f"<p class=note>{_e(made_from)}tools: {_e(tool_text)}</p>"
+    )
+    return _section("Provenance (artifacts/pipeline.lock.json)", content)
+
+
+def _verify_section(report: dict[str, Any] | None) -> str:
+    if not report:
+        return _section("verify", _missing("verify report"))
+    numerics = [
+        (name, f"{n['min_cosine']:.10f}", f"{n['max_abs_diff']:.2e}", len(n["samples"]))
+        for name, n in report.get("numerics", {}).items()
+    ]
+    failed = [c for c in report["checks"] if not c["passed"]]
+    verdict = f"{len(failed)} failed" if failed else "all passed"
+    target, model = _e(report["target"]), _e(report["model"])
+    summary = f"<p>{len(report['checks'])} checks against {target}, {verdict}; model {model}.</p>"
+    shown = failed or [c for c in report["checks"] if "op " not in c["check"]]
+    checks = _table(("check", "passed", "detail"), ((c["check"], c["passed"], c["detail"]) for c in shown))
+    numbers = _table(("output", "min cosine onnxruntime vs PyTorch", "max abs diff", "samples"), numerics)
+    return _section("verify", summary + numbers + checks)
+
+
+def _compile_section(report: dict[str, Any] | None) -> str:
+    if not report:
+        return _section("compile", _missing("compile report"))
+    rows, charts = [], []
+    for name, model in report["models"].items():
+        cosine = model.get("cosine")
+        rows.append(
+            (name, model["file"], "n/a" if cosine is None else f"{cosine:.5f}", model.get("cosine_source") or "")
+        )
+        layers = (model.get("precision") or {}).get("layers")
+        if layers:
+            worst = ", ".join(f"{w['operator']} {w['cosine']:.5f}" for w in model.get("worst_layers", [])[:WORST_SHOWN])
+            charts.append(f"<h3>{_e(name)}: cosine per layer</h3>{_layer_chart(layers)}"
+                          f"<p class=note>worst layers: {_e(worst)}</p>")  # fmt: skip
+    if not charts:
+        charts.append(
+            "<p class=note>Per-layer cosines come from Pulsar2's precision analysis (target pulsar2 with "
+            "precision_analysis); the onnxruntime target reports the model's output only.</p>"
+        )
+    head = f"<p>target {_e(report['target'])}, {_e(report['data_type'])}, host {_e(report['host'])}</p>"
+    table = _table(("encoder", "model", "quantized vs float cosine", "measured by"), rows)
+    return _section("compile", head + table + "".join(charts))
+
+
+def _layer_chart(layers: list[dict[str, Any]], width: int = 1000, height: int = 180) -> str:
+    """Cosine of every layer, in order, as a polyline over 1 - cosine on a log scale (small errors show)."""
+    import math
+
+    floor = 1e-6
+    values = [max(1.0 - float(layer["cosine"]), floor) for layer in layers]
+    top = max(max(values), 1e-3)
+    span = math.log10(top) - math.log10(floor)
+    step = width / max(len(values) - 1, 1)
+    points = " ".join(
+        f"{i * step:.1f},{height - (math.log10(v) - math.log10(floor)) / span * height:.1f}"
+        for i, v in enumerate(values)
+    )
+    labels = "".join(
+        f'<text x="2" y="{height - (e - math.log10(floor)) / span * height:.0f}" font-size="10" fill="#5b6577">'
+        f"cos {1 - 10**e:.6g}</text>"
+        for e in range(int(math.log10(floor)), math.ceil(math.log10(top)) + 1, 2)
+    )
+    return (f'<svg role="img" aria-label="cosine per layer" width="{width}" height="{height + 4}" '
+            f'viewBox="0 0 {width} {height + 4}" style="background:#fafbfd;border:1px solid #d8dde6">'
+            f'{labels}<polyline fill="none" stroke="#2f6fd6" stroke-width="1.5" points="{points}"/></svg>')  # fmt: skip
+
+
+def _smoke_section(report: dict[str, Any] | None) -> str:
+    if not report:
+        return _section("smoke test", _missing("smoke-test report"))
+    rows, charts = [], []
+    for part, encoder in report["encoders"].items():
+        latency = encoder["latency_ms"]
+        rows.append((part, f"{encoder['backend']} ({encoder['provider']})", f"{encoder['cosine_min']:.5f}",
+                     f"{latency['p50']:.2f}", f"{latency['p95']:.2f}",
+                     f"{encoder.get('load_s', 0):.2f} s, +{encoder.get('resident_mb', 0):.0f} MB"))  # fmt: skip
+        charts.append(f"<h3>{_e(part)} encoder latency (ms)</h3>{_latency_chart(latency)}")
+    columns = ("encoder", "backend", "cosine vs float", "p50 ms", "p95 ms", "load, host memory")
+    head = f"<p>peak RSS {report['peak_rss_mb']:.0f} MB on {_e(report.get('machine', ''))}</p>"
+    return _section("smoke test (on the device)", head + _table(columns, rows) + "".join(charts))
+
+
+def _latency_chart(latency: dict[str, Any], width: int = 600, height: int = 120) -> str:
+    """A histogram of the runs' latencies with the p50 and p95 marked."""
+    samples = latency.get("samples") or [latency["p50"], latency["p95"]]
+    low, high = min(samples), max(max(samples), latency["p95"]) * 1.05 + 1e-9
+    bins = [0] * 20
+    for value in samples:
+        bins[min(int((value - low) / (high - low) * len(bins)), len(bins) - 1)] += 1
+    bar = width / len(bins)
+    peak = max(bins)
+    bars = "".join(
+        f'<rect x="{i * bar + 1:.1f}" y="{height - 20 - n / peak * (height - 30):.1f}" width="{bar - 2:.1f}" '
+        f'height="{n / peak * (height - 30):.1f}" fill="#7ea6e6"/>'
+        for i, n in enumerate(bins)
+        if n
+    )
+    marks = "".join(
+        f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height - 20}" stroke="#b3261e"/>'
+        f'<text x="{x + 3:.1f}" y="{y}" font-size="11" fill="#b3261e">{name} {value:.2f}</text>'
+        for name, value, y in (("p50", latency["p50"], 12), ("p95", latency["p95"], 26))
+        for x in [(value - low) / (high - low) * width]
+    )
+    axis = (f'<text x="0" y="{height - 4}" font-size="11" fill="#5b6577">{low:.2f} ms</text>'
+            f'<text x="{width - 70}" y="{height - 4}" font-size="11" fill="#5b6577">{high:.2f} ms</text>')  # fmt: skip
+    return (f'<svg role="img" aria-label="latency histogram" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" style="background:#fafbfd;border:1px solid #d8dde6">'
+            f"{bars}{marks}{axis}</svg>")  # fmt: skip
+
+
+def _captions_section(config: PipelineConfig) -> str:
+    """Sample photos captioned by the float models and the label tables, with their best labels."""
+    from runtime.preprocess import find_images
+
+    export, tables_dir = config.artifacts / "export", config.artifacts / "embed-vocab"
+    photos = find_images(config.stages.verify.images)[:CAPTIONED_PHOTOS]
+    if not photos or not (export / "export.json").is_file() or not (tables_dir / "vocab.json").is_file():
+        return _section("Captions", _missing("sample photos captioned (needs export and embed-vocab)"))
+    from runtime.clip import ClipRuntime
+    from runtime.errors import RuntimeErrorBase
+    from runtime.interrogator import Interrogator
+    from runtime.label_tables import LabelTables
+    from runtime.preprocess import open_image
+
+    try:
+        interrogator = Interrogator(ClipRuntime.load(export, with_text=False), LabelTables.load(tables_dir))
+    except RuntimeErrorBase as exc:
+        return _section("Captions", f"<p class=note>{_e(exc)}</p>")
+    cards = []
+    for path in photos:
+        if not path.is_file():
+            continue
+        image = open_image(path)
+        result = interrogator.interrogate(image)
+        best = "".join(
+            f"<tr><td>{_e(c.name)}</td><td>{_e(', '.join(f'{p.label} {p.score:.3f}' for p in c.top[:3]))}</td></tr>"
+            for c in result.categories
+        )
+        cards.append(f"<div class=photo><img alt='{_e(path.name)}' src='{_thumbnail(image)}'>"
+                     f"<p><b>{_e(path.name)}</b>: {_e(result.caption)}</p><table>{best}</table></div>")  # fmt: skip
+    note = "<p class=note>From the float models (export) and the label tables (embed-vocab).</p>"
+    return _section("Captions", note + f"<div class=photos>{''.join(cards)}</div>")
+
+
+def _thumbnail(image: Any) -> str:
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_PX * 3 // 2, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
