@@ -109,6 +109,11 @@ class HostConfig(Strict):
         return f"{user}{self.address}{port}"
 
 
+# The photos, prompts and vocabulary that ship with the project: defaults name them wherever the config
+# file lies and whatever the working directory (a path written in the config is relative to the config).
+SHIPPED = Path(__file__).resolve().parent.parent
+
+
 class ExportParams(Strict):
     opset: int = Field(DEFAULT_OPSET, ge=11, le=21)
     simplify: bool = True
@@ -116,7 +121,7 @@ class ExportParams(Strict):
 
 class VerifyParams(Strict):
     target: Literal[SUPPORTED_TARGETS] = "ax650"  # type: ignore[valid-type]
-    images: ConfigPath = Path("data/images")
+    images: ConfigPath = SHIPPED / "data/images"
     max_images: int = Field(4, ge=1, le=64)
     prompts: tuple[str, ...] = Field(DEFAULT_PROMPTS, min_length=1)
     min_cosine: float = Field(0.9999, ge=0, le=1)
@@ -124,9 +129,9 @@ class VerifyParams(Strict):
 
 
 class CalibrateParams(Strict):
-    images: ConfigPath = Path("data/images")
+    images: ConfigPath = SHIPPED / "data/images"
     image_count: int = Field(32, ge=1, le=10000)
-    prompts: ConfigPath = Path("data/calibration_prompts.txt")  # one prompt a line
+    prompts: ConfigPath = SHIPPED / "data/calibration_prompts.txt"  # one prompt a line
     text_count: int = Field(32, ge=1, le=10000)
     seed: int = 0  # which files and prompts are chosen when there are more than the counts
 
@@ -170,7 +175,7 @@ class CompileParams(Strict):
 
 
 class EmbedVocabParams(Strict):
-    vocabulary: ConfigPath = Path("vocab/default.yaml")
+    vocabulary: ConfigPath = SHIPPED / "vocab/default.yaml"
 
 
 class SmokeTestParams(Strict):

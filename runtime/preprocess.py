@@ -73,14 +73,34 @@ def resized_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]
     return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
+# Past this many crops' length (a 64:1 aspect ratio: a resized image of at most 14336x224, under 10 MB),
+# the long side is resized only where the center crop will keep it.
+LONG_SIDE_CROPS = 64
+
+
 def preprocess(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     """An RGB image -> float32 [1, 3, crop_height, crop_width]."""
     image = to_rgb(image)
     height, width = resized_size(image.height, image.width, config.shortest_edge)
-    resized = image.resize((width, height), resample=config.resample)
-    array = np.asarray(resized)
     top = (height - config.crop_height) // 2
     left = (width - config.crop_width) // 2
+    # A long thin image (6000x1 scales to 1,344,000x224) is resized only over the part the crop keeps, so
+    # time and memory stay flat for any aspect ratio. Pillow's horizontal `box` samples the source where the
+    # whole resize would; its vertical box does not, so a tall one is resized transposed (the two passes
+    # then round in the other order: within a few levels of the exact result, past 64:1 only).
+    tall = top > 0 and height > LONG_SIDE_CROPS * config.crop_height
+    if tall:
+        image, width, height, left, top = image.transpose(Image.Transpose.TRANSPOSE), height, width, top, left
+    if left > 0 and width > LONG_SIDE_CROPS * (config.crop_height if tall else config.crop_width):
+        crop = config.crop_height if tall else config.crop_width
+        scale = image.width / width
+        box = (left * scale, 0.0, (left + crop) * scale, float(image.height))
+        array = np.asarray(image.resize((crop, height), resample=config.resample, box=box))
+        left = 0
+    else:
+        array = np.asarray(image.resize((width, height), resample=config.resample))
+    if tall:
+        array, top, left = array.transpose(1, 0, 2), left, top
     array = _center_crop(array, top, left, config.crop_height, config.crop_width)
     # (x * rescale - mean) / std as one float32 multiply-add per pixel; within 1e-6 of the float64 path.
     std = np.asarray(config.std, dtype=np.float64)

@@ -124,3 +124,15 @@ def test_a_busy_port_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     _assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "pass --port")
     assert "Errno" not in result.stderr
+
+
+def test_status_from_another_directory_finds_every_shipped_file(tmp_path: Path) -> None:
+    """Defaults name the project's own photos, prompts and vocabulary, whatever the working directory."""
+    config = tmp_path / "minimal.yaml"
+    config.write_text(yaml.safe_dump({"model": {"id": "builtin:tiny-clip"}, "artifacts": "artifacts"}))
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "-r", str(REPO), "status", "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "not found" not in result.stdout + result.stderr

@@ -230,7 +230,8 @@ def test_a_request_waiting_past_the_queue_timeout_gets_503(serve, interrogator: 
 def test_basic_auth(serve) -> None:
     client = serve(credentials={"alice": "s3:cret", "bob": "hunter2"})
     body = {"image": photo()}
-    assert client.post(INTERROGATE, json=body).status_code == 401
+    missing = client.post(INTERROGATE, json=body)
+    assert missing.status_code == 401 and missing.json()["detail"] == "Incorrect username or password"
     wrong = client.post(INTERROGATE, json=body, auth=("alice", "hunter2"))
     assert wrong.status_code == 401 and wrong.json()["detail"] == "Incorrect username or password"
     assert wrong.headers["www-authenticate"] == "Basic"
@@ -295,6 +296,32 @@ def test_bad_options_are_refused_and_change_nothing(serve) -> None:
         assert response.status_code == 422, bad
         assert set(response.json()) == {"error", "detail", "body", "errors"}
     assert client.post(OPTIONS, json={"api_enable_requests": False}).status_code == 200  # unchanged: fine
+    assert client.get(OPTIONS).json() == before
+
+
+def test_options_that_could_poison_or_bloat_the_server_are_refused(serve, tmp_path: Path) -> None:
+    path = tmp_path / "options.json"
+    client = serve(options_file=path)
+    surrogate = '{"sd_model_checkpoint": "\\ud800"}'  # valid JSON, not encodable as UTF-8
+    response = client.post(OPTIONS, content=surrogate, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "unicode string" in response.text
+    for huge in (
+        {"deepbooru_filter_tags": "x, " * 5_000_000},
+        {"interrogate_clip_skip_categories": ["tags"] * 3_000_000},
+        {"interrogate_clip_skip_categories": ["t" * 300]},
+    ):
+        assert client.post(OPTIONS, json=huge).status_code == 422
+    assert client.get(OPTIONS).status_code == 200
+    assert not path.exists() or path.stat().st_size < 10_000  # nothing of it was saved
+    assert serve(options_file=path).get(OPTIONS).status_code == 200  # and a restart serves
+
+
+def test_an_options_change_that_cannot_be_saved_is_not_applied(serve, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    client = serve(options_file=tmp_path / "file" / "options.json")  # its folder is a file: no save possible
+    before = client.get(OPTIONS).json()
+    response = client.post(OPTIONS, json={"interrogate_return_ranks": True})
+    assert response.status_code == 500 and "nothing was changed" in response.json()["detail"]
     assert client.get(OPTIONS).json() == before
 
 
@@ -398,3 +425,40 @@ def test_the_command_line_names_bad_models_in_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error:") and "invoke fetch" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--queue", "-5"], "--queue must be 0 or more"),
+        (["--max-body-mb", "-1"], "--max-body-mb must be above 0"),
+        (["--queue-timeout", "0"], "--queue-timeout must be above 0"),
+        (["--max-connections", "0"], "--max-connections must be above 0"),
+        (["--unload-after", "-3"], "--unload-after takes a number of seconds above 0"),
+        (["--api-auth-file", "EMPTY"], "is empty: it must hold user:password lines"),
+    ],
+)
+def test_the_command_line_refuses_settings_that_would_refuse_every_request(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    (tmp_path / "EMPTY").write_text("\n")
+    flags = [str(tmp_path / f) if f == "EMPTY" else f for f in flags]
+    command = [sys.executable, "-m", "runtime.server", "--models", str(tmp_path), "--port", "0", *flags]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and message in result.stderr
+
+
+def test_long_thin_images_cost_no_more_than_a_photo(serve) -> None:
+    """A 6000x1 PNG once scaled its short side to 224 and its long side with it (+2.4 GB); 40,000,000x1
+    overflowed. Now only the part the center crop keeps is resized."""
+    import resource
+
+    client = serve()
+    sizes = ((6000, 1), (1, 6000), (40_000_000, 1))
+    bodies = [b64(png(Image.new("RGB", size, (90, 140, 200)))) for size in sizes]  # encoding a PNG is costly
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for size, body in zip(sizes, bodies, strict=True):
+        answer = client.post(INTERROGATE, json={"image": body})
+        assert answer.status_code == 200 and answer.json()["caption"], size
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 400  # the 40,000,000x1 image itself is 120 MB decoded

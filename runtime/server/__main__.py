@@ -63,13 +63,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_limits(args: argparse.Namespace) -> None:
+    """Every limit flag within sense: a negative queue or body cap would start a server that refuses all."""
+    positive = {"--queue-timeout": args.queue_timeout, "--max-body-mb": args.max_body_mb,
+                "--body-timeout": args.body_timeout, "--max-megapixels": args.max_megapixels,
+                "--max-connections": args.max_connections}  # fmt: skip
+    for flag, value in positive.items():
+        if value <= 0:
+            raise RuntimeErrorBase(f"{flag} must be above 0 (got {value:g})")
+    if args.queue < 0:
+        raise RuntimeErrorBase(f"--queue must be 0 or more (got {args.queue})")
+    if args.unload_after is not None and args.unload_after <= 0:
+        raise RuntimeErrorBase(f"--unload-after takes a number of seconds above 0 (got {args.unload_after:g})")
+
+
 def settings_from(args: argparse.Namespace) -> ServerSettings:
+    _check_limits(args)
     auth = args.api_auth or os.environ.get(AUTH_ENV, "")
     if args.api_auth_file:
         try:
             auth = args.api_auth_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise RuntimeErrorBase(f"--api-auth-file {args.api_auth_file}: {exc.strerror}") from exc
+        if not auth.strip():
+            raise RuntimeErrorBase(
+                f"--api-auth-file {args.api_auth_file} is empty: it must hold user:password lines "
+                "(drop the flag to serve without auth)"
+            )
     return ServerSettings(
         images=ImagePolicy(
             max_pixels=int(args.max_megapixels * 1e6),
@@ -106,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_port_free(host, args.port)
         settings = settings_from(args)
-        if args.unload_after is not None and args.unload_after <= 0:
-            raise RuntimeErrorBase(f"--unload-after takes a number of seconds above 0 (got {args.unload_after:g})")
         npu = NpuLock(args.npu_lock)
         clip = ClipRuntime.load(
             args.models, provider=args.provider, device_id=args.device_id, with_text=False, npu=npu,

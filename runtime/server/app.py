@@ -191,13 +191,14 @@ def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRo
     return router
 
 
-_BASIC = HTTPBasic()  # module level: FastAPI resolves the annotation below from this module's globals
+_BASIC = HTTPBasic(auto_error=False)  # module level: FastAPI resolves the annotation below from this module's globals
 
 
 def _authenticator(credentials: dict[str, str]) -> Any:
-    def check(given: Annotated[HTTPBasicCredentials, Depends(_BASIC)]) -> None:
+    def check(given: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)]) -> None:
         # Compare against every user, in constant time, so timing reveals neither names nor passwords.
         ok = False
+        given = given or HTTPBasicCredentials(username="", password="")  # no header: A1111's same answer
         for user, password in credentials.items():
             user_ok = secrets.compare_digest(given.username.encode(), user.encode())
             password_ok = secrets.compare_digest(given.password.encode(), password.encode())

@@ -10,7 +10,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,32 +18,42 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from runtime.errors import RuntimeErrorBase
 from runtime.interrogator import CaptionOptions, TagOptions
 
+# Bounds on every option: a POST must not be able to grow the saved file or slow every request. (Strings
+# that UTF-8 cannot hold, such as a lone surrogate from JSON's \ud800, pydantic refuses as it parses.)
+MAX_TEXT = 4096  # characters of a text option (deepbooru_filter_tags holds a comma-separated list)
+MAX_NAME = 256
+MAX_ITEMS = 64  # categories to skip: more than any vocabulary has
+
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     interrogate_return_ranks: bool = False
     # A1111 defaults to 1500 lines because it encodes every label per request; ours are precomputed.
-    interrogate_clip_dict_limit: int = Field(0, ge=0, description="only each category's first N labels; 0: all")
-    interrogate_clip_skip_categories: list[str] = Field(default_factory=list)
+    interrogate_clip_dict_limit: int = Field(
+        0, ge=0, le=10_000_000, description="only each category's first N labels; 0: all"
+    )
+    interrogate_clip_skip_categories: list[Annotated[str, Field(max_length=MAX_NAME)]] = Field(
+        default_factory=list, max_length=MAX_ITEMS
+    )
     interrogate_deepbooru_score_threshold: float = Field(0.5, ge=0, le=1)
     deepbooru_sort_alpha: bool = True
     deepbooru_use_spaces: bool = True
     deepbooru_escape: bool = True
-    deepbooru_filter_tags: str = ""
+    deepbooru_filter_tags: str = Field("", max_length=MAX_TEXT)
     # Accepted for clients that set them; no BLIP here, and the models always stay loaded.
     interrogate_keep_models_in_memory: bool = True
-    interrogate_clip_num_beams: int = Field(1, ge=1)
-    interrogate_clip_min_length: int = Field(24, ge=1)
-    interrogate_clip_max_length: int = Field(48, ge=1)
+    interrogate_clip_num_beams: int = Field(1, ge=1, le=64)
+    interrogate_clip_min_length: int = Field(24, ge=1, le=1024)
+    interrogate_clip_max_length: int = Field(48, ge=1, le=1024)
     # Set when the server starts (--allow-image-urls, --allow-local-urls); read-only here.
     api_enable_requests: bool = False
     api_forbid_local_requests: bool = True
     # What clients probe on an A1111 server; there is no Stable Diffusion model here.
-    sd_model_checkpoint: str | None = None
-    sd_checkpoint_hash: str | None = None
-    samples_format: str = "png"
-    CLIP_stop_at_last_layers: int = 1
+    sd_model_checkpoint: str | None = Field(None, max_length=MAX_NAME)
+    sd_checkpoint_hash: str | None = Field(None, max_length=MAX_NAME)
+    samples_format: str = Field("png", max_length=16)
+    CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12)
 
 
 READ_ONLY = {
@@ -57,10 +67,27 @@ class OptionsStore:
         self.path = path
         self.categories = categories
         self._lock = threading.Lock()
-        self._options = Options.model_validate({**_read_saved(path), **fixed})
+        self._apply(Options.model_validate({**_read_saved(path), **fixed}))
 
     def get(self) -> dict[str, Any]:
         return self._options.model_dump()
+
+    def _apply(self, options: Options) -> None:
+        """Options and what requests read from them, parsed once here rather than on every request."""
+        self._options = options
+        self._caption = CaptionOptions(
+            ranks=options.interrogate_return_ranks,
+            skip=frozenset(options.interrogate_clip_skip_categories),
+            dict_limit=options.interrogate_clip_dict_limit,
+        )
+        self._tags = TagOptions(
+            threshold=options.interrogate_deepbooru_score_threshold,
+            sort_alpha=options.deepbooru_sort_alpha,
+            use_spaces=options.deepbooru_use_spaces,
+            escape=options.deepbooru_escape,
+            exclude=frozenset(t.strip() for t in options.deepbooru_filter_tags.split(",") if t.strip()),
+            ranks=options.interrogate_return_ranks,
+        )
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a POST body: unknown keys are ignored (as A1111 does), known ones validated all or none."""
@@ -73,7 +100,8 @@ class OptionsStore:
             try:
                 updated = Options.model_validate({**current, **known})
             except ValidationError as exc:
-                raise HTTPException(422, [{"loc": e["loc"], "msg": e["msg"]} for e in exc.errors()]) from exc
+                detail = [{"loc": e["loc"], "msg": _printable(e["msg"])} for e in exc.errors()]
+                raise HTTPException(422, detail) from exc
             unknown = sorted(set(updated.interrogate_clip_skip_categories) - set(self.categories))
             if unknown:
                 raise HTTPException(
@@ -81,28 +109,24 @@ class OptionsStore:
                     f"interrogate_clip_skip_categories: unknown {', '.join(unknown)}; "
                     f"the categories are {', '.join(self.categories)}",
                 )
-            self._options = updated
-            if self.path:
-                _write_atomic(self.path, updated.model_dump(exclude=set(READ_ONLY)))
+            if self.path:  # saved first: a change that cannot be kept is not applied either
+                try:
+                    _write_atomic(self.path, updated.model_dump(exclude=set(READ_ONLY)))
+                except OSError as exc:
+                    raise HTTPException(
+                        500, f"could not save the options to {self.path} ({exc.strerror}); nothing was changed"
+                    ) from exc
+            self._apply(updated)
 
     def caption_options(self) -> CaptionOptions:
-        o = self._options
-        return CaptionOptions(
-            ranks=o.interrogate_return_ranks,
-            skip=frozenset(o.interrogate_clip_skip_categories),
-            dict_limit=o.interrogate_clip_dict_limit,
-        )
+        return self._caption
 
     def tag_options(self) -> TagOptions:
-        o = self._options
-        return TagOptions(
-            threshold=o.interrogate_deepbooru_score_threshold,
-            sort_alpha=o.deepbooru_sort_alpha,
-            use_spaces=o.deepbooru_use_spaces,
-            escape=o.deepbooru_escape,
-            exclude=frozenset(t.strip() for t in o.deepbooru_filter_tags.split(",") if t.strip()),
-            ranks=o.interrogate_return_ranks,
-        )
+        return self._tags
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _read_saved(path: Path | None) -> dict[str, Any]:
