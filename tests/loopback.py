@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 
 START_TIMEOUT_S = 30
@@ -36,3 +37,25 @@ def serving(app: object) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(START_TIMEOUT_S)
+
+
+@contextmanager
+def app_clients() -> Iterator[Callable[..., httpx.Client]]:
+    """start(interrogator, **ServerSettings) -> an httpx client of a fresh app on a real uvicorn; every
+    server and client started in the block is closed at its end."""
+    from runtime.server.app import ServerSettings, create_app
+
+    stack: list = []
+
+    def start(interrogator: object, **settings: object) -> httpx.Client:
+        context = serving(create_app(interrogator, ServerSettings(**settings)))  # type: ignore[arg-type]
+        client = httpx.Client(base_url=context.__enter__(), timeout=60)
+        stack.append((context, client))
+        return client
+
+    try:
+        yield start
+    finally:
+        for context, client in reversed(stack):
+            client.close()
+            context.__exit__(None, None, None)

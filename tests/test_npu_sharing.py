@@ -16,15 +16,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
 from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.npu import NpuLock
-from runtime.server.app import ServerSettings, create_app
-from tests.loopback import serving
+from tests.loopback import app_clients
 
 REPO = Path(__file__).resolve().parent.parent
 INTERROGATE = "/sdapi/v1/interrogate"
@@ -69,18 +67,8 @@ def _other_program(lock_file: Path, hold: float, times: int, log: Path) -> subpr
 
 @pytest.fixture
 def serve() -> Iterator:
-    stack: list = []
-
-    def start(interrogator: Interrogator, **settings: object) -> httpx.Client:
-        context = serving(create_app(interrogator, ServerSettings(**settings)))
-        client = httpx.Client(base_url=context.__enter__(), timeout=60)
-        stack.append((context, client))
-        return client
-
-    yield start
-    for context, client in reversed(stack):
-        client.close()
-        context.__exit__(None, None, None)
+    with app_clients() as start:
+        yield start
 
 
 def test_a_request_waits_for_another_programs_lock_and_answers_after_it_is_released(

@@ -29,7 +29,7 @@ from runtime.label_tables import LabelTables
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.images import ImagePolicy
 from tests.hostile_images import png_bomb
-from tests.loopback import free_port, serving
+from tests.loopback import app_clients, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((REPO / "data/images").glob("*.jpg"))
@@ -60,19 +60,8 @@ def interrogator(built_artifacts: Path) -> Interrogator:
 @pytest.fixture
 def serve(interrogator: Interrogator) -> Iterator[object]:
     """serve(**settings) -> an httpx client of a fresh app on a real uvicorn; closed after the test."""
-    stack: list = []
-
-    def start(**settings: object) -> httpx.Client:
-        context = serving(create_app(interrogator, ServerSettings(**settings)))
-        url = context.__enter__()
-        client = httpx.Client(base_url=url, timeout=60)
-        stack.append((context, client))
-        return client
-
-    yield start
-    for context, client in reversed(stack):
-        client.close()
-        context.__exit__(None, None, None)
+    with app_clients() as start:
+        yield functools.partial(start, interrogator)
 
 
 @pytest.fixture(scope="module")
