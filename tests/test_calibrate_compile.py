@@ -132,3 +132,16 @@ def test_captions_written_beside_the_sample_photos_leave_every_stage_up_to_date(
     (photos / "bricks.jpg").write_bytes((Path(__file__).parents[1] / "data/images/bricks.jpg").read_bytes())
     reasons = {stage.name: decision.reasons for stage, decision in plan(config, GRAPH, RunRequest())}
     assert reasons["verify"] and reasons["calibrate"]  # a new photo is a new input
+
+
+def test_fewer_distinct_photos_than_image_count_is_warned(tiny_pipeline, tmp_path: Path, caplog) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    images = Path(__file__).parents[1] / "data/images"
+    for name, source in (("cat.jpg", "cat.jpg"), ("same_cat.jpg", "cat.jpg"), ("coffee.jpg", "coffee.jpg")):
+        (photos / name).write_bytes((images / source).read_bytes())
+    config = tiny_pipeline(calibrate={"images": str(photos), "image_count": 32})
+    with caplog.at_level("WARNING"):
+        outcome = run(config, GRAPH, RunRequest(targets=("calibrate",), only=True))[0]
+    assert outcome.outcome is Outcome.RAN and "2 images (only 2 distinct found)" in outcome.summary
+    assert "only 2 distinct images" in caplog.text and "image_count 32" in caplog.text
