@@ -451,3 +451,50 @@ def test_long_thin_images_cost_no_more_than_a_photo(serve) -> None:
         assert answer.status_code == 200 and answer.json()["caption"], size
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 400  # the 40,000,000x1 image itself is 120 MB decoded
+
+
+@contextmanager
+def trickling_server(interval_s: float) -> Iterator[str]:
+    """An HTTP server on loopback that sends a PNG's bytes one at a time, `interval_s` apart."""
+    body = png(Image.new("RGB", (8, 8), (1, 2, 3)))
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for byte in body:
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(interval_s)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Trickle)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/slow.png"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_a_slow_image_url_meets_a_deadline_and_never_blocks_everyone(serve) -> None:
+    policy = ImagePolicy(allow_urls=True, allow_local_urls=True, url_timeout_s=2)
+    client = serve(images=policy, decoders=1, queue_timeout_s=1)
+    with trickling_server(0.2) as slow, ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        pending = pool.submit(client.post, INTERROGATE, json={"image": slow})
+        time.sleep(0.3)  # the URL now holds the only decoder slot
+        other = client.post(INTERROGATE, json={"image": photo()})
+        assert other.status_code == 503 and "every image decoder stayed busy" in other.json()["detail"]
+        answer = pending.result(timeout=30)
+        assert answer.status_code == 500 and "not downloaded within 2 s" in answer.json()["detail"]
+        assert time.monotonic() - started < 2 + 5 + 5  # the deadline, plus at most one read's wait
+    assert client.post(INTERROGATE, json={"image": photo()}).status_code == 200

@@ -115,11 +115,17 @@ def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRo
 
     def score(image_field: str) -> tuple[Scores, dict[str, float]]:
         begin = time.perf_counter()
-        with decoders:  # decoded images are the big allocations: only a few at a time
+        # Decoded images are the big allocations: only a few at a time, and never an unbounded wait for a
+        # slot (slow image URLs may hold them all).
+        if not decoders.acquire(timeout=settings.queue_timeout_s):
+            raise HTTPException(503, f"Server busy: every image decoder stayed busy for {settings.queue_timeout_s:g} s")
+        try:
             image = decode_image(image_field, settings.images)
             decoded = time.perf_counter()
             pixels = interrogator.clip.preprocess(image)
             del image
+        finally:
+            decoders.release()
         prepared = time.perf_counter()
         try:
             scores, timings = interrogator.score(pixels, wait=settings.queue_timeout_s)

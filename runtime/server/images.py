@@ -12,6 +12,7 @@ import binascii
 import io
 import ipaddress
 import socket
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from runtime.preprocess import to_rgb
 
 INVALID_IMAGE = "Invalid encoded image"
-URL_TIMEOUT_S = 30
+URL_READ_TIMEOUT_S = 5  # the longest a URL may leave one read waiting
+URL_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class ImagePolicy:
     max_url_bytes: int = 32 * 1024 * 1024
     allow_urls: bool = False  # A1111's api_enable_requests (there on by default; here off)
     allow_local_urls: bool = False  # the inverse of A1111's api_forbid_local_requests
+    url_timeout_s: float = 30.0  # the whole download, however slowly the bytes trickle
 
 
 def decode_image(encoding: str, policy: ImagePolicy) -> Image.Image:
@@ -86,17 +89,25 @@ def _fetch(url: str, policy: ImagePolicy) -> bytes:
     if not policy.allow_urls:
         raise HTTPException(500, "Requests not allowed")
     opener = urllib.request.build_opener(_CheckedRedirects(policy))
+    deadline = time.monotonic() + policy.url_timeout_s
+    received = bytearray()
     try:
         _check_url(url, policy)
-        with opener.open(urllib.request.Request(url), timeout=URL_TIMEOUT_S) as response:
-            data = response.read(policy.max_url_bytes + 1)
+        with opener.open(
+            urllib.request.Request(url), timeout=min(URL_READ_TIMEOUT_S, policy.url_timeout_s)
+        ) as response:
+            # read1: whatever has arrived, so a server that trickles a byte at a time meets the deadline
+            while chunk := response.read1(URL_CHUNK):
+                received += chunk
+                if len(received) > policy.max_url_bytes:
+                    raise HTTPException(413, f"Image at the URL is over {policy.max_url_bytes:,} bytes")
+                if time.monotonic() > deadline:
+                    raise HTTPException(500, f"Invalid image url: not downloaded within {policy.url_timeout_s:g} s")
     except HTTPException:
         raise
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise HTTPException(500, "Invalid image url") from exc
-    if len(data) > policy.max_url_bytes:
-        raise HTTPException(413, f"Image at the URL is over {policy.max_url_bytes:,} bytes")
-    return data
+    return bytes(received)
 
 
 def _check_url(url: str, policy: ImagePolicy) -> None:
