@@ -498,3 +498,14 @@ def test_a_slow_image_url_meets_a_deadline_and_never_blocks_everyone(serve) -> N
         assert answer.status_code == 500 and "not downloaded within 2 s" in answer.json()["detail"]
         assert time.monotonic() - started < 2 + 5 + 5  # the deadline, plus at most one read's wait
     assert client.post(INTERROGATE, json={"image": photo()}).status_code == 200
+
+
+def test_urls_that_parsers_read_differently_or_that_hide_a_local_address_are_refused(serve) -> None:
+    """Each is refused before any connection is made (no traffic leaves this machine)."""
+    client = serve(images=ImagePolicy(allow_urls=True))
+    for url in ("http://127.0.0.1:9/a\r\nHost: x", "http://exa mple.com/x.png", "http://127.0.0.1:7861\\@1.1.1.1/",
+                "http://user:pass@127.0.0.1/x.png"):  # fmt: skip
+        _assert_error(client, {"image": url}, 500, "Invalid image url")
+    for url in ("http://[64:ff9b::7f00:1]/x.png", "http://[::ffff:127.0.0.1]/x.png", "http://[2002:7f00:1::1]/x.png"):
+        _assert_error(client, {"image": url}, 500, "Request to local resource not allowed")
+    assert client.get("/healthz").status_code == 200

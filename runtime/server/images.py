@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import io
 import ipaddress
 import socket
@@ -105,22 +106,40 @@ def _fetch(url: str, policy: ImagePolicy) -> bytes:
                     raise HTTPException(500, f"Invalid image url: not downloaded within {policy.url_timeout_s:g} s")
     except HTTPException:
         raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         raise HTTPException(500, "Invalid image url") from exc
     return bytes(received)
 
 
 def _check_url(url: str, policy: ImagePolicy) -> None:
-    """A1111's rule: every address the host name resolves to must be global, unless local is allowed."""
+    """A1111's rule: every address the host name resolves to must be global, unless local is allowed.
+    URLs that parsers read differently (control characters, spaces, backslashes, user@host) are refused
+    first: `http://127.0.0.1:7861\\@1.1.1.1/` must not be checked as one host and fetched from another."""
+    parts = urlsplit(url)
+    if any(c.isspace() or ord(c) < 32 or c == "\\" for c in url) or "@" in parts.netloc:
+        raise HTTPException(500, "Invalid image url")
     if policy.allow_local_urls:
         return
-    host = urlsplit(url).hostname or ""
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except (socket.gaierror, UnicodeError):
+        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname or "", None)}
+    except (socket.gaierror, UnicodeError, ValueError):
         addresses = set()
-    if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses):
+    if not addresses or not all(_global(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
         raise HTTPException(500, "Request to local resource not allowed")
+
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _global(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Global, and so is any IPv4 address it carries (IPv4-mapped, NAT64 64:ff9b::/96, 6to4)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in NAT64:
+            return _global(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return _global(embedded)
+    return address.is_global
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
