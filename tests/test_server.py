@@ -363,7 +363,9 @@ def test_detailed_answer_and_health(serve, interrogator: Interrogator, expected:
 
 
 def test_openapi_document_is_served_and_valid(serve) -> None:
-    spec = serve().get("/openapi.json").json()
+    client = serve()
+    assert client.get("/docs").status_code == 404  # FastAPI's page would load its scripts from a CDN
+    spec = client.get("/openapi.json").json()
     validate(spec)
     assert {INTERROGATE, OPTIONS, "/clip/v1/interrogate", "/healthz"} <= set(spec["paths"])
 
@@ -509,3 +511,10 @@ def test_urls_that_parsers_read_differently_or_that_hide_a_local_address_are_ref
     for url in ("http://[64:ff9b::7f00:1]/x.png", "http://[::ffff:127.0.0.1]/x.png", "http://[2002:7f00:1::1]/x.png"):
         _assert_error(client, {"image": url}, 500, "Request to local resource not allowed")
     assert client.get("/healthz").status_code == 200
+
+
+def test_max_megapixels_above_pillows_own_limit_takes_effect(interrogator: Interrogator) -> None:
+    from PIL import Image as PillowImage
+
+    create_app(interrogator, ServerSettings(images=ImagePolicy(max_pixels=300_000_000)))
+    assert PillowImage.MAX_IMAGE_PIXELS >= 300_000_000  # Pillow refuses only past twice this

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -91,7 +92,14 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
         description="AUTOMATIC1111's /sdapi/v1/interrogate, answered by CLIP on an Axera NPU",
         version="1.0",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN, which a Pi offline cannot reach:
+        # the OpenAPI document itself is served, for any viewer or client generator.
+        docs_url=None,
+        redoc_url=None,
     )
+    # Our pixel limit is the one that counts: Pillow's own bomb guard (179 MP) would otherwise refuse
+    # images that --max-megapixels allows. The service owns its process, so this global is ours to set.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.images.max_pixels)
     install_error_handlers(app)
     app.add_middleware(RequestBodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.include_router(create_router(interrogator, settings))
