@@ -324,10 +324,10 @@ def test_options_persist_across_restarts(serve, tmp_path: Path, interrogator: In
 
 
 @contextmanager
-def file_server(directory: Path) -> Iterator[str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+def http_server(handler: object) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 in a background thread; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)  # type: ignore[arg-type]
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -335,6 +335,14 @@ def file_server(directory: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(10)
+
+
+@contextmanager
+def file_server(directory: Path) -> Iterator[str]:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    with http_server(handler) as url:
+        yield url
 
 
 def test_image_urls_are_off_by_default_and_local_ones_refused(serve, expected: dict[str, str]) -> None:
@@ -476,15 +484,8 @@ def trickling_server(interval_s: float) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Trickle)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/slow.png"
-    finally:
-        server.shutdown()
-        thread.join(10)
+    with http_server(Trickle) as url:
+        yield f"{url}/slow.png"
 
 
 def test_a_slow_image_url_meets_a_deadline_and_never_blocks_everyone(serve) -> None:
