@@ -73,10 +73,10 @@ def find_precision_table(text: str) -> PrecisionTable | None:
     blocks = _blocks(body)
     if len(blocks) < 2:
         raise PrecisionTableError("the precision table has a header but no rows")
-    header, rows = blocks[0], blocks[1:]
+    columns = _Columns.of(blocks[0])
     return PrecisionTable(
         analysis=analysis.group(1).strip() if analysis else "unknown",
-        layers=tuple(_layer(header, row) for row in rows),
+        layers=tuple(_layer(columns, row) for row in blocks[1:]),
         text="\n".join(([title] if title else []) + body),
     )
 
@@ -140,31 +140,46 @@ def _column(headers: list[str], *names: str) -> int | None:
     return None
 
 
-def _layer(header_block: list[list[str]], row_block: list[list[str]]) -> LayerPrecision:
-    headers = _cells(header_block)
-    cells = _cells(row_block)
-    cosine_at = _column(headers, *COSINE_HEADERS)
-    if cosine_at is None:
-        raise PrecisionTableError(f"the precision table has no cosine column (columns: {' | '.join(headers)})")
-    if len(cells) != len(headers):
-        raise PrecisionTableError(f"a precision-table row has {len(cells)} cells, the header {len(headers)}")
+@dataclass(frozen=True)
+class _Columns:
+    """Where each field sits, read once from the header."""
 
-    def text(*names: str) -> str:
-        at = _column(headers, *names)
+    headers: list[str]
+    cosine: int
+    mse: int | None
+    operator: int | None
+    type: int | None
+    output: int | None
+
+    @classmethod
+    def of(cls, header_block: list[list[str]]) -> _Columns:
+        headers = _cells(header_block)
+        cosine = _column(headers, *COSINE_HEADERS)
+        if cosine is None:
+            raise PrecisionTableError(f"the precision table has no cosine column (columns: {' | '.join(headers)})")
+        return cls(headers, cosine, _column(headers, "mse"), _column(headers, "operator", "layer", "op"),
+                   _column(headers, "type", "op type"), _column(headers, "output tensor", "output"))  # fmt: skip
+
+
+def _layer(columns: _Columns, row_block: list[list[str]]) -> LayerPrecision:
+    cells = _cells(row_block)
+    if len(cells) != len(columns.headers):
+        raise PrecisionTableError(f"a precision-table row has {len(cells)} cells, the header {len(columns.headers)}")
+
+    def text(at: int | None) -> str:
         return cells[at] if at is not None else ""
 
-    def number(at: int | None) -> float | None:
-        if at is None:
-            return None
+    def number(at: int) -> float:
         try:
             return float(cells[at])
         except ValueError as exc:
-            raise PrecisionTableError(f"{headers[at]} of layer {cells[0]!r} is not a number: {cells[at]!r}") from exc
+            name = columns.headers[at]
+            raise PrecisionTableError(f"{name} of layer {cells[0]!r} is not a number: {cells[at]!r}") from exc
 
     return LayerPrecision(
-        operator=text("operator", "layer", "op"),
-        type=text("type", "op type"),
-        output=text("output tensor", "output"),
-        cosine=number(cosine_at),  # type: ignore[arg-type]
-        mse=number(_column(headers, "mse")),
+        operator=text(columns.operator),
+        type=text(columns.type),
+        output=text(columns.output),
+        cosine=number(columns.cosine),
+        mse=None if columns.mse is None else number(columns.mse),
     )
