@@ -12,7 +12,7 @@ import base64
 import html
 import io
 import json
-import logging
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,12 @@ from typing import Any
 from pipeline.config import PipelineConfig
 from pipeline.lockfile import read_lock
 from pipeline.runner import StageOutcome
-
-log = logging.getLogger(__name__)
+from toolchains.precision_table import describe_layers
 
 INDEX = "index.html"
 RUN_FILE = "run.json"
 THUMBNAIL_PX = 160
 CAPTIONED_PHOTOS = 6
-WORST_SHOWN = 5
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1d2430;padding:0 16px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #d8dde6;padding-bottom:4px}
@@ -149,7 +147,7 @@ def _compile_section(report: dict[str, Any] | None) -> str:
         )
         layers = (model.get("precision") or {}).get("layers")
         if layers:
-            worst = ", ".join(f"{w['operator']} {w['cosine']:.5f}" for w in model.get("worst_layers", [])[:WORST_SHOWN])
+            worst = describe_layers(model.get("worst_layers", []))
             charts.append(f"<h3>{_e(name)}: cosine per layer</h3>{_layer_chart(layers)}"
                           f"<p class=note>worst layers: {_e(worst)}</p>")  # fmt: skip
     if not charts:
@@ -164,8 +162,6 @@ def _compile_section(report: dict[str, Any] | None) -> str:
 
 def _layer_chart(layers: list[dict[str, Any]], width: int = 1000, height: int = 180) -> str:
     """Cosine of every layer, in order, as a polyline over 1 - cosine on a log scale (small errors show)."""
-    import math
-
     floor = 1e-6
     values = [max(1.0 - float(layer["cosine"]), floor) for layer in layers]
     top = max(max(values), 1e-3)
@@ -248,8 +244,6 @@ def _captions_section(config: PipelineConfig) -> str:
         return _section("Captions", f"<p class=note>{_e(exc)}</p>")
     cards = []
     for path in photos:
-        if not path.is_file():
-            continue
         image = open_image(path)
         result = interrogator.interrogate(image)
         best = "".join(

@@ -22,6 +22,7 @@ from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime.similarity import cosine
 from toolchains.encoders import EncoderSpec, encoder_specs
+from toolchains.precision_table import describe_layers
 
 if TYPE_CHECKING:
     from toolchains.pulsar2_build import BuildResult
@@ -77,9 +78,7 @@ def _cosine_text(value: float | None) -> str:
 
 def _worst_layers_text(model: dict[str, Any]) -> str:
     worst = model.get("worst_layers")
-    if not worst:
-        return ""
-    return " (worst layers: " + ", ".join(f"{w['operator']} {w['cosine']:.5f}" for w in worst) + ")"
+    return f" (worst layers: {describe_layers(worst)})" if worst else ""
 
 
 def _compile_onnxruntime(ctx: StageContext, specs: list[EncoderSpec]) -> dict[str, Any]:

@@ -60,6 +60,11 @@ class PrecisionTable:
                 "layers": [layer.to_json() for layer in self.layers]}  # fmt: skip
 
 
+def describe_layers(layers: list[dict[str, object]]) -> str:
+    """Layers as the report keeps them (LayerPrecision.to_json), in words: `name 0.99870, ...`."""
+    return ", ".join(f"{layer['operator']} {layer['cosine']:.5f}" for layer in layers)
+
+
 def find_precision_table(text: str) -> PrecisionTable | None:
     """The last precision table in a build log or in precision_analysis_table.txt; None if there is none."""
     lines = [_ANSI.sub("", line).rstrip() for line in text.splitlines()]
