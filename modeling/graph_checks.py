@@ -135,15 +135,11 @@ def _node_problem(
             return f"{limit.attr}={value!r}: {limit.doc}"
     if op == "Gemm" and (attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
         return "alpha/beta other than 1 are not supported"
-    if op == "Resize" and _text(attrs.get("mode", b"nearest")) not in table.resize_modes:
-        return f"mode {_text(attrs['mode'])!r} is not supported"
-    if op == "Pad" and _text(attrs.get("mode", b"constant")) not in table.pad_modes:
-        return f"mode {_text(attrs['mode'])!r} is not supported"
+    if op == "Resize" and _value(attrs.get("mode", b"nearest")) not in table.resize_modes:
+        return f"mode {_value(attrs['mode'])!r} is not supported"
+    if op == "Pad" and _value(attrs.get("mode", b"constant")) not in table.pad_modes:
+        return f"mode {_value(attrs['mode'])!r} is not supported"
     return ""
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _value(value: object) -> object:

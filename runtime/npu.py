@@ -118,11 +118,6 @@ class NpuLock:
         self.stats.timeouts += 1
         self.stats.wait_ms_max = max(self.stats.wait_ms_max, (time.monotonic() - started) * 1e3)
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
 
 class ResidentModel:
     """A model session opened on first use and closed after `unload_after` idle seconds (None: never).
