@@ -8,9 +8,9 @@ from __future__ import annotations
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from pipeline.cli import caption_images, run_stages, serve_command, setup_logging, show_status
+from commands.cli import caption_images, run_stages, serve_command, setup_logging, show_status
+from commands.serving import ServeRequest
 from pipeline.runner import RunRequest
-from pipeline.serving import ServeRequest
 
 _HELP = {
     "config": "pipeline file (default: pipeline.yaml)",

@@ -1,1 +1,1 @@
-"""What tasks.py calls beyond running stages (today: the build report)."""
+"""What tasks.py runs: the command glue (cli.py), the server on a host (serving.py), the build report."""

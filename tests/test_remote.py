@@ -303,8 +303,8 @@ def test_serve_on_the_device_in_the_background_then_status_and_stop(remote, caps
 
     import httpx
 
+    from commands.serving import ServeRequest, start_on_host, status_on_host, stop_on_host
     from pipeline.errors import PipelineError
-    from pipeline.serving import ServeRequest, start_on_host, status_on_host, stop_on_host
     from tests.loopback import free_port
 
     config = remote()

@@ -13,12 +13,12 @@ from pathlib import Path
 from invoke.exceptions import Exit
 from rich.logging import RichHandler
 
+from commands.serving import ServeRequest
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import PipelineError
 from pipeline.graph import StageGraph
 from pipeline.report import console, print_table
 from pipeline.runner import Outcome, RunRequest, StageOutcome, plan, run
-from pipeline.serving import ServeRequest
 
 DEFAULT_CONFIG = "pipeline.yaml"
 _STYLE = {
@@ -147,11 +147,12 @@ def show_status(config_path: str | None) -> None:
     print_table(f"status ({config.artifacts})", ("stage", "status", "why"), rows)
 
 
-def device_models_dir(config_path: str | None, models: str | None) -> Path:
-    """--models, or the models dir that fetch fills when the device is this machine."""
+def device_models_dir(config: PipelineConfig | None, models: str | None) -> Path:
+    """--models, or the models dir that fetch fills when the device is this machine (then `config` is
+    the loaded config; callers load it once, when --models is not given)."""
     if models:
         return Path(models)
-    config = load(config_path)
+    assert config is not None
     fetch = config.stages.fetch
     host = config.host(fetch.host)
     if host.kind != "local":
@@ -185,8 +186,9 @@ def caption_images(
     with user_errors():
         if not images_dir.is_dir():
             raise PipelineError(f"{images_dir} is not a directory", hint="pass --images DIR")
-        models_dir = device_models_dir(config_path, models)
-        lock = npu_lock or (load(config_path).device.npu_lock if models is None else None)
+        config = None if models else load(config_path)
+        models_dir = device_models_dir(config, models)
+        lock = npu_lock or (config.device.npu_lock if config else None)
         try:
             npu = NpuLock(Path(lock) if lock else None)
             interrogator = Interrogator(
@@ -215,26 +217,25 @@ def serve_command(
     config_path: str | None, host: str | None, models: str | None, request: ServeRequest, *, stop: bool, status: bool
 ) -> None:
     """Foreground here, or start/stop/inspect the background server on a host of the config."""
-    from pipeline import serving
+    from commands import serving
 
     with user_errors():
-        if models is None:
-            device = load(config_path).device
+        config = None if models else load(config_path)
+        if config:
             request = replace(
                 request,
-                npu_lock=request.npu_lock or device.npu_lock,
-                unload_after=request.unload_after if request.unload_after is not None else device.unload_after,
+                npu_lock=request.npu_lock or config.device.npu_lock,
+                unload_after=request.unload_after if request.unload_after is not None else config.device.unload_after,
             )
         if host is None:
             if stop or status:
                 raise PipelineError("--stop and --status are for a server on a host", hint="add --host NAME")
-            code = serving.serve_here(device_models_dir(config_path, models), request)
+            code = serving.serve_here(device_models_dir(config, models), request)
             if code:
                 raise Exit(code=1)  # the server printed its one `error:` line
             return
-        if models:
+        if config is None:
             raise PipelineError("--models is for a server here; on a host it serves the models fetch put there")
-        config = load(config_path)
         if stop:
             serving.stop_on_host(config, host)
         elif status:
