@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
-from pipeline.lockfile import read_lock
+from pipeline.files import canonical_json, sha256_text
+from pipeline.lockfile import StageRecord, read_lock
 from pipeline.runner import StageOutcome
 from toolchains.precision_table import describe_layers
 
 INDEX = "index.html"
 RUN_FILE = "run.json"
+CAPTIONS_CACHE = "captions.cache.json"  # the captions section and what it was made from
 THUMBNAIL_PX = 160
 CAPTIONED_PHOTOS = 6
 STYLE = """
@@ -46,16 +48,16 @@ def write_run(reports: Path, outcomes: Sequence[StageOutcome]) -> None:
 
 def write_index(config: PipelineConfig) -> Path:
     """Build the page from whatever the artifacts hold now; sections without data say so."""
-    artifacts = config.artifacts
-    reports = artifacts / "reports"
+    reports = config.artifacts / "reports"
     reports.mkdir(parents=True, exist_ok=True)
+    records = read_lock(config.artifacts)
     sections = [
         _run_section(_load(reports / RUN_FILE)),
-        _provenance_section(artifacts),
+        _provenance_section(records),
         _verify_section(_load(reports / "verify.json")),
         _compile_section(_load(reports / "compile.json")),
         _smoke_section(_load(reports / "smoke-test.json")),
-        _captions_section(config),
+        _cached_captions_section(config, records),
     ]
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>clip-axera build report</title>"
@@ -104,8 +106,7 @@ def _run_section(run: list[dict[str, Any]] | None) -> str:
     return _section("Last run", _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True))
 
 
-def _provenance_section(artifacts: Path) -> str:
-    records = read_lock(artifacts)
+def _provenance_section(records: dict[str, StageRecord]) -> str:
     if not records:
         return _section("Provenance", _missing("lock file"))
     rows = [(name, r.started_at, f"{r.seconds:.1f} s", r.host) for name, r in records.items()]
@@ -224,12 +225,28 @@ def _latency_chart(latency: dict[str, Any], width: int = 600, height: int = 120)
             f"{bars}{marks}{axis}</svg>")  # fmt: skip
 
 
-def _captions_section(config: PipelineConfig) -> str:
-    """Sample photos captioned by the float models and the label tables, with their best labels."""
+def _cached_captions_section(config: PipelineConfig, records: dict[str, StageRecord]) -> str:
+    """The captions section, made again only when the models, the tables or the photos changed: loading
+    the image encoder and captioning would otherwise cost every no-op `invoke all` a second or more."""
     from runtime.preprocess import find_images
 
-    export, tables_dir = config.artifacts / "export", config.artifacts / "embed-vocab"
     photos = find_images(config.stages.verify.images)[:CAPTIONED_PHOTOS]
+    outputs = {stage: {name: state.sha256 for name, state in record.outputs.items()}
+               for stage, record in records.items() if stage in ("export", "embed-vocab")}  # fmt: skip
+    photo_states = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in photos]
+    key = sha256_text(canonical_json({"outputs": outputs, "photos": photo_states}))
+    cache = config.artifacts / "reports" / CAPTIONS_CACHE
+    cached = _load(cache)
+    if isinstance(cached, dict) and cached.get("key") == key:
+        return str(cached["html"])
+    section = _captions_section(config, photos)
+    cache.write_text(json.dumps({"key": key, "html": section}), encoding="utf-8")
+    return section
+
+
+def _captions_section(config: PipelineConfig, photos: list[Path]) -> str:
+    """Sample photos captioned by the float models and the label tables, with their best labels."""
+    export, tables_dir = config.artifacts / "export", config.artifacts / "embed-vocab"
     if not photos or not (export / "export.json").is_file() or not (tables_dir / "vocab.json").is_file():
         return _section("Captions", _missing("sample photos captioned (needs export and embed-vocab)"))
     from runtime.clip import ClipRuntime
