@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from pipeline.config import PipelineConfig, load_config
 from pipeline.graph import StageGraph
 from pipeline.runner import RunRequest, run
+from runtime.clip import VOCAB_DIR, ClipRuntime
+from runtime.interrogator import Interrogator
+from runtime.label_tables import LabelTables
+from tests.loopback import app_clients
 from tests.sshd import SshServer, start_sshd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +74,21 @@ def built_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     outcomes = run(load_config(path), StageGraph(ALL_STAGES), RunRequest())
     assert [o.outcome.value for o in outcomes] == ["ran"] * len(STAGES), outcomes
     return root / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def interrogator(built_artifacts: Path) -> Interrogator:
+    """The built device models, loaded as the server loads them (image encoder and label tables)."""
+    models = built_artifacts.parent / "device" / "models"
+    return Interrogator(ClipRuntime.load(models, with_text=False), LabelTables.load(models / VOCAB_DIR))
+
+
+@pytest.fixture
+def serve(interrogator: Interrogator) -> Iterator[Callable[..., httpx.Client]]:
+    """serve(limits=ConnectionLimits, **ServerSettings) -> an httpx client of a fresh app on a real
+    uvicorn; closed after the test."""
+    with app_clients() as start:
+        yield functools.partial(start, interrogator)
 
 
 @pytest.fixture

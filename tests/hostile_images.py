@@ -16,3 +16,14 @@ def png_bomb(width: int, height: int, rows: int | None = None) -> bytes:
 
     header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
     return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def ico_hiding(image: bytes, claimed: int = 16) -> bytes:
+    """An ICO whose one directory entry says claimed x claimed while holding `image` (a PNG or a DIB)."""
+    entry = struct.pack("<BBBBHHII", claimed, claimed, 0, 0, 1, 32, len(image), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + image
+
+
+def dib_header(width: int, height: int) -> bytes:
+    """A BMP icon's BITMAPINFOHEADER (its height counts the AND mask: twice the image) and no pixels."""
+    return struct.pack("<IiiHHIIiiII", 40, width, 2 * height, 1, 32, 0, 0, 0, 0, 0, 0)

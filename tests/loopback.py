@@ -11,6 +11,8 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
+from runtime.server.connections import ConnectionLimits, uvicorn_config
+
 START_TIMEOUT_S = 30
 
 
@@ -21,10 +23,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: object) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 with uvicorn until the block ends; yields the base URL."""
+def serving(app: object, limits: ConnectionLimits | None = None) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 with uvicorn, configured as the server command does, until the block ends;
+    yields the base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, limits or ConnectionLimits(), "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -41,14 +44,14 @@ def serving(app: object) -> Iterator[str]:
 
 @contextmanager
 def app_clients() -> Iterator[Callable[..., httpx.Client]]:
-    """start(interrogator, **ServerSettings) -> an httpx client of a fresh app on a real uvicorn; every
-    server and client started in the block is closed at its end."""
+    """start(interrogator, limits=ConnectionLimits, **ServerSettings) -> an httpx client of a fresh app on
+    a real uvicorn; every server and client started in the block is closed at its end."""
     from runtime.server.app import ServerSettings, create_app
 
     stack: list = []
 
-    def start(interrogator: object, **settings: object) -> httpx.Client:
-        context = serving(create_app(interrogator, ServerSettings(**settings)))  # type: ignore[arg-type]
+    def start(interrogator: object, limits: ConnectionLimits | None = None, **settings: object) -> httpx.Client:
+        context = serving(create_app(interrogator, ServerSettings(**settings)), limits)  # type: ignore[arg-type]
         client = httpx.Client(base_url=context.__enter__(), timeout=60)
         stack.append((context, client))
         return client

@@ -13,7 +13,6 @@ import pytest
 
 from runtime.backends import AxEngineBackend, OnnxRuntimeBackend, conform, open_backend
 from runtime.captioning import caption_folder
-from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.errors import BackendUnavailable
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
 from runtime.label_tables import LabelTables, normalize
@@ -131,12 +130,6 @@ def test_inputs_are_checked_against_the_model() -> None:
         conform({"input_ids": np.arange(5)[None]}, inputs)
     with pytest.raises(ValueError, match="missing input"):
         conform({}, inputs)
-
-
-@pytest.fixture(scope="module")
-def interrogator(built_artifacts: Path) -> Interrogator:
-    models = _device(built_artifacts)
-    return Interrogator(ClipRuntime.load(models, with_text=False), LabelTables.load(models / VOCAB_DIR))
 
 
 def test_caption_joins_one_pick_per_category_in_order(interrogator: Interrogator) -> None:

@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +23,13 @@ import pytest
 from openapi_spec_validator import validate
 from PIL import Image
 
-from runtime.clip import VOCAB_DIR, ClipRuntime
+from runtime.clip import VOCAB_DIR
 from runtime.errors import RuntimeErrorBase
 from runtime.interrogator import Interrogator
-from runtime.label_tables import LabelTables
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.images import ImagePolicy
-from tests.hostile_images import png_bomb
-from tests.loopback import app_clients, free_port
+from tests.hostile_images import dib_header, ico_hiding, png_bomb
+from tests.loopback import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((REPO / "data/images").glob("*.jpg"))
@@ -49,19 +49,6 @@ def png(image: Image.Image, format: str = "PNG") -> bytes:  # noqa: A002 - Pillo
     out = io.BytesIO()
     image.save(out, format=format)
     return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def interrogator(built_artifacts: Path) -> Interrogator:
-    models = built_artifacts.parent / "device" / "models"
-    return Interrogator(ClipRuntime.load(models, with_text=False), LabelTables.load(models / VOCAB_DIR))
-
-
-@pytest.fixture
-def serve(interrogator: Interrogator) -> Iterator[object]:
-    """serve(**settings) -> an httpx client of a fresh app on a real uvicorn; closed after the test."""
-    with app_clients() as start:
-        yield functools.partial(start, interrogator)
 
 
 @pytest.fixture(scope="module")
@@ -519,3 +506,72 @@ def test_max_megapixels_above_pillows_own_limit_takes_effect(interrogator: Inter
 
     create_app(interrogator, ServerSettings(images=ImagePolicy(max_pixels=300_000_000)))
     assert PillowImage.MAX_IMAGE_PIXELS >= 300_000_000  # Pillow refuses only past twice this
+
+
+def test_icons_are_measured_by_the_images_they_hold_and_icns_is_refused(serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ICO's directory once said 16x16 for a 12000x12000 PNG that Pillow decoded while opening (+360 MB)."""
+    from PIL import ImageFile
+
+    decoded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or real_load(image))
+    client = serve(images=ImagePolicy(max_pixels=1_000_000))
+    hidden = ico_hiding(png_bomb(12000, 12000, rows=1))  # 144 MP behind a 16x16 entry, in 14 KB
+    assert len(hidden) < 20_000
+    detail = "Image too large: 12000x12000 is 144,000,000 pixels, the limit is 1,000,000"
+    _assert_error(client, {"image": b64(hidden)}, 413, detail)
+    assert (12000, 12000) not in decoded  # measured from the embedded header; its pixels never decoded
+    _assert_error(client, {"image": b64(ico_hiding(dib_header(30_000, 30_000)))}, 413)
+    icon = png(Image.new("RGB", (64, 64), (200, 40, 40)), format="ICO")
+    assert client.post(INTERROGATE, json={"image": b64(icon)}).status_code == 200
+    icns = png(Image.new("RGB", (64, 64), (200, 40, 40)), format="ICNS")
+    _assert_error(client, {"image": b64(icns)}, 500, "Invalid encoded image")
+
+
+def test_an_image_url_is_fetched_from_the_address_that_was_checked(serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS rebinding: the name resolves to a (pretend) global address for the check and to a local one a
+    moment later. The fetch must go to the checked address. Both servers listen on loopback addresses."""
+    from runtime.server import images
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+    hits: dict[str, int] = {"127.0.0.1": 0, "127.0.0.2": 0}
+    body = (REPO / "data/images/cat.jpg").read_bytes()
+
+    def handler(address: str) -> type:
+        class Count(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits[address] += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Count
+
+    servers = [http.server.ThreadingHTTPServer((address, port), handler(address)) for address in hits]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    real_getaddrinfo, answers = socket.getaddrinfo, iter(["127.0.0.2"])
+
+    def rebinding(host: str, *args: object, **kwargs: object) -> list:
+        if host == "rebind.test":  # first the checked address, then the local one
+            host = next(answers, "127.0.0.1")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(images, "_global", lambda address: str(address) == "127.0.0.2")
+    try:
+        answer = serve(images=ImagePolicy(allow_urls=True)).post(
+            INTERROGATE, json={"image": f"http://rebind.test:{port}/cat.jpg"}
+        )
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert answer.status_code == 200, answer.text
+    assert hits == {"127.0.0.1": 0, "127.0.0.2": 1}

@@ -13,12 +13,15 @@ import socket
 import sys
 from pathlib import Path
 
+import uvicorn
+
 from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.errors import RuntimeErrorBase
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.npu import NpuLock
 from runtime.server.app import ServerSettings, create_app
+from runtime.server.connections import ConnectionLimits, uvicorn_config
 from runtime.server.images import ImagePolicy
 
 MB = 1024 * 1024
@@ -49,12 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the same file another program on the NPU locks, e.g. /run/lock/ax650.lock)")
     parser.add_argument("--unload-after", type=float, help="seconds without a request after which the image "
                         "encoder leaves the NPU (loaded again by the next request); default: stay loaded")
-    defaults, images = ServerSettings(), ImagePolicy()
+    defaults, images, connections = ServerSettings(), ImagePolicy(), ConnectionLimits()
     parser.add_argument("--queue", type=int, default=defaults.queue_size, help="requests that may wait for the encoder")
     parser.add_argument("--queue-timeout", type=float, default=defaults.queue_timeout_s, help="seconds in the queue")
     parser.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / MB, help="largest request body")
+    parser.add_argument("--max-bodies-mb", type=float, default=defaults.max_bodies_bytes / MB,
+                        help="all request bodies in flight together; past it, a 503")
     parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s, help="seconds a body may take")
-    parser.add_argument("--max-connections", type=int, default=256, help="open connections; more get a 503")
+    parser.add_argument("--head-timeout", type=float, default=connections.head_timeout_s,
+                        help="seconds a request's head (request line and headers) may take")
+    parser.add_argument("--max-connections", type=int, default=connections.max_connections,
+                        help="open connections; past it, the one idle longest is closed, or a 503")
     parser.add_argument("--max-megapixels", type=float, default=images.max_pixels / 1e6, help="largest image")
     parser.add_argument("--allow-image-urls", action="store_true", help="accept http(s) image URLs")
     parser.add_argument("--allow-local-urls", action="store_true", help="... including local/private addresses")
@@ -67,10 +75,15 @@ def _check_limits(args: argparse.Namespace) -> None:
     """Every limit flag within sense: a negative queue or body cap would start a server that refuses all."""
     positive = {"--queue-timeout": args.queue_timeout, "--max-body-mb": args.max_body_mb,
                 "--body-timeout": args.body_timeout, "--max-megapixels": args.max_megapixels,
-                "--max-connections": args.max_connections}  # fmt: skip
+                "--max-connections": args.max_connections, "--max-bodies-mb": args.max_bodies_mb,
+                "--head-timeout": args.head_timeout}  # fmt: skip
     for flag, value in positive.items():
         if value <= 0:
             raise RuntimeErrorBase(f"{flag} must be above 0 (got {value:g})")
+    if args.max_bodies_mb < args.max_body_mb:
+        raise RuntimeErrorBase(
+            f"--max-bodies-mb ({args.max_bodies_mb:g}) must be at least --max-body-mb ({args.max_body_mb:g})"
+        )
     if args.queue < 0:
         raise RuntimeErrorBase(f"--queue must be 0 or more (got {args.queue})")
     if args.unload_after is not None and args.unload_after <= 0:
@@ -97,6 +110,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
             allow_local_urls=args.allow_local_urls,
         ),
         max_body_bytes=int(args.max_body_mb * MB),
+        max_bodies_bytes=int(args.max_bodies_mb * MB),
         body_timeout_s=args.body_timeout,
         queue_size=args.queue,
         queue_timeout_s=args.queue_timeout,
@@ -118,7 +132,6 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -136,14 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeErrorBase as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app,
-        host=host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_keep_alive=30,
-        limit_concurrency=args.max_connections,
-    )
+    limits = ConnectionLimits(max_connections=args.max_connections, head_timeout_s=args.head_timeout)
+    uvicorn.Server(uvicorn_config(app, host, args.port, limits, args.log_level)).run()
     return 0
 
 

@@ -7,17 +7,15 @@ lets one encode run at a time (one NPU), and the admission gate bounds how many 
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -25,9 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from runtime.errors import NpuBusy
 from runtime.interrogator import Interrogation, Interrogator, Scores
 from runtime.npu import IdleUnloader
+from runtime.server.auth import authenticator
 from runtime.server.errors import install_error_handlers
 from runtime.server.images import ImagePolicy, decode_image
-from runtime.server.limits import AdmissionGate, RequestBodyLimits
+from runtime.server.limits import AdmissionGate, BodyBudget, RequestBodyLimits
 from runtime.server.options import Options, OptionsStore
 
 MODELS = ("clip", "deepdanbooru")
@@ -37,6 +36,7 @@ MODELS = ("clip", "deepdanbooru")
 class ServerSettings:
     images: ImagePolicy = field(default_factory=ImagePolicy)
     max_body_bytes: int = 32 * 1024 * 1024
+    max_bodies_bytes: int = 128 * 1024 * 1024  # all bodies in flight together; past it, a 503
     body_timeout_s: float = 60.0  # a body still arriving after this gets a 408
     queue_size: int = 64  # requests that may wait while one encodes
     decoders: int = max(2, os.cpu_count() or 2)  # images decoded at once
@@ -101,7 +101,13 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
     # images that --max-megapixels allows. The service owns its process, so this global is ours to set.
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.images.max_pixels)
     install_error_handlers(app)
-    app.add_middleware(RequestBodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(
+        RequestBodyLimits,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        budget=BodyBudget(settings.max_bodies_bytes),
+        credentials=settings.credentials,
+    )
     app.include_router(create_router(interrogator, settings))
     return app
 
@@ -118,7 +124,7 @@ def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRo
         "api_forbid_local_requests": not settings.images.allow_local_urls,
     }
     options = OptionsStore(settings.options_file, categories, fixed)
-    auth = [Depends(_authenticator(settings.credentials))] if settings.credentials else []
+    auth = [Depends(authenticator(settings.credentials))] if settings.credentials else []
     started = time.time()
 
     def score(image_field: str) -> tuple[Scores, dict[str, float]]:
@@ -203,21 +209,3 @@ def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRo
         }
 
     return router
-
-
-_BASIC = HTTPBasic(auto_error=False)  # module level: FastAPI resolves the annotation below from this module's globals
-
-
-def _authenticator(credentials: dict[str, str]) -> Any:
-    def check(given: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)]) -> None:
-        # Compare against every user, in constant time, so timing reveals neither names nor passwords.
-        ok = False
-        given = given or HTTPBasicCredentials(username="", password="")  # no header: A1111's same answer
-        for user, password in credentials.items():
-            user_ok = secrets.compare_digest(given.username.encode(), user.encode())
-            password_ok = secrets.compare_digest(given.password.encode(), password.encode())
-            ok |= user_ok & password_ok
-        if not ok:
-            raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
-
-    return check

@@ -2,7 +2,9 @@
 
 A1111 answers every undecodable image with 500 "Invalid encoded image", and URL refusals with 500 too;
 clients match on those, so they are kept. Oversized images get 413 before their pixels are decoded:
-Pillow reads the header lazily, so a decompression bomb is refused from its declared size.
+Pillow reads the header lazily, so a decompression bomb is refused from its declared size. ICO and CUR,
+whose directory may understate the images they hold and which Pillow decodes while opening, are measured
+from each embedded image's own header first; REFUSED_FORMATS are not opened at all.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import http.client
 import io
 import ipaddress
 import socket
+import struct
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import HTTPException
@@ -27,6 +31,9 @@ from runtime.preprocess import to_rgb
 INVALID_IMAGE = "Invalid encoded image"
 URL_READ_TIMEOUT_S = 5  # the longest a URL may leave one read waiting
 URL_CHUNK = 64 * 1024
+# ICNS: Pillow decodes its largest icon while opening, and its true size is known only then.
+# EPS: Pillow runs Ghostscript, an interpreter, on the bytes (where Ghostscript is installed).
+REFUSED_FORMATS = frozenset({"ICNS", "EPS"})
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,13 @@ def _b64decode(text: str) -> bytes:
 def _open(data: bytes, policy: ImagePolicy, invalid: str) -> Image.Image:
     if not data:
         raise HTTPException(500, invalid)
+    if data.startswith(ICON_MAGICS):
+        width, height = _largest_icon(data)
+        if width * height > policy.max_pixels:
+            raise HTTPException(413, _too_large(width, height, policy))
+    Image.init()  # registers every plugin, once: the list below is then complete
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=[f for f in Image.OPEN if f not in REFUSED_FORMATS]) as image:
             width, height = image.size
             if width * height > policy.max_pixels:
                 raise HTTPException(413, _too_large(width, height, policy))
@@ -82,6 +94,32 @@ def _open(data: bytes, policy: ImagePolicy, invalid: str) -> Image.Image:
         raise HTTPException(500, invalid) from exc
 
 
+ICON_MAGICS = (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")  # ICO, CUR: the same directory
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _largest_icon(data: bytes) -> tuple[int, int]:
+    """The largest image an ICO or CUR holds, by the embedded PNG's IHDR or BMP's DIB header (the directory's
+    own 1-byte sizes say nothing true: a 12000x12000 PNG may sit behind an entry saying 16x16)."""
+    count = int.from_bytes(data[4:6], "little")
+    largest = (0, 0)
+    for entry in range(count):
+        record = data[6 + 16 * entry : 22 + 16 * entry]
+        if len(record) < 16:
+            break
+        offset = int.from_bytes(record[12:16], "little")
+        header = data[offset : offset + 24]
+        if header.startswith(PNG_MAGIC):
+            width, height = struct.unpack(">II", header[16:24])
+        elif len(header) >= 12:
+            width, height = struct.unpack("<ii", header[4:12])
+            width, height = abs(width), abs(height) // 2  # a DIB icon's height counts its AND mask too
+        else:
+            continue
+        largest = max(largest, (width, height), key=lambda size: size[0] * size[1])
+    return largest
+
+
 def _too_large(width: int, height: int, policy: ImagePolicy) -> str:
     return f"Image too large: {width}x{height} is {width * height:,} pixels, the limit is {policy.max_pixels:,}"
 
@@ -89,11 +127,17 @@ def _too_large(width: int, height: int, policy: ImagePolicy) -> str:
 def _fetch(url: str, policy: ImagePolicy) -> bytes:
     if not policy.allow_urls:
         raise HTTPException(500, "Requests not allowed")
-    opener = urllib.request.build_opener(_CheckedRedirects(policy))
+    checked: dict[str, str] = {}  # host name -> the address its check passed: the one connected to
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),  # a proxy would resolve the name itself, past the check
+        _PinnedHTTPHandler(checked),
+        _PinnedHTTPSHandler(checked),
+        _CheckedRedirects(policy, checked),
+    )
     deadline = time.monotonic() + policy.url_timeout_s
     received = bytearray()
     try:
-        _check_url(url, policy)
+        _check_url(url, policy, checked)
         with opener.open(
             urllib.request.Request(url), timeout=min(URL_READ_TIMEOUT_S, policy.url_timeout_s)
         ) as response:
@@ -111,21 +155,59 @@ def _fetch(url: str, policy: ImagePolicy) -> bytes:
     return bytes(received)
 
 
-def _check_url(url: str, policy: ImagePolicy) -> None:
+def _check_url(url: str, policy: ImagePolicy, checked: dict[str, str]) -> None:
     """A1111's rule: every address the host name resolves to must be global, unless local is allowed.
     URLs that parsers read differently (control characters, spaces, backslashes, user@host) are refused
-    first: `http://127.0.0.1:7861\\@1.1.1.1/` must not be checked as one host and fetched from another."""
+    first: `http://127.0.0.1:7861\\@1.1.1.1/` must not be checked as one host and fetched from another.
+    The checked address is recorded in `checked`, and the connection goes there: a name resolved a second
+    time could answer otherwise (DNS rebinding)."""
     parts = urlsplit(url)
     if any(c.isspace() or ord(c) < 32 or c == "\\" for c in url) or "@" in parts.netloc:
         raise HTTPException(500, "Invalid image url")
     if policy.allow_local_urls:
         return
+    host = (parts.hostname or "").lower()
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname or "", None)}
+        addresses = [info[4][0] for info in socket.getaddrinfo(host, None)]
     except (socket.gaierror, UnicodeError, ValueError):
-        addresses = set()
+        addresses = []
     if not addresses or not all(_global(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
         raise HTTPException(500, "Request to local resource not allowed")
+    checked[host] = addresses[0]
+
+
+def _pinned(connection_class: type[http.client.HTTPConnection], checked: dict[str, str]) -> Any:
+    """`connection_class`, connecting to the address recorded for its host (TLS still names the host)."""
+
+    def connect_to_checked(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+        connection = connection_class(host, **kwargs)
+        create = connection._create_connection  # http.client's own hook for how the socket is made
+
+        def create_connection(address: tuple[str, int], *args: Any) -> socket.socket:
+            return create((checked.get(address[0].lower(), address[0]), address[1]), *args)
+
+        connection._create_connection = create_connection
+        return connection
+
+    return connect_to_checked
+
+
+class _PinnedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, checked: dict[str, str]) -> None:
+        super().__init__()
+        self.connection = _pinned(http.client.HTTPConnection, checked)
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.connection, req)
+
+
+class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, checked: dict[str, str]) -> None:
+        super().__init__()
+        self.connection = _pinned(http.client.HTTPSConnection, checked)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.connection, req, context=self._context)
 
 
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -145,11 +227,12 @@ def _global(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect is a new request: its target passes the same address check."""
 
-    def __init__(self, policy: ImagePolicy) -> None:
+    def __init__(self, policy: ImagePolicy, checked: dict[str, str]) -> None:
         self.policy = policy
+        self.checked = checked
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         if not newurl.startswith(("http://", "https://")):
             raise HTTPException(500, "Invalid image url")
-        _check_url(newurl, self.policy)
+        _check_url(newurl, self.policy, self.checked)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
