@@ -191,9 +191,8 @@ def caption_images(
         lock = npu_lock or (config.device.npu_lock if config else None)
         try:
             npu = NpuLock(Path(lock) if lock else None)
-            interrogator = Interrogator(
-                ClipRuntime.load(models_dir, with_text=False, npu=npu), LabelTables.load(models_dir / VOCAB_DIR)
-            )
+            clip = ClipRuntime.load(models_dir, with_text=False, npu=npu)
+            interrogator = Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
         except RuntimeErrorBase as exc:
             raise PipelineError(str(exc)) from exc
     total = len(find_images(images_dir))

@@ -82,7 +82,7 @@ def plan(config: PipelineConfig, graph: StageGraph, request: RunRequest) -> list
     stale: set[str] = set()
     for stage in graph.order(request.targets, with_upstream=not request.only):
         upstream = [dep for dep in stage.after if dep in stale]
-        decision = decide(stage, config, records.get(stage.name), tools, upstream)
+        decision = decide(stage, config, records, tools, upstream)
         if decision.stale:
             stale.add(stage.name)
         decisions.append((stage, decision))
@@ -134,7 +134,7 @@ def _run_locked(
             outcome = StageOutcome(stage.name, Outcome.SKIPPED, (f"upstream {', '.join(failed_deps)} failed",))
         else:
             records = read_lock(config.artifacts)
-            decision = decide(stage, config, records.get(stage.name), tools, [])
+            decision = decide(stage, config, records, tools, [])
             if not (decision.stale or request.force):
                 outcome = StageOutcome(stage.name, Outcome.UP_TO_DATE, ())
             else:

@@ -66,6 +66,11 @@ class Stage(ABC):
         """Files outside artifacts/ that this stage reads (images, local model weights)."""
         return []
 
+    def device_changes(self, config: PipelineConfig) -> list[str]:
+        """For a stage whose work lives on another machine too (fetch): what is no longer there as it
+        was left, each a reason to run again. Asked only when nothing else makes the stage stale."""
+        return []
+
     @abstractmethod
     def run(self, ctx: StageContext) -> StageResult:
         """Do the work, writing only below `ctx.out_dir`."""

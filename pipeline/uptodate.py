@@ -1,7 +1,10 @@
 """Is a stage up to date? A status plus the list of reasons, so `invoke status` can say why.
 
 Up to date means: a record exists, same params, same stage code and tool versions, same input hashes,
-and every recorded output still present and unchanged. Hashes come through the size+mtime shortcut.
+every recorded output still present and unchanged, and whatever the stage keeps on a device still there.
+Hashes come through the size+mtime shortcut; an output is hashed in full when a downstream stage last
+read it at another size or mtime, so bytes changed under a restored mtime make their own stage stale
+instead of being consumed downstream.
 """
 
 from __future__ import annotations
@@ -74,10 +77,12 @@ def output_files(stage: Stage, config: PipelineConfig) -> dict[str, Path]:
 def decide(
     stage: Stage,
     config: PipelineConfig,
-    record: StageRecord | None,
+    records: dict[str, StageRecord],
     tools: dict[str, str],
     stale_upstream: list[str],
 ) -> Decision:
+    """`records`: the whole lock, since other stages' records tell how this stage's outputs were read."""
+    record = records.get(stage.name)
     if record is None:
         return Decision(Status.STALE, ("never run",))
     reasons: list[str] = [f"upstream {name} will run first" for name in stale_upstream]
@@ -91,7 +96,9 @@ def decide(
     ]
     if not stale_upstream:
         reasons += _file_changes("input", input_files(stage, config), record.inputs)
-    reasons += _output_changes(stage, config, record.outputs)
+    reasons += _output_changes(stage, config, records)
+    if not reasons:  # the one check that may cross the network, when nothing else already decided
+        reasons += stage.device_changes(config)
     return Decision(Status.STALE if reasons else Status.UP_TO_DATE, tuple(reasons))
 
 
@@ -121,10 +128,25 @@ def _file_changes(kind: str, files: dict[str, Path], recorded: dict[str, FileSta
     return reasons
 
 
-def _output_changes(stage: Stage, config: PipelineConfig, recorded: dict[str, FileState]) -> list[str]:
+def _output_changes(stage: Stage, config: PipelineConfig, records: dict[str, StageRecord]) -> list[str]:
+    recorded = records[stage.name].outputs
     present = output_files(stage, config)
     reasons = [f"output {stage.name}/{key} missing" for key in sorted(set(recorded) - set(present))]
     for key in sorted(set(recorded) & set(present)):
-        if file_state(present[key], recorded[key]).sha256 != recorded[key].sha256:
+        read_as = [r.inputs[f"{stage.name}/{key}"] for r in records.values() if f"{stage.name}/{key}" in r.inputs]
+        if _changed(present[key], recorded[key], read_as):
             reasons.append(f"output {stage.name}/{key} modified since it was written")
     return reasons
+
+
+def _changed(path: Path, written: FileState, read_as: list[FileState]) -> bool:
+    """Whether the file's bytes differ from those written. The shortcut trusts an unchanged size and
+    mtime; a downstream stage that read the file at another size or mtime would hash it and could see
+    other bytes, so then it is hashed here first."""
+    current = file_state(path, written)
+    if current.sha256 != written.sha256:
+        return True
+    shortcut = (current.size, current.mtime_ns) == (written.size, written.mtime_ns)
+    if shortcut and any((seen.size, seen.mtime_ns) != (current.size, current.mtime_ns) for seen in read_as):
+        return file_state(path).sha256 != written.sha256
+    return False

@@ -13,11 +13,11 @@ from PIL import Image
 from runtime import model_io
 from runtime.backends import Backend, open_backend
 from runtime.errors import ModelFilesError
+from runtime.manifest import MANIFEST_FILE, Manifest
 from runtime.npu import NpuLock, ResidentModel
 from runtime.preprocess import PreprocessConfig, preprocess
 from runtime.tokenizer import ClipTokenizer
 
-MANIFEST_FILE = "manifest.json"
 VOCAB_DIR = "vocab"
 FIRST_LOAD_WAIT_S = 300  # at start: how long to wait for another program to free the NPU
 
@@ -43,15 +43,18 @@ class ClipRuntime:
         with_text: bool = True,
         npu: NpuLock | None = None,
         unload_after: float | None = None,
+        verify_hashes: bool = False,
     ) -> ClipRuntime:
         """Both encoders named by manifest.json (compiled models), or the float ONNX from export.json.
-        Models load while holding `npu` (a shared NPU lock, when the device has one)."""
-        models_dir = Path(models_dir)
+        The models link is resolved once: a fetch that swaps in a new set while this runs (or reloads
+        after an idle unload) cannot mix files of two sets. The set is checked against its manifest
+        (sizes; sha256 with `verify_hashes`). Models load while holding `npu` (a shared NPU lock)."""
+        models_dir = Path(models_dir).resolve()
         info_path = models_dir / model_io.EXPORT_INFO_FILE
         if not info_path.is_file():
             raise ModelFilesError(f"{models_dir} holds no {model_io.EXPORT_INFO_FILE}: run `invoke fetch` first")
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        files = model_files(models_dir, info)
+        files = model_files(models_dir, info, verify_hashes)
         npu = npu or NpuLock()
         image_model = ResidentModel(lambda: open_backend(models_dir / files["image"], provider, device_id), npu,
                                     unload_after)  # fmt: skip
@@ -90,10 +93,12 @@ class ClipRuntime:
         return self.text.run({model_io.TEXT_INPUT: self.tokenizer.encode(text)})[model_io.TEXT_OUTPUT][0]
 
 
-def model_files(models_dir: Path, info: dict[str, Any]) -> dict[str, str]:
-    """Encoder -> file: the compiled models when manifest.json names them, else export's float ONNX."""
-    manifest_path = models_dir / MANIFEST_FILE
-    if manifest_path.is_file():
-        models = json.loads(manifest_path.read_text(encoding="utf-8"))["compile"]["models"]
+def model_files(models_dir: Path, info: dict[str, Any], verify_hashes: bool = False) -> dict[str, str]:
+    """Encoder -> file: the compiled models when a manifest (fetch's set) names them, after checking the
+    set against it; else export's float ONNX (an export folder used directly)."""
+    if (models_dir / MANIFEST_FILE).is_file():
+        manifest = Manifest.read(models_dir)
+        manifest.verify(models_dir, verify_hashes)
+        models = manifest.compile["models"]
         return {part: models[Path(info[part]["file"]).stem]["file"] for part in ("image", "text")}
     return {part: info[part]["file"] for part in ("image", "text")}

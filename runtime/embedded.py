@@ -46,7 +46,7 @@ def load_interrogator(
         Path(models), provider=provider, device_id=device_id, with_text=False, npu=npu, unload_after=unload_after
     )
     IdleUnloader(clip.image_model).start()
-    return Interrogator(clip, LabelTables.load(Path(models) / VOCAB_DIR))
+    return Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
 
 
 def caption(

@@ -35,8 +35,9 @@ def run_smoke_test(
     """Each encoder loaded on its own (load time and the host memory it adds: what is left for a Stable
     Diffusion model beside it), then run on the golden inputs, holding the NPU lock throughout."""
     npu = npu or NpuLock()
+    models_dir = models_dir.resolve()  # one set throughout, even if a fetch swaps the link meanwhile
     info = json.loads((models_dir / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
-    files = model_files(models_dir, info)
+    files = model_files(models_dir, info, verify_hashes=True)  # the check after a fetch: every byte
     golden = models_dir / GOLDEN_DIR
     encoders = {}
     with npu.hold(LOCK_WAIT_S):

@@ -1,8 +1,9 @@
 """fetch: put the compiled models and what the runtime needs beside them on the device.
 
-Each file is checksummed, uploaded under a temporary name and renamed into place; files whose remote
-sha256 already matches are skipped. The device's manifest.json is written last, so a device that
-rebooted mid-fetch shows the previous complete set.
+The set goes into a folder of its own (`<models_dir>.sets/<id>`, files the current set shares hard-linked
+in, the rest checksummed and uploaded under temporary names), manifest.json last; then `<models_dir>`,
+a symlink, is switched to it in one rename. A fetch killed at any point leaves the previous complete set
+in use, and the next one resumes. The runtime checks the set against its manifest before loading.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from typing import Any
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from pipeline.config import PipelineConfig
-from pipeline.files import write_json
+from pipeline.errors import PipelineError
+from pipeline.files import sha256_file, write_json
 from pipeline.hosts import connect
 from pipeline.hosts.sync import upload
+from pipeline.hosts.versioned import VersionedFolder
 from pipeline.report import console
 from pipeline.stage import Stage, StageContext, StageResult, device_params
 from runtime import model_io
 from runtime.clip import VOCAB_DIR
+from runtime.errors import ModelFilesError
+from runtime.manifest import MANIFEST_FILE, FileEntry, Manifest
 
-MANIFEST = "manifest.json"
 _GOLDEN_FILES = ("golden.json",)
 _BAR_THRESHOLD = 8 * 1024 * 1024  # show a progress bar for files above this size
 
@@ -33,34 +37,65 @@ class FetchStage(Stage):
     name = "fetch"
     help = "Copy the compiled models, tokenizer and golden data to the device (--host), checksummed."
     after = ("export", "verify", "compile", "embed-vocab")
-    outputs = (MANIFEST,)
-    code_modules = ("pipeline.hosts.sync",)
+    outputs = (MANIFEST_FILE,)
+    code_modules = ("pipeline.hosts.sync", "pipeline.hosts.versioned", "runtime.manifest")
 
     def params(self, config: PipelineConfig) -> dict[str, Any]:
         return device_params(config, config.stages.fetch)
 
+    def device_changes(self, config: PipelineConfig) -> list[str]:
+        """The set on the device as fetch left it: its manifest.json the same bytes as ours, every file
+        listed there present at its size (sizes only: cheap, no file read on the device)."""
+        params = config.stages.fetch
+        try:
+            manifest = Manifest.read(config.artifacts / self.name)
+        except ModelFilesError as exc:
+            return [str(exc)]
+        where = f"device {params.host}"
+        try:
+            with connect(config, params.host) as transport:
+                link = transport.path(params.models_dir)
+                remote_manifest = f"{link}/{MANIFEST_FILE}"
+                digest = transport.sha256([remote_manifest]).get(remote_manifest)
+                sizes = transport.sizes(f"{link}/{name}" for name in manifest.files)
+        except PipelineError as exc:
+            return [f"{where} not checked: {exc.message}"]
+        if digest is None:
+            return [f"{where}: {link} holds no model set"]
+        if digest != sha256_file(config.artifacts / self.name / MANIFEST_FILE):
+            return [f"{where}: {link} holds another model set"]
+        found = {name: sizes.get(f"{link}/{name}") for name in manifest.files}
+        return [
+            f"{where}: {name} " + ("missing" if found[name] is None else f"is {found[name]:,} bytes, not {e.size:,}")
+            for name, e in sorted(manifest.files.items())
+            if found[name] != e.size
+        ]
+
     def run(self, ctx: StageContext) -> StageResult:
         params = ctx.config.stages.fetch
         files = device_files(ctx)
+        manifest = Manifest(
+            files={name: FileEntry(path.stat().st_size, sha256_file(path)) for name, path in files.items()},
+            compile=json.loads((ctx.upstream("compile") / "report.json").read_text(encoding="utf-8")),
+        )
         with connect(ctx.config, params.host) as transport:
-            target = transport.path(params.models_dir)
-            remote = {local: f"{target}/{name}" for name, local in files.items()}
+            models = VersionedFolder(transport.path(params.models_dir))
+            folder = models.prepare(transport, manifest.set_id, sorted(files))
+            remote = {local: f"{folder}/{name}" for name, local in files.items()}
             with _progress(files) as progress:
                 summary = upload(transport, remote, progress)
-            manifest = {
-                "files": {name: summary.digests[remote[local]] for name, local in files.items()},
-                "compile": json.loads((ctx.upstream("compile") / "report.json").read_text(encoding="utf-8")),
-            }
-            manifest_path = ctx.out_dir / MANIFEST
-            write_json(manifest_path, manifest)
-            upload(transport, {manifest_path: f"{target}/{MANIFEST}"})
+            manifest_path = ctx.out_dir / MANIFEST_FILE
+            manifest.write(manifest_path)
+            upload(transport, {manifest_path: f"{folder}/{MANIFEST_FILE}"})
+            models.switch(transport, manifest.set_id)
         write_json(
             ctx.out_dir / "transfer.json",
-            {"host": params.host, "dir": target, "sent": list(summary.sent), "unchanged": list(summary.skipped)},
-        )
+            {"host": params.host, "dir": models.link, "set": folder, "sent": list(summary.sent),
+             "unchanged": list(summary.skipped)},
+        )  # fmt: skip
         return StageResult(
-            summary=f"{params.host}:{target}: {len(summary.sent)} sent ({summary.bytes_sent / 1e6:.1f} MB), "
-            f"{len(summary.skipped)} unchanged",
+            summary=f"{params.host}:{models.link} -> set {manifest.set_id}: {len(summary.sent)} sent "
+            f"({summary.bytes_sent / 1e6:.1f} MB), {len(summary.skipped)} unchanged",
             figures={"sent": len(summary.sent), "unchanged": len(summary.skipped), "bytes": summary.bytes_sent},
         )
 

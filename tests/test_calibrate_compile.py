@@ -80,7 +80,8 @@ def test_fetch_puts_models_tokenizer_and_golden_data_on_the_device(built_artifac
     for name in ("image_encoder.onnx", "text_encoder.onnx", "tokenizer.json", "preprocessor_config.json"):
         assert (device / name).is_file() and name in manifest["files"]
     assert (device / "golden/pixel_values.npy").is_file()
-    assert not list(device.rglob("*.tmp-*"))
+    assert not list(device.parent.rglob("*.tmp-*"))
+    assert device.is_symlink() and device.resolve().parent.name == "models.sets"
 
 
 def test_pulsar2_config_uses_axera_keys_and_s32_token_ids(built_artifacts: Path) -> None:

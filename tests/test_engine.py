@@ -131,6 +131,25 @@ def test_edited_output_reruns_its_stage_first(tmp_path: Path) -> None:
     assert _results(config) == {"produce": Outcome.RAN, "consume": Outcome.UP_TO_DATE}
 
 
+def test_an_output_changed_under_its_old_size_and_mtime_reruns_its_stage_rather_than_feed_downstream(
+    tmp_path: Path,
+) -> None:
+    """Bytes changed inside compile's output with its mtime put back passed compile's size+mtime check,
+    while fetch, which had last read the file at another mtime, saw "input changed" and shipped it."""
+    config = _config(tmp_path)
+    _results(config)
+    value = config.artifacts / "produce/value.txt"
+    written = value.stat().st_mtime_ns
+    os.utime(value, ns=(written + 10**9, written + 10**9))  # touched: same bytes, another mtime
+    config = _config(tmp_path, max_images=5)
+    assert _results(config) == {"produce": Outcome.UP_TO_DATE, "consume": Outcome.RAN}  # reads it at that mtime
+    value.write_text("41")  # corrupted, same size ...
+    os.utime(value, ns=(written, written))  # ... and the mtime produce recorded, restored
+    assert _why(config, "produce") == ("output produce/value.txt modified since it was written",)
+    assert _results(config) == {"produce": Outcome.RAN, "consume": Outcome.UP_TO_DATE}
+    assert value.read_text() == "14" and (config.artifacts / "consume/double.txt").read_text() == str(2 * 14 * 5)
+
+
 def test_changed_added_and_removed_inputs_are_named(tmp_path: Path) -> None:
     config = _config(tmp_path)
     _results(config)

@@ -237,8 +237,8 @@ def test_a_device_that_stays_away_fails_fetch_clearly_and_the_next_run_resumes(
     resumed = run(config, GRAPH, RunRequest(targets=("fetch",), only=True))[-1]
     assert resumed.outcome is Outcome.RAN, resumed.summary
     manifest = json.loads((config.artifacts / "fetch/manifest.json").read_text())
-    for name, digest in manifest["files"].items():
-        assert sha256_file(tmp_path / "pi" / "models" / name) == digest
+    for name, entry in manifest["files"].items():
+        assert sha256_file(tmp_path / "pi" / "models" / name) == entry["sha256"]
 
 
 @pytest.fixture

@@ -130,7 +130,8 @@ def test_over_the_connection_cap_every_client_reads_a_503(serve) -> None:
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(over_the_cap, range(16)))
         assert all(status == 503 and "connections open" in answer["detail"] for status, answer in answers), [
-            a for a in answers if a[0] != 503]
+            a for a in answers if a[0] != 503
+        ]
         for sock in busy:
             sock.sendall(body)
             assert _read_answer(sock)[0] == 500  # still served

@@ -18,6 +18,8 @@ SHA_TOOL = (
     "elif command -v sha256sum >/dev/null 2>&1; then echo sha256sum; else echo 'shasum -a 256'; fi)"
 )
 SHA_COMMAND = f'H={SHA_TOOL}; for f in {{files}}; do if [ -f "$f" ]; then $H "$f"; fi; done'
+# wc -c takes a regular file's size from stat (GNU and BSD alike); printf keeps names with spaces whole
+SIZE_COMMAND = 'for f in {files}; do if [ -f "$f" ]; then printf "%s\\t%s\\n" "$(wc -c < "$f")" "$f"; fi; done'
 
 LineHandler = Callable[[str], None]
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -97,6 +99,20 @@ class Transport(ABC):
             if separator in ("  ", " *") and all(c in "0123456789abcdef" for c in digest):
                 digests[path] = digest
         return digests
+
+    def sizes(self, paths: Iterable[str]) -> dict[str, int]:
+        """Size in bytes of each existing file on the host (symlinks followed), in one command; missing
+        files are absent. Cheap: no file is read."""
+        paths = list(paths)
+        if not paths:
+            return {}
+        result = self.check(SIZE_COMMAND.format(files=" ".join(quote(p) for p in paths)), what="listing file sizes")
+        sizes = {}
+        for line in result.stdout.splitlines():
+            size, separator, path = line.partition("\t")
+            if separator and size.strip().isdigit():
+                sizes[path] = int(size)
+        return sizes
 
     def check(self, command: str, *, what: str, hint: str = "", timeout: float | None = None) -> CommandResult:
         """Run and raise a HostError naming `what` failed, with the output tail, on a non-zero exit."""

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-auth-file", type=Path, help="a file holding user:password lines")
     parser.add_argument("--provider", help="axengine provider (default: the first available)")
     parser.add_argument("--device-id", type=int, default=0)
+    parser.add_argument("--verify-models", action="store_true",
+                        help="check each model file's sha256 against manifest.json at start (sizes: always)")
     parser.add_argument("--npu-lock", type=Path, help="hold an exclusive flock on this file around every NPU call "
                         "(the same file another program on the NPU locks, e.g. /run/lock/ax650.lock)")
     parser.add_argument("--unload-after", type=float, help="seconds without a request after which the image "
@@ -142,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         npu = NpuLock(args.npu_lock)
         clip = ClipRuntime.load(
             args.models, provider=args.provider, device_id=args.device_id, with_text=False, npu=npu,
-            unload_after=args.unload_after,
+            unload_after=args.unload_after, verify_hashes=args.verify_models,
         )  # fmt: skip
-        interrogator = Interrogator(clip, LabelTables.load(args.models / VOCAB_DIR))
+        interrogator = Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
         app = create_app(interrogator, settings)
     except RuntimeErrorBase as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -98,8 +98,10 @@ class GuardedH11Protocol(H11Protocol):
             connection.transport.close()
 
     def _await_head(self) -> None:
-        if self._head_deadline is None and self.conn.their_state is h11.IDLE and (
-            self.cycle is None or self.cycle.response_complete
+        if (
+            self._head_deadline is None
+            and self.conn.their_state is h11.IDLE
+            and (self.cycle is None or self.cycle.response_complete)
         ):
             self._head_deadline = self.loop.call_later(self.limits.head_timeout_s, self._head_timed_out)
 

@@ -147,8 +147,6 @@ async def answer_error(send: Send, status: int, detail: str, headers: list[tuple
     await send({"type": "http.response.body", "body": body})
 
 
-
-
 class AdmissionGate:
     """At most `capacity` requests inside (one encoding, the rest queued); the next one gets a 503."""
 

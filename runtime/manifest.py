@@ -1,0 +1,95 @@
+"""manifest.json: the model set fetch put on the device, file by file, and the compile report it came from.
+
+fetch writes it last into a new versioned folder and then points the models link at that folder, so a
+device always shows one complete set. The runtime reads it before loading anything and refuses a set
+whose files are missing or differ from it (sizes always, sha256 when asked), naming `invoke fetch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ModelFilesError
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = 2  # 1: files held only sha256 (no sizes)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: dict[str, FileEntry]  # device-side name (relative to the set folder) -> what must be there
+    compile: dict[str, Any]  # compile's report: target, models (encoder stem -> file, figures)
+
+    @property
+    def set_id(self) -> str:
+        """Names the set's folder: the same files give the same id, so a repeated fetch changes nothing."""
+        listing = json.dumps({name: entry.sha256 for name, entry in sorted(self.files.items())})
+        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        files = {name: {"size": e.size, "sha256": e.sha256} for name, e in sorted(self.files.items())}
+        return {"format": FORMAT, "set": self.set_id, "files": files, "compile": self.compile}
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, models_dir: Path) -> Manifest:
+        path = Path(models_dir) / MANIFEST_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT:
+                raise ModelFilesError(
+                    f"{path} is from an older fetch (format {data.get('format', 1)}, this runtime reads {FORMAT}): "
+                    "run `invoke fetch` again"
+                )
+            files = {name: FileEntry(int(e["size"]), str(e["sha256"])) for name, e in data["files"].items()}
+            return cls(files=files, compile=dict(data["compile"]))
+        except OSError as exc:
+            raise ModelFilesError(f"{path}: {exc.strerror}: run `invoke fetch` first") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelFilesError(f"{path} is unreadable ({exc}): run `invoke fetch` again") from exc
+
+    def problems(self, models_dir: Path, hashes: bool = False) -> list[str]:
+        """What differs between the folder and this manifest: missing files, other sizes (and sha256)."""
+        found = []
+        for name, entry in sorted(self.files.items()):
+            path = Path(models_dir) / name
+            try:
+                size = path.stat().st_size
+            except OSError:
+                found.append(f"{name} is missing")
+                continue
+            if size != entry.size:
+                found.append(f"{name} is {size:,} bytes, the manifest says {entry.size:,}")
+            elif hashes and _sha256(path) != entry.sha256:
+                found.append(f"{name} differs from the manifest (sha256)")
+        return found
+
+    def verify(self, models_dir: Path, hashes: bool = False) -> None:
+        """Raise ModelFilesError unless every file is there as the manifest lists it."""
+        problems = self.problems(models_dir, hashes)
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise ModelFilesError(
+                f"{models_dir} does not hold the model set its manifest.json lists: {shown}. "
+                "Run `invoke fetch` to put the complete set back"
+            )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
