@@ -30,9 +30,9 @@ LEVELS = (1, 4, 16)
 TARGET_RATIO = 0.9
 
 
-def start_server(models: Path, port: int, options_file: Path) -> subprocess.Popen:
+def start_server(models: Path, port: int, options_file: Path, *flags: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "runtime.server", "--models", str(models), "--port", str(port)]
-    command += ["--options-file", str(options_file), "--log-level", "warning"]
+    command += ["--options-file", str(options_file), "--log-level", "warning", *flags]
     process = subprocess.Popen(command, cwd=REPO)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
