@@ -180,7 +180,7 @@ def caption_images(
     from runtime.interrogator import CaptionOptions, Interrogator
     from runtime.label_tables import LabelTables
     from runtime.npu import NpuLock
-    from runtime.preprocess import find_images
+    from runtime.preprocess import Fidelity, find_images
 
     images_dir = Path(images)
     with user_errors():
@@ -191,7 +191,8 @@ def caption_images(
         lock = npu_lock or (config.device.npu_lock if config else None)
         try:
             npu = NpuLock(Path(lock) if lock else None)
-            clip = ClipRuntime.load(models_dir, with_text=False, npu=npu)
+            fidelity = Fidelity(config.device.fidelity) if config else Fidelity.FAST
+            clip = ClipRuntime.load(models_dir, with_text=False, npu=npu, fidelity=fidelity)
             interrogator = Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
         except RuntimeErrorBase as exc:
             raise PipelineError(str(exc)) from exc
@@ -225,6 +226,7 @@ def serve_command(
                 request,
                 npu_lock=request.npu_lock or config.device.npu_lock,
                 unload_after=request.unload_after if request.unload_after is not None else config.device.unload_after,
+                fidelity=request.fidelity or config.device.fidelity,
             )
         if host is None:
             if stop or status:

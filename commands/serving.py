@@ -33,6 +33,7 @@ class ServeRequest:
     extra: tuple[str, ...] = ()  # further runtime.server flags
     npu_lock: str | None = None  # a lock file on the machine that serves
     unload_after: float | None = None
+    fidelity: str | None = None  # fast or exact (runtime.preprocess)
 
 
 def server_argv(models: str, request: ServeRequest, auth_file: str | None = None) -> list[str]:
@@ -43,6 +44,8 @@ def server_argv(models: str, request: ServeRequest, auth_file: str | None = None
         argv += ["--npu-lock", request.npu_lock]
     if request.unload_after is not None:
         argv += ["--unload-after", f"{request.unload_after:g}"]
+    if request.fidelity:
+        argv += ["--fidelity", request.fidelity]
     if auth_file:
         argv += ["--api-auth-file", auth_file]
     return argv

@@ -214,6 +214,9 @@ class DeviceConfig(Strict):
     # locks the same file around its own NPU work never overlaps with ours (README: sharing the NPU).
     npu_lock: str | None = None
     unload_after: float | None = Field(None, gt=0)  # serve: idle seconds before the image encoder leaves the NPU
+    # serve and caption: `fast` decodes a JPEG at a reduced DCT scale and box-reduces before the bicubic
+    # resize (embedding cosine >= 0.999 of `exact`, which verify measures); `exact` is transformers' own.
+    fidelity: Literal["fast", "exact"] = "fast"
 
 
 class PipelineConfig(Strict):

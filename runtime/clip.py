@@ -15,7 +15,7 @@ from runtime.backends import Backend, open_backend
 from runtime.errors import ModelFilesError
 from runtime.manifest import MANIFEST_FILE, Manifest
 from runtime.npu import NpuLock, ResidentModel
-from runtime.preprocess import PreprocessConfig, preprocess
+from runtime.preprocess import Fidelity, PreprocessConfig, draft, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
 
 VOCAB_DIR = "vocab"
@@ -32,6 +32,7 @@ class ClipRuntime:
     info: dict[str, Any]
     models_dir: Path
     files: dict[str, str]  # encoder -> the model file it runs
+    fidelity: Fidelity = Fidelity.FAST  # how images are decoded and resized (runtime.preprocess)
 
     @classmethod
     def load(
@@ -44,6 +45,7 @@ class ClipRuntime:
         npu: NpuLock | None = None,
         unload_after: float | None = None,
         verify_hashes: bool = False,
+        fidelity: Fidelity = Fidelity.FAST,
     ) -> ClipRuntime:
         """Both encoders named by manifest.json (compiled models), or the float ONNX from export.json.
         The models link is resolved once: a fetch that swaps in a new set while this runs (or reloads
@@ -70,6 +72,7 @@ class ClipRuntime:
             info=info,
             models_dir=models_dir,
             files=files,
+            fidelity=fidelity,
         )
 
     @property
@@ -77,8 +80,17 @@ class ClipRuntime:
         """The image encoder's session, loaded again if it was unloaded; hold `npu` around its use."""
         return self.image_model.get()
 
+    def open(self, source: Path | bytes) -> Image.Image:
+        """An image file (or its bytes) decoded as this runtime's fidelity asks: see `draft`."""
+        return open_image(source, self.preprocess_config, self.fidelity)
+
+    def draft(self, image: Image.Image) -> None:
+        """Before an opened image is loaded: with Fidelity.FAST, a JPEG decodes at a reduced scale."""
+        if self.fidelity is Fidelity.FAST:
+            draft(image, self.preprocess_config)
+
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return preprocess(image, self.preprocess_config)
+        return preprocess(image, self.preprocess_config, self.fidelity)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """The caller holds `npu` (Interrogator.embed does)."""

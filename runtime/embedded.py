@@ -55,7 +55,7 @@ def caption(
 ) -> str:  # fmt: skip
     """What `POST /sdapi/v1/interrogate` answers: a caption (`clip`) or tags (`deepdanbooru`).
     Raises InvalidImage for a bad image and NpuBusy when the NPU stays taken past `wait` seconds."""
-    scores, _ = interrogator.score(_image(image), wait)
+    scores, _ = interrogator.score(_image(interrogator, image), wait)
     if model == "deepdanbooru":
         return interrogator.tags(scores, tag_options)
     return interrogator.caption(scores, caption_options)[0]
@@ -63,14 +63,16 @@ def caption(
 
 def interrogate(interrogator: Interrogator, image: bytes | str, *, wait: float | None = 60.0) -> dict[str, Any]:
     """Every category's picks and best labels with their cosines, the tags, and timings."""
-    scores, timings = interrogator.score(_image(image), wait)
+    scores, timings = interrogator.score(_image(interrogator, image), wait)
     text, results = interrogator.caption(scores)
     return {**Interrogation(text, results, timings).to_json(), "tags": interrogator.tags(scores)}
 
 
-def _image(image: bytes | str) -> Any:
-    policy = ImagePolicy()
+def _image(interrogator: Interrogator, image: bytes | str) -> Any:
+    policy, draft = ImagePolicy(), interrogator.clip.draft
     try:
-        return open_image_bytes(image, policy) if isinstance(image, bytes) else decode_image(image, policy)
+        if isinstance(image, bytes):
+            return open_image_bytes(image, policy, draft)
+        return decode_image(image, policy, draft)
     except HTTPException as exc:
         raise InvalidImage(exc.status_code, str(exc.detail)) from exc

@@ -6,11 +6,13 @@ golden inputs and the PyTorch reference outputs are saved for the smoke test on 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import StageError, ValidationFailed
@@ -18,12 +20,22 @@ from pipeline.files import write_json
 from pipeline.report import print_checks
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
-from runtime.preprocess import IMAGE_SUFFIXES, PreprocessConfig, find_images, open_image, preprocess
+from runtime.preprocess import (
+    IMAGE_SUFFIXES,
+    Fidelity,
+    PreprocessConfig,
+    draft_applies,
+    find_images,
+    open_image,
+    preprocess,
+)
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
 
 # transformers' CLIPImageProcessor and our numpy/Pillow copy differ only by float rounding.
 PREPROCESS_TOLERANCE = 1e-5
+# Fidelity.FAST (serve, caption) against exact preprocessing, in image-embedding cosine.
+FAST_MIN_COSINE = 0.999
 GOLDEN_DIR = "golden"
 REPORT_FILE = "report.json"
 
@@ -61,6 +73,8 @@ class VerifyStage(Stage):
             )
         numeric_checks, numerics = _compare_with_pytorch(ctx, info)
         checks += numeric_checks
+        fidelity_check, numerics["fast_preprocessing"] = _fast_path_fidelity(export_dir, info, params.images)
+        checks.append(fidelity_check)
         failures = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
         report = {
             "model": info["model"],
@@ -74,7 +88,7 @@ class VerifyStage(Stage):
         print_checks(f"verify ({params.target})", _terminal_view(checks, params.target))
         if failures:
             raise ValidationFailed(self.name, failures, str(ctx.reports_dir / "verify.json"))
-        worst = min(n["min_cosine"] for n in numerics.values())
+        worst = min(numerics[output]["min_cosine"] for output in (model_io.IMAGE_OUTPUT, model_io.TEXT_OUTPUT))
         return StageResult(
             summary=f"{len(checks)} checks passed; onnxruntime vs PyTorch min cosine {worst:.7f}",
             figures={name: {k: v for k, v in n.items() if k != "samples"} for name, n in numerics.items()},
@@ -185,6 +199,49 @@ def _compare_with_pytorch(ctx: StageContext, info: dict[str, Any]) -> tuple[list
         )
     _save_golden(ctx.out_dir / GOLDEN_DIR, pixels, ids, runs)
     return checks, numerics
+
+
+def _fast_path_fidelity(export_dir: Path, info: dict[str, Any], photos: Path) -> tuple[Any, dict[str, Any]]:
+    """The float image encoder's embedding of fast vs exact preprocessing, on every photo large enough
+    for the two to differ: at its own size and at each halving that still differs (re-encoded as JPEG)."""
+    import onnxruntime as ort
+
+    from modeling.graph_checks import Check
+
+    config = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
+    spec = info["image"]
+    session = ort.InferenceSession(str(export_dir / spec["file"]), providers=["CPUExecutionProvider"])
+
+    def embed(pixels: np.ndarray) -> np.ndarray:
+        return session.run([model_io.IMAGE_OUTPUT], {spec["input"]["name"]: pixels})[0][0]
+
+    samples = []
+    for path in find_images(photos):
+        for label, data in _sizes_where_fast_differs(path, config):
+            exact = embed(preprocess(open_image(data), config))
+            fast = embed(preprocess(open_image(data, config, Fidelity.FAST), config, Fidelity.FAST))
+            samples.append({"input": label, "cosine": cosine(exact, fast)})
+    name = "fast preprocessing vs exact"
+    if not samples:
+        detail = f"no photo in {photos} is large enough for the fast path to differ: identical on all"
+        return Check(name, True, detail), {"samples": []}
+    cosines = sorted(s["cosine"] for s in samples)
+    figures = {"min_cosine": cosines[0], "median_cosine": cosines[len(cosines) // 2], "samples": samples}
+    detail = (f"embedding cosine min {cosines[0]:.6f}, median {figures['median_cosine']:.6f} over {len(samples)} "
+              f"photo sizes (need >= {FAST_MIN_COSINE})")  # fmt: skip
+    return Check(name, cosines[0] >= FAST_MIN_COSINE, detail), figures
+
+
+def _sizes_where_fast_differs(path: Path, config: PreprocessConfig) -> list[tuple[str, bytes]]:
+    image = open_image(path)
+    found, data = [], path.read_bytes()
+    while draft_applies(image.size, config):
+        found.append((f"{path.name} at {image.width}x{image.height}", data))
+        image = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
+        encoded = io.BytesIO()
+        image.save(encoded, "JPEG", quality=95)
+        data = encoded.getvalue()
+    return found
 
 
 def _save_golden(directory: Path, pixels: np.ndarray, ids: np.ndarray, runs: dict[str, Any]) -> None:

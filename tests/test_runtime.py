@@ -16,7 +16,7 @@ from runtime.captioning import caption_folder
 from runtime.errors import BackendUnavailable
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
 from runtime.label_tables import LabelTables, normalize
-from runtime.preprocess import open_image
+from runtime.preprocess import Fidelity, PreprocessConfig, open_image, preprocess
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN_PYTHON = REPO / "tests/standins/python"
@@ -36,7 +36,7 @@ for name in {modules!r}:
 from runtime.clip import ClipRuntime, VOCAB_DIR
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables, normalize
-from runtime.preprocess import open_image
+from runtime.preprocess import Fidelity, PreprocessConfig, open_image, preprocess
 models = Path({str(_device(built_artifacts))!r})
 caption = Interrogator(ClipRuntime.load(models), LabelTables.load(models / VOCAB_DIR)).interrogate(
     open_image(Path({str(REPO / "data/images/cat.jpg")!r}))).caption
@@ -223,11 +223,41 @@ def test_batch_captioning_is_resumable_and_skips_unreadable_files(interrogator: 
     assert first.captioned == 3 and first.skipped == 0 and [Path(f).name for f, _ in first.failed] == ["broken.png"]
     assert (out / "sub/rocket.txt").read_text().strip()
     records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
-    assert sorted(r["file"] for r in records) == ["cat.jpg", "coffee.jpg", "sub/rocket.jpg"]
+    assert [r["file"] for r in records] == ["cat.jpg", "coffee.jpg", "sub/rocket.jpg"]  # in order, decoded in a pool
     second = caption_folder(interrogator, images, out)
     assert second.captioned == 0 and second.skipped == 3
     beside = caption_folder(interrogator, images)
     assert beside.captioned == 3 and (images / "cat.txt").is_file()
+
+
+def test_captioning_a_folder_with_a_pool_gives_what_one_image_at_a_time_gives(
+    interrogator: Interrogator, tmp_path: Path
+) -> None:
+    images = tmp_path / "set"
+    images.mkdir()
+    photos = sorted((REPO / "data/images").rglob("*.jpg"))[:12]
+    for index, photo in enumerate(photos):
+        (images / f"{index:02d}-{photo.name}").write_bytes(photo.read_bytes())
+    summary = caption_folder(interrogator, images, tmp_path / "out", workers=3)
+    assert summary.captioned == len(photos)
+    records = [json.loads(line) for line in (tmp_path / "out/captions.jsonl").read_text().splitlines()]
+    expected = [interrogator.interrogate(interrogator.clip.open(path)).caption for path in sorted(images.iterdir())]
+    assert [r["caption"] for r in records] == expected
+
+
+def test_fast_fidelity_decodes_a_large_jpeg_at_a_reduced_scale_close_to_exact() -> None:
+    """A 2560x1600 photo decodes at 1/4 (640x400: its short side still >= 1.5x the 224 input); the
+    preprocessed pixels stay within cosine 0.9995 of the exact path, which decodes every pixel."""
+    config = PreprocessConfig()
+    photo = REPO / "data/images/large/forest_path_2560.jpg"
+    fast_image = open_image(photo, config, Fidelity.FAST)
+    assert fast_image.size == (640, 400) and open_image(photo).size == (2560, 1600)
+    exact = preprocess(open_image(photo), config).ravel()
+    fast = preprocess(fast_image, config, Fidelity.FAST).ravel()
+    assert float(exact @ fast / np.linalg.norm(exact) / np.linalg.norm(fast)) > 0.9995
+    small = REPO / "data/images/cat.jpg"  # too small to reduce: both paths give the same pixels
+    np.testing.assert_array_equal(preprocess(open_image(small, config, Fidelity.FAST), config, Fidelity.FAST),
+                                  preprocess(open_image(small), config))  # fmt: skip
 
 
 def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from runtime.errors import RuntimeErrorBase
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.npu import NpuLock
+from runtime.preprocess import Fidelity
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.connections import ConnectionLimits, uvicorn_config
 from runtime.server.images import ImagePolicy
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-auth-file", type=Path, help="a file holding user:password lines")
     parser.add_argument("--provider", help="axengine provider (default: the first available)")
     parser.add_argument("--device-id", type=int, default=0)
+    parser.add_argument("--fidelity", choices=[f.value for f in Fidelity], default=Fidelity.FAST.value,
+                        help="fast: decode and resize only the pixels the model needs; exact: transformers' own")
     parser.add_argument("--verify-models", action="store_true",
                         help="check each model file's sha256 against manifest.json at start (sizes: always)")
     parser.add_argument("--npu-lock", type=Path, help="hold an exclusive flock on this file around every NPU call "
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         npu = NpuLock(args.npu_lock)
         clip = ClipRuntime.load(
             args.models, provider=args.provider, device_id=args.device_id, with_text=False, npu=npu,
-            unload_after=args.unload_after, verify_hashes=args.verify_models,
+            unload_after=args.unload_after, verify_hashes=args.verify_models, fidelity=Fidelity(args.fidelity),
         )  # fmt: skip
         interrogator = Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
         app = create_app(interrogator, settings)

@@ -134,7 +134,7 @@ def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRo
         if not decoders.acquire(timeout=settings.queue_timeout_s):
             raise HTTPException(503, f"Server busy: every image decoder stayed busy for {settings.queue_timeout_s:g} s")
         try:
-            image = decode_image(image_field, settings.images)
+            image = decode_image(image_field, settings.images, interrogator.clip.draft)
             decoded = time.perf_counter()
             pixels = interrogator.clip.preprocess(image)
             del image

@@ -19,6 +19,7 @@ import struct
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,26 +46,35 @@ class ImagePolicy:
     url_timeout_s: float = 30.0  # the whole download, however slowly the bytes trickle
 
 
-def decode_image(encoding: str, policy: ImagePolicy) -> Image.Image:
-    """An RGB image from a request's `image` field, or an ApiError saying what was wrong."""
+Draft = Callable[[Image.Image], None]  # called on an opened image before its pixels are decoded
+
+
+def decode_image(encoding: str, policy: ImagePolicy, draft: Draft | None = None) -> Image.Image:
+    """An RGB image from a request's `image` field, or an ApiError saying what was wrong. `draft` (the
+    runtime's ClipRuntime.draft) may ask a JPEG's decoder for a reduced scale."""
     text = encoding.strip()
     if text.startswith(("http://", "https://")):
-        return _open(_fetch(text, policy), policy, "Invalid image url")
+        return _open(_fetch(text, policy), policy, "Invalid image url", draft)
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if ";base64" not in header:
             raise HTTPException(500, INVALID_IMAGE)
-    return _open(_b64decode(text), policy, INVALID_IMAGE)
+    return _open(_b64decode(text), policy, INVALID_IMAGE, draft)
 
 
-def open_image_bytes(data: bytes, policy: ImagePolicy) -> Image.Image:
+def open_image_bytes(data: bytes, policy: ImagePolicy, draft: Draft | None = None) -> Image.Image:
     """An RGB image from raw file bytes, within the same limits as a request's image."""
-    return _open(data, policy, INVALID_IMAGE)
+    return _open(data, policy, INVALID_IMAGE, draft)
 
 
 def _b64decode(text: str) -> bytes:
     """Lenient as A1111's base64.b64decode: whitespace and stray characters dropped; padding is added
-    when missing and URL-safe characters are accepted too."""
+    when missing and URL-safe characters are accepted too. Clean base64 (what clients send) takes the
+    strict decoder alone: the lenient path copies a 30 MB string three times."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
     compact = "".join(text.split()).replace("-", "+").replace("_", "/")
     compact += "=" * (-len(compact.rstrip("=")) % 4)
     try:
@@ -73,7 +83,7 @@ def _b64decode(text: str) -> bytes:
         raise HTTPException(500, INVALID_IMAGE) from exc
 
 
-def _open(data: bytes, policy: ImagePolicy, invalid: str) -> Image.Image:
+def _open(data: bytes, policy: ImagePolicy, invalid: str, draft: Draft | None) -> Image.Image:
     if not data:
         raise HTTPException(500, invalid)
     if data.startswith(ICON_MAGICS):
@@ -86,6 +96,8 @@ def _open(data: bytes, policy: ImagePolicy, invalid: str) -> Image.Image:
             width, height = image.size
             if width * height > policy.max_pixels:
                 raise HTTPException(413, _too_large(width, height, policy))
+            if draft is not None:
+                draft(image)
             image.load()
             return to_rgb(image)
     except Image.DecompressionBombError as exc:
