@@ -202,9 +202,14 @@ class StagesConfig(Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    def of(self, stage: str) -> BaseModel:
-        """The params of a stage by its name (`embed-vocab` -> embed_vocab)."""
-        return getattr(self, stage.replace("-", "_"))
+    def of(self, stage: str) -> BaseModel | None:
+        """The params of a stage by its name, or None for a stage without settings."""
+        return getattr(self, params_field(stage), None)
+
+
+def params_field(stage: str) -> str:
+    """The one mapping from a stage's name to its field under `stages` (`embed-vocab` -> embed_vocab)."""
+    return stage.replace("-", "_")
 
 
 class DeviceConfig(Strict):
@@ -241,10 +246,9 @@ class PipelineConfig(Strict):
         """This config with `stages.<stage>.host` replaced (what `--host` does for the named stage)."""
         self.host(host)
         params = self.stages.of(stage)
-        if "host" not in type(params).model_fields:
+        if params is None or "host" not in type(params).model_fields:
             raise ConfigError(f"stage {stage!r} does not run on a host; drop --host")
-        field = stage.replace("-", "_")
-        stages = self.stages.model_copy(update={field: params.model_copy(update={"host": host})})
+        stages = self.stages.model_copy(update={params_field(stage): params.model_copy(update={"host": host})})
         return self.model_copy(update={"stages": stages})
 
     def host(self, name: str) -> HostConfig:

@@ -59,7 +59,7 @@ class Stage(ABC):
 
     def host_name(self, config: PipelineConfig) -> str:
         """The host this stage works on (stages with a `host` param override it with --host)."""
-        params = getattr(config.stages, self.name.replace("-", "_"), None)
+        params = config.stages.of(self.name)
         return str(getattr(params, "host", "local"))
 
     def external_inputs(self, config: PipelineConfig) -> list[Path]:
