@@ -18,37 +18,9 @@ from pipeline.runner import RunRequest, run
 from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
+from tests.helpers import STAGES, tiny_config_dict
 from tests.loopback import app_clients
 from tests.sshd import SshServer, start_sshd
-
-REPO = Path(__file__).resolve().parent.parent
-IMAGES = REPO / "data" / "images"
-
-
-STAGES = ["export", "verify", "calibrate", "compile", "embed-vocab", "fetch", "smoke-test"]
-
-
-def tiny_config_dict(artifacts: Path) -> dict:
-    """Every stage on this machine: tiny CLIP, onnxruntime compile, fetch to a local 'device' folder."""
-    return {
-        "model": {"id": "builtin:tiny-clip"},
-        "artifacts": str(artifacts),
-        "hosts": {"local": {"kind": "local", "workdir": str(artifacts.parent / "device")}},
-        "stages": {
-            "export": {"opset": 14},
-            "verify": {"images": str(IMAGES), "max_images": 2, "min_cosine": 0.99999, "max_abs_diff": 1e-4},
-            "calibrate": {
-                "images": str(IMAGES),
-                "prompts": str(REPO / "data" / "calibration_prompts.txt"),
-                "image_count": 4,
-                "text_count": 8,
-            },
-            "compile": {"target": "onnxruntime", "data_type": "U16", "calibration_size": 8},
-            "embed-vocab": {"vocabulary": str(REPO / "vocab" / "default.yaml")},
-            "fetch": {"host": "local"},
-            "smoke-test": {"host": "local", "runs": 3},
-        },
-    }
 
 
 @pytest.fixture

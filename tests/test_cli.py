@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO, STAGES, tiny_config_dict
+from tests.helpers import REPO, STAGES, tiny_config_dict
 
 
 def invoke(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -28,8 +28,10 @@ from pipeline.hosts.sync import download, upload
 from pipeline.lockfile import read_lock
 from pipeline.runner import Outcome, RunRequest, run
 from stages import ALL_STAGES
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.sshd import SshServer
+
+pytestmark = pytest.mark.slow  # minutes of sshd, docker stand-in and device runs: `-m 'not slow'` skips
 
 GRAPH = StageGraph(ALL_STAGES)
 

@@ -22,6 +22,8 @@ from pipeline.runner import Outcome, RunRequest, StageOutcome, run
 from stages import ALL_STAGES
 from tests.sshd import SshServer
 
+pytestmark = pytest.mark.slow  # minutes of sshd, docker stand-in and device runs: `-m 'not slow'` skips
+
 GRAPH = StageGraph(ALL_STAGES)
 
 

@@ -1,0 +1,34 @@
+"""What tests share besides fixtures: the repository's paths and the tiny-CLIP pipeline config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES = REPO / "data" / "images"
+
+
+STAGES = ["export", "verify", "calibrate", "compile", "embed-vocab", "fetch", "smoke-test"]
+
+
+def tiny_config_dict(artifacts: Path) -> dict:
+    """Every stage on this machine: tiny CLIP, onnxruntime compile, fetch to a local 'device' folder."""
+    return {
+        "model": {"id": "builtin:tiny-clip"},
+        "artifacts": str(artifacts),
+        "hosts": {"local": {"kind": "local", "workdir": str(artifacts.parent / "device")}},
+        "stages": {
+            "export": {"opset": 14},
+            "verify": {"images": str(IMAGES), "max_images": 2, "min_cosine": 0.99999, "max_abs_diff": 1e-4},
+            "calibrate": {
+                "images": str(IMAGES),
+                "prompts": str(REPO / "data" / "calibration_prompts.txt"),
+                "image_count": 4,
+                "text_count": 8,
+            },
+            "compile": {"target": "onnxruntime", "data_type": "U16", "calibration_size": 8},
+            "embed-vocab": {"vocabulary": str(REPO / "vocab" / "default.yaml")},
+            "fetch": {"host": "local"},
+            "smoke-test": {"host": "local", "runs": 3},
+        },
+    }
