@@ -15,7 +15,7 @@ from rich.logging import RichHandler
 
 from commands.serving import ServeRequest
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, is_user_error
 from pipeline.graph import StageGraph
 from pipeline.report import console, print_table
 from pipeline.runner import Outcome, RunRequest, StageOutcome, plan, run
@@ -52,10 +52,13 @@ def setup_logging(verbose: bool) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A PipelineError ends the command with its one-line message and exit code 1, never a traceback."""
+    """A user error of either side ends the command with its one-line message and exit code 1, never a
+    traceback."""
     try:
         yield
-    except PipelineError as exc:
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
         raise Exit(f"error: {exc}", code=1) from None
 
 
@@ -176,7 +179,6 @@ def caption_images(
 
     from runtime.captioning import caption_folder
     from runtime.clip import VOCAB_DIR, ClipRuntime
-    from runtime.errors import RuntimeErrorBase
     from runtime.interrogator import CaptionOptions, Interrogator
     from runtime.label_tables import LabelTables
     from runtime.npu import NpuLock
@@ -189,13 +191,10 @@ def caption_images(
         config = None if models else load(config_path)
         models_dir = device_models_dir(config, models)
         lock = npu_lock or (config.device.npu_lock if config else None)
-        try:
-            npu = NpuLock(Path(lock) if lock else None)
-            fidelity = Fidelity(config.device.fidelity) if config else Fidelity.FAST
-            clip = ClipRuntime.load(models_dir, with_text=False, npu=npu, fidelity=fidelity)
-            interrogator = Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
-        except RuntimeErrorBase as exc:
-            raise PipelineError(str(exc)) from exc
+        npu = NpuLock(Path(lock) if lock else None)
+        fidelity = Fidelity(config.device.fidelity) if config else Fidelity.FAST
+        clip = ClipRuntime.load(models_dir, with_text=False, npu=npu, fidelity=fidelity)
+        interrogator = Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
     total = len(find_images(images_dir))
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:

@@ -19,6 +19,12 @@ class PipelineError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """A PipelineError, or an error of the runtime's family (which pipeline/ may not import: it marks
+    itself `user_error`). Either fails a stage or a command with its message, never a traceback."""
+    return isinstance(exc, PipelineError) or getattr(exc, "user_error", False) is True
+
+
 class ConfigError(PipelineError):
     """pipeline.yaml is unreadable or invalid; the message names the file and the key path."""
 

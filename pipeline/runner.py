@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, is_user_error
 from pipeline.files import recover_swapped_dir, swap_in_dir
 from pipeline.graph import StageGraph
 from pipeline.lockfile import StageRecord, read_lock, write_lock
@@ -174,11 +174,10 @@ def _run_stage(
         if missing:
             raise PipelineError(f"{stage.name} did not write its declared outputs: {', '.join(missing)}")
         swap_in_dir(ctx.out_dir, config.artifacts / stage.name)
-    except PipelineError as exc:
+    except BaseException as exc:
         shutil.rmtree(out_dir, ignore_errors=True)
-        return StageOutcome(stage.name, Outcome.FAILED, why, time.perf_counter() - started, str(exc))
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        if is_user_error(exc):
+            return StageOutcome(stage.name, Outcome.FAILED, why, time.perf_counter() - started, str(exc))
         raise
     seconds = time.perf_counter() - started
     outputs = current_states(output_files(stage, config), {})

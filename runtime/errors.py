@@ -6,6 +6,8 @@ from __future__ import annotations
 class RuntimeErrorBase(Exception):
     """Base of every runtime error with a user-actionable message."""
 
+    user_error = True  # the controller's engine reports it as a failed stage (pipeline.errors.is_user_error)
+
 
 class BackendUnavailable(RuntimeErrorBase):
     """The backend for a model file cannot be used here (package missing, no NPU found)."""

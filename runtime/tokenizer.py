@@ -7,18 +7,23 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from runtime.errors import ModelFilesError
+
 
 class ClipTokenizer:
     """Encodes a prompt into [1, context_length] ids: BOS, tokens (truncated), EOS, then padding."""
 
     def __init__(self, path: Path, context_length: int, pad_token: str = "<|endoftext|>") -> None:
-        self._tokenizer = Tokenizer.from_file(str(path))
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises its own untyped Exception for a missing or broken file
+            raise ModelFilesError(f"{path}: not a readable tokenizer.json ({exc}): run `invoke fetch` again") from exc
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self.context_length = context_length
         pad_id = self._tokenizer.token_to_id(pad_token)
         if pad_id is None:
-            raise ValueError(f"{path}: the tokenizer has no {pad_token!r} token")
+            raise ModelFilesError(f"{path}: the tokenizer has no {pad_token!r} token: run `invoke export` again")
         self.pad_id = pad_id
         self.eos_id = pad_id
 

@@ -172,6 +172,21 @@ def test_failed_stage_keeps_last_good_outputs_and_is_retried(tmp_path: Path) -> 
     assert _why(failing, "consume") == ("param max_images: 4 -> 13",)
 
 
+def test_a_runtime_error_inside_a_stage_fails_it_with_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stages call runtime/ code (tokenizer, preprocessing); its error family fails the stage cleanly."""
+    from runtime.errors import ModelFilesError
+
+    def broken(self: Consume, ctx: StageContext) -> StageResult:
+        raise ModelFilesError("tokenizer.json: the tokenizer has no '<|endoftext|>' token: run `invoke export` again")
+
+    monkeypatch.setattr(Consume, "run", broken)
+    outcome = run(_config(tmp_path), GRAPH, RunRequest())[1]
+    assert outcome.outcome is Outcome.FAILED and "run `invoke export` again" in outcome.summary
+    assert not (tmp_path / "artifacts/.tmp").exists()
+
+
 def test_downstream_of_a_failure_is_skipped(tmp_path: Path) -> None:
     class Broken(Produce):
         def run(self, ctx: StageContext) -> StageResult:

@@ -245,6 +245,22 @@ def test_captioning_a_folder_with_a_pool_gives_what_one_image_at_a_time_gives(
     assert [r["caption"] for r in records] == expected
 
 
+def test_a_tokenizer_without_its_end_of_text_token_is_named(built_artifacts: Path, tmp_path: Path) -> None:
+    from runtime.errors import ModelFilesError
+    from runtime.tokenizer import ClipTokenizer
+
+    data = json.loads((built_artifacts / "export/tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<|endoftext|>"]
+    data["model"]["vocab"].pop("<|endoftext|>")
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text(json.dumps(data))
+    with pytest.raises(ModelFilesError, match=r"no '<\|endoftext\|>' token: run `invoke export` again"):
+        ClipTokenizer(broken, 77)
+    broken.write_text("{not json")
+    with pytest.raises(ModelFilesError, match=r"not a readable tokenizer\.json"):
+        ClipTokenizer(broken, 77)
+
+
 def test_fast_fidelity_decodes_a_large_jpeg_at_a_reduced_scale_close_to_exact() -> None:
     """A 2560x1600 photo decodes at 1/4 (640x400: its short side still >= 1.5x the 224 input); the
     preprocessed pixels stay within cosine 0.9995 of the exact path, which decodes every pixel."""
