@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import HostError
 from pipeline.files import sha256_file
@@ -89,30 +90,20 @@ class Transport(ABC):
 
     def sha256(self, paths: Iterable[str]) -> dict[str, str]:
         """sha256 of each existing file on the host, in one command; missing files are absent."""
-        paths = list(paths)
-        if not paths:
-            return {}
-        result = self.check(SHA_COMMAND.format(files=" ".join(quote(p) for p in paths)), what="computing checksums")
-        digests = {}
-        for line in result.stdout.splitlines():
-            digest, separator, path = line[:64], line[64:66], line[66:]
-            if separator in ("  ", " *") and all(c in "0123456789abcdef" for c in digest):
-                digests[path] = digest
-        return digests
+        return self._per_file(SHA_COMMAND, paths, "computing checksums", _digest_line)
 
     def sizes(self, paths: Iterable[str]) -> dict[str, int]:
         """Size in bytes of each existing file on the host (symlinks followed), in one command; missing
         files are absent. Cheap: no file is read."""
+        return self._per_file(SIZE_COMMAND, paths, "listing file sizes", _size_line)
+
+    def _per_file(self, command: str, paths: Iterable[str], what: str, parse: Callable[[str], Any]) -> dict[str, Any]:
+        """One command over every path; each output line parsed to (path, value), or None to skip it."""
         paths = list(paths)
         if not paths:
             return {}
-        result = self.check(SIZE_COMMAND.format(files=" ".join(quote(p) for p in paths)), what="listing file sizes")
-        sizes = {}
-        for line in result.stdout.splitlines():
-            size, separator, path = line.partition("\t")
-            if separator and size.strip().isdigit():
-                sizes[path] = int(size)
-        return sizes
+        result = self.check(command.format(files=" ".join(quote(p) for p in paths)), what=what)
+        return dict(found for line in result.stdout.splitlines() if (found := parse(line)) is not None)
 
     def check(self, command: str, *, what: str, hint: str = "", timeout: float | None = None) -> CommandResult:
         """Run and raise a HostError naming `what` failed, with the output tail, on a non-zero exit."""
@@ -138,6 +129,19 @@ class Transport(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _digest_line(line: str) -> tuple[str, str] | None:
+    """`<sha256>  <path>` (or ` *` for binary mode) as sha256sum and openssl print it."""
+    digest, separator, path = line[:64], line[64:66], line[66:]
+    ok = separator in ("  ", " *") and all(c in "0123456789abcdef" for c in digest)
+    return (path, digest) if ok else None
+
+
+def _size_line(line: str) -> tuple[str, int] | None:
+    """`<size>\t<path>` as SIZE_COMMAND prints it (wc pads the size with spaces on BSD)."""
+    size, separator, path = line.partition("\t")
+    return (path, int(size)) if separator and size.strip().isdigit() else None
 
 
 def quote(value: str) -> str:
