@@ -115,83 +115,72 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
 def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRouter:
     """The endpoints alone, to `include_router` into an app a user already runs (see README: embedding).
     That app installs the error handlers (runtime.server.errors) if it wants A1111's error bodies."""
-    router = APIRouter()
-    gate = AdmissionGate(1 + settings.queue_size)
-    decoders = threading.BoundedSemaphore(settings.decoders)
-    categories = [c.name for c in interrogator.tables.categories]
-    fixed = {
-        "api_enable_requests": settings.images.allow_urls,
-        "api_forbid_local_requests": not settings.images.allow_local_urls,
-    }
-    options = OptionsStore(settings.options_file, categories, fixed)
+    service = InterrogationService(interrogator, settings)
     auth = [Depends(authenticator(settings.credentials))] if settings.credentials else []
-    started = time.time()
+    router = APIRouter()
+    for part in (a1111_router(service, auth), detailed_router(service, auth), health_router(service)):
+        router.include_router(part)
+    return router
 
-    def score(image_field: str) -> tuple[Scores, dict[str, float]]:
-        begin = time.perf_counter()
-        # Decoded images are the big allocations: only a few at a time, and never an unbounded wait for a
-        # slot (slow image URLs may hold them all).
-        if not decoders.acquire(timeout=settings.queue_timeout_s):
-            raise HTTPException(503, f"Server busy: every image decoder stayed busy for {settings.queue_timeout_s:g} s")
+
+class InterrogationService:
+    """What the endpoints share: the interrogator, the admission gate (requests inside, one encoding),
+    the decoder slots (decoded images are the big allocations: a few at a time) and the options."""
+
+    def __init__(self, interrogator: Interrogator, settings: ServerSettings) -> None:
+        self.interrogator = interrogator
+        self.settings = settings
+        self.gate = AdmissionGate(1 + settings.queue_size)
+        self.decoders = threading.BoundedSemaphore(settings.decoders)
+        fixed = {
+            "api_enable_requests": settings.images.allow_urls,
+            "api_forbid_local_requests": not settings.images.allow_local_urls,
+        }
+        self.options = OptionsStore(settings.options_file, [c.name for c in interrogator.tables.categories], fixed)
+        self.started = time.time()
+
+    def score(self, image_field: str) -> tuple[Scores, dict[str, float]]:
+        """Decode (never an unbounded wait for a slot: slow image URLs may hold them all), preprocess,
+        then encode and the coarse rank."""
+        begin, wait = time.perf_counter(), self.settings.queue_timeout_s
+        if not self.decoders.acquire(timeout=wait):
+            raise HTTPException(503, f"Server busy: every image decoder stayed busy for {wait:g} s")
         try:
-            image = decode_image(image_field, settings.images, interrogator.clip.draft)
+            image = decode_image(image_field, self.settings.images, self.interrogator.clip.draft)
             decoded = time.perf_counter()
-            pixels = interrogator.clip.preprocess(image)
+            pixels = self.interrogator.clip.preprocess(image)
             del image
         finally:
-            decoders.release()
+            self.decoders.release()
         prepared = time.perf_counter()
         try:
-            scores, timings = interrogator.score(pixels, wait=settings.queue_timeout_s)
+            scores, timings = self.interrogator.score(pixels, wait=wait)
         except NpuBusy as exc:
             raise HTTPException(503, f"Server busy: {exc}; retry shortly") from exc
         timings.update(decode=(decoded - begin) * 1e3, preprocess=(prepared - decoded) * 1e3)
         return scores, timings
 
-    def answer(request: InterrogateRequest) -> str:
-        scores, _ = score(request.image)
+    def answer(self, request: InterrogateRequest) -> str:
+        """A1111's answer: the caption (`clip`) or the tags (`deepdanbooru`)."""
+        scores, _ = self.score(request.image)
         if request.model == "clip":
-            return interrogator.caption(scores, options.caption_options())[0]
-        return interrogator.tags(scores, options.tag_options())
+            return self.interrogator.caption(scores, self.options.caption_options())[0]
+        return self.interrogator.tags(scores, self.options.tag_options())
 
-    def detailed(request: InterrogateRequest) -> DetailedResponse:
+    def detailed(self, request: InterrogateRequest) -> DetailedResponse:
         begin = time.perf_counter()
-        scores, timings = score(request.image)
+        scores, timings = self.score(request.image)
         rank_started = time.perf_counter()
-        caption, results = interrogator.caption(scores, options.caption_options())
-        tags = interrogator.tags(scores, options.tag_options())
-        note = "" if tags else interrogator.tags_note(scores, options.tag_options())
+        interrogator, tag_options = self.interrogator, self.options.tag_options()
+        caption, results = interrogator.caption(scores, self.options.caption_options())
+        tags = interrogator.tags(scores, tag_options)
+        note = "" if tags else interrogator.tags_note(scores, tag_options)
         timings["rank"] += (time.perf_counter() - rank_started) * 1e3
         timings["total"] = (time.perf_counter() - begin) * 1e3
         return DetailedResponse(**Interrogation(caption, results, timings).to_json(), tags=tags, tags_note=note)
 
-    @router.post("/sdapi/v1/interrogate", response_model=InterrogateResponse, dependencies=auth)
-    async def interrogate(request: InterrogateRequest) -> InterrogateResponse:
-        """A1111's interrogate: `clip` gives a caption, `deepdanbooru` comma-separated tags."""
-        if request.model not in MODELS:
-            raise HTTPException(404, "Model not found")
-        with gate.admitted():
-            caption = await run_in_threadpool(answer, request)
-        return InterrogateResponse(caption=caption)
-
-    @router.post("/clip/v1/interrogate", response_model=DetailedResponse, dependencies=auth)
-    async def interrogate_detailed(request: InterrogateRequest) -> DetailedResponse:
-        """Every category's picks and best labels with their cosines, the tags, and where the time went."""
-        with gate.admitted():
-            return await run_in_threadpool(detailed, request)
-
-    @router.get("/sdapi/v1/options", response_model=Options, dependencies=auth)
-    async def get_options() -> dict[str, Any]:
-        return options.get()
-
-    @router.post("/sdapi/v1/options", dependencies=auth)
-    async def set_options(changes: dict[str, Any]) -> None:
-        """Set any of the options; unknown keys are ignored, as A1111 does."""
-        await run_in_threadpool(options.update, changes)
-
-    @router.get("/healthz")
-    async def health() -> dict[str, Any]:
-        clip = interrogator.clip
+    def health(self) -> dict[str, Any]:
+        clip, gate, categories = self.interrogator.clip, self.gate, self.interrogator.tables.categories
         image = clip.image_model.state()
         return {
             "status": "ok",
@@ -202,10 +191,56 @@ def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRo
             "image_encoder": image,
             "text_encoder": "loaded" if clip.text is not None else "not loaded (labels are precomputed tables)",
             "npu": {"lock_file": str(clip.npu.lock_file) if clip.npu.lock_file else None, **clip.npu.stats.to_json()},
-            "vocabulary": {c.name: len(c.labels) for c in interrogator.tables.categories},
-            "labels": sum(len(c.labels) for c in interrogator.tables.categories),
+            "vocabulary": {c.name: len(c.labels) for c in categories},
+            "labels": sum(len(c.labels) for c in categories),
             "queue": {"inside": gate.inside, "capacity": gate.capacity, "served": gate.served, "refused": gate.refused},
-            "uptime_s": round(time.time() - started, 1),
+            "uptime_s": round(time.time() - self.started, 1),
         }
+
+
+def a1111_router(service: InterrogationService, auth: list[Any]) -> APIRouter:
+    """AUTOMATIC1111's interrogate and options endpoints, answered as A1111 answers them."""
+    router = APIRouter(dependencies=auth)
+
+    @router.post("/sdapi/v1/interrogate", response_model=InterrogateResponse)
+    async def interrogate(request: InterrogateRequest) -> InterrogateResponse:
+        """A1111's interrogate: `clip` gives a caption, `deepdanbooru` comma-separated tags."""
+        if request.model not in MODELS:
+            raise HTTPException(404, "Model not found")
+        with service.gate.admitted():
+            caption = await run_in_threadpool(service.answer, request)
+        return InterrogateResponse(caption=caption)
+
+    @router.get("/sdapi/v1/options", response_model=Options)
+    async def get_options() -> dict[str, Any]:
+        return service.options.get()
+
+    @router.post("/sdapi/v1/options")
+    async def set_options(changes: dict[str, Any]) -> None:
+        """Set any of the options; unknown keys are ignored, as A1111 does."""
+        await run_in_threadpool(service.options.update, changes)
+
+    return router
+
+
+def detailed_router(service: InterrogationService, auth: list[Any]) -> APIRouter:
+    router = APIRouter(dependencies=auth)
+
+    @router.post("/clip/v1/interrogate", response_model=DetailedResponse)
+    async def interrogate_detailed(request: InterrogateRequest) -> DetailedResponse:
+        """Every category's picks and best labels with their cosines, the tags, and where the time went."""
+        with service.gate.admitted():
+            return await run_in_threadpool(service.detailed, request)
+
+    return router
+
+
+def health_router(service: InterrogationService) -> APIRouter:
+    """/healthz, open even with auth (a supervisor's probe has no password)."""
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def health() -> dict[str, Any]:
+        return service.health()
 
     return router
