@@ -100,3 +100,19 @@ def load_clip(model: ModelConfig, cache_dir: Path) -> LoadedClip:
     if clip.config.model_type != "clip":
         raise ModelLoadError(f"{model.id!r} is a {clip.config.model_type!r} model, not CLIP")
     return LoadedClip(model=clip, tokenizer=tokenizer, image_processor=processor, source=source)
+
+
+def check_input_sizes(model: ModelConfig, loaded: LoadedClip) -> None:
+    """model.image_size and context_length must be the loaded model's: an export at another size would
+    not fail, it would quietly compute something else."""
+    vision, text = loaded.model.config.vision_config, loaded.model.config.text_config
+    if vision.image_size != model.image_size:
+        raise ModelLoadError(
+            f"model.image_size is {model.image_size} but the model was trained at {vision.image_size}",
+            hint=f"set model.image_size: {vision.image_size}",
+        )
+    if model.context_length > text.max_position_embeddings:
+        raise ModelLoadError(
+            f"model.context_length {model.context_length} exceeds the model's {text.max_position_embeddings}",
+            hint=f"set model.context_length: {text.max_position_embeddings}",
+        )

@@ -7,11 +7,11 @@ config the device needs, and export.json describing the tensor contract; plus te
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import StageError
 from pipeline.files import list_files, write_json
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
@@ -45,59 +45,28 @@ class ExportStage(Stage):
         import torch
 
         from modeling.encoders import ImageEncoder, TextEncoder
-        from modeling.loading import load_clip
+        from modeling.loading import check_input_sizes, load_clip
         from modeling.onnx_export import export_onnx
 
         model_cfg, params = ctx.config.model, ctx.config.stages.export
         loaded = load_clip(model_cfg, ctx.cache_dir)
-        clip_cfg = loaded.model.config
+        check_input_sizes(model_cfg, loaded)
         size, length = model_cfg.image_size, model_cfg.context_length
-        if clip_cfg.vision_config.image_size != size:
-            raise StageError(
-                self.name,
-                f"model.image_size is {size} but the model was trained at {clip_cfg.vision_config.image_size}",
-                hint=f"set model.image_size: {clip_cfg.vision_config.image_size}",
-            )
-        if length > clip_cfg.text_config.max_position_embeddings:
-            raise StageError(
-                self.name,
-                f"model.context_length {length} exceeds the model's {clip_cfg.text_config.max_position_embeddings}",
-                hint=f"set model.context_length: {clip_cfg.text_config.max_position_embeddings}",
-            )
-        text_encoder = TextEncoder(loaded.model, loaded.tokenizer.eos_token_id)
+        export = functools.partial(
+            export_onnx, output_name=model_io.IMAGE_OUTPUT, opset=params.opset, simplify=params.simplify
+        )
+        text = functools.partial(export, TextEncoder(loaded.model, loaded.tokenizer.eos_token_id),
+                                 input_name=model_io.TEXT_INPUT, output_name=model_io.TEXT_OUTPUT)  # fmt: skip
         example_ids = loaded.tokenizer(
             "a photo of a cat", padding="max_length", max_length=length, truncation=True, return_tensors="pt"
-        )["input_ids"]
+        )["input_ids"].to(torch.int64)
         counts = {
-            "image": export_onnx(
-                ImageEncoder(loaded.model),
-                torch.zeros(1, 3, size, size),
-                ctx.out_dir / model_io.IMAGE_MODEL_FILE,
-                input_name=model_io.IMAGE_INPUT,
-                output_name=model_io.IMAGE_OUTPUT,
-                opset=params.opset,
-                simplify=params.simplify,
-            ),
-            "text": export_onnx(
-                text_encoder,
-                example_ids.to(torch.int64),
-                ctx.out_dir / model_io.TEXT_MODEL_FILE,
-                input_name=model_io.TEXT_INPUT,
-                output_name=model_io.TEXT_OUTPUT,
-                opset=params.opset,
-                simplify=params.simplify,
-            ),
-        }
-        export_onnx(
-            text_encoder,
-            example_ids.to(torch.int64).repeat(2, 1),
-            ctx.out_dir / model_io.TEXT_BATCH_MODEL_FILE,
-            input_name=model_io.TEXT_INPUT,
-            output_name=model_io.TEXT_OUTPUT,
-            opset=params.opset,
-            simplify=params.simplify,
-            dynamic_axes={0: "batch", 1: "length"},
-        )
+            "image": export(ImageEncoder(loaded.model), torch.zeros(1, 3, size, size),
+                            ctx.out_dir / model_io.IMAGE_MODEL_FILE, input_name=model_io.IMAGE_INPUT),
+            "text": text(example_ids, ctx.out_dir / model_io.TEXT_MODEL_FILE),
+        }  # fmt: skip
+        text(example_ids.repeat(2, 1), ctx.out_dir / model_io.TEXT_BATCH_MODEL_FILE,
+             dynamic_axes={0: "batch", 1: "length"})  # fmt: skip
         loaded.tokenizer.save_pretrained(ctx.out_dir)
         loaded.image_processor.save_pretrained(ctx.out_dir)
         info = _export_info(ctx.config, loaded, counts)

@@ -133,36 +133,16 @@ def _golden_images(params_images: Path, limit: int) -> list[Path]:
 
 def _compare_with_pytorch(ctx: StageContext, info: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """Run golden inputs through onnxruntime and PyTorch; returns check lines and per-output figures."""
-    import onnxruntime as ort
     import torch
 
-    from modeling.graph_checks import Check
     from modeling.loading import load_clip
 
     params, export_dir = ctx.config.stages.verify, ctx.upstream("export")
     loaded = load_clip(ctx.config.model, ctx.cache_dir)
-    clip = loaded.model
     images = _golden_images(params.images, params.max_images)
-    preprocess_cfg = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
-    opened = [open_image(path) for path in images]
-    pixels = np.concatenate([preprocess(image, preprocess_cfg) for image in opened])
-    reference_pixels = loaded.image_processor(images=opened, return_tensors="np")["pixel_values"]
-    tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info["context_length"])
-    ids = np.concatenate([tokenizer.encode(prompt) for prompt in params.prompts])
-    reference_ids = loaded.tokenizer(
-        list(params.prompts), padding="max_length", max_length=info["context_length"], truncation=True
-    )["input_ids"]
-
-    pre_diff = float(np.abs(pixels - reference_pixels).max())
-    checks = [
-        Check("preprocessing vs transformers", pre_diff <= PREPROCESS_TOLERANCE, f"max abs diff {pre_diff:.2e}"),
-        Check(
-            "tokenizer vs transformers",
-            ids.tolist() == list(reference_ids),
-            f"{len(params.prompts)} prompts, ids {'identical' if ids.tolist() == list(reference_ids) else 'differ'}",
-        ),
-    ]
+    pixels, ids, checks = _inputs_checked_against_transformers(loaded, images, export_dir, info, params.prompts)
     with torch.no_grad():
+        clip = loaded.model
         torch_image = clip.visual_projection(clip.vision_model(pixel_values=torch.from_numpy(pixels)).pooler_output)
         torch_text = clip.text_projection(clip.text_model(input_ids=torch.from_numpy(ids)).pooler_output)
     runs = {
@@ -171,34 +151,71 @@ def _compare_with_pytorch(ctx: StageContext, info: dict[str, Any]) -> tuple[list
     }
     numerics: dict[str, Any] = {}
     for output, (spec, inputs, reference, labels) in runs.items():
-        session = ort.InferenceSession(str(export_dir / spec["file"]), providers=["CPUExecutionProvider"])
-        got = np.concatenate([session.run([output], {spec["input"]["name"]: row[None]})[0] for row in inputs])
-        samples = [
-            {"input": label, "cosine": cosine(a, b), "max_abs_diff": float(np.abs(a - b).max())}
-            for label, a, b in zip(labels, got, reference, strict=True)
-        ]
-        figures = {
-            "min_cosine": min(s["cosine"] for s in samples),
-            "max_abs_diff": max(s["max_abs_diff"] for s in samples),
-            "samples": samples,
-        }
-        numerics[output] = figures
-        checks.append(
-            Check(
-                f"{output}: cosine onnxruntime vs PyTorch",
-                figures["min_cosine"] >= params.min_cosine,
-                f"min {figures['min_cosine']:.7f} over {len(samples)} (need >= {params.min_cosine})",
-            )
-        )
-        checks.append(
-            Check(
-                f"{output}: max abs diff",
-                figures["max_abs_diff"] <= params.max_abs_diff,
-                f"{figures['max_abs_diff']:.2e} (need <= {params.max_abs_diff:g})",
-            )
-        )
+        output_checks, numerics[output] = _onnxruntime_vs_pytorch(export_dir, spec, output, inputs, reference, labels,
+                                                                  params)  # fmt: skip
+        checks += output_checks
     _save_golden(ctx.out_dir / GOLDEN_DIR, pixels, ids, runs)
     return checks, numerics
+
+
+def _inputs_checked_against_transformers(
+    loaded: Any, images: list[Path], export_dir: Path, info: dict[str, Any], prompts: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """The golden pixels and token ids as runtime/ makes them, checked against transformers' own."""
+    from modeling.graph_checks import Check
+
+    preprocess_cfg = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
+    opened = [open_image(path) for path in images]
+    pixels = np.concatenate([preprocess(image, preprocess_cfg) for image in opened])
+    reference_pixels = loaded.image_processor(images=opened, return_tensors="np")["pixel_values"]
+    tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info["context_length"])
+    ids = np.concatenate([tokenizer.encode(prompt) for prompt in prompts])
+    reference_ids = loaded.tokenizer(
+        list(prompts), padding="max_length", max_length=info["context_length"], truncation=True
+    )["input_ids"]
+    pre_diff = float(np.abs(pixels - reference_pixels).max())
+    same_ids = ids.tolist() == list(reference_ids)
+    ids_detail = f"{len(prompts)} prompts, ids {'identical' if same_ids else 'differ'}"
+    checks = [
+        Check("preprocessing vs transformers", pre_diff <= PREPROCESS_TOLERANCE, f"max abs diff {pre_diff:.2e}"),
+        Check("tokenizer vs transformers", same_ids, ids_detail),
+    ]
+    return pixels, ids, checks
+
+
+def _onnxruntime_vs_pytorch(
+    export_dir: Path, spec: dict[str, Any], output: str, inputs: np.ndarray, reference: np.ndarray,
+    labels: list[str], params: Any,
+) -> tuple[list[Any], dict[str, Any]]:  # fmt: skip
+    """One exported model on every golden input, row by row, against PyTorch's outputs."""
+    import onnxruntime as ort
+
+    from modeling.graph_checks import Check
+
+    session = ort.InferenceSession(str(export_dir / spec["file"]), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run([output], {spec["input"]["name"]: row[None]})[0] for row in inputs])
+    samples = [
+        {"input": label, "cosine": cosine(a, b), "max_abs_diff": float(np.abs(a - b).max())}
+        for label, a, b in zip(labels, got, reference, strict=True)
+    ]
+    figures = {
+        "min_cosine": min(s["cosine"] for s in samples),
+        "max_abs_diff": max(s["max_abs_diff"] for s in samples),
+        "samples": samples,
+    }
+    checks = [
+        Check(
+            f"{output}: cosine onnxruntime vs PyTorch",
+            figures["min_cosine"] >= params.min_cosine,
+            f"min {figures['min_cosine']:.7f} over {len(samples)} (need >= {params.min_cosine})",
+        ),
+        Check(
+            f"{output}: max abs diff",
+            figures["max_abs_diff"] <= params.max_abs_diff,
+            f"{figures['max_abs_diff']:.2e} (need <= {params.max_abs_diff:g})",
+        ),
+    ]
+    return checks, figures
 
 
 def _fast_path_fidelity(export_dir: Path, info: dict[str, Any], photos: Path) -> tuple[Any, dict[str, Any]]:

@@ -117,6 +117,20 @@ def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
         load_clip(ModelConfig(id=str(tmp_path / "nope")), tmp_path)
 
 
+def test_input_sizes_other_than_the_model_s_are_refused_before_exporting(tmp_path: Path) -> None:
+    from modeling.loading import check_input_sizes, load_clip
+
+    tiny = "builtin:tiny-clip"
+    loaded = load_clip(ModelConfig(id=tiny), tmp_path)
+    trained = loaded.model.config.vision_config.image_size
+    with pytest.raises(ModelLoadError, match=f"set model.image_size: {trained}"):
+        check_input_sizes(ModelConfig(id=tiny, image_size=trained + 32), loaded)
+    longest = loaded.model.config.text_config.max_position_embeddings
+    with pytest.raises(ModelLoadError, match=f"set model.context_length: {longest}"):
+        check_input_sizes(ModelConfig(id=tiny, context_length=longest + 1), loaded)
+    check_input_sizes(ModelConfig(id=tiny, image_size=trained, context_length=longest), loaded)
+
+
 def test_directory_that_is_not_clip_is_a_clear_error(tmp_path: Path) -> None:
     from modeling.loading import load_clip
 
