@@ -156,13 +156,13 @@ def device_models_dir(config: PipelineConfig | None, models: str | None) -> Path
     if models:
         return Path(models)
     assert config is not None
-    fetch = config.stages.fetch
-    host = config.host(fetch.host)
+    device = config.device
+    host = config.host(device.host)
     if host.kind != "local":
         raise PipelineError(
-            f"the device ({fetch.host}) is not this machine", hint="pass --models DIR with the fetched models"
+            f"the device ({device.host}) is not this machine", hint="pass --models DIR with the fetched models"
         )
-    return Path(host.workdir) / fetch.models_dir
+    return Path(host.workdir) / device.models_dir
 
 
 def caption_images(

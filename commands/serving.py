@@ -63,7 +63,7 @@ def serve_here(models: Path, request: ServeRequest) -> int:
 def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest) -> None:
     host = config.host(host_name)
     with connect(config, host_name) as transport:
-        models = transport.path(config.stages.fetch.models_dir)
+        models = transport.path(config.device.models_dir)
         if not transport.run(f"test -f {quote(models)}/export.json").ok:
             raise PipelineError(
                 f"no fetched models in {models} on {host_name}", hint=f"run `invoke fetch --host {host_name}` first"

@@ -178,17 +178,38 @@ class EmbedVocabParams(Strict):
     vocabulary: ConfigPath = SHIPPED / "vocab/default.yaml"
 
 
+def _moved_to_device(stage: str, data: Any) -> Any:
+    """The device was once set per stage; one `device:` section now serves fetch, smoke-test, serve and
+    caption, so that `--host` on any of them means the same device."""
+    moved = sorted(set(data) & {"host", "models_dir"}) if isinstance(data, dict) else []
+    if moved:
+        targets = ", ".join(f"device.{key}" for key in moved)
+        raise ValueError(
+            f"{' and '.join(moved)}: set in the `device:` section now (one device for fetch, smoke-test, serve "
+            f"and caption): move to {targets}"
+        )
+    return data
+
+
 class SmokeTestParams(Strict):
-    host: str = "local"  # the device; `invoke smoke-test --host NAME` overrides
     runs: int = Field(20, ge=1, le=10000)  # latency samples per encoder
     min_cosine: float = Field(0.98, ge=0, le=1)  # device output vs the float reference, per encoder
     provider: str | None = None  # axengine provider; None: the first available
     device_id: int = Field(0, ge=0)  # AXCLRTExecutionProvider: which card
 
+    @model_validator(mode="before")
+    @classmethod
+    def _device_keys_moved(cls, data: Any) -> Any:
+        return _moved_to_device("smoke-test", data)
+
 
 class FetchParams(Strict):
-    host: str = "local"  # the device; `invoke fetch --host NAME` overrides
-    models_dir: str = "models"  # relative to the host's workdir, or absolute
+    """fetch has no settings of its own: where it puts the models is `device:`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_keys_moved(cls, data: Any) -> Any:
+        return _moved_to_device("fetch", data)
 
 
 class StagesConfig(Strict):
@@ -207,13 +228,20 @@ class StagesConfig(Strict):
         return getattr(self, params_field(stage), None)
 
 
+DEVICE_STAGES = ("fetch", "smoke-test")  # they work on `device:`
+
+
 def params_field(stage: str) -> str:
     """The one mapping from a stage's name to its field under `stages` (`embed-vocab` -> embed_vocab)."""
     return stage.replace("-", "_")
 
 
 class DeviceConfig(Strict):
-    """How the device's NPU is shared: used by serve, caption and the smoke test."""
+    """The device: where fetch puts the models, where the smoke test, serve and caption find them, and
+    how its NPU is shared. `--host` on fetch, smoke-test or serve names another host as the device."""
+
+    host: str = "local"  # a host of `hosts`, or local
+    models_dir: str = "models"  # relative to the host's workdir, or absolute
 
     # A file on the device: every NPU call holds an exclusive flock on it, so a Stable Diffusion server that
     # locks the same file around its own NPU work never overlaps with ours (README: sharing the NPU).
@@ -234,17 +262,19 @@ class PipelineConfig(Strict):
     stages: StagesConfig = StagesConfig()
 
     @model_validator(mode="after")
-    def _stage_hosts_exist(self) -> PipelineConfig:
-        for stage in ("compile", "fetch", "smoke-test"):
-            name = self.stages.of(stage).host  # type: ignore[attr-defined]
+    def _hosts_exist(self) -> PipelineConfig:
+        for key, name in (("stages.compile.host", self.stages.compile.host), ("device.host", self.device.host)):
             if name != "local" and name not in self.hosts:
                 known = ", ".join(sorted(self.hosts)) or "none"
-                raise ValueError(f"stages.{stage}.host {name!r} is not in hosts (hosts: {known})")
+                raise ValueError(f"{key} {name!r} is not in hosts (hosts: {known})")
         return self
 
     def with_host(self, stage: str, host: str) -> PipelineConfig:
-        """This config with `stages.<stage>.host` replaced (what `--host` does for the named stage)."""
+        """This config with the stage's host replaced (what `--host` does): the device for the stages
+        that work on it (every one of them, then), the build host for compile."""
         self.host(host)
+        if stage in DEVICE_STAGES:
+            return self.model_copy(update={"device": self.device.model_copy(update={"host": host})})
         params = self.stages.of(stage)
         if params is None or "host" not in type(params).model_fields:
             raise ConfigError(f"stage {stage!r} does not run on a host; drop --host")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline.config import PipelineConfig
+from pipeline.config import DEVICE_STAGES, PipelineConfig
 from pipeline.files import sha256_file
 
 
@@ -58,9 +58,10 @@ class Stage(ABC):
         """Every setting that changes this stage's outputs, as plain data (digested into the lock)."""
 
     def host_name(self, config: PipelineConfig) -> str:
-        """The host this stage works on (stages with a `host` param override it with --host)."""
-        params = config.stages.of(self.name)
-        return str(getattr(params, "host", "local"))
+        """The host this stage works on: the device for fetch and smoke-test, else its `host` param."""
+        if self.name in DEVICE_STAGES:
+            return config.device.host
+        return str(getattr(config.stages.of(self.name), "host", "local"))
 
     def external_inputs(self, config: PipelineConfig) -> list[Path]:
         """Files outside artifacts/ that this stage reads (images, local model weights)."""
@@ -86,9 +87,10 @@ class Stage(ABC):
 
 
 def device_params(config: PipelineConfig, params: Any) -> dict[str, Any]:
-    """A device stage's params plus where its host's files live: another device means another run."""
-    host = config.host(params.host)
-    return {**params.model_dump(mode="json"), "address": host.address, "workdir": host.workdir}
+    """A device stage's params plus the device and where its files live: another device means another run."""
+    host = config.host(config.device.host)
+    device = {"host": config.device.host, "models_dir": config.device.models_dir}
+    return {**params.model_dump(mode="json"), **device, "address": host.address, "workdir": host.workdir}
 
 
 def _module_origin(name: str) -> str:

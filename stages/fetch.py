@@ -46,15 +46,15 @@ class FetchStage(Stage):
     def device_changes(self, config: PipelineConfig) -> list[str]:
         """The set on the device as fetch left it: its manifest.json the same bytes as ours, every file
         listed there present at its size (sizes only: cheap, no file read on the device)."""
-        params = config.stages.fetch
+        device = config.device
         try:
             manifest = Manifest.read(config.artifacts / self.name)
         except ModelFilesError as exc:
             return [str(exc)]
-        where = f"device {params.host}"
+        where = f"device {device.host}"
         try:
-            with connect(config, params.host) as transport:
-                link = transport.path(params.models_dir)
+            with connect(config, device.host) as transport:
+                link = transport.path(device.models_dir)
                 remote_manifest = f"{link}/{MANIFEST_FILE}"
                 digest = transport.sha256([remote_manifest]).get(remote_manifest)
                 sizes = transport.sizes(f"{link}/{name}" for name in manifest.files)
@@ -72,14 +72,14 @@ class FetchStage(Stage):
         ]
 
     def run(self, ctx: StageContext) -> StageResult:
-        params = ctx.config.stages.fetch
+        device = ctx.config.device
         files = device_files(ctx)
         manifest = Manifest(
             files={name: FileEntry(path.stat().st_size, sha256_file(path)) for name, path in files.items()},
             compile=json.loads((ctx.upstream("compile") / "report.json").read_text(encoding="utf-8")),
         )
-        with connect(ctx.config, params.host) as transport:
-            models = VersionedFolder(transport.path(params.models_dir))
+        with connect(ctx.config, device.host) as transport:
+            models = VersionedFolder(transport.path(device.models_dir))
             folder = models.prepare(transport, manifest.set_id, sorted(files))
             remote = {local: f"{folder}/{name}" for name, local in files.items()}
             with _progress(files) as progress:
@@ -90,11 +90,11 @@ class FetchStage(Stage):
             models.switch(transport, manifest.set_id)
         write_json(
             ctx.out_dir / "transfer.json",
-            {"host": params.host, "dir": models.link, "set": folder, "sent": list(summary.sent),
+            {"host": device.host, "dir": models.link, "set": folder, "sent": list(summary.sent),
              "unchanged": list(summary.skipped)},
         )  # fmt: skip
         return StageResult(
-            summary=f"{params.host}:{models.link} -> set {manifest.set_id}: {len(summary.sent)} sent "
+            summary=f"{device.host}:{models.link} -> set {manifest.set_id}: {len(summary.sent)} sent "
             f"({summary.bytes_sent / 1e6:.1f} MB), {len(summary.skipped)} unchanged",
             figures={"sent": len(summary.sent), "unchanged": len(summary.skipped), "bytes": summary.bytes_sent},
         )

@@ -35,14 +35,14 @@ class SmokeTestStage(Stage):
         return {**device_params(config, config.stages.smoke_test), "npu_lock": config.device.npu_lock}
 
     def run(self, ctx: StageContext) -> StageResult:
-        params = ctx.config.stages.smoke_test
-        host = ctx.config.host(params.host)
-        with connect(ctx.config, params.host) as transport:
+        params, device = ctx.config.stages.smoke_test, ctx.config.device
+        host = ctx.config.host(device.host)
+        with connect(ctx.config, device.host) as transport:
             app, python = install_runtime(transport, host.python)
             remote_report = transport.path("smoke-test-report.json")
             command = (
                 f"cd {quote(app)} && {quote(python)} -m runtime.smoke_test"
-                f" --models {quote(transport.path(ctx.config.stages.fetch.models_dir))}"
+                f" --models {quote(transport.path(device.models_dir))}"
                 f" --runs {params.runs} --device-id {params.device_id} --report {quote(remote_report)}"
             )
             if params.provider:
@@ -62,8 +62,8 @@ class SmokeTestStage(Stage):
         report = json.loads((ctx.out_dir / REPORT_FILE).read_text(encoding="utf-8"))
         write_json(ctx.reports_dir / "smoke-test.json", report)
         if "error" in report:
-            raise StageError(self.name, f"on {params.host}: {report['error']}")
-        return _judge(report, params.min_cosine, params.host, ctx.reports_dir / "smoke-test.json")
+            raise StageError(self.name, f"on {device.host}: {report['error']}")
+        return _judge(report, params.min_cosine, device.host, ctx.reports_dir / "smoke-test.json")
 
 
 def _judge(report: dict[str, Any], min_cosine: float, host: str, report_path: Path) -> StageResult:

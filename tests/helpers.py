@@ -28,7 +28,6 @@ def tiny_config_dict(artifacts: Path) -> dict:
             },
             "compile": {"target": "onnxruntime", "data_type": "U16", "calibration_size": 8},
             "embed-vocab": {"vocabulary": str(REPO / "vocab" / "default.yaml")},
-            "fetch": {"host": "local"},
-            "smoke-test": {"host": "local", "runs": 3},
+            "smoke-test": {"runs": 3},
         },
     }

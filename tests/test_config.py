@@ -112,3 +112,24 @@ def test_unknown_host_name_lists_the_known_ones(write_config) -> None:
     config = load_config(REPO / "pipeline.yaml")
     with pytest.raises(ConfigError, match=r"unknown host 'mack'.*local, mac, pi"):
         config.host("mack")
+
+
+def test_one_device_for_fetch_smoke_test_serve_and_caption(write_config) -> None:
+    """`invoke fetch --host pi` then `invoke smoke-test --host pi` once fetched again to the YAML's host:
+    `--host` replaced only the targeted stage's setting. Now both name the one device."""
+    from stages import ALL_STAGES
+
+    config = load_config(write_config({"hosts": {"pi": {"address": "pi.local"}}, "device": {"host": "local"}}))
+    moved = config.with_host("smoke-test", "pi")
+    stages = {stage.name: stage for stage in ALL_STAGES}
+    assert moved.device.host == "pi"
+    assert stages["fetch"].host_name(moved) == stages["smoke-test"].host_name(moved) == "pi"
+    assert stages["fetch"].params(moved) != stages["fetch"].params(config)  # another device: fetch again
+    assert config.with_host("compile", "pi").device.host == "local"  # the build host is not the device
+
+
+def test_a_device_set_per_stage_says_where_it_moved(write_config) -> None:
+    with pytest.raises(ConfigError, match=r"stages\.fetch: host and models_dir: set in the `device:` section now"):
+        load_config(write_config({"stages": {"fetch": {"host": "local", "models_dir": "m"}}}))
+    with pytest.raises(ConfigError, match=r"device\.host 'pi' is not in hosts"):
+        load_config(write_config({"device": {"host": "pi"}}))

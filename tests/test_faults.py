@@ -224,7 +224,7 @@ def test_a_device_that_stays_away_fails_fetch_clearly_and_the_next_run_resumes(
     """A device rebooting mid-fetch: every retry fails, fetch fails with the reason and keeps nothing
     half-written; once the device is back, a plain run finishes the fetch."""
     monkeypatch.setattr(openssh, "available", lambda: False)
-    config = tiny_pipeline(hosts={"pi": ssh_server.host_entry(tmp_path / "pi", retries=1)}, fetch={"host": "pi"})
+    config = tiny_pipeline(hosts={"pi": ssh_server.host_entry(tmp_path / "pi", retries=1)}, device={"host": "pi"})
     real_put = SshTransport.put
 
     def rebooting_put(self, local: Path, remote: str, progress=None) -> None:

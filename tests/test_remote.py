@@ -38,10 +38,10 @@ def remote(tiny_pipeline, ssh_server: SshServer, standin_docker, tmp_path: Path)
             "mac": ssh_server.host_entry(tmp_path / "build host", **(mac or {})),
             "pi": ssh_server.host_entry(tmp_path / "pi device", **(pi or {})),
         }
-        stages = {"compile": {"target": "pulsar2", "host": "mac"}, "fetch": {"host": "pi"}}
+        stages = {"compile": {"target": "pulsar2", "host": "mac"}}
         for stage, values in stage_overrides.items():
             stages.setdefault(stage, {}).update(values)
-        return tiny_pipeline(hosts=hosts, device=device, **stages)
+        return tiny_pipeline(hosts=hosts, device={"host": "pi", **(device or {})}, **stages)
 
     standin_docker(images=["pulsar2:5.1"], exit_code=0)
     return make
@@ -269,7 +269,7 @@ def test_host_flag_overrides_the_configured_build_host(remote) -> None:
 
 def test_smoke_test_on_the_device_runs_the_axmodels_through_axengine(remote, tmp_path: Path) -> None:
     lock_file = tmp_path / "pi device" / "ax650.lock"
-    config = remote(device={"npu_lock": str(lock_file)}, **{"smoke-test": {"host": "pi", "runs": 3}})
+    config = remote(device={"npu_lock": str(lock_file)}, **{"smoke-test": {"runs": 3}})
     outcome = _run(config, "smoke-test")
     assert outcome.outcome is Outcome.RAN, outcome.summary
     report = json.loads((config.artifacts / "smoke-test/report.json").read_text())
@@ -288,14 +288,14 @@ def test_smoke_test_on_the_device_runs_the_axmodels_through_axengine(remote, tmp
 
 
 def test_smoke_test_reports_a_provider_the_device_lacks(remote) -> None:
-    config = remote(**{"smoke-test": {"host": "pi", "runs": 1, "provider": "NoSuchExecutionProvider"}})
+    config = remote(**{"smoke-test": {"runs": 1, "provider": "NoSuchExecutionProvider"}})
     outcome = _run(config, "smoke-test")
     assert outcome.outcome is Outcome.FAILED
     assert "provider NoSuchExecutionProvider is not available here" in outcome.summary
 
 
 def test_smoke_test_fails_below_the_cosine_bar(remote) -> None:
-    config = remote(**{"smoke-test": {"host": "pi", "runs": 1, "min_cosine": 1.0}})
+    config = remote(**{"smoke-test": {"runs": 1, "min_cosine": 1.0}})
     outcome = _run(config, "smoke-test")
     assert outcome.outcome is Outcome.FAILED and "encoder cosine" in outcome.summary
 
@@ -398,7 +398,7 @@ def test_the_build_report_renders_offline_in_headless_chromium(remote, tmp_path:
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "headless Chromium is needed: apt-get install chromium (bash tests/run.sh installs it)"
-    config = remote(**{"smoke-test": {"host": "pi", "runs": 20}})
+    config = remote(**{"smoke-test": {"runs": 20}})
     outcomes = run(config, GRAPH, RunRequest(targets=("smoke-test",)))
     assert {o.outcome for o in outcomes} <= {Outcome.RAN, Outcome.UP_TO_DATE}, outcomes
     write_run(config.artifacts / "reports", outcomes)
