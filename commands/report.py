@@ -134,7 +134,17 @@ def _verify_section(report: dict[str, Any] | None) -> str:
     shown = failed or [c for c in report["checks"] if "op " not in c["check"]]
     checks = _table(("check", "passed", "detail"), ((c["check"], c["passed"], c["detail"]) for c in shown))
     numbers = _table(("output", "min cosine onnxruntime vs PyTorch", "max abs diff", "samples"), numerics)
-    return _section("verify", summary + numbers + checks)
+    return _section("verify", summary + numbers + _fidelity_note(report.get("fast_preprocessing", {})) + checks)
+
+
+def _fidelity_note(fidelity: dict[str, Any]) -> str:
+    if not fidelity.get("samples"):
+        return ""
+    return (
+        f"<p class=note>fast preprocessing (serve, caption) vs exact: embedding cosine min "
+        f"{fidelity['min_cosine']:.6f}, median {fidelity['median_cosine']:.6f} over {len(fidelity['samples'])} "
+        "photo sizes</p>"
+    )
 
 
 def _compile_section(report: dict[str, Any] | None) -> str:

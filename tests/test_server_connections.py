@@ -100,19 +100,29 @@ def test_bodies_in_flight_past_the_budget_get_503_and_the_rest_are_served(serve)
 
 def test_slow_request_heads_time_out_and_idle_sockets_do_not_lock_anyone_out(serve) -> None:
     """260 sockets sending part of a head and then nothing once locked every client out for minutes."""
-    client = serve(limits=ConnectionLimits(max_connections=20, head_timeout_s=1.0))
+    head_timeout = 3.0
+    client = serve(limits=ConnectionLimits(max_connections=20, head_timeout_s=head_timeout))
     partial = b"POST /sdapi/v1/interrogate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     with raw_connections(client, 30, partial) as slow, raw_connections(client, 10, b"") as silent:
-        time.sleep(IDLE_GRACE_S)
-        started = time.monotonic()
-        for _ in range(5):  # each on a new connection, served at once: idle connections give way
-            assert client.get("/healthz", headers={"connection": "close"}).status_code == 200
-        assert time.monotonic() - started < 1.0
-        answers = [_read_answer(sock) for sock in slow[-5:]]  # the ones not yet closed time out
-        assert all(status == 408 for status, _ in answers), answers
+        opened = time.monotonic()
+        served = 0
+        while served < 5:  # each on a new connection; idle ones give way once past IDLE_GRACE_S
+            assert time.monotonic() - opened < head_timeout, "not served before the slow sockets timed out"
+            served += client.get("/healthz", headers={"connection": "close"}).status_code == 200
+            time.sleep(IDLE_GRACE_S / 5)
+        answers = [_status_or_closed(sock) for sock in slow]  # closed to make room, or 408 at the deadline
+        assert set(answers) <= {408, None} and 408 in answers, answers
         assert all(sock.recv(1) == b"" for sock in silent)  # closed: nothing was ever asked
-        assert time.monotonic() - started < 1.0 + 3
+        assert time.monotonic() - opened < head_timeout + 3
     assert client.get("/healthz").status_code == 200
+
+
+def _status_or_closed(sock: socket.socket) -> int | None:
+    """The answer's status, or None for a connection closed without one."""
+    try:
+        return _read_answer(sock)[0]
+    except (ValueError, IndexError, ConnectionResetError):
+        return None
 
 
 def test_over_the_connection_cap_every_client_reads_a_503(serve) -> None:
