@@ -53,7 +53,7 @@ def now(interrogator: Interrogator, folder: Path, out: Path) -> None:
 
 def npu_class(clip: ClipRuntime) -> ClipRuntime:
     """The same runtime, its encode a wait that holds no core (what an NPU encode costs the CPU)."""
-    embedding = np.random.default_rng(0).normal(size=int(clip.info["projection_dim"])).astype(np.float32)
+    embedding = np.random.default_rng(0).normal(size=clip.info.projection_dim).astype(np.float32)
 
     def encode(pixels: np.ndarray) -> np.ndarray:
         time.sleep(NPU_FLOOR_MS / 1e3)

@@ -67,6 +67,7 @@ def write_tables(directory: Path, labels: int, dim: int) -> Path:
 def server_models(labels: int, cache: Path = DEFAULT_CACHE) -> Path:
     """A models dir as fetch lays it out (the float ONNX export plus `labels` in vocab/), for the server."""
     from runtime.clip import VOCAB_DIR
+    from runtime.model_io import ExportInfo
 
     export = full_size_export(cache)
     models = cache / f"server-models-{labels}"
@@ -75,7 +76,7 @@ def server_models(labels: int, cache: Path = DEFAULT_CACHE) -> Path:
         link = models / source.name
         if source.is_file() and not link.exists():
             link.symlink_to(source)
-    dim = json.loads((export / "export.json").read_text())["projection_dim"]
+    dim = ExportInfo.read(export).projection_dim
     write_tables(cache / "tables" / f"vocab-{labels}", labels, dim)
     vocab = models / VOCAB_DIR
     if not vocab.exists():

@@ -10,7 +10,6 @@ The prompts are the default vocabulary's, with their templates (a sample of --la
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 
@@ -30,17 +29,17 @@ def main() -> None:
     args = parser.parse_args()
 
     export = full_size_export()
-    info = json.loads((export / model_io.EXPORT_INFO_FILE).read_text())
+    info = model_io.ExportInfo.read(export)
     _, categories = load_vocabulary(REPO / "vocab/default.yaml")
     prompts = sorted({c.prompt(label) for c in categories for label in c.labels})
     prompts = random.Random(0).sample(prompts, min(args.labels, len(prompts)))
 
     started = time.perf_counter()
-    ours = encode_prompts(prompts, export, info["context_length"], info["projection_dim"])
+    ours = encode_prompts(prompts, export, info.context_length, info.projection_dim)
     ours_s = time.perf_counter() - started
 
     fixed = OnnxRuntimeBackend(export / model_io.TEXT_MODEL_FILE)
-    tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, info["context_length"])
+    tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, info.context_length)
     one_by_one = prompts[: max(1, len(prompts) // 5)]  # a fifth is enough for a rate
     started = time.perf_counter()
     reference = {p: fixed.run({model_io.TEXT_INPUT: tokenizer.encode(p)})[model_io.TEXT_OUTPUT][0] for p in one_by_one}

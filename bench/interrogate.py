@@ -38,7 +38,7 @@ def main() -> None:
 
     export = full_size_export()
     clip = ClipRuntime.load(export)  # the float ONNX files
-    dim = int(clip.info["projection_dim"])
+    dim = clip.info.projection_dim
     photo = (REPO / "data/images/grace_hopper.jpg").read_bytes()
     tables_root = export.parent.parent / "tables"
     interrogators = {

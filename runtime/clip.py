@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,7 +27,7 @@ class ClipRuntime:
     text: Backend | None
     preprocess_config: PreprocessConfig
     tokenizer: ClipTokenizer
-    info: dict[str, Any]
+    info: model_io.ExportInfo
     models_dir: Path
     files: dict[str, str]  # encoder -> the model file it runs
     fidelity: Fidelity = Fidelity.FAST  # how images are decoded and resized (runtime.preprocess)
@@ -52,10 +50,9 @@ class ClipRuntime:
         after an idle unload) cannot mix files of two sets. The set is checked against its manifest
         (sizes; sha256 with `verify_hashes`). Models load while holding `npu` (a shared NPU lock)."""
         models_dir = Path(models_dir).resolve()
-        info_path = models_dir / model_io.EXPORT_INFO_FILE
-        if not info_path.is_file():
+        if not (models_dir / model_io.EXPORT_INFO_FILE).is_file():
             raise ModelFilesError(f"{models_dir} holds no {model_io.EXPORT_INFO_FILE}: run `invoke fetch` first")
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info = model_io.ExportInfo.read(models_dir)
         files = model_files(models_dir, info, verify_hashes)
         npu = npu or NpuLock()
         image_model = ResidentModel(lambda: open_backend(models_dir / files["image"], provider, device_id), npu,
@@ -68,7 +65,7 @@ class ClipRuntime:
             npu=npu,
             text=text,
             preprocess_config=PreprocessConfig.from_file(models_dir / model_io.PREPROCESSOR_FILE),
-            tokenizer=ClipTokenizer(models_dir / model_io.TOKENIZER_FILE, int(info["context_length"])),
+            tokenizer=ClipTokenizer(models_dir / model_io.TOKENIZER_FILE, info.context_length),
             info=info,
             models_dir=models_dir,
             files=files,
@@ -105,12 +102,12 @@ class ClipRuntime:
         return self.text.run({model_io.TEXT_INPUT: self.tokenizer.encode(text)})[model_io.TEXT_OUTPUT][0]
 
 
-def model_files(models_dir: Path, info: dict[str, Any], verify_hashes: bool = False) -> dict[str, str]:
+def model_files(models_dir: Path, info: model_io.ExportInfo, verify_hashes: bool = False) -> dict[str, str]:
     """Encoder -> file: the compiled models when a manifest (fetch's set) names them, after checking the
     set against it; else export's float ONNX (an export folder used directly)."""
     if (models_dir / MANIFEST_FILE).is_file():
         manifest = Manifest.read(models_dir)
         manifest.verify(models_dir, verify_hashes)
         models = manifest.compile["models"]
-        return {part: models[Path(info[part]["file"]).stem]["file"] for part in ("image", "text")}
-    return {part: info[part]["file"] for part in ("image", "text")}
+        return {part: models[Path(info.encoder(part).file).stem]["file"] for part in ("image", "text")}
+    return {part: info.encoder(part).file for part in ("image", "text")}

@@ -1,9 +1,17 @@
-"""The contract between export and the device: file names, tensor names, dtypes.
+"""The contract between export and the device: file names, tensor names, dtypes, and export.json.
 
-Shared by the controller (export, verify) and the device runtime so both sides agree by construction.
+Shared by the controller (export, verify, calibrate, embed-vocab, the toolchains) and the device runtime,
+so both sides agree by construction: export.json is written and read only through ExportInfo.
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ModelFilesError
 
 IMAGE_MODEL_FILE = "image_encoder.onnx"
 TEXT_MODEL_FILE = "text_encoder.onnx"
@@ -18,3 +26,70 @@ TEXT_OUTPUT = "text_embeds"  # float32 [1, projection_dim]
 TOKENIZER_FILE = "tokenizer.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 EXPORT_INFO_FILE = "export.json"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # numpy's name: float32, int64
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EncoderFile:
+    file: str
+    input: Tensor
+    output: Tensor
+    nodes: dict[str, int] = field(default_factory=dict)  # before and after simplification
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """export.json: what export wrote, read by every later stage, the toolchains and the device runtime."""
+
+    model: str
+    revision: str
+    opset: int
+    image_size: int
+    context_length: int
+    projection_dim: int
+    image: EncoderFile
+    text: EncoderFile
+    tokenizer: dict[str, Any]  # file and its special token ids
+
+    def encoder(self, part: str) -> EncoderFile:
+        """`image` or `text`."""
+        return {"image": self.image, "text": self.text}[part]
+
+    def write(self, directory: Path) -> None:
+        text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        (Path(directory) / EXPORT_INFO_FILE).write_text(text, encoding="utf-8")
+
+    @classmethod
+    def read(cls, directory: Path) -> ExportInfo:
+        path = Path(directory) / EXPORT_INFO_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            encoders = {part: _encoder_file(data[part]) for part in ("image", "text")}
+            return cls(
+                model=str(data["model"]),
+                revision=str(data["revision"]),
+                opset=int(data["opset"]),
+                image_size=int(data["image_size"]),
+                context_length=int(data["context_length"]),
+                projection_dim=int(data["projection_dim"]),
+                tokenizer=dict(data["tokenizer"]),
+                **encoders,
+            )
+        except OSError as exc:
+            raise ModelFilesError(f"{path}: {exc.strerror}: run `invoke export` (on a device: `invoke fetch`)") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelFilesError(f"{path} is unreadable or from another version ({exc!r}): run `invoke export`") \
+                from exc
+
+
+def _encoder_file(data: dict[str, Any]) -> EncoderFile:
+    def tensor(spec: dict[str, Any]) -> Tensor:
+        return Tensor(str(spec["name"]), str(spec["dtype"]), tuple(int(d) for d in spec["shape"]))
+
+    return EncoderFile(str(data["file"]), tensor(data["input"]), tensor(data["output"]), dict(data.get("nodes", {})))

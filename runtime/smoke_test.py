@@ -36,7 +36,7 @@ def run_smoke_test(
     Diffusion model beside it), then run on the golden inputs, holding the NPU lock throughout."""
     npu = npu or NpuLock()
     models_dir = models_dir.resolve()  # one set throughout, even if a fetch swaps the link meanwhile
-    info = json.loads((models_dir / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+    info = model_io.ExportInfo.read(models_dir)
     files = model_files(models_dir, info, verify_hashes=True)  # the check after a fetch: every byte
     golden = models_dir / GOLDEN_DIR
     encoders = {}

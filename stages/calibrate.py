@@ -6,7 +6,6 @@ real tokenized prompts: random ids would put the end-of-text position (where CLI
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -44,7 +43,7 @@ class CalibrateStage(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         params, export_dir = ctx.config.stages.calibrate, ctx.upstream("export")
-        info = json.loads((export_dir / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+        info = model_io.ExportInfo.read(export_dir)
         chooser = random.Random(params.seed)
 
         images = _distinct_images(params.images)
@@ -64,7 +63,7 @@ class CalibrateStage(Stage):
 
         prompts = _read_prompts(params.prompts)
         chosen_prompts = chooser.sample(prompts, min(params.text_count, len(prompts)))
-        tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info["context_length"])
+        tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info.context_length)
         ids = [tokenizer.encode(prompt) for prompt in chosen_prompts]
         write_npy_tar(ctx.out_dir / TEXT_TAR, ids)
 

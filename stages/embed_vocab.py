@@ -54,16 +54,16 @@ class EmbedVocabStage(Stage):
         export = ctx.upstream("export")
         text_model = export / model_io.TEXT_MODEL_FILE
         model_sha = sha256_file(text_model)
-        info = json.loads((export / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
-        tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, info["context_length"])
-        categories = [merge_token_identical(c, tokenizer.encode_batch, info["context_length"]) for c in read]
+        info = model_io.ExportInfo.read(export)
+        tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, info.context_length)
+        categories = [merge_token_identical(c, tokenizer.encode_batch, info.context_length) for c in read]
         _warn_about_changed_labels(categories)
         cache = _previous_embeddings(ctx.config.artifacts / self.name, model_sha)
         missing = list(
             dict.fromkeys(c.prompt(label) for c in categories for label in c.labels if c.prompt(label) not in cache)
         )
         if missing:
-            cache.update(encode_prompts(missing, export, info["context_length"], int(info["projection_dim"])))
+            cache.update(encode_prompts(missing, export, info.context_length, info.projection_dim))
         index_categories, stored = [], []
         for category in categories:
             vectors = np.stack([cache[category.prompt(label)] for label in category.labels])
@@ -75,7 +75,7 @@ class EmbedVocabStage(Stage):
             ctx.out_dir / INDEX_FILE,
             {
                 "name": spec.name,
-                "dim": int(info["projection_dim"]),
+                "dim": info.projection_dim,
                 "text_model_sha256": model_sha,
                 "categories": index_categories,
                 "rank": {"file": RANK_MODEL_FILE, **rank},

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
-from pipeline.files import list_files, write_json
+from pipeline.files import list_files
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 
@@ -70,41 +70,42 @@ class ExportStage(Stage):
         loaded.tokenizer.save_pretrained(ctx.out_dir)
         loaded.image_processor.save_pretrained(ctx.out_dir)
         info = _export_info(ctx.config, loaded, counts)
-        write_json(ctx.out_dir / model_io.EXPORT_INFO_FILE, info)
-        dim = info["projection_dim"]
+        info.write(ctx.out_dir)
+        dim = info.projection_dim
         return StageResult(
             summary=f"image [1,3,{size},{size}] -> [1,{dim}], text [1,{length}] -> [1,{dim}], opset {params.opset}",
             figures={"nodes": counts, "projection_dim": dim},
         )
 
 
-def _export_info(config: PipelineConfig, loaded: Any, counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+def _export_info(config: PipelineConfig, loaded: Any, counts: dict[str, dict[str, int]]) -> model_io.ExportInfo:
     size, length = config.model.image_size, config.model.context_length
     dim = loaded.model.config.projection_dim
     tokenizer = loaded.tokenizer
-    return {
-        "model": config.model.id,
-        "revision": config.model.revision,
-        "opset": config.stages.export.opset,
-        "image_size": size,
-        "context_length": length,
-        "projection_dim": dim,
-        "image": {
-            "file": model_io.IMAGE_MODEL_FILE,
-            "input": {"name": model_io.IMAGE_INPUT, "dtype": "float32", "shape": [1, 3, size, size]},
-            "output": {"name": model_io.IMAGE_OUTPUT, "dtype": "float32", "shape": [1, dim]},
-            "nodes": counts["image"],
-        },
-        "text": {
-            "file": model_io.TEXT_MODEL_FILE,
-            "input": {"name": model_io.TEXT_INPUT, "dtype": "int64", "shape": [1, length]},
-            "output": {"name": model_io.TEXT_OUTPUT, "dtype": "float32", "shape": [1, dim]},
-            "nodes": counts["text"],
-        },
-        "tokenizer": {
+    embedding = model_io.Tensor(model_io.IMAGE_OUTPUT, "float32", (1, dim))
+    return model_io.ExportInfo(
+        model=config.model.id,
+        revision=config.model.revision,
+        opset=config.stages.export.opset,
+        image_size=size,
+        context_length=length,
+        projection_dim=dim,
+        image=model_io.EncoderFile(
+            model_io.IMAGE_MODEL_FILE,
+            model_io.Tensor(model_io.IMAGE_INPUT, "float32", (1, 3, size, size)),
+            embedding,
+            counts["image"],
+        ),
+        text=model_io.EncoderFile(
+            model_io.TEXT_MODEL_FILE,
+            model_io.Tensor(model_io.TEXT_INPUT, "int64", (1, length)),
+            model_io.Tensor(model_io.TEXT_OUTPUT, "float32", (1, dim)),
+            counts["text"],
+        ),
+        tokenizer={
             "file": model_io.TOKENIZER_FILE,
             "bos_id": tokenizer.bos_token_id,
             "eos_id": tokenizer.eos_token_id,
             "pad_id": tokenizer.pad_token_id,
         },
-    }
+    )

@@ -7,7 +7,6 @@ golden inputs and the PyTorch reference outputs are saved for the smoke test on 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +58,16 @@ class VerifyStage(Stage):
 
         params = ctx.config.stages.verify
         export_dir = ctx.upstream("export")
-        info = json.loads((export_dir / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+        info = model_io.ExportInfo.read(export_dir)
         table = OP_TABLES[params.target]
         checks = []
         for part in ("image", "text"):
-            spec = info[part]
+            spec = info.encoder(part)
             checks += check_model_file(
-                export_dir / spec["file"],
-                opset=info["opset"],
-                inputs=[_tensor_spec(spec["input"])],
-                outputs=[_tensor_spec(spec["output"])],
+                export_dir / spec.file,
+                opset=info.opset,
+                inputs=[_tensor_spec(spec.input)],
+                outputs=[_tensor_spec(spec.output)],
                 table=table,
             )
         numeric_checks, numerics = _compare_with_pytorch(ctx, info)
@@ -77,7 +76,7 @@ class VerifyStage(Stage):
         checks.append(fidelity_check)
         failures = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
         report = {
-            "model": info["model"],
+            "model": info.model,
             "target": params.target,
             "passed": not failures,
             "checks": [c.to_json() for c in checks],
@@ -112,13 +111,12 @@ def _terminal_view(checks: list[Any], target: str) -> list[Any]:
     return view
 
 
-def _tensor_spec(data: dict[str, Any]) -> Any:
+def _tensor_spec(tensor: model_io.Tensor) -> Any:
     from onnx import helper
 
     from modeling.graph_checks import TensorSpec
 
-    elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(data["dtype"]))
-    return TensorSpec(data["name"], elem_type, tuple(data["shape"]))
+    return TensorSpec(tensor.name, helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype)), tensor.shape)
 
 
 def _golden_images(params_images: Path, limit: int) -> list[Path]:
@@ -132,7 +130,7 @@ def _golden_images(params_images: Path, limit: int) -> list[Path]:
     return images[:limit]
 
 
-def _compare_with_pytorch(ctx: StageContext, info: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+def _compare_with_pytorch(ctx: StageContext, info: model_io.ExportInfo) -> tuple[list[Any], dict[str, Any]]:
     """Run golden inputs through onnxruntime and PyTorch; returns check lines and per-output figures."""
     import torch
 
@@ -147,8 +145,8 @@ def _compare_with_pytorch(ctx: StageContext, info: dict[str, Any]) -> tuple[list
         torch_image = clip.visual_projection(clip.vision_model(pixel_values=torch.from_numpy(pixels)).pooler_output)
         torch_text = clip.text_projection(clip.text_model(input_ids=torch.from_numpy(ids)).pooler_output)
     runs = {
-        model_io.IMAGE_OUTPUT: (info["image"], pixels, torch_image.numpy(), [p.name for p in images]),
-        model_io.TEXT_OUTPUT: (info["text"], ids, torch_text.numpy(), list(params.prompts)),
+        model_io.IMAGE_OUTPUT: (info.image, pixels, torch_image.numpy(), [p.name for p in images]),
+        model_io.TEXT_OUTPUT: (info.text, ids, torch_text.numpy(), list(params.prompts)),
     }
     numerics: dict[str, Any] = {}
     for output, (spec, inputs, reference, labels) in runs.items():
@@ -160,7 +158,7 @@ def _compare_with_pytorch(ctx: StageContext, info: dict[str, Any]) -> tuple[list
 
 
 def _inputs_checked_against_transformers(
-    loaded: Any, images: list[Path], export_dir: Path, info: dict[str, Any], prompts: tuple[str, ...]
+    loaded: Any, images: list[Path], export_dir: Path, info: model_io.ExportInfo, prompts: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """The golden pixels and token ids as runtime/ makes them, checked against transformers' own."""
     from modeling.graph_checks import Check
@@ -169,10 +167,10 @@ def _inputs_checked_against_transformers(
     opened = [open_image(path) for path in images]
     pixels = np.concatenate([preprocess(image, preprocess_cfg) for image in opened])
     reference_pixels = loaded.image_processor(images=opened, return_tensors="np")["pixel_values"]
-    tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info["context_length"])
+    tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info.context_length)
     ids = np.concatenate([tokenizer.encode(prompt) for prompt in prompts])
     reference_ids = loaded.tokenizer(
-        list(prompts), padding="max_length", max_length=info["context_length"], truncation=True
+        list(prompts), padding="max_length", max_length=info.context_length, truncation=True
     )["input_ids"]
     pre_diff = float(np.abs(pixels - reference_pixels).max())
     same_ids = ids.tolist() == list(reference_ids)
@@ -185,7 +183,7 @@ def _inputs_checked_against_transformers(
 
 
 def _onnxruntime_vs_pytorch(
-    export_dir: Path, spec: dict[str, Any], output: str, inputs: np.ndarray, reference: np.ndarray,
+    export_dir: Path, spec: model_io.EncoderFile, output: str, inputs: np.ndarray, reference: np.ndarray,
     labels: list[str], params: Any,
 ) -> tuple[list[Any], dict[str, Any]]:  # fmt: skip
     """One exported model on every golden input, row by row, against PyTorch's outputs."""
@@ -193,8 +191,8 @@ def _onnxruntime_vs_pytorch(
 
     from modeling.graph_checks import Check
 
-    session = ort.InferenceSession(str(export_dir / spec["file"]), providers=["CPUExecutionProvider"])
-    got = np.concatenate([session.run([output], {spec["input"]["name"]: row[None]})[0] for row in inputs])
+    session = ort.InferenceSession(str(export_dir / spec.file), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run([output], {spec.input.name: row[None]})[0] for row in inputs])
     samples = [
         {"input": label, "cosine": cosine(a, b), "max_abs_diff": float(np.abs(a - b).max())}
         for label, a, b in zip(labels, got, reference, strict=True)
@@ -219,7 +217,7 @@ def _onnxruntime_vs_pytorch(
     return checks, figures
 
 
-def _fast_path_fidelity(export_dir: Path, info: dict[str, Any], photos: Path) -> tuple[Any, dict[str, Any]]:
+def _fast_path_fidelity(export_dir: Path, info: model_io.ExportInfo, photos: Path) -> tuple[Any, dict[str, Any]]:
     """The float image encoder's embedding of fast vs exact preprocessing, on every photo large enough
     for the two to differ: at its own size and at each halving that still differs (re-encoded as JPEG)."""
     import onnxruntime as ort
@@ -227,11 +225,11 @@ def _fast_path_fidelity(export_dir: Path, info: dict[str, Any], photos: Path) ->
     from modeling.graph_checks import Check
 
     config = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
-    spec = info["image"]
-    session = ort.InferenceSession(str(export_dir / spec["file"]), providers=["CPUExecutionProvider"])
+    spec = info.image
+    session = ort.InferenceSession(str(export_dir / spec.file), providers=["CPUExecutionProvider"])
 
     def embed(pixels: np.ndarray) -> np.ndarray:
-        return session.run([model_io.IMAGE_OUTPUT], {spec["input"]["name"]: pixels})[0][0]
+        return session.run([model_io.IMAGE_OUTPUT], {spec.input.name: pixels})[0][0]
 
     samples = []
     for path in find_images(photos):
@@ -270,5 +268,5 @@ def _save_golden(directory: Path, pixels: np.ndarray, ids: np.ndarray, runs: dic
     manifest: dict[str, Any] = {}
     for output, (spec, _inputs, reference, labels) in runs.items():
         np.save(directory / f"{output}.npy", reference.astype(np.float32))
-        manifest[output] = {"model": spec["file"], "input": spec["input"]["name"], "labels": labels}
+        manifest[output] = {"model": spec.file, "input": spec.input.name, "labels": labels}
     write_json(directory / "golden.json", manifest)

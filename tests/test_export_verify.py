@@ -162,3 +162,18 @@ def test_full_size_vit_b32_exports_with_only_ax650_operators(tmp_path: Path) -> 
         failures = [c for c in check_operators(path.name, model, AX650) if not c.passed]
         assert failures == [], failures
         assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, 512]
+
+
+def test_export_json_is_read_and_written_through_one_contract(built_artifacts: Path, tmp_path: Path) -> None:
+    from runtime.errors import ModelFilesError
+    from runtime.model_io import ExportInfo
+
+    info = ExportInfo.read(built_artifacts / "export")
+    assert info.image.input.shape == (1, 3, info.image_size, info.image_size)
+    info.write(tmp_path)
+    assert ExportInfo.read(tmp_path) == info
+    (tmp_path / "export.json").write_text('{"model": "from an older export"}')
+    with pytest.raises(ModelFilesError, match=r"unreadable or from another version .* run `invoke export`"):
+        ExportInfo.read(tmp_path)
+    with pytest.raises(ModelFilesError, match=r"No such file or directory: run `invoke export` \(on a device"):
+        ExportInfo.read(tmp_path / "missing")

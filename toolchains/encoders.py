@@ -26,19 +26,19 @@ class EncoderSpec:
 
 
 def encoder_specs(export_dir: Path, calibrate_dir: Path) -> list[EncoderSpec]:
-    info = json.loads((export_dir / model_io.EXPORT_INFO_FILE).read_text(encoding="utf-8"))
+    info = model_io.ExportInfo.read(export_dir)
     calibration = json.loads((calibrate_dir / "calibration.json").read_text(encoding="utf-8"))
     specs = []
     for part in ENCODERS:
-        entry = info[part]
+        entry = info.encoder(part)
         specs.append(
             EncoderSpec(
-                name=Path(entry["file"]).stem,
-                onnx=export_dir / entry["file"],
-                input_name=entry["input"]["name"],
-                input_dtype=entry["input"]["dtype"],
-                output_name=entry["output"]["name"],
-                calibration=calibrate_dir / calibration[entry["input"]["name"]]["archive"],
+                name=Path(entry.file).stem,
+                onnx=export_dir / entry.file,
+                input_name=entry.input.name,
+                input_dtype=entry.input.dtype,
+                output_name=entry.output.name,
+                calibration=calibrate_dir / calibration[entry.input.name]["archive"],
             )
         )
     return specs

@@ -186,7 +186,7 @@ class InterrogationService:
             "status": "ok",
             "backend": image.get("backend"),
             "provider": image.get("provider"),
-            "model": clip.info.get("model"),
+            "model": clip.info.model,
             "models": {"dir": str(clip.models_dir), "image": clip.files["image"]},
             "image_encoder": image,
             "text_encoder": "loaded" if clip.text is not None else "not loaded (labels are precomputed tables)",
