@@ -7,7 +7,6 @@ its log in `serve.log`, its pid in `serve.pid` and its port in `serve.port` unde
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.report import console
+from runtime.server.schemas import Health
 
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 15
@@ -93,7 +93,7 @@ def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest)
             raise HostError(host_name, "the server did not come up", hint=f"its log ({log}) ends:", tail=tail)
     where = "0.0.0.0" if request.listen else "127.0.0.1"
     console.print(
-        f"serving on {host_name} at {where}:{request.port} ({health['backend']}, {health['labels']:,} labels); "
+        f"serving on {host_name} at {where}:{request.port} ({health.backend}, {health.labels:,} labels); "
         f"log: {log}"
     )
 
@@ -124,11 +124,10 @@ def status_on_host(config: PipelineConfig, host_name: str) -> bool:
     if health is None:
         console.print(f"the server on {host_name} (pid {pid}) runs but does not answer /healthz on port {port}")
         return False
-    queue = health["queue"]
     console.print(
-        f"serving on {host_name} port {port} (pid {pid}): {health['backend']} ({health['provider']}), "
-        f"{health['labels']:,} labels, {queue['served']} served, {queue['refused']} refused, "
-        f"up {health['uptime_s']:.0f} s"
+        f"serving on {host_name} port {port} (pid {pid}): {health.backend} ({health.provider}), "
+        f"{health.labels:,} labels, {health.queue.served} served, {health.queue.refused} refused, "
+        f"up {health.uptime_s:.0f} s"
     )
     return True
 
@@ -162,12 +161,12 @@ def _probe(python: str, port: int) -> str:
     return f"{quote(python)} -c {quote(_HEALTH_PROBE.format(port=port))}"
 
 
-def _health(transport: Transport, python: str, port: int) -> dict | None:
+def _health(transport: Transport, python: str, port: int) -> Health | None:
     result = transport.run(_probe(python, port), timeout=30)
-    return json.loads(result.stdout) if result.ok else None
+    return Health.model_validate_json(result.stdout) if result.ok else None
 
 
-def _wait_healthy(transport: Transport, python: str, port: int) -> dict | None:
+def _wait_healthy(transport: Transport, python: str, port: int) -> Health | None:
     """Poll /healthz on the host (in one remote loop, bounded) while the process lives."""
     pid_file = quote(transport.path(PID_FILE))
     probe = _probe(python, port)
@@ -176,4 +175,4 @@ def _wait_healthy(transport: Transport, python: str, port: int) -> dict | None:
         f"kill -0 $(cat {pid_file}) 2>/dev/null || exit 3; sleep 0.5; done; exit 4",
         timeout=START_TIMEOUT_S + 30,
     )
-    return json.loads(result.stdout.strip().splitlines()[-1]) if result.ok else None
+    return Health.model_validate_json(result.stdout.strip().splitlines()[-1]) if result.ok else None

@@ -17,7 +17,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from runtime.errors import NpuBusy
@@ -28,6 +27,13 @@ from runtime.server.errors import install_error_handlers
 from runtime.server.images import ImagePolicy, decode_image
 from runtime.server.limits import AdmissionGate, BodyBudget, RequestBodyLimits
 from runtime.server.options import Options, OptionsStore
+from runtime.server.schemas import (
+    DetailedResponse,
+    Health,
+    InterrogateRequest,
+    InterrogateResponse,
+    QueueHealth,
+)
 
 MODELS = ("clip", "deepdanbooru")
 
@@ -43,38 +49,6 @@ class ServerSettings:
     queue_timeout_s: float = 60.0  # longest wait for the encoder before a 503
     credentials: dict[str, str] = field(default_factory=dict)  # user -> password; empty: no auth
     options_file: Path | None = None
-
-
-class InterrogateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    image: str = Field("", description="the image: base64, or a data:image/...;base64, URL")
-    model: str = Field("clip", description="clip (caption) or deepdanbooru (tags)")
-
-
-class InterrogateResponse(BaseModel):
-    caption: str
-
-
-class Pick(BaseModel):
-    label: str
-    score: float
-
-
-class CategoryAnswer(BaseModel):
-    name: str
-    mode: str
-    labels: int  # the category's labels in the tables, after embed-vocab's merges
-    picks: list[Pick]
-    top: list[Pick]
-
-
-class DetailedResponse(BaseModel):
-    caption: str
-    tags: str
-    tags_note: str = ""  # why `tags` is empty, when it is
-    categories: list[CategoryAnswer]
-    timings_ms: dict[str, float]
 
 
 def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
@@ -179,23 +153,23 @@ class InterrogationService:
         timings["total"] = (time.perf_counter() - begin) * 1e3
         return DetailedResponse(**Interrogation(caption, results, timings).to_json(), tags=tags, tags_note=note)
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         clip, gate, categories = self.interrogator.clip, self.gate, self.interrogator.tables.categories
         image = clip.image_model.state()
-        return {
-            "status": "ok",
-            "backend": image.get("backend"),
-            "provider": image.get("provider"),
-            "model": clip.info.model,
-            "models": {"dir": str(clip.models_dir), "image": clip.files["image"]},
-            "image_encoder": image,
-            "text_encoder": "loaded" if clip.text is not None else "not loaded (labels are precomputed tables)",
-            "npu": {"lock_file": str(clip.npu.lock_file) if clip.npu.lock_file else None, **clip.npu.stats.to_json()},
-            "vocabulary": {c.name: len(c.labels) for c in categories},
-            "labels": sum(len(c.labels) for c in categories),
-            "queue": {"inside": gate.inside, "capacity": gate.capacity, "served": gate.served, "refused": gate.refused},
-            "uptime_s": round(time.time() - self.started, 1),
-        }
+        return Health(
+            status="ok",
+            backend=image.get("backend"),
+            provider=image.get("provider"),
+            model=clip.info.model,
+            models={"dir": str(clip.models_dir), "image": clip.files["image"]},
+            image_encoder=image,
+            text_encoder="loaded" if clip.text is not None else "not loaded (labels are precomputed tables)",
+            npu={"lock_file": str(clip.npu.lock_file) if clip.npu.lock_file else None, **clip.npu.stats.to_json()},
+            vocabulary={c.name: len(c.labels) for c in categories},
+            labels=sum(len(c.labels) for c in categories),
+            queue=QueueHealth(inside=gate.inside, capacity=gate.capacity, served=gate.served, refused=gate.refused),
+            uptime_s=round(time.time() - self.started, 1),
+        )
 
 
 def a1111_router(service: InterrogationService, auth: list[Any]) -> APIRouter:
@@ -239,8 +213,8 @@ def health_router(service: InterrogationService) -> APIRouter:
     """/healthz, open even with auth (a supervisor's probe has no password)."""
     router = APIRouter()
 
-    @router.get("/healthz")
-    async def health() -> dict[str, Any]:
+    @router.get("/healthz", response_model=Health)
+    async def health() -> Health:
         return service.health()
 
     return router

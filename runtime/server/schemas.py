@@ -1,0 +1,64 @@
+"""The service's request and answer shapes, one model each: the endpoints answer with them, and
+`invoke serve --status` reads /healthz through Health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class InterrogateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = Field("", description="the image: base64, or a data:image/...;base64, URL")
+    model: str = Field("clip", description="clip (caption) or deepdanbooru (tags)")
+
+
+class InterrogateResponse(BaseModel):
+    caption: str
+
+
+class Pick(BaseModel):
+    label: str
+    score: float
+
+
+class CategoryAnswer(BaseModel):
+    name: str
+    mode: str
+    labels: int  # the category's labels in the tables, after embed-vocab's merges
+    picks: list[Pick]
+    top: list[Pick]
+
+
+class DetailedResponse(BaseModel):
+    caption: str
+    tags: str
+    tags_note: str = ""  # why `tags` is empty, when it is
+    categories: list[CategoryAnswer]
+    timings_ms: dict[str, float]
+
+
+class QueueHealth(BaseModel):
+    inside: int  # requests admitted: one encoding, the rest waiting
+    capacity: int
+    served: int
+    refused: int
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a newer server may say more; an older client reads what it knows
+
+    status: str
+    backend: str | None
+    provider: str | None
+    model: str
+    models: dict[str, str]  # dir, image: the model set and the image encoder's file in it
+    image_encoder: dict[str, Any]  # loaded or not, and since when
+    text_encoder: str
+    npu: dict[str, Any]  # the lock file and the waits and holds on it
+    vocabulary: dict[str, int]  # labels per category
+    labels: int
+    queue: QueueHealth
+    uptime_s: float
