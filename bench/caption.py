@@ -11,7 +11,6 @@ cores), and an NPU-class stand-in that waits NPU_FLOOR_MS without using a core, 
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from inputs import NPU_FLOOR_MS, camera_like
 
-from common import DEFAULT_CACHE, emit, full_size_export, verdict, write_tables
+from common import DEFAULT_CACHE, arguments, emit, full_size_export, verdict, write_tables
 from runtime.captioning import caption_folder
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator
@@ -64,10 +63,7 @@ def npu_class(clip: ClipRuntime) -> ClipRuntime:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=12)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__, images=12)
     export = full_size_export()
     tables = LabelTables.load(write_tables(export.parent.parent / "tables" / f"vocab-{LABELS}", LABELS, 512))
     folder, out = photo_folder(args.images), DEFAULT_CACHE / "caption-out"

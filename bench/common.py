@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -99,6 +100,16 @@ def _status_mb(pid: int, key: str) -> float:
         if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {key} for pid {pid}")
+
+
+def arguments(doc: str, **defaults: float) -> argparse.Namespace:
+    """Every bench's command line: its numeric options (`--name N`, typed by their defaults), and --json;
+    the first line of its docstring describes it."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
+    return parser.parse_args()
 
 
 def emit(

@@ -9,11 +9,10 @@ The prompts are the default vocabulary's, with their templates (a sample of --la
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 
-from common import REPO, emit, full_size_export
+from common import REPO, arguments, emit, full_size_export
 from pipeline.vocabulary import load_vocabulary
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
@@ -23,10 +22,7 @@ from stages.embed_vocab import encode_prompts
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=int, default=1000)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__, labels=1000)
 
     export = full_size_export()
     info = model_io.ExportInfo.read(export)

@@ -8,7 +8,6 @@ growth it caused). Loopback only.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import socket
@@ -23,7 +22,7 @@ import httpx
 from PIL import Image
 from service import start_server
 
-from common import emit, peak_rss_mb, server_models
+from common import arguments, emit, peak_rss_mb, server_models
 from tests.hostile_images import ico_hiding, png_bomb
 from tests.loopback import free_port
 
@@ -94,9 +93,7 @@ def _png(size: tuple[int, int]) -> bytes:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     models = server_models(1000)
     ico = ico_hiding(png_bomb(12000, 12000))
     thin = [_png((6000, 1)), _png((40_000_000, 1))]

@@ -16,7 +16,6 @@ coding costs what a camera's does. ViT-B/32 shapes with random weights.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import random
@@ -25,7 +24,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from common import DEFAULT_CACHE, REPO, emit, full_size_export, median_ms, verdict, write_tables
+from common import DEFAULT_CACHE, REPO, arguments, emit, full_size_export, median_ms, verdict, write_tables
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator, Scores, normalize
 from runtime.label_tables import LabelTables
@@ -62,10 +61,7 @@ def inputs() -> dict[str, bytes]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__, rounds=9)
     export = full_size_export()
     clips = {f: ClipRuntime.load(export, with_text=False, fidelity=f) for f in Fidelity}
     tables = LabelTables.load(write_tables(export.parent.parent / "tables" / f"vocab-{LABELS}", LABELS, 512))

@@ -13,12 +13,11 @@ Target: ours at 100k labels <= 1.15x the floor (median).
 
 from __future__ import annotations
 
-import argparse
 import io
 import random
 import time
 
-from common import REPO, emit, full_size_export, median_ms, verdict, write_tables
+from common import REPO, arguments, emit, full_size_export, median_ms, verdict, write_tables
 from runtime import model_io
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator
@@ -31,10 +30,7 @@ TARGET_RATIO = 1.15
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__, rounds=15)
 
     export = full_size_export()
     clip = ClipRuntime.load(export)  # the float ONNX files

@@ -13,7 +13,6 @@ Target: ours <= 0.5x manual.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 from service import start_server
 
-from common import DEFAULT_CACHE, REPO, emit, peak_rss_mb, server_models, verdict
+from common import DEFAULT_CACHE, REPO, arguments, emit, peak_rss_mb, server_models, verdict
 from tests.loopback import free_port
 
 TARGET_RATIO = 0.5
@@ -81,10 +80,7 @@ def manual(standin: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=int, default=100_000)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__, labels=100_000)
     image_model = str(server_models(args.labels) / "image_encoder.onnx")
     ours_mb, bare_mb, manual_mb = ours(args.labels), manual(""), manual(image_model)
     figures = {

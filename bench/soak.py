@@ -9,7 +9,6 @@ the first sample after warm-up to the last).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import random
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 from service import start_server
 
-from common import REPO, emit, rss_mb, server_models
+from common import REPO, arguments, emit, rss_mb, server_models
 from tests.hostile_images import png_bomb
 from tests.loopback import free_port
 
@@ -53,12 +52,7 @@ def requests_mix() -> list[tuple[str, str, dict | bytes]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--labels", type=int, default=10_000)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__, minutes=3.0, clients=8, labels=10_000)
 
     models = server_models(args.labels)
     mix = requests_mix()

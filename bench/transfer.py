@@ -10,7 +10,6 @@ Interleaved rounds; medians. Target: ours >= 0.7x scp's throughput.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -18,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, verdict
+from common import arguments, emit, verdict
 from pipeline.config import HostConfig
 from pipeline.hosts.openssh import PREFERRED_CIPHERS
 from pipeline.hosts.ssh import SshTransport
@@ -29,11 +28,7 @@ TARGET_RATIO = 0.7
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__, mb=300, rounds=5)
 
     with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
         root = Path(tmp)
