@@ -108,6 +108,5 @@ def model_files(models_dir: Path, info: model_io.ExportInfo, verify_hashes: bool
     if (models_dir / MANIFEST_FILE).is_file():
         manifest = Manifest.read(models_dir)
         manifest.verify(models_dir, verify_hashes)
-        models = manifest.compile["models"]
-        return {part: models[Path(info.encoder(part).file).stem]["file"] for part in ("image", "text")}
+        return {part: manifest.compile.file(Path(info.encoder(part).file).stem) for part in ("image", "text")}
     return {part: info.encoder(part).file for part in ("image", "text")}

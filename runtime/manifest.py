@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ModelFilesError
+from runtime.model_io import CompileReport
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = 2  # 1: files held only sha256 (no sizes)
@@ -28,7 +29,7 @@ class FileEntry:
 @dataclass(frozen=True)
 class Manifest:
     files: dict[str, FileEntry]  # device-side name (relative to the set folder) -> what must be there
-    compile: dict[str, Any]  # compile's report: target, models (encoder stem -> file, figures)
+    compile: CompileReport  # what compile made: target, and per encoder stem the file and its figures
 
     @property
     def set_id(self) -> str:
@@ -38,7 +39,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         files = {name: {"size": e.size, "sha256": e.sha256} for name, e in sorted(self.files.items())}
-        return {"format": FORMAT, "set": self.set_id, "files": files, "compile": self.compile}
+        return {"format": FORMAT, "set": self.set_id, "files": files, "compile": self.compile.to_json()}
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -54,7 +55,7 @@ class Manifest:
                     "run `invoke fetch` again"
                 )
             files = {name: FileEntry(int(e["size"]), str(e["sha256"])) for name, e in data["files"].items()}
-            return cls(files=files, compile=dict(data["compile"]))
+            return cls(files=files, compile=CompileReport.from_json(data["compile"]))
         except OSError as exc:
             raise ModelFilesError(f"{path}: {exc.strerror}: run `invoke fetch` first") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -93,3 +93,58 @@ def _encoder_file(data: dict[str, Any]) -> EncoderFile:
         return Tensor(str(spec["name"]), str(spec["dtype"]), tuple(int(d) for d in spec["shape"]))
 
     return EncoderFile(str(data["file"]), tensor(data["input"]), tensor(data["output"]), dict(data.get("nodes", {})))
+
+
+COMPILE_REPORT_FILE = "report.json"  # in artifacts/compile/; fetch copies it into the device's manifest.json
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    """compile's report: the target, and per encoder (by export's file stem) the compiled file with its
+    figures (sha256, cosine vs float, the toolchain's precision rows)."""
+
+    target: str
+    data_type: str
+    host: str
+    models: dict[str, dict[str, Any]]
+    transfers: dict[str, Any] | None = None  # pulsar2 on a build host: what travelled
+
+    def file(self, stem: str) -> str:
+        """The compiled file of the encoder export wrote as `<stem>.onnx`."""
+        try:
+            return str(self.models[stem]["file"])
+        except KeyError as exc:
+            raise ModelFilesError(
+                f"compile's report names no compiled model for {stem}: run `invoke compile` and `invoke fetch`"
+            ) from exc
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.transfers is None:
+            del data["transfers"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CompileReport:
+        try:
+            models = {str(stem): dict(model) for stem, model in data["models"].items()}
+            return cls(str(data["target"]), str(data["data_type"]), str(data["host"]), models, data.get("transfers"))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ModelFilesError(
+                f"compile's report is unreadable or from another version ({exc!r}): "
+                "run `invoke compile` and `invoke fetch`"
+            ) from exc
+
+    def write(self, directory: Path) -> None:
+        text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+        (Path(directory) / COMPILE_REPORT_FILE).write_text(text, encoding="utf-8")
+
+    @classmethod
+    def read(cls, directory: Path) -> CompileReport:
+        path = Path(directory) / COMPILE_REPORT_FILE
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise ModelFilesError(f"{path}: {exc.strerror}: run `invoke compile`") from exc
+        except ValueError as exc:
+            raise ModelFilesError(f"{path} is not JSON ({exc}): run `invoke compile`") from exc

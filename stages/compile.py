@@ -20,6 +20,7 @@ from pipeline.hosts import connect
 from pipeline.hosts.remote_lock import exclusive
 from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult
+from runtime import model_io
 from runtime.similarity import cosine
 from toolchains.encoders import EncoderSpec, encoder_specs
 from toolchains.precision_table import describe_layers
@@ -27,7 +28,7 @@ from toolchains.precision_table import describe_layers
 if TYPE_CHECKING:
     from toolchains.pulsar2_build import BuildResult
 
-REPORT_FILE = "report.json"
+REPORT_FILE = model_io.COMPILE_REPORT_FILE
 
 
 class CompileStage(Stage):
@@ -50,14 +51,14 @@ class CompileStage(Stage):
     def run(self, ctx: StageContext) -> StageResult:
         params = ctx.config.stages.compile
         specs = encoder_specs(ctx.upstream("export"), ctx.upstream("calibrate"))
-        report: dict[str, Any] = {"target": params.target, "data_type": params.data_type, "host": params.host}
+        transfers = None
         if params.target == "onnxruntime":
-            report["models"] = _compile_onnxruntime(ctx, specs)
+            models = _compile_onnxruntime(ctx, specs)
         else:
-            report["models"], report["transfers"] = _compile_pulsar2(ctx, specs)
-        models = report["models"]
-        write_json(ctx.out_dir / REPORT_FILE, report)
-        write_json(ctx.reports_dir / "compile.json", report)
+            models, transfers = _compile_pulsar2(ctx, specs)
+        report = model_io.CompileReport(params.target, params.data_type, params.host, models, transfers)
+        report.write(ctx.out_dir)
+        write_json(ctx.reports_dir / "compile.json", report.to_json())
         rows = [(name, m["file"], _cosine_text(m.get("cosine")), m["sha256"][:12]) for name, m in models.items()]
         columns = ("encoder", "model", "cosine vs float", "sha256")
         print_table(f"compile ({params.target}, {params.data_type})", columns, rows)
@@ -69,7 +70,8 @@ class CompileStage(Stage):
         if failures:
             raise ValidationFailed(self.name, failures, str(ctx.reports_dir / "compile.json"))
         cosines = ", ".join(f"{name} {_cosine_text(m.get('cosine'))}" for name, m in models.items())
-        return StageResult(summary=f"{params.target} {params.data_type}: cosine vs float {cosines}", figures=report)
+        summary = f"{params.target} {params.data_type}: cosine vs float {cosines}"
+        return StageResult(summary=summary, figures=report.to_json())
 
 
 def _cosine_text(value: float | None) -> str:

@@ -8,7 +8,6 @@ in use, and the next one resumes. The runtime checks the set against its manifes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,7 +75,7 @@ class FetchStage(Stage):
         files = device_files(ctx)
         manifest = Manifest(
             files={name: FileEntry(path.stat().st_size, sha256_file(path)) for name, path in files.items()},
-            compile=json.loads((ctx.upstream("compile") / "report.json").read_text(encoding="utf-8")),
+            compile=model_io.CompileReport.read(ctx.upstream("compile")),
         )
         with connect(ctx.config, device.host) as transport:
             models = VersionedFolder(transport.path(device.models_dir))
@@ -103,8 +102,8 @@ class FetchStage(Stage):
 def device_files(ctx: StageContext) -> dict[str, Path]:
     """Device-side name -> local file: compiled models, tokenizer/preprocessing, golden inputs."""
     export, compiled = ctx.upstream("export"), ctx.upstream("compile")
-    report = json.loads((compiled / "report.json").read_text(encoding="utf-8"))
-    files = {model["file"]: compiled / model["file"] for model in report["models"].values()}
+    report = model_io.CompileReport.read(compiled)
+    files = {report.file(stem): compiled / report.file(stem) for stem in report.models}
     for name in (model_io.TOKENIZER_FILE, model_io.PREPROCESSOR_FILE, model_io.EXPORT_INFO_FILE):
         files[name] = export / name
     vocab = ctx.upstream("embed-vocab")

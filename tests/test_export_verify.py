@@ -177,3 +177,18 @@ def test_export_json_is_read_and_written_through_one_contract(built_artifacts: P
         ExportInfo.read(tmp_path)
     with pytest.raises(ModelFilesError, match=r"No such file or directory: run `invoke export` \(on a device"):
         ExportInfo.read(tmp_path / "missing")
+
+
+def test_compile_report_is_one_contract_read_by_fetch_and_the_device(built_artifacts: Path, tmp_path: Path) -> None:
+    from runtime.errors import ModelFilesError
+    from runtime.manifest import Manifest
+    from runtime.model_io import CompileReport
+
+    report = CompileReport.read(built_artifacts / "compile")
+    assert report.file("image_encoder").endswith(".onnx") and report.target == "onnxruntime"
+    assert Manifest.read(built_artifacts.parent / "device/models").compile == report  # fetch copied it whole
+    with pytest.raises(ModelFilesError, match="names no compiled model for vision: run `invoke compile`"):
+        report.file("vision")
+    (tmp_path / "report.json").write_text('{"target": "pulsar2"}')
+    with pytest.raises(ModelFilesError, match="unreadable or from another version"):
+        CompileReport.read(tmp_path)
