@@ -43,25 +43,23 @@ def write_tables(directory: Path, labels: int, dim: int) -> Path:
     """Label tables shaped like the default vocabulary (a `one`, a `top` and a `many` category) with
     random rows, as embed-vocab writes them; returns the directory."""
     from modeling.rank_model import write_rank_model
-    from runtime.label_tables import INDEX_FILE, RANK_MODEL_FILE, write_category
+    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
 
-    if (directory / INDEX_FILE).is_file():
+    if (directory / VocabIndex.FILE).is_file():
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(labels)
     tenth = max(1, labels // 10)
     sizes = {"subject": tenth, "flavors": max(1, labels - 2 * tenth), "tags": tenth}
-    modes = {"subject": "one", "flavors": "top", "tags": "many"}
+    modes = {"subject": CategoryMode.ONE, "flavors": CategoryMode.TOP, "tags": CategoryMode.MANY}
     categories, stored = [], []
     for name, count in sizes.items():
         file, rows = write_category(directory, name, rng.standard_normal((count, dim)).astype(np.float32))
         stored.append(rows)
-        names = [f"{name} {i}" for i in range(count)]
-        entry = {"name": name, "mode": modes[name], "threshold": 0.1, "k": 3, "file": file, "labels": names}
-        categories.append(entry | {"tags": name == "tags"})
+        names = tuple(f"{name} {i}" for i in range(count))
+        categories.append(CategoryEntry(name, modes[name], file, names, threshold=0.1, tags=name == "tags"))
     rank = write_rank_model(directory / RANK_MODEL_FILE, np.concatenate(stored))
-    index = {"name": "bench", "dim": dim, "categories": categories, "rank": {"file": RANK_MODEL_FILE, **rank}}
-    (directory / INDEX_FILE).write_text(json.dumps(index))
+    VocabIndex("bench", dim, tuple(categories), RankModel(RANK_MODEL_FILE, **rank)).write(directory)
     return directory
 
 

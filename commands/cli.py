@@ -73,14 +73,14 @@ def load(config_path: str | None) -> PipelineConfig:
 
 
 class ConsoleReporter:
-    def stage_started(self, stage: str, why: tuple[str, ...]) -> None:
-        console.print(f"[bold]{stage}[/]: running ({'; '.join(why)})")
+    def stage_started(self, stage: str, reasons: tuple[str, ...]) -> None:
+        console.print(f"[bold]{stage}[/]: running ({'; '.join(reasons)})")
 
     def stage_finished(self, outcome: StageOutcome) -> None:
         style = _STYLE[outcome.outcome]
         line = f"[bold]{outcome.stage}[/]: [{style}]{outcome.outcome.value}[/]"
         if outcome.outcome is Outcome.WOULD_RUN:
-            line += f" ({'; '.join(outcome.why)})"
+            line += f" ({'; '.join(outcome.reasons)})"
         if outcome.summary:
             line += f" - {outcome.summary}"
         console.print(line)
@@ -131,7 +131,7 @@ def _print_summary(outcomes: list[StageOutcome], wall: float) -> None:
             o.stage,
             f"[{_STYLE[o.outcome]}]{o.outcome.value}[/]",
             f"{o.seconds:.1f}s" if o.outcome in (Outcome.RAN, Outcome.FAILED) else "",
-            "; ".join(o.why) if o.outcome is not Outcome.UP_TO_DATE else "",
+            "; ".join(o.reasons) if o.outcome is not Outcome.UP_TO_DATE else "",
         )
         for o in outcomes
     ]
@@ -139,7 +139,7 @@ def _print_summary(outcomes: list[StageOutcome], wall: float) -> None:
 
 
 def show_status(config_path: str | None) -> None:
-    """Each stage: up to date, or stale and every reason why."""
+    """Each stage: up to date, or stale and every reason reasons."""
     with user_errors():
         config = load(config_path)
         decisions = plan(config, graph(), RunRequest())

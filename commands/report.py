@@ -15,13 +15,21 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.config import PipelineConfig
 from pipeline.files import canonical_json, sha256_text
 from pipeline.lockfile import StageRecord, read_lock
 from pipeline.runner import StageOutcome
+from pipeline.stage import report_file
+from runtime.contract import JsonFile
+from runtime.errors import ModelFilesError
+from runtime.label_tables import VocabIndex
+from runtime.model_io import CompileReport, ExportInfo
+from runtime.smoke_test import Latency, SmokeReport
 from toolchains.precision_table import describe_layers
+
+T = TypeVar("T", bound=JsonFile)
 
 INDEX = "index.html"
 RUN_FILE = "run.json"
@@ -41,7 +49,7 @@ vertical-align:top}th{background:#f2f4f8}.ran{color:#0a7a32}.failed{color:#b3261
 def write_run(reports: Path, outcomes: Sequence[StageOutcome]) -> None:
     """The last run's outcomes, kept for the page (and for anyone who wants them as JSON)."""
     reports.mkdir(parents=True, exist_ok=True)
-    rows = [{"stage": o.stage, "outcome": o.outcome.value, "why": list(o.why), "seconds": round(o.seconds, 2),
+    rows = [{"stage": o.stage, "outcome": o.outcome.value, "reasons": list(o.reasons), "seconds": round(o.seconds, 2),
              "summary": o.summary} for o in outcomes]  # fmt: skip
     (reports / RUN_FILE).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 
@@ -54,9 +62,9 @@ def write_index(config: PipelineConfig) -> Path:
     sections = [
         _run_section(_load(reports / RUN_FILE)),
         _provenance_section(records),
-        _verify_section(_load(reports / "verify.json")),
-        _compile_section(_load(reports / "compile.json")),
-        _smoke_section(_load(reports / "smoke-test.json")),
+        _verify_section(_load(report_file(config.artifacts, "verify"))),
+        _compile_section(_read(CompileReport, report_file(config.artifacts, "compile"))),
+        _smoke_section(_read(SmokeReport, report_file(config.artifacts, "smoke-test"))),
         _cached_captions_section(config, records),
     ]
     page = (
@@ -73,6 +81,15 @@ def _load(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+
+
+def _read(contract: type[T], path: Path) -> T | None:
+    """A stage's report through its contract; None when there is none or it is from another version."""
+    data = _load(path)
+    try:
+        return None if data is None else contract.from_json(data, str(path))
+    except ModelFilesError:
         return None
 
 
@@ -100,7 +117,7 @@ def _run_section(run: list[dict[str, Any]] | None) -> str:
     css = {"ran": "ran", "failed": "failed", "up to date": "up"}
     rows = [
         (f"<span class={css.get(r['outcome'], 'up')}>{_e(r['outcome'])}</span>", _e(r["stage"]),
-         _e("; ".join(r["why"]) or "-"), f"{r['seconds']:.1f} s" if r["seconds"] else "", _e(r["summary"]))
+         _e("; ".join(r["reasons"]) or "-"), f"{r['seconds']:.1f} s" if r["seconds"] else "", _e(r["summary"]))
         for r in run
     ]  # fmt: skip
     return _section("Last run", _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True))
@@ -147,11 +164,11 @@ def _fidelity_note(fidelity: dict[str, Any]) -> str:
     )
 
 
-def _compile_section(report: dict[str, Any] | None) -> str:
+def _compile_section(report: CompileReport | None) -> str:
     if not report:
         return _section("compile", _missing("compile report"))
     rows, charts = [], []
-    for name, model in report["models"].items():
+    for name, model in report.models.items():
         cosine = model.get("cosine")
         rows.append(
             (name, model["file"], "n/a" if cosine is None else f"{cosine:.5f}", model.get("cosine_source") or "")
@@ -166,7 +183,7 @@ def _compile_section(report: dict[str, Any] | None) -> str:
             "<p class=note>Per-layer cosines come from Pulsar2's precision analysis (target pulsar2 with "
             "precision_analysis); the onnxruntime target reports the model's output only.</p>"
         )
-    head = f"<p>target {_e(report['target'])}, {_e(report['data_type'])}, host {_e(report['host'])}</p>"
+    head = f"<p>target {_e(report.target)}, {_e(report.data_type)}, host {_e(report.host)}</p>"
     table = _table(("encoder", "model", "quantized vs float cosine", "measured by"), rows)
     return _section("compile", head + table + "".join(charts))
 
@@ -192,25 +209,27 @@ def _layer_chart(layers: list[dict[str, Any]], width: int = 1000, height: int = 
             f'{labels}<polyline fill="none" stroke="#2f6fd6" stroke-width="1.5" points="{points}"/></svg>')  # fmt: skip
 
 
-def _smoke_section(report: dict[str, Any] | None) -> str:
+def _smoke_section(report: SmokeReport | None) -> str:
     if not report:
         return _section("smoke test", _missing("smoke-test report"))
+    if report.error:
+        return _section("smoke test (on the device)", f"<p class=failed>could not run: {_e(report.error)}</p>")
     rows, charts = [], []
-    for part, encoder in report["encoders"].items():
-        latency = encoder["latency_ms"]
-        rows.append((part, f"{encoder['backend']} ({encoder['provider']})", f"{encoder['cosine_min']:.5f}",
-                     f"{latency['p50']:.2f}", f"{latency['p95']:.2f}",
-                     f"{encoder.get('load_s', 0):.2f} s, +{encoder.get('resident_mb', 0):.0f} MB"))  # fmt: skip
+    for part, encoder in report.encoders.items():
+        latency = encoder.latency_ms
+        rows.append((part, f"{encoder.backend} ({encoder.provider})", f"{encoder.cosine_min:.5f}",
+                     f"{latency.p50:.2f}", f"{latency.p95:.2f}",
+                     f"{encoder.load_s:.2f} s, +{encoder.resident_mb:.0f} MB"))  # fmt: skip
         charts.append(f"<h3>{_e(part)} encoder latency (ms)</h3>{_latency_chart(latency)}")
     columns = ("encoder", "backend", "cosine vs float", "p50 ms", "p95 ms", "load, host memory")
-    head = f"<p>peak RSS {report['peak_rss_mb']:.0f} MB on {_e(report.get('machine', ''))}</p>"
+    head = f"<p>peak RSS {report.peak_rss_mb:.0f} MB on {_e(report.machine)}</p>"
     return _section("smoke test (on the device)", head + _table(columns, rows) + "".join(charts))
 
 
-def _latency_chart(latency: dict[str, Any], width: int = 600, height: int = 120) -> str:
+def _latency_chart(latency: Latency, width: int = 600, height: int = 120) -> str:
     """A histogram of the runs' latencies with the p50 and p95 marked."""
-    samples = latency.get("samples") or [latency["p50"], latency["p95"]]
-    low, high = min(samples), max(max(samples), latency["p95"]) * 1.05 + 1e-9
+    samples = latency.samples or (latency.p50, latency.p95)
+    low, high = min(samples), max(max(samples), latency.p95) * 1.05 + 1e-9
     bins = [0] * 20
     for value in samples:
         bins[min(int((value - low) / (high - low) * len(bins)), len(bins) - 1)] += 1
@@ -225,7 +244,7 @@ def _latency_chart(latency: dict[str, Any], width: int = 600, height: int = 120)
     marks = "".join(
         f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height - 20}" stroke="#b3261e"/>'
         f'<text x="{x + 3:.1f}" y="{y}" font-size="11" fill="#b3261e">{name} {value:.2f}</text>'
-        for name, value, y in (("p50", latency["p50"], 12), ("p95", latency["p95"], 26))
+        for name, value, y in (("p50", latency.p50, 12), ("p95", latency.p95, 26))
         for x in [(value - low) / (high - low) * width]
     )
     axis = (f'<text x="0" y="{height - 4}" font-size="11" fill="#5b6577">{low:.2f} ms</text>'
@@ -257,7 +276,7 @@ def _cached_captions_section(config: PipelineConfig, records: dict[str, StageRec
 def _captions_section(config: PipelineConfig, photos: list[Path]) -> str:
     """Sample photos captioned by the float models and the label tables, with their best labels."""
     export, tables_dir = config.artifacts / "export", config.artifacts / "embed-vocab"
-    if not photos or not (export / "export.json").is_file() or not (tables_dir / "vocab.json").is_file():
+    if not photos or not (export / ExportInfo.FILE).is_file() or not (tables_dir / VocabIndex.FILE).is_file():
         return _section("Captions", _missing("sample photos captioned (needs export and embed-vocab)"))
     from runtime.clip import ClipRuntime
     from runtime.errors import RuntimeErrorBase

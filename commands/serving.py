@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.device_app import install_runtime
 from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.report import console
 from runtime.server.schemas import Health
+from stages.device_runtime import install_runtime, venv_python
 
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 15
@@ -62,7 +62,7 @@ def serve_here(models: Path, request: ServeRequest) -> int:
 
 def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest) -> None:
     host = config.host(host_name)
-    with connect(config, host_name) as transport:
+    with connect(host_name, host) as transport:
         models = transport.path(config.device.models_dir)
         if not transport.run(f"test -f {quote(models)}/export.json").ok:
             raise PipelineError(
@@ -99,7 +99,7 @@ def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest)
 
 
 def stop_on_host(config: PipelineConfig, host_name: str) -> None:
-    with connect(config, host_name) as transport:
+    with connect(host_name, config.host(host_name)) as transport:
         pid = _running_pid(transport)
         if pid is None:
             console.print(f"no server runs on {host_name}")
@@ -113,13 +113,13 @@ def stop_on_host(config: PipelineConfig, host_name: str) -> None:
 
 def status_on_host(config: PipelineConfig, host_name: str) -> bool:
     """Print whether the server runs on the host and what /healthz says; True when it is healthy."""
-    with connect(config, host_name) as transport:
+    with connect(host_name, config.host(host_name)) as transport:
         pid = _running_pid(transport)
         if pid is None:
             console.print(f"no server runs on {host_name}")
             return False
         port = transport.run(f"cat {quote(transport.path(PORT_FILE))}").stdout.strip()
-        python = f"{transport.path('venv')}/bin/python"
+        python = venv_python(transport)
         health = _health(transport, python, int(port)) if port.isdigit() else None
     if health is None:
         console.print(f"the server on {host_name} (pid {pid}) runs but does not answer /healthz on port {port}")

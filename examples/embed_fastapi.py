@@ -6,7 +6,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from runtime.embedded import load_interrogator
-from runtime.server.app import ServerSettings, create_router
+from runtime.server.app import ServerSettings, include_interrogation
 from runtime.server.errors import install_error_handlers
 
 
@@ -15,5 +15,5 @@ def build_app(models: Path, unet_lock: threading.Lock) -> FastAPI:
     # Every image-encoder call holds your lock; the encoder leaves the NPU after 10 idle minutes.
     interrogator = load_interrogator(models, host_lock=unet_lock, unload_after=600)
     install_error_handlers(app)  # optional: A1111's error bodies ({"error": ..., "detail": ...})
-    app.include_router(create_router(interrogator, ServerSettings()))
+    include_interrogation(app, interrogator, ServerSettings())  # the endpoints, sharing its state
     return app

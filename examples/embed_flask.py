@@ -5,8 +5,9 @@ from pathlib import Path
 
 from flask import Flask, jsonify, request
 
-from runtime.embedded import InvalidImage, caption, load_interrogator
-from runtime.errors import NpuBusy
+from runtime.embedded import caption, load_interrogator
+from runtime.errors import InvalidImage, NpuBusy
+from runtime.server.errors import http_status
 
 
 def build_app(models: Path, unet_lock: threading.Lock) -> Flask:
@@ -19,7 +20,7 @@ def build_app(models: Path, unet_lock: threading.Lock) -> Flask:
         try:
             text = caption(interrogator, body.get("image", ""), model=body.get("model", "clip"), wait=60)
         except InvalidImage as exc:
-            return jsonify(detail=str(exc)), exc.status
+            return jsonify(detail=str(exc)), http_status(exc)  # 413 too large, 500 undecodable, as A1111
         except NpuBusy as exc:
             return jsonify(detail=f"Server busy: {exc}"), 503
         return jsonify(caption=text)

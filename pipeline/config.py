@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -178,7 +187,7 @@ class EmbedVocabParams(Strict):
     vocabulary: ConfigPath = SHIPPED / "vocab/default.yaml"
 
 
-def _moved_to_device(stage: str, data: Any) -> Any:
+def _moved_to_device(data: Any) -> Any:
     """The device was once set per stage; one `device:` section now serves fetch, smoke-test, serve and
     caption, so that `--host` on any of them means the same device."""
     moved = sorted(set(data) & {"host", "models_dir"}) if isinstance(data, dict) else []
@@ -197,19 +206,9 @@ class SmokeTestParams(Strict):
     provider: str | None = None  # axengine provider; None: the first available
     device_id: int = Field(0, ge=0)  # AXCLRTExecutionProvider: which card
 
-    @model_validator(mode="before")
-    @classmethod
-    def _device_keys_moved(cls, data: Any) -> Any:
-        return _moved_to_device("smoke-test", data)
-
 
 class FetchParams(Strict):
     """fetch has no settings of its own: where it puts the models is `device:`."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _device_keys_moved(cls, data: Any) -> Any:
-        return _moved_to_device("fetch", data)
 
 
 class StagesConfig(Strict):
@@ -218,8 +217,10 @@ class StagesConfig(Strict):
     calibrate: CalibrateParams = CalibrateParams()
     compile: CompileParams = CompileParams()
     embed_vocab: EmbedVocabParams = Field(EmbedVocabParams(), alias="embed-vocab")
-    fetch: FetchParams = FetchParams()
-    smoke_test: SmokeTestParams = Field(SmokeTestParams(), alias="smoke-test")
+    fetch: Annotated[FetchParams, BeforeValidator(_moved_to_device)] = FetchParams()
+    smoke_test: Annotated[SmokeTestParams, BeforeValidator(_moved_to_device)] = Field(
+        SmokeTestParams(), alias="smoke-test"
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -28,7 +28,7 @@ class StageRecord:
     host: str
     started_at: str
     seconds: float
-    summary: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)  # the stage's StageResult.figures
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,7 +41,7 @@ class StageRecord:
             "host": self.host,
             "started_at": self.started_at,
             "seconds": round(self.seconds, 3),
-            "summary": self.summary,
+            "figures": self.figures,
         }
 
     @classmethod
@@ -56,7 +56,7 @@ class StageRecord:
             host=data["host"],
             started_at=data["started_at"],
             seconds=float(data["seconds"]),
-            summary=data.get("summary", {}),
+            figures=data.get("figures", {}),
         )
 
 

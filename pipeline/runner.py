@@ -19,7 +19,7 @@ from pipeline.files import recover_swapped_dir, swap_in_dir
 from pipeline.graph import StageGraph
 from pipeline.lockfile import StageRecord, read_lock, write_lock
 from pipeline.runlock import run_lock
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Stage, StageContext, digest_values
 from pipeline.uptodate import (
     Decision,
     current_states,
@@ -45,7 +45,7 @@ class Outcome(enum.Enum):
 class StageOutcome:
     stage: str
     outcome: Outcome
-    why: tuple[str, ...]
+    reasons: tuple[str, ...]
     seconds: float = 0.0
     summary: str = ""
 
@@ -53,14 +53,14 @@ class StageOutcome:
 class Reporter(Protocol):
     """Told as stages start and finish, so the terminal can show progress while work goes on."""
 
-    def stage_started(self, stage: str, why: tuple[str, ...]) -> None: ...
+    def stage_started(self, stage: str, reasons: tuple[str, ...]) -> None: ...
 
     def stage_finished(self, outcome: StageOutcome) -> None: ...
 
 
 class SilentReporter:
-    def stage_started(self, stage: str, why: tuple[str, ...]) -> None:
-        log.info("%s: running (%s)", stage, "; ".join(why))
+    def stage_started(self, stage: str, reasons: tuple[str, ...]) -> None:
+        log.info("%s: running (%s)", stage, "; ".join(reasons))
 
     def stage_finished(self, outcome: StageOutcome) -> None:
         log.info("%s: %s", outcome.stage, outcome.outcome.value)
@@ -138,9 +138,9 @@ def _run_locked(
             if not (decision.stale or request.force):
                 outcome = StageOutcome(stage.name, Outcome.UP_TO_DATE, ())
             else:
-                why = decision.reasons or ("forced",)
-                reporter.stage_started(stage.name, why)
-                outcome = _run_stage(stage, config, tools, why, records)
+                reasons = decision.reasons or ("forced",)
+                reporter.stage_started(stage.name, reasons)
+                outcome = _run_stage(stage, config, tools, reasons, records)
                 if outcome.outcome is Outcome.FAILED:
                     broken.add(stage.name)
         outcomes.append(outcome)
@@ -152,20 +152,21 @@ def _run_stage(
     stage: Stage,
     config: PipelineConfig,
     tools: dict[str, str],
-    why: tuple[str, ...],
+    reasons: tuple[str, ...],
     records: dict[str, StageRecord],
 ) -> StageOutcome:
     missing_upstream = [dep for dep in stage.after if not (config.artifacts / dep).is_dir()]
     if missing_upstream:
         needs = f"needs the outputs of {', '.join(missing_upstream)}; run them first"
-        return StageOutcome(stage.name, Outcome.FAILED, why, summary=needs)
+        return StageOutcome(stage.name, Outcome.FAILED, reasons, summary=needs)
     previous = records.get(stage.name)
     inputs = current_states(input_files(stage, config), previous.inputs if previous else {})
     params = stage.params(config)
+    recorded = digest_values(params)
     tmp_root = config.artifacts / ".tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     out_dir = tempfile.mkdtemp(prefix=f"{stage.name}-", dir=tmp_root)
-    ctx = StageContext(config=config, out_dir=Path(out_dir), log=logging.getLogger(f"stage.{stage.name}"))
+    ctx = StageContext(stage.name, params, config.artifacts, Path(out_dir), logging.getLogger(f"stage.{stage.name}"))
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
@@ -177,13 +178,13 @@ def _run_stage(
     except BaseException as exc:
         shutil.rmtree(out_dir, ignore_errors=True)
         if is_user_error(exc):
-            return StageOutcome(stage.name, Outcome.FAILED, why, time.perf_counter() - started, str(exc))
+            return StageOutcome(stage.name, Outcome.FAILED, reasons, time.perf_counter() - started, str(exc))
         raise
     seconds = time.perf_counter() - started
     outputs = current_states(output_files(stage, config), {})
     record = StageRecord(
-        params=params,
-        params_digest=params_digest(params),
+        params=recorded,
+        params_digest=params_digest(recorded),
         code=stage.code_version(),
         tools=tools,
         inputs=inputs,
@@ -191,9 +192,9 @@ def _run_stage(
         host=stage.host_name(config),
         started_at=started_at,
         seconds=seconds,
-        summary=result.figures,
+        figures=result.figures,
     )
     records = read_lock(config.artifacts)
     records[stage.name] = record
     write_lock(config.artifacts, records)
-    return StageOutcome(stage.name, Outcome.RAN, why, seconds, result.summary)
+    return StageOutcome(stage.name, Outcome.RAN, reasons, seconds, result.summary)

@@ -1,4 +1,10 @@
-"""What a stage is: declared data (name, upstream stages, inputs, outputs, params) plus one action."""
+"""What a stage is: declared data (name, upstream stages, inputs, outputs, typed params) plus one action.
+
+A stage's params are a frozen pydantic model holding every setting it reads, built from the config by
+`params`: the engine digests exactly that model into the lock (so a new setting cannot fail to make the
+stage stale) and hands the same object to `run` as `ctx.params`; `run` never sees the config. A field
+marked `exclude=True` (how to reach a host, not what is made there) is handed over but not digested.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +14,40 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from pipeline.config import DEVICE_STAGES, PipelineConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.config import DEVICE_STAGES, HostConfig, PipelineConfig
 from pipeline.files import sha256_file
+
+P = TypeVar("P", bound=BaseModel)
+D = TypeVar("D", bound="DeviceParams")
 
 
 @dataclass(frozen=True)
-class StageContext:
-    """What `run` gets: the config, where to write, and where upstream outputs are."""
+class StageContext(Generic[P]):
+    """What `run` gets: its params, where to write, and where upstream (and its own last) outputs are."""
 
-    config: PipelineConfig
+    stage: str
+    params: P
+    artifacts: Path
     out_dir: Path
     log: logging.Logger
 
     def upstream(self, stage: str) -> Path:
-        return self.config.artifacts / stage
+        """A stage's last good outputs (this stage's own too: what the run being made will replace)."""
+        return self.artifacts / stage
 
     @property
-    def reports_dir(self) -> Path:
-        """Human-readable reports of every attempt, kept even when the stage fails (not tracked)."""
-        return self.config.artifacts / "reports"
+    def report_file(self) -> Path:
+        """This stage's human-readable report of this attempt, kept even when it fails."""
+        return report_file(self.artifacts, self.stage)
 
     @property
     def cache_dir(self) -> Path:
         """Shared, stage-independent cache (for example the materialized built-in tiny CLIP)."""
-        return self.config.artifacts / "cache"
+        return self.artifacts / "cache"
 
 
 @dataclass(frozen=True)
@@ -54,8 +68,8 @@ class Stage(ABC):
     code_modules: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
-    def params(self, config: PipelineConfig) -> dict[str, Any]:
-        """Every setting that changes this stage's outputs, as plain data (digested into the lock)."""
+    def params(self, config: PipelineConfig) -> BaseModel:
+        """Every setting this stage reads, typed (see the module's docstring)."""
 
     def host_name(self, config: PipelineConfig) -> str:
         """The host this stage works on: the device for fetch and smoke-test, else its `host` param."""
@@ -63,17 +77,17 @@ class Stage(ABC):
             return config.device.host
         return str(getattr(config.stages.of(self.name), "host", "local"))
 
-    def external_inputs(self, config: PipelineConfig) -> list[Path]:
+    def external_inputs(self, params: Any) -> list[Path]:
         """Files outside artifacts/ that this stage reads (images, local model weights)."""
         return []
 
-    def device_changes(self, config: PipelineConfig) -> list[str]:
+    def device_changes(self, params: Any, artifacts: Path) -> list[str]:
         """For a stage whose work lives on another machine too (fetch): what is no longer there as it
         was left, each a reason to run again. Asked only when nothing else makes the stage stale."""
         return []
 
     @abstractmethod
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext[Any]) -> StageResult:
         """Do the work, writing only below `ctx.out_dir`."""
 
     def code_version(self) -> str:
@@ -86,11 +100,34 @@ class Stage(ABC):
         return ":".join(sha256_file(path)[:16] for path in files)
 
 
-def device_params(config: PipelineConfig, params: Any) -> dict[str, Any]:
-    """A device stage's params plus the device and where its files live: another device means another run."""
-    host = config.host(config.device.host)
-    device = {"host": config.device.host, "models_dir": config.device.models_dir}
-    return {**params.model_dump(mode="json"), **device, "address": host.address, "workdir": host.workdir}
+def report_file(artifacts: Path, stage: str) -> Path:
+    """Where a stage keeps the report of its last attempt: artifacts/reports/<stage>.json (not tracked)."""
+    return artifacts / "reports" / f"{stage}.json"
+
+
+def digest_values(params: BaseModel) -> dict[str, Any]:
+    """The params as the lock records and digests them: plain data, excluded fields left out."""
+    return params.model_dump(mode="json")
+
+
+class DeviceParams(BaseModel):
+    """What a stage working on the device reads: which host, where its models live, and how to reach it.
+    Another device or folder means another run; another connect timeout does not."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    models_dir: str
+    address: str | None
+    workdir: str
+    connection: HostConfig = Field(exclude=True)
+
+    @classmethod
+    def for_device(cls: type[D], config: PipelineConfig, **own: Any) -> D:
+        """The params of the config's device, with a deriving stage's `own` fields."""
+        host = config.host(config.device.host)
+        return cls(host=config.device.host, models_dir=config.device.models_dir, address=host.address,
+                   workdir=host.workdir, connection=host, **own)  # fmt: skip
 
 
 def _module_origin(name: str) -> str:

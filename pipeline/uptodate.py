@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.config import PipelineConfig
 from pipeline.files import FileState, canonical_json, file_state, list_files, sha256_text
 from pipeline.lockfile import StageRecord
-from pipeline.stage import Stage
+from pipeline.stage import Stage, digest_values
 
 TRACKED_TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim")
 
@@ -59,7 +59,7 @@ def input_files(stage: Stage, config: PipelineConfig) -> dict[str, Path]:
         root = config.artifacts / dep
         for path in list_files(root):
             files[f"{dep}/{path.relative_to(root).as_posix()}"] = path
-    for external in stage.external_inputs(config):
+    for external in stage.external_inputs(stage.params(config)):
         for path in list_files(external):
             files[str(path)] = path
     return files
@@ -86,7 +86,8 @@ def decide(
     if record is None:
         return Decision(Status.STALE, ("never run",))
     reasons: list[str] = [f"upstream {name} will run first" for name in stale_upstream]
-    reasons += _param_changes(record.params, stage.params(config))
+    params = stage.params(config)
+    reasons += _param_changes(record.params, digest_values(params))
     if record.code != stage.code_version():
         reasons.append("stage code changed")
     reasons += [
@@ -98,7 +99,7 @@ def decide(
         reasons += _file_changes("input", input_files(stage, config), record.inputs)
     reasons += _output_changes(stage, config, records)
     if not reasons:  # the one check that may cross the network, when nothing else already decided
-        reasons += stage.device_changes(config)
+        reasons += stage.device_changes(params, config.artifacts)
     return Decision(Status.STALE if reasons else Status.UP_TO_DATE, tuple(reasons))
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtime.errors import BackendUnavailable
+from runtime.errors import BackendUnavailable, ModelFilesError
 
 AXENGINE_PROVIDER = "AxEngineExecutionProvider"
 AXCLRT_PROVIDER = "AXCLRTExecutionProvider"
@@ -136,10 +136,11 @@ def conform(feed: dict[str, np.ndarray], inputs: list[TensorInfo]) -> dict[str, 
     out = {}
     for info in inputs:
         if info.name not in feed:
-            raise ValueError(f"missing input {info.name!r}; the model takes {[i.name for i in inputs]}")
+            raise ModelFilesError(f"the model takes {[i.name for i in inputs]}, not {sorted(feed)}: run `invoke fetch`")
         array = np.ascontiguousarray(feed[info.name], dtype=info.dtype)
         if array.shape != info.shape:
-            raise ValueError(f"input {info.name!r} has shape {array.shape}, the model takes {info.shape}")
+            raise ModelFilesError(f"input {info.name!r} has shape {array.shape}, the model takes {info.shape}: the "
+                                  "model files and export.json disagree; run `invoke fetch`")
         out[info.name] = array
     return out
 

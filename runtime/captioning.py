@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from runtime.interrogator import CaptionOptions, Interrogator
 from runtime.preprocess import find_images
+from runtime.server.schemas import InterrogationAnswer
 
 JSONL_NAME = "captions.jsonl"
 AHEAD = 2  # prepared images waiting per decode worker
@@ -102,7 +103,7 @@ def _caption_one(
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(result.caption + "\n", encoding="utf-8")
-    record = {"file": str(image_path.relative_to(images_dir)), **result.to_json()}
+    record = {"file": str(image_path.relative_to(images_dir)), **InterrogationAnswer.of(result).model_dump()}
     log.write(json.dumps(record) + "\n")
     log.flush()
     summary.captioned += 1

@@ -3,7 +3,7 @@
 `load_interrogator` opens the fetched models once, sharing the host program's NPU lock object (its
 `unet_lock`) and/or a lock file, and unloading the image encoder when idle; `caption` and `interrogate`
 take image bytes, base64 or a data URL and answer as the service does. For a FastAPI app,
-`runtime.server.app.create_router` gives the very endpoints to `include_router`. README shows both.
+`runtime.server.app.include_interrogation` puts the very endpoints on it. README shows both.
 """
 
 from __future__ import annotations
@@ -11,22 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException
-
 from runtime.clip import VOCAB_DIR, ClipRuntime
-from runtime.errors import RuntimeErrorBase
 from runtime.interrogator import CaptionOptions, Interrogation, Interrogator, TagOptions
 from runtime.label_tables import LabelTables
 from runtime.npu import HostLock, IdleUnloader, NpuLock
 from runtime.server.images import ImagePolicy, decode_image, open_image_bytes
-
-
-class InvalidImage(RuntimeErrorBase):
-    """The image could not be decoded, or is over the pixel limit; `status` is what the service answers."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        self.status = status
-        super().__init__(detail)
+from runtime.server.schemas import InterrogationAnswer
 
 
 def load_interrogator(
@@ -65,14 +55,12 @@ def interrogate(interrogator: Interrogator, image: bytes | str, *, wait: float |
     """Every category's picks and best labels with their cosines, the tags, and timings."""
     scores, timings = interrogator.score(_image(interrogator, image), wait)
     text, results = interrogator.caption(scores)
-    return {**Interrogation(text, results, timings).to_json(), "tags": interrogator.tags(scores)}
+    answer = InterrogationAnswer.of(Interrogation(text, results, timings))
+    return answer.model_dump() | {"tags": interrogator.tags(scores)}
 
 
 def _image(interrogator: Interrogator, image: bytes | str) -> Any:
     policy, draft = ImagePolicy(), interrogator.clip.draft
-    try:
-        if isinstance(image, bytes):
-            return open_image_bytes(image, policy, draft)
-        return decode_image(image, policy, draft)
-    except HTTPException as exc:
-        raise InvalidImage(exc.status_code, str(exc.detail)) from exc
+    if isinstance(image, bytes):
+        return open_image_bytes(image, policy, draft)
+    return decode_image(image, policy, draft)

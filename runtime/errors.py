@@ -19,3 +19,27 @@ class ModelFilesError(RuntimeErrorBase):
 
 class NpuBusy(RuntimeErrorBase):
     """The NPU stayed busy (our other requests, or another program holding the NPU lock) past the wait."""
+
+
+class InvalidImage(RuntimeErrorBase):
+    """The image cannot be decoded or fetched (A1111 answers these with 500)."""
+
+
+class ImageTooLarge(InvalidImage):
+    """The image, or the bytes at its URL, are over the configured limit."""
+
+
+class ServerBusy(RuntimeErrorBase):
+    """Every place is taken (the queue, the image decoders, the NPU past its wait): retry shortly."""
+
+
+class OptionRefused(RuntimeErrorBase):
+    """A POSTed option cannot be set; `detail` is a message, or pydantic's list of what was wrong."""
+
+    def __init__(self, detail: str | list[dict[str, object]]) -> None:
+        self.detail = detail
+        super().__init__(detail if isinstance(detail, str) else "; ".join(str(d["msg"]) for d in detail))
+
+
+class SettingsError(RuntimeErrorBase):
+    """A setting or settings file of the service cannot be used, read or saved."""

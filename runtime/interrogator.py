@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.clip import ClipRuntime
-from runtime.label_tables import CategoryTable, LabelTables, normalize
+from runtime.label_tables import CategoryMode, CategoryTable, LabelTables, normalize
 
 STRUCTURED_TOP = 5  # labels per category in the structured result
 
@@ -29,7 +29,7 @@ class Pick:
 @dataclass(frozen=True)
 class CategoryResult:
     name: str
-    mode: str
+    mode: CategoryMode
     picks: tuple[Pick, ...]  # what goes in the caption
     top: tuple[Pick, ...]  # the best labels, for the structured answer
     labels: int = 0  # labels the category ranks
@@ -40,22 +40,6 @@ class Interrogation:
     caption: str
     categories: tuple[CategoryResult, ...]
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "caption": self.caption,
-            "categories": [
-                {
-                    "name": c.name,
-                    "mode": c.mode,
-                    "labels": c.labels,
-                    "picks": [{"label": p.label, "score": round(p.score, 4)} for p in c.picks],
-                    "top": [{"label": p.label, "score": round(p.score, 4)} for p in c.top],
-                }
-                for c in self.categories
-            ],
-            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
-        }
 
 
 @dataclass(frozen=True)
@@ -204,12 +188,12 @@ def _rank(scores: Scores, category: CategoryTable, dict_limit: int = 0) -> Categ
     block = scores.coarse[category.start : category.start + size]
     need = min(size, max(STRUCTURED_TOP, category.k))
     cutoff = float(np.partition(block, size - need)[size - need]) - 2 * scores.bound
-    if category.mode == "many":
+    if category.mode is CategoryMode.MANY:
         cutoff = min(cutoff, category.threshold - scores.bound)
     ranked = scores.exact(category, np.flatnonzero(block >= cutoff))
-    if category.mode == "one":
+    if category.mode is CategoryMode.ONE:
         picks = ranked[:1]
-    elif category.mode == "top":
+    elif category.mode is CategoryMode.TOP:
         picks = _distinct(ranked, category)[: category.k]
     else:
         picks = _distinct([p for p in ranked if p.score >= category.threshold], category)

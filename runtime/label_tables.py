@@ -10,23 +10,75 @@ bounded analytically (`coarse_error_bound`), so the final picks equal those of a
 
 from __future__ import annotations
 
-import json
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from runtime.contract import JsonFile
 from runtime.errors import ModelFilesError
 
 INDEX_FILE = "vocab.json"
 RANK_MODEL_FILE = "rank.onnx"
 
 
+class CategoryMode(str, enum.Enum):
+    """What a category contributes: `one` label (A1111's style), `many` (every label above its threshold:
+    tags) or the `top` k (flavors)."""
+
+    ONE = "one"
+    MANY = "many"
+    TOP = "top"
+
+
+@dataclass(frozen=True)
+class CategoryEntry:
+    """One category as embed-vocab stored it: its settings, its labels in row order, its `.npy` file."""
+
+    name: str
+    mode: CategoryMode
+    file: str
+    labels: tuple[str, ...]
+    threshold: float = 0.2
+    k: int = 3
+    template: str = "{}"
+    prefix: str = ""
+    tags: bool = False
+    labels_sha256: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)  # what was dropped or merged on the way (LabelStats)
+
+    def prompt(self, label: str) -> str:
+        return self.template.replace("{}", label)
+
+
+@dataclass(frozen=True)
+class RankModel:
+    """rank.onnx, the int8 copy of every row, and the bounds on its error (see coarse_error_bound)."""
+
+    file: str
+    max_label_scale: float
+    max_label_error_l2: float
+    max_label_norm: float
+
+
+@dataclass(frozen=True)
+class VocabIndex(JsonFile):
+    FILE: ClassVar[str] = INDEX_FILE
+    MADE_BY: ClassVar[str] = "invoke embed-vocab"
+
+    name: str
+    dim: int
+    categories: tuple[CategoryEntry, ...]
+    rank: RankModel
+    text_model_sha256: str = ""  # the text model the rows came from: embed-vocab reuses rows only for it
+
+
 @dataclass(frozen=True)
 class CategoryTable:
     name: str
-    mode: str  # one | many | top
+    mode: CategoryMode
     labels: tuple[str, ...]
     threshold: float
     k: int
@@ -44,7 +96,7 @@ class LabelTables:
     """The tables of a vocabulary dir. The float16 rows stay memory-mapped: the exact pass reads only a
     few candidates per category, so a 100k-label vocabulary costs its int8 copy in RAM, not both."""
 
-    def __init__(self, categories: list[CategoryTable], index: dict[str, Any], ranker: Any) -> None:
+    def __init__(self, categories: list[CategoryTable], index: VocabIndex, ranker: Any) -> None:
         self.categories = categories
         self.index = index
         self._ranker = ranker  # onnxruntime session of rank.onnx
@@ -53,42 +105,29 @@ class LabelTables:
     def load(cls, directory: Path) -> LabelTables:
         import onnxruntime as ort
 
-        index_path = directory / INDEX_FILE
-        if not index_path.is_file():
-            raise ModelFilesError(f"{index_path} not found: run `invoke embed-vocab` and `invoke fetch`")
-        index = json.loads(index_path.read_text(encoding="utf-8"))
+        index = VocabIndex.read(directory)
         categories, start = [], 0
-        for entry in index["categories"]:
-            block = np.load(directory / entry["file"], mmap_mode="r")
+        for entry in index.categories:
+            block = np.load(directory / entry.file, mmap_mode="r")
             if block.dtype != np.float16:
-                raise ModelFilesError(f"{entry['file']}: {block.dtype} rows, not float16: run `invoke embed-vocab`")
-            if block.shape[0] != len(entry["labels"]):
-                raise ModelFilesError(f"{entry['file']}: {block.shape[0]} rows for {len(entry['labels'])} labels")
+                raise ModelFilesError(f"{entry.file}: {block.dtype} rows, not float16: run `invoke embed-vocab`")
+            if block.shape[0] != len(entry.labels):
+                raise ModelFilesError(f"{entry.file}: {block.shape[0]} rows for {len(entry.labels)} labels")
             categories.append(
-                CategoryTable(
-                    name=entry["name"],
-                    mode=entry["mode"],
-                    labels=tuple(entry["labels"]),
-                    threshold=float(entry["threshold"]),
-                    k=int(entry["k"]),
-                    prefix=entry.get("prefix", ""),
-                    tags=bool(entry.get("tags", False)),
-                    start=start,
-                    rows=block,
-                )
-            )
+                CategoryTable(entry.name, entry.mode, entry.labels, entry.threshold, entry.k, entry.prefix,
+                              entry.tags, start=start, rows=block)
+            )  # fmt: skip
             start += block.shape[0]
         options = ort.SessionOptions()
         # No spinning: idle spinners would steal the CPU from the next image's preprocessing and encode.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        rank_model = str(directory / index["rank"]["file"])
-        ranker = ort.InferenceSession(rank_model, options, providers=["CPUExecutionProvider"])
+        ranker = ort.InferenceSession(str(directory / index.rank.file), options, providers=["CPUExecutionProvider"])
         return cls(categories, index, ranker)
 
     def coarse_scores(self, vector: np.ndarray) -> tuple[np.ndarray, float]:
         """int8 cosines of a normalized vector with every label, and a bound on their error."""
         scores = self._ranker.run(None, {"embedding": vector[None].astype(np.float32)})[0][0]
-        return scores, coarse_error_bound(vector, self.index["rank"])
+        return scores, coarse_error_bound(vector, self.index.rank)
 
     def exact_scores(self, category: CategoryTable, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Float cosines of a normalized vector with some of a category's labels (indices within it)."""
@@ -100,7 +139,7 @@ def normalize(embedding: np.ndarray) -> np.ndarray:
     return vector / (np.linalg.norm(vector) + 1e-12)
 
 
-def coarse_error_bound(vector: np.ndarray, rank: dict[str, float]) -> float:
+def coarse_error_bound(vector: np.ndarray, rank: RankModel) -> float:
     """A bound on |coarse - exact| for every label, by Cauchy-Schwarz on the two quantization errors:
     x'.w' - x.w = (x' - x).w' + x.(w' - w), so it is <= |x' - x| |w'| + |x| max|w' - w|. The image side
     is computed exactly here (DynamicQuantizeLinear replayed in numpy), the label side at build time."""
@@ -109,8 +148,8 @@ def coarse_error_bound(vector: np.ndarray, rank: dict[str, float]) -> float:
     zero = np.clip(np.round(-low / scale), 0, 255)
     replayed = (np.clip(np.round(vector / scale) + zero, 0, 255) - zero) * scale
     image_error = float(np.linalg.norm(replayed - vector)) + float(scale)  # + one step, for rounding ties
-    label_side = float(np.linalg.norm(vector)) * rank["max_label_error_l2"]
-    return image_error * rank["max_label_norm"] + label_side + 1e-5
+    label_side = float(np.linalg.norm(vector)) * rank.max_label_error_l2
+    return image_error * rank.max_label_norm + label_side + 1e-5
 
 
 def write_category(directory: Path, name: str, embeddings: np.ndarray) -> tuple[str, np.ndarray]:

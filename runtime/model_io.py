@@ -6,11 +6,10 @@ so both sides agree by construction: export.json is written and read only throug
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from runtime.contract import JsonFile
 from runtime.errors import ModelFilesError
 
 IMAGE_MODEL_FILE = "image_encoder.onnx"
@@ -44,8 +43,11 @@ class EncoderFile:
 
 
 @dataclass(frozen=True)
-class ExportInfo:
+class ExportInfo(JsonFile):
     """export.json: what export wrote, read by every later stage, the toolchains and the device runtime."""
+
+    FILE: ClassVar[str] = EXPORT_INFO_FILE
+    MADE_BY: ClassVar[str] = "invoke export"
 
     model: str
     revision: str
@@ -61,47 +63,17 @@ class ExportInfo:
         """`image` or `text`."""
         return {"image": self.image, "text": self.text}[part]
 
-    def write(self, directory: Path) -> None:
-        text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-        (Path(directory) / EXPORT_INFO_FILE).write_text(text, encoding="utf-8")
-
-    @classmethod
-    def read(cls, directory: Path) -> ExportInfo:
-        path = Path(directory) / EXPORT_INFO_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            encoders = {part: _encoder_file(data[part]) for part in ("image", "text")}
-            return cls(
-                model=str(data["model"]),
-                revision=str(data["revision"]),
-                opset=int(data["opset"]),
-                image_size=int(data["image_size"]),
-                context_length=int(data["context_length"]),
-                projection_dim=int(data["projection_dim"]),
-                tokenizer=dict(data["tokenizer"]),
-                **encoders,
-            )
-        except OSError as exc:
-            raise ModelFilesError(f"{path}: {exc.strerror}: run `invoke export` (on a device: `invoke fetch`)") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelFilesError(f"{path} is unreadable or from another version ({exc!r}): run `invoke export`") \
-                from exc
-
-
-def _encoder_file(data: dict[str, Any]) -> EncoderFile:
-    def tensor(spec: dict[str, Any]) -> Tensor:
-        return Tensor(str(spec["name"]), str(spec["dtype"]), tuple(int(d) for d in spec["shape"]))
-
-    return EncoderFile(str(data["file"]), tensor(data["input"]), tensor(data["output"]), dict(data.get("nodes", {})))
-
 
 COMPILE_REPORT_FILE = "report.json"  # in artifacts/compile/; fetch copies it into the device's manifest.json
 
 
 @dataclass(frozen=True)
-class CompileReport:
+class CompileReport(JsonFile):
     """compile's report: the target, and per encoder (by export's file stem) the compiled file with its
     figures (sha256, cosine vs float, the toolchain's precision rows)."""
+
+    FILE: ClassVar[str] = COMPILE_REPORT_FILE
+    MADE_BY: ClassVar[str] = "invoke compile"
 
     target: str
     data_type: str
@@ -117,34 +89,3 @@ class CompileReport:
             raise ModelFilesError(
                 f"compile's report names no compiled model for {stem}: run `invoke compile` and `invoke fetch`"
             ) from exc
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.transfers is None:
-            del data["transfers"]
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CompileReport:
-        try:
-            models = {str(stem): dict(model) for stem, model in data["models"].items()}
-            return cls(str(data["target"]), str(data["data_type"]), str(data["host"]), models, data.get("transfers"))
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise ModelFilesError(
-                f"compile's report is unreadable or from another version ({exc!r}): "
-                "run `invoke compile` and `invoke fetch`"
-            ) from exc
-
-    def write(self, directory: Path) -> None:
-        text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
-        (Path(directory) / COMPILE_REPORT_FILE).write_text(text, encoding="utf-8")
-
-    @classmethod
-    def read(cls, directory: Path) -> CompileReport:
-        path = Path(directory) / COMPILE_REPORT_FILE
-        try:
-            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise ModelFilesError(f"{path}: {exc.strerror}: run `invoke compile`") from exc
-        except ValueError as exc:
-            raise ModelFilesError(f"{path} is not JSON ({exc}): run `invoke compile`") from exc

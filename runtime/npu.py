@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime.errors import NpuBusy, RuntimeErrorBase
+from runtime.errors import NpuBusy, SettingsError
 
 POLL_S = (0.002, 0.05)  # first and longest sleep between tries of a taken flock
 
@@ -57,7 +57,7 @@ class NpuLock:
             try:
                 self._fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as exc:
-                raise RuntimeErrorBase(
+                raise SettingsError(
                     f"cannot open the NPU lock file {lock_file}: {exc.strerror} (its folder must exist and be "
                     "writable; /run/lock is on most Linux systems)"
                 ) from exc

@@ -13,60 +13,106 @@ import platform
 import resource
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 
 from runtime import model_io
 from runtime.backends import open_backend
 from runtime.clip import model_files
+from runtime.contract import JsonFile
 from runtime.errors import RuntimeErrorBase
+from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.npu import NpuLock
 from runtime.similarity import cosine
 
-GOLDEN_DIR = "golden"
 LOCK_WAIT_S = 600  # the smoke test waits this long for another program to free the NPU
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50: float
+    p95: float
+    runs: int
+    samples: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class EncoderCheck:
+    """One compiled encoder on the device: what ran it, how close to float, how fast, what it cost."""
+
+    model: str
+    load_s: float
+    resident_mb: float  # host memory the loaded session added (NPU memory aside)
+    backend: str
+    provider: str
+    input_dtype: str
+    cosine_min: float
+    cosines: tuple[float, ...]
+    latency_ms: Latency
+
+
+@dataclass(frozen=True)
+class SmokeReport(JsonFile):
+    """What the device measured, or why it could not (`error`); the controller judges it."""
+
+    FILE: ClassVar[str] = "report.json"
+    MADE_BY: ClassVar[str] = "invoke smoke-test"
+
+    error: str | None = None
+    models_dir: str = ""
+    encoders: dict[str, EncoderCheck] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    python: str = ""
+    machine: str = ""
+    npu_lock: str | None = None
 
 
 def run_smoke_test(
     models_dir: Path, runs: int, provider: str | None, device_id: int, npu: NpuLock | None = None
-) -> dict[str, Any]:
+) -> SmokeReport:
     """Each encoder loaded on its own (load time and the host memory it adds: what is left for a Stable
     Diffusion model beside it), then run on the golden inputs, holding the NPU lock throughout."""
     npu = npu or NpuLock()
     models_dir = models_dir.resolve()  # one set throughout, even if a fetch swaps the link meanwhile
     info = model_io.ExportInfo.read(models_dir)
     files = model_files(models_dir, info, verify_hashes=True)  # the check after a fetch: every byte
-    golden = models_dir / GOLDEN_DIR
+    golden_dir = models_dir / GOLDEN_DIR
+    golden = GoldenSet.read(golden_dir)
     encoders = {}
     with npu.hold(LOCK_WAIT_S):
-        for part, input_name, output_name in (
-            ("image", model_io.IMAGE_INPUT, model_io.IMAGE_OUTPUT),
-            ("text", model_io.TEXT_INPUT, model_io.TEXT_OUTPUT),
-        ):
-            encoders[part] = _check_encoder(models_dir / files[part], golden, input_name, output_name, runs,
-                                            provider, device_id)  # fmt: skip
-    return {
-        "models_dir": str(models_dir),
-        "encoders": encoders,
-        "peak_rss_mb": _peak_rss_mb(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "npu_lock": str(npu.lock_file) if npu.lock_file else None,
-    }
+        for part in ("image", "text"):
+            tensors = info.encoder(part)
+            inputs, reference = golden.pair(golden_dir, tensors.output.name)
+            encoders[part] = _check_encoder(models_dir / files[part], inputs, reference, tensors.input.name,
+                                            tensors.output.name, runs, provider, device_id)  # fmt: skip
+    return SmokeReport(
+        models_dir=str(models_dir),
+        encoders=encoders,
+        peak_rss_mb=_peak_rss_mb(),
+        python=platform.python_version(),
+        machine=platform.machine(),
+        npu_lock=str(npu.lock_file) if npu.lock_file else None,
+    )
 
 
 def _check_encoder(
-    model: Path, golden: Path, input_name: str, output_name: str, runs: int, provider: str | None, device_id: int
-) -> dict[str, Any]:
+    model: Path,
+    inputs: np.ndarray,
+    reference: np.ndarray,
+    input_name: str,
+    output_name: str,
+    runs: int,
+    provider: str | None,
+    device_id: int,
+) -> EncoderCheck:
     rss_before = _current_rss_mb()
     started = time.perf_counter()
     backend = open_backend(model, provider, device_id)
     load_s = time.perf_counter() - started
     resident_mb = _current_rss_mb() - rss_before
-    inputs = np.load(golden / f"{input_name}.npy")
-    reference = np.load(golden / f"{output_name}.npy")
     cosines = [
         cosine(backend.run({input_name: row[None]})[output_name][0], ref)
         for row, ref in zip(inputs, reference, strict=True)
@@ -76,22 +122,22 @@ def _check_encoder(
         started = time.perf_counter()
         backend.run({input_name: inputs[:1]})
         latencies.append((time.perf_counter() - started) * 1e3)
-    return {
-        "model": model.name,
-        "load_s": round(load_s, 3),
-        "resident_mb": round(resident_mb, 1),  # host memory the loaded session added (NPU memory aside)
-        "backend": backend.name,
-        "provider": backend.provider,
-        "input_dtype": str(backend.inputs[0].dtype),
-        "cosine_min": min(cosines),
-        "cosines": cosines,
-        "latency_ms": {
-            "p50": float(np.percentile(latencies, 50)),
-            "p95": float(np.percentile(latencies, 95)),
-            "runs": runs,
-            "samples": [round(value, 4) for value in latencies],
-        },
-    }
+    return EncoderCheck(
+        model=model.name,
+        load_s=round(load_s, 3),
+        resident_mb=round(resident_mb, 1),
+        backend=backend.name,
+        provider=backend.provider,
+        input_dtype=str(backend.inputs[0].dtype),
+        cosine_min=min(cosines),
+        cosines=tuple(cosines),
+        latency_ms=Latency(
+            p50=float(np.percentile(latencies, 50)),
+            p95=float(np.percentile(latencies, 95)),
+            runs=runs,
+            samples=tuple(round(value, 4) for value in latencies),
+        ),
+    )
 
 
 def _current_rss_mb() -> float:
@@ -122,12 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         npu = NpuLock(args.npu_lock)
         report = run_smoke_test(args.models, args.runs, args.provider, args.device_id, npu)
-        code = 0
     except (RuntimeErrorBase, FileNotFoundError) as exc:
-        report, code = {"error": str(exc)}, 2
-    args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({"error": report["error"]} if code else {"ok": True}))
-    return code
+        report = SmokeReport(error=str(exc))
+    report.write_to(args.report)
+    print(json.dumps({"error": report.error} if report.error else {"ok": True}))
+    return 2 if report.error else 0
 
 
 if __name__ == "__main__":

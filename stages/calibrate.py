@@ -9,40 +9,37 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Any
 
-from pipeline.config import PipelineConfig
+from pipeline.config import CalibrateParams, PipelineConfig
 from pipeline.errors import StageError
-from pipeline.files import sha256_file, write_json
+from pipeline.files import sha256_file
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.preprocess import PreprocessConfig, find_images, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
-from toolchains.calibration_tar import write_npy_tar
+from toolchains.calibration_tar import Archive, CalibrationSet, write_npy_tar
 
 log = logging.getLogger(__name__)
 
 IMAGE_TAR = f"{model_io.IMAGE_INPUT}.tar"
 TEXT_TAR = f"{model_io.TEXT_INPUT}.tar"
-MANIFEST = "calibration.json"
 
 
 class CalibrateStage(Stage):
     name = "calibrate"
     help = "Build the image and text calibration sets (Pulsar2 Numpy tarballs) from real images and prompts."
     after = ("export",)
-    outputs = (IMAGE_TAR, TEXT_TAR, MANIFEST)
+    outputs = (IMAGE_TAR, TEXT_TAR, CalibrationSet.FILE)
     code_modules = ("runtime.preprocess", "runtime.tokenizer", "toolchains.calibration_tar")
 
-    def params(self, config: PipelineConfig) -> dict[str, Any]:
-        return config.stages.calibrate.model_dump(mode="json")
+    def params(self, config: PipelineConfig) -> CalibrateParams:
+        return config.stages.calibrate
 
-    def external_inputs(self, config: PipelineConfig) -> list[Path]:
-        params = config.stages.calibrate
+    def external_inputs(self, params: CalibrateParams) -> list[Path]:
         return [*find_images(params.images), params.prompts]
 
-    def run(self, ctx: StageContext) -> StageResult:
-        params, export_dir = ctx.config.stages.calibrate, ctx.upstream("export")
+    def run(self, ctx: StageContext[CalibrateParams]) -> StageResult:
+        params, export_dir = ctx.params, ctx.upstream("export")
         info = model_io.ExportInfo.read(export_dir)
         chooser = random.Random(params.seed)
 
@@ -67,23 +64,11 @@ class CalibrateStage(Stage):
         ids = [tokenizer.encode(prompt) for prompt in chosen_prompts]
         write_npy_tar(ctx.out_dir / TEXT_TAR, ids)
 
-        write_json(
-            ctx.out_dir / MANIFEST,
-            {
-                model_io.IMAGE_INPUT: {
-                    "archive": IMAGE_TAR,
-                    "shape": list(pixels[0].shape),
-                    "dtype": str(pixels[0].dtype),
-                    "sources": [str(p) for p in chosen_images],
-                },
-                model_io.TEXT_INPUT: {
-                    "archive": TEXT_TAR,
-                    "shape": list(ids[0].shape),
-                    "dtype": str(ids[0].dtype),
-                    "sources": chosen_prompts,
-                },
-            },
-        )
+        CalibrationSet({
+            model_io.IMAGE_INPUT: Archive(IMAGE_TAR, pixels[0].shape, str(pixels[0].dtype),
+                                          tuple(str(p) for p in chosen_images)),
+            model_io.TEXT_INPUT: Archive(TEXT_TAR, ids[0].shape, str(ids[0].dtype), tuple(chosen_prompts)),
+        }).write(ctx.out_dir)  # fmt: skip
         few = len(images) < params.image_count
         short = [f"{len(pixels)} images" + (f" (only {len(images)} distinct found)" if few else "")]
         short.append(f"{len(ids)} prompts" + (f" (only {len(prompts)})" if len(prompts) < params.text_count else ""))

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import Field
 
-from pipeline.config import PipelineConfig
+from pipeline.config import CompileParams, HostConfig, PipelineConfig
 from pipeline.errors import ValidationFailed
 from pipeline.files import write_json
 from pipeline.hosts import connect
@@ -21,14 +22,23 @@ from pipeline.hosts.remote_lock import exclusive
 from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
+from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.similarity import cosine
-from toolchains.encoders import EncoderSpec, encoder_specs
+from toolchains.encoder_specs import EncoderSpec, encoder_specs
 from toolchains.precision_table import describe_layers
 
 if TYPE_CHECKING:
     from toolchains.pulsar2_build import BuildResult
 
 REPORT_FILE = model_io.COMPILE_REPORT_FILE
+
+
+class CompileStageParams(CompileParams):
+    """compile's settings and the build host. Where it builds is not part of the identity (left out of the
+    digest): the same inputs and toolchain give the same model on any build host."""
+
+    host: str = Field("local", exclude=True)
+    build_host: HostConfig = Field(exclude=True)
 
 
 class CompileStage(Stage):
@@ -40,16 +50,16 @@ class CompileStage(Stage):
         "toolchains.pulsar2_config",
         "toolchains.pulsar2_build",
         "toolchains.ort_quant",
-        "toolchains.encoders",
+        "toolchains.encoder_specs",
         "toolchains.calibration_tar",
     )
 
-    def params(self, config: PipelineConfig) -> dict[str, Any]:
-        # The build host is not part of the identity: the same inputs and toolchain give the same model.
-        return config.stages.compile.model_dump(mode="json", exclude={"host"})
+    def params(self, config: PipelineConfig) -> CompileStageParams:
+        settings = config.stages.compile
+        return CompileStageParams(**dict(settings), build_host=config.host(settings.host))
 
-    def run(self, ctx: StageContext) -> StageResult:
-        params = ctx.config.stages.compile
+    def run(self, ctx: StageContext[CompileStageParams]) -> StageResult:
+        params = ctx.params
         specs = encoder_specs(ctx.upstream("export"), ctx.upstream("calibrate"))
         transfers = None
         if params.target == "onnxruntime":
@@ -58,7 +68,7 @@ class CompileStage(Stage):
             models, transfers = _compile_pulsar2(ctx, specs)
         report = model_io.CompileReport(params.target, params.data_type, params.host, models, transfers)
         report.write(ctx.out_dir)
-        write_json(ctx.reports_dir / "compile.json", report.to_json())
+        write_json(ctx.report_file, report.to_json())
         rows = [(name, m["file"], _cosine_text(m.get("cosine")), m["sha256"][:12]) for name, m in models.items()]
         columns = ("encoder", "model", "cosine vs float", "sha256")
         print_table(f"compile ({params.target}, {params.data_type})", columns, rows)
@@ -68,7 +78,7 @@ class CompileStage(Stage):
             if m.get("cosine") is not None and m["cosine"] < params.min_cosine
         ]
         if failures:
-            raise ValidationFailed(self.name, failures, str(ctx.reports_dir / "compile.json"))
+            raise ValidationFailed(self.name, failures, str(ctx.report_file))
         cosines = ", ".join(f"{name} {_cosine_text(m.get('cosine'))}" for name, m in models.items())
         summary = f"{params.target} {params.data_type}: cosine vs float {cosines}"
         return StageResult(summary=summary, figures=report.to_json())
@@ -83,12 +93,13 @@ def _worst_layers_text(model: dict[str, Any]) -> str:
     return f" (worst layers: {describe_layers(worst)})" if worst else ""
 
 
-def _compile_onnxruntime(ctx: StageContext, specs: list[EncoderSpec]) -> dict[str, Any]:
+def _compile_onnxruntime(ctx: StageContext[CompileStageParams], specs: list[EncoderSpec]) -> dict[str, Any]:
     from pipeline.files import sha256_file
     from toolchains.ort_quant import quantize
 
-    params = ctx.config.stages.compile
-    golden = ctx.upstream("verify") / "golden"
+    params = ctx.params
+    golden_dir = ctx.upstream("verify") / GOLDEN_DIR
+    golden = GoldenSet.read(golden_dir)
     models = {}
     for spec in specs:
         output = ctx.out_dir / f"{spec.name}.onnx"
@@ -97,17 +108,15 @@ def _compile_onnxruntime(ctx: StageContext, specs: list[EncoderSpec]) -> dict[st
             "file": output.name,
             "sha256": sha256_file(output),
             "calibration_samples": used,
-            "cosine": _golden_cosine(spec, output, golden),
+            "cosine": _golden_cosine(spec, output, *golden.pair(golden_dir, spec.output_name)),
             "cosine_source": "onnxruntime, quantized vs float on verify's golden inputs (min)",
         }
     return models
 
 
-def _golden_cosine(spec: EncoderSpec, quantized: Path, golden: Path) -> float:
+def _golden_cosine(spec: EncoderSpec, quantized: Path, inputs: np.ndarray, reference: np.ndarray) -> float:
     import onnxruntime as ort
 
-    inputs = np.load(golden / f"{spec.input_name}.npy")
-    reference = np.load(golden / f"{spec.output_name}.npy")
     session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
     return min(
         cosine(session.run([spec.output_name], {spec.input_name: row[None]})[0], ref)
@@ -138,15 +147,17 @@ def _pulsar2_model_entry(built: BuildResult) -> dict[str, Any]:
     }
 
 
-def _compile_pulsar2(ctx: StageContext, specs: list[EncoderSpec]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _compile_pulsar2(
+    ctx: StageContext[CompileStageParams], specs: list[EncoderSpec]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     from toolchains import pulsar2_build
 
-    params = ctx.config.stages.compile
-    host = ctx.config.host(params.host)
+    params = ctx.params
+    host = params.build_host
     configs = pulsar2_build.write_configs(specs, params, ctx.out_dir)
     models = {}
     echo = lambda line: console.print(line, markup=False)  # noqa: E731
-    with connect(ctx.config, params.host) as transport:
+    with connect(params.host, host) as transport:
         build_host = pulsar2_build.preflight(transport, host, params)
         # Inputs, builds and downloads share the host's workdir: one controller at a time.
         with exclusive(transport, BUILD_LOCK, host.command_timeout, echo):

@@ -9,26 +9,25 @@ so editing one category of a 100,000-label vocabulary encodes only what changed.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from modeling.rank_model import write_rank_model
-from pipeline.config import PipelineConfig
+from pipeline.config import EmbedVocabParams, PipelineConfig
 from pipeline.errors import StageError
 from pipeline.files import sha256_file, sha256_text, write_json
 from pipeline.report import console
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.vocabulary import Category, load_vocabulary, merge_token_identical, vocabulary_files
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
-from runtime.label_tables import INDEX_FILE, RANK_MODEL_FILE, write_category
+from runtime.errors import ModelFilesError
+from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, RankModel, VocabIndex, write_category
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
+from stages.vocabulary import Category, load_vocabulary, merge_token_identical, vocabulary_files
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +39,17 @@ class EmbedVocabStage(Stage):
     name = "embed-vocab"
     help = "Encode every vocabulary label once into normalized fp16 tables for the interrogator."
     after = ("export",)
-    outputs = (INDEX_FILE,)
-    code_modules = ("pipeline.vocabulary", "runtime.label_tables", "runtime.tokenizer", "modeling.rank_model")
+    outputs = (VocabIndex.FILE,)
+    code_modules = ("stages.vocabulary", "runtime.label_tables", "runtime.tokenizer", "modeling.rank_model")
 
-    def params(self, config: PipelineConfig) -> dict[str, Any]:
-        return config.stages.embed_vocab.model_dump(mode="json")
+    def params(self, config: PipelineConfig) -> EmbedVocabParams:
+        return config.stages.embed_vocab
 
-    def external_inputs(self, config: PipelineConfig) -> list[Path]:
-        return vocabulary_files(config.stages.embed_vocab.vocabulary)
+    def external_inputs(self, params: EmbedVocabParams) -> list[Path]:
+        return vocabulary_files(params.vocabulary)
 
-    def run(self, ctx: StageContext) -> StageResult:
-        spec, read = load_vocabulary(ctx.config.stages.embed_vocab.vocabulary)
+    def run(self, ctx: StageContext[EmbedVocabParams]) -> StageResult:
+        spec, read = load_vocabulary(ctx.params.vocabulary)
         export = ctx.upstream("export")
         text_model = export / model_io.TEXT_MODEL_FILE
         model_sha = sha256_file(text_model)
@@ -58,30 +57,22 @@ class EmbedVocabStage(Stage):
         tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, info.context_length)
         categories = [merge_token_identical(c, tokenizer.encode_batch, info.context_length) for c in read]
         _warn_about_changed_labels(categories)
-        cache = _previous_embeddings(ctx.config.artifacts / self.name, model_sha)
+        cache = _previous_embeddings(ctx.upstream(self.name), model_sha)
         missing = list(
             dict.fromkeys(c.prompt(label) for c in categories for label in c.labels if c.prompt(label) not in cache)
         )
         if missing:
             cache.update(encode_prompts(missing, export, info.context_length, info.projection_dim))
-        index_categories, stored = [], []
+        entries, stored = [], []
         for category in categories:
             vectors = np.stack([cache[category.prompt(label)] for label in category.labels])
             file, rows = write_category(ctx.out_dir, category.spec.name, vectors)
             stored.append(rows)
-            index_categories.append(_index_entry(category, file))
+            entries.append(_index_entry(category, file))
         rank = write_rank_model(ctx.out_dir / RANK_MODEL_FILE, np.concatenate(stored))
-        write_json(
-            ctx.out_dir / INDEX_FILE,
-            {
-                "name": spec.name,
-                "dim": info.projection_dim,
-                "text_model_sha256": model_sha,
-                "categories": index_categories,
-                "rank": {"file": RANK_MODEL_FILE, **rank},
-            },
-        )
-        write_json(ctx.reports_dir / "embed-vocab.json", {c.spec.name: c.stats.to_json() for c in categories})
+        rank_model = RankModel(RANK_MODEL_FILE, **rank)
+        VocabIndex(spec.name, info.projection_dim, tuple(entries), rank_model, model_sha).write(ctx.out_dir)
+        write_json(ctx.report_file, {c.spec.name: c.stats.to_json() for c in categories})
         total = sum(len(c.labels) for c in categories)
         merged = sum(len(c.stats.token_merges) for c in categories)
         truncated = sum(len(c.stats.truncated) for c in categories)
@@ -93,21 +84,21 @@ class EmbedVocabStage(Stage):
         )
 
 
-def _index_entry(category: Category, file: str) -> dict[str, Any]:
+def _index_entry(category: Category, file: str) -> CategoryEntry:
     spec = category.spec
-    return {
-        "name": spec.name,
-        "mode": spec.mode,
-        "template": spec.template,
-        "prefix": spec.prefix,
-        "threshold": spec.threshold,
-        "k": spec.k,
-        "tags": spec.tags,
-        "file": file,
-        "labels": list(category.labels),
-        "labels_sha256": sha256_text("\n".join(category.labels)),
-        "stats": category.stats.to_json(),
-    }
+    return CategoryEntry(
+        name=spec.name,
+        mode=spec.mode,
+        file=file,
+        labels=category.labels,
+        threshold=spec.threshold,
+        k=spec.k,
+        template=spec.template,
+        prefix=spec.prefix,
+        tags=spec.tags,
+        labels_sha256=sha256_text("\n".join(category.labels)),
+        stats=category.stats.to_json(),
+    )
 
 
 def _warn_about_changed_labels(categories: list[Category]) -> None:
@@ -119,17 +110,19 @@ def _warn_about_changed_labels(categories: list[Category]) -> None:
 
 def _previous_embeddings(previous: Path, model_sha: str) -> dict[str, np.ndarray]:
     """prompt -> embedding from the last good tables, when they came from the same text model."""
-    index_path = previous / INDEX_FILE
-    if not index_path.is_file():
+    if not (previous / VocabIndex.FILE).is_file():
         return {}
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    if index.get("text_model_sha256") != model_sha:
+    try:
+        index = VocabIndex.read(previous)
+    except ModelFilesError:  # from an older release: encode everything again
+        return {}
+    if index.text_model_sha256 != model_sha:
         return {}
     cache = {}
-    for entry in index["categories"]:
-        vectors = np.load(previous / entry["file"]).astype(np.float32)
-        for label, vector in zip(entry["labels"], vectors, strict=True):
-            cache[entry["template"].replace("{}", label)] = vector
+    for entry in index.categories:
+        vectors = np.load(previous / entry.file).astype(np.float32)
+        for label, vector in zip(entry.labels, vectors, strict=True):
+            cache[entry.prompt(label)] = vector
     return cache
 
 

@@ -11,12 +11,18 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig
+from pipeline.config import ExportParams, ModelConfig, PipelineConfig
 from pipeline.files import list_files
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 
 _MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt")
+
+
+class ExportStageParams(ExportParams):
+    """export's settings and the model it exports."""
+
+    model: ModelConfig
 
 
 class ExportStage(Stage):
@@ -32,23 +38,24 @@ class ExportStage(Stage):
     )
     code_modules = ("modeling.encoders", "modeling.loading", "modeling.random_clip", "modeling.onnx_export")
 
-    def params(self, config: PipelineConfig) -> dict[str, Any]:
-        return {"model": config.model.model_dump(), **config.stages.export.model_dump()}
+    def params(self, config: PipelineConfig) -> ExportStageParams:
+        return ExportStageParams(model=config.model, **dict(config.stages.export))
 
-    def external_inputs(self, config: PipelineConfig) -> list[Path]:
-        if not config.model.is_local_dir:
+    def external_inputs(self, params: ExportStageParams) -> list[Path]:
+        if not params.model.is_local_dir:
             return []
-        directory = Path(config.model.id)
+        directory = Path(params.model.id)
         return [p for p in list_files(directory) if p.name in _MODEL_FILES or p.suffix == ".safetensors"]
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext[ExportStageParams]) -> StageResult:
         import torch
 
         from modeling.encoders import ImageEncoder, TextEncoder
         from modeling.loading import check_input_sizes, load_clip
         from modeling.onnx_export import export_onnx
 
-        model_cfg, params = ctx.config.model, ctx.config.stages.export
+        params = ctx.params
+        model_cfg = params.model
         loaded = load_clip(model_cfg, ctx.cache_dir)
         check_input_sizes(model_cfg, loaded)
         size, length = model_cfg.image_size, model_cfg.context_length
@@ -69,7 +76,7 @@ class ExportStage(Stage):
              dynamic_axes={0: "batch", 1: "length"})  # fmt: skip
         loaded.tokenizer.save_pretrained(ctx.out_dir)
         loaded.image_processor.save_pretrained(ctx.out_dir)
-        info = _export_info(ctx.config, loaded, counts)
+        info = _export_info(params, loaded, counts)
         info.write(ctx.out_dir)
         dim = info.projection_dim
         return StageResult(
@@ -78,15 +85,15 @@ class ExportStage(Stage):
         )
 
 
-def _export_info(config: PipelineConfig, loaded: Any, counts: dict[str, dict[str, int]]) -> model_io.ExportInfo:
-    size, length = config.model.image_size, config.model.context_length
+def _export_info(params: ExportStageParams, loaded: Any, counts: dict[str, dict[str, int]]) -> model_io.ExportInfo:
+    size, length = params.model.image_size, params.model.context_length
     dim = loaded.model.config.projection_dim
     tokenizer = loaded.tokenizer
     embedding = model_io.Tensor(model_io.IMAGE_OUTPUT, "float32", (1, dim))
     return model_io.ExportInfo(
-        model=config.model.id,
-        revision=config.model.revision,
-        opset=config.stages.export.opset,
+        model=params.model.id,
+        revision=params.model.revision,
+        opset=params.opset,
         image_size=size,
         context_length=length,
         projection_dim=dim,

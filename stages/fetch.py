@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
@@ -22,13 +21,13 @@ from pipeline.hosts import connect
 from pipeline.hosts.sync import upload
 from pipeline.hosts.versioned import VersionedFolder
 from pipeline.report import console
-from pipeline.stage import Stage, StageContext, StageResult, device_params
+from pipeline.stage import DeviceParams, Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.clip import VOCAB_DIR
 from runtime.errors import ModelFilesError
+from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.manifest import MANIFEST_FILE, FileEntry, Manifest
 
-_GOLDEN_FILES = ("golden.json",)
 _BAR_THRESHOLD = 8 * 1024 * 1024  # show a progress bar for files above this size
 
 
@@ -39,21 +38,20 @@ class FetchStage(Stage):
     outputs = (MANIFEST_FILE,)
     code_modules = ("pipeline.hosts.sync", "pipeline.hosts.versioned", "runtime.manifest")
 
-    def params(self, config: PipelineConfig) -> dict[str, Any]:
-        return device_params(config, config.stages.fetch)
+    def params(self, config: PipelineConfig) -> DeviceParams:
+        return DeviceParams.for_device(config)
 
-    def device_changes(self, config: PipelineConfig) -> list[str]:
+    def device_changes(self, params: DeviceParams, artifacts: Path) -> list[str]:
         """The set on the device as fetch left it: its manifest.json the same bytes as ours, every file
         listed there present at its size (sizes only: cheap, no file read on the device)."""
-        device = config.device
         try:
-            manifest = Manifest.read(config.artifacts / self.name)
+            manifest = Manifest.read(artifacts / self.name)
         except ModelFilesError as exc:
             return [str(exc)]
-        where = f"device {device.host}"
+        where = f"device {params.host}"
         try:
-            with connect(config, device.host) as transport:
-                link = transport.path(device.models_dir)
+            with connect(params.host, params.connection) as transport:
+                link = transport.path(params.models_dir)
                 remote_manifest = f"{link}/{MANIFEST_FILE}"
                 digest = transport.sha256([remote_manifest]).get(remote_manifest)
                 sizes = transport.sizes(f"{link}/{name}" for name in manifest.files)
@@ -61,7 +59,7 @@ class FetchStage(Stage):
             return [f"{where} not checked: {exc.message}"]
         if digest is None:
             return [f"{where}: {link} holds no model set"]
-        if digest != sha256_file(config.artifacts / self.name / MANIFEST_FILE):
+        if digest != sha256_file(artifacts / self.name / MANIFEST_FILE):
             return [f"{where}: {link} holds another model set"]
         found = {name: sizes.get(f"{link}/{name}") for name in manifest.files}
         return [
@@ -70,14 +68,14 @@ class FetchStage(Stage):
             if found[name] != e.size
         ]
 
-    def run(self, ctx: StageContext) -> StageResult:
-        device = ctx.config.device
+    def run(self, ctx: StageContext[DeviceParams]) -> StageResult:
+        device = ctx.params
         files = device_files(ctx)
         manifest = Manifest(
             files={name: FileEntry(path.stat().st_size, sha256_file(path)) for name, path in files.items()},
             compile=model_io.CompileReport.read(ctx.upstream("compile")),
         )
-        with connect(ctx.config, device.host) as transport:
+        with connect(device.host, device.connection) as transport:
             models = VersionedFolder(transport.path(device.models_dir))
             folder = models.prepare(transport, manifest.set_id, sorted(files))
             remote = {local: f"{folder}/{name}" for name, local in files.items()}
@@ -99,7 +97,7 @@ class FetchStage(Stage):
         )
 
 
-def device_files(ctx: StageContext) -> dict[str, Path]:
+def device_files(ctx: StageContext[DeviceParams]) -> dict[str, Path]:
     """Device-side name -> local file: compiled models, tokenizer/preprocessing, golden inputs."""
     export, compiled = ctx.upstream("export"), ctx.upstream("compile")
     report = model_io.CompileReport.read(compiled)
@@ -109,9 +107,9 @@ def device_files(ctx: StageContext) -> dict[str, Path]:
     vocab = ctx.upstream("embed-vocab")
     for path in sorted(vocab.iterdir()):
         files[f"{VOCAB_DIR}/{path.name}"] = path
-    golden = ctx.upstream("verify") / "golden"
-    for path in sorted(golden.glob("*.npy")) + [golden / name for name in _GOLDEN_FILES]:
-        files[f"golden/{path.name}"] = path
+    golden = ctx.upstream("verify") / GOLDEN_DIR
+    for path in [*sorted(golden.glob("*.npy")), golden / GoldenSet.FILE]:
+        files[f"{GOLDEN_DIR}/{path.name}"] = path
     return files
 
 

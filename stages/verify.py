@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.config import PipelineConfig
+from pipeline.config import ModelConfig, PipelineConfig, VerifyParams
 from pipeline.errors import StageError, ValidationFailed
 from pipeline.files import write_json
 from pipeline.report import print_checks
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
+from runtime.golden import GOLDEN_DIR, GoldenSet, Reference
 from runtime.preprocess import (
     IMAGE_SUFFIXES,
     Fidelity,
@@ -35,28 +36,33 @@ from runtime.tokenizer import ClipTokenizer
 PREPROCESS_TOLERANCE = 1e-5
 # Fidelity.FAST (serve, caption) against exact preprocessing, in image-embedding cosine.
 FAST_MIN_COSINE = 0.999
-GOLDEN_DIR = "golden"
 REPORT_FILE = "report.json"
+
+
+class VerifyStageParams(VerifyParams):
+    """verify's settings and the model it compares the export with."""
+
+    model: ModelConfig
 
 
 class VerifyStage(Stage):
     name = "verify"
     help = "Check the ONNX files (opset, static shapes, NPU op table) and compare onnxruntime with PyTorch."
     after = ("export",)
-    outputs = (REPORT_FILE, f"{GOLDEN_DIR}/golden.json")
+    outputs = (REPORT_FILE, f"{GOLDEN_DIR}/{GoldenSet.FILE}")
     code_modules = ("modeling.graph_checks", "modeling.op_tables", "modeling.loading", "runtime.preprocess")
 
-    def params(self, config: PipelineConfig) -> dict[str, Any]:
-        return {"model": config.model.model_dump(), **config.stages.verify.model_dump(mode="json")}
+    def params(self, config: PipelineConfig) -> VerifyStageParams:
+        return VerifyStageParams(model=config.model, **dict(config.stages.verify))
 
-    def external_inputs(self, config: PipelineConfig) -> list[Path]:
-        return find_images(config.stages.verify.images)
+    def external_inputs(self, params: VerifyStageParams) -> list[Path]:
+        return find_images(params.images)
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext[VerifyStageParams]) -> StageResult:
         from modeling.graph_checks import check_model_file
         from modeling.op_tables import OP_TABLES
 
-        params = ctx.config.stages.verify
+        params = ctx.params
         export_dir = ctx.upstream("export")
         info = model_io.ExportInfo.read(export_dir)
         table = OP_TABLES[params.target]
@@ -84,10 +90,10 @@ class VerifyStage(Stage):
             "fast_preprocessing": fidelity,
         }
         write_json(ctx.out_dir / REPORT_FILE, report)
-        write_json(ctx.reports_dir / "verify.json", report)
+        write_json(ctx.report_file, report)
         print_checks(f"verify ({params.target})", _terminal_view(checks, params.target))
         if failures:
-            raise ValidationFailed(self.name, failures, str(ctx.reports_dir / "verify.json"))
+            raise ValidationFailed(self.name, failures, str(ctx.report_file))
         worst = min(n["min_cosine"] for n in numerics.values())
         return StageResult(
             summary=f"{len(checks)} checks passed; onnxruntime vs PyTorch min cosine {worst:.7f}",
@@ -130,14 +136,16 @@ def _golden_images(params_images: Path, limit: int) -> list[Path]:
     return images[:limit]
 
 
-def _compare_with_pytorch(ctx: StageContext, info: model_io.ExportInfo) -> tuple[list[Any], dict[str, Any]]:
+def _compare_with_pytorch(
+    ctx: StageContext[VerifyStageParams], info: model_io.ExportInfo
+) -> tuple[list[Any], dict[str, Any]]:
     """Run golden inputs through onnxruntime and PyTorch; returns check lines and per-output figures."""
     import torch
 
     from modeling.loading import load_clip
 
-    params, export_dir = ctx.config.stages.verify, ctx.upstream("export")
-    loaded = load_clip(ctx.config.model, ctx.cache_dir)
+    params, export_dir = ctx.params, ctx.upstream("export")
+    loaded = load_clip(params.model, ctx.cache_dir)
     images = _golden_images(params.images, params.max_images)
     pixels, ids, checks = _inputs_checked_against_transformers(loaded, images, export_dir, info, params.prompts)
     with torch.no_grad():
@@ -261,12 +269,12 @@ def _sizes_where_fast_differs(path: Path, config: PreprocessConfig) -> list[tupl
 
 
 def _save_golden(directory: Path, pixels: np.ndarray, ids: np.ndarray, runs: dict[str, Any]) -> None:
-    """Inputs and float references for the device smoke test, one row per sample."""
+    """Inputs and float references for compile and the device smoke test, one row per sample."""
     directory.mkdir(parents=True, exist_ok=True)
-    np.save(directory / f"{model_io.IMAGE_INPUT}.npy", pixels)
-    np.save(directory / f"{model_io.TEXT_INPUT}.npy", ids)
-    manifest: dict[str, Any] = {}
+    arrays = {model_io.IMAGE_INPUT: pixels, model_io.TEXT_INPUT: ids}
+    references = {}
     for output, (spec, _inputs, reference, labels) in runs.items():
-        np.save(directory / f"{output}.npy", reference.astype(np.float32))
-        manifest[output] = {"model": spec.file, "input": spec.input.name, "labels": labels}
-    write_json(directory / "golden.json", manifest)
+        arrays[output] = reference.astype(np.float32)
+        references[output] = Reference(spec.file, spec.input.name, tuple(labels))
+    GoldenSet.write_arrays(directory, arrays)
+    GoldenSet(references).write(directory)

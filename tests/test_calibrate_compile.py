@@ -13,8 +13,8 @@ from pipeline.runner import Outcome, RunRequest, run
 from runtime.preprocess import PreprocessConfig, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
 from stages import ALL_STAGES
-from toolchains.calibration_tar import read_npy_tar
-from toolchains.encoders import encoder_specs
+from toolchains.calibration_tar import CalibrationSet, read_npy_tar
+from toolchains.encoder_specs import encoder_specs
 from toolchains.pulsar2_config import pulsar2_build_args, pulsar2_config
 
 GRAPH = StageGraph(ALL_STAGES)
@@ -25,20 +25,20 @@ def _normalize(text: str) -> str:
 
 
 def test_text_calibration_decodes_back_to_the_real_prompts(built_artifacts: Path) -> None:
-    manifest = json.loads((built_artifacts / "calibrate/calibration.json").read_text())
-    samples = read_npy_tar(built_artifacts / "calibrate/input_ids.tar")
+    archive = CalibrationSet.read(built_artifacts / "calibrate").archive("input_ids")
+    samples = read_npy_tar(built_artifacts / "calibrate" / archive.file)
     assert len(samples) == 8 and all(s.shape == (1, 77) and s.dtype == np.int64 for s in samples)
     tokenizer = ClipTokenizer(built_artifacts / "export/tokenizer.json", context_length=77)
     decoded = [_normalize(tokenizer.decode(s)) for s in samples]
-    assert decoded == [_normalize(p) for p in manifest["input_ids"]["sources"]]
+    assert decoded == [_normalize(p) for p in archive.sources]
     prompts = (Path(__file__).parents[1] / "data/calibration_prompts.txt").read_text().splitlines()
-    assert set(manifest["input_ids"]["sources"]) <= set(prompts)
+    assert set(archive.sources) <= set(prompts)
 
 
 def test_image_calibration_is_the_runtime_preprocessing_of_real_photos(built_artifacts: Path) -> None:
-    manifest = json.loads((built_artifacts / "calibrate/calibration.json").read_text())
-    samples = read_npy_tar(built_artifacts / "calibrate/pixel_values.tar")
-    sources = manifest["pixel_values"]["sources"]
+    archive = CalibrationSet.read(built_artifacts / "calibrate").archive("pixel_values")
+    samples = read_npy_tar(built_artifacts / "calibrate" / archive.file)
+    sources = archive.sources
     assert len(samples) == len(sources) == 4
     config = PreprocessConfig.from_file(built_artifacts / "export/preprocessor_config.json")
     for sample, source in zip(samples, sources, strict=True):

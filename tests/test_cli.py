@@ -136,3 +136,20 @@ def test_status_from_another_directory_finds_every_shipped_file(tmp_path: Path) 
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "not found" not in result.stdout + result.stderr
+
+
+def test_the_report_page_says_why_the_smoke_test_could_not_run(tmp_path: Path) -> None:
+    """A device that could not run the models writes only `error`: the page shows it instead of failing."""
+    from commands.report import write_index
+    from pipeline.config import load_config
+    from runtime.smoke_test import SmokeReport
+
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "artifacts")))
+    config = load_config(tmp_path / "pipeline.yaml")
+    reports = config.artifacts / "reports"
+    reports.mkdir(parents=True)
+    SmokeReport(error="no AX650 NPU found (axengine: No providers found)").write_to(reports / "smoke-test.json")
+    (reports / "compile.json").write_text('{"target": "pulsar2"}')  # from an older release: no section, no crash
+    page = write_index(config).read_text()
+    assert "could not run: no AX650 NPU found (axengine: No providers found)" in page
+    assert "No compile report yet." in page

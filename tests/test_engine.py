@@ -1,4 +1,4 @@
-"""The engine's decisions, on two small stages that write files: what reruns, what is kept, and why."""
+"""The engine's decisions, on two small stages that write files: what reruns, what is kept, and reasons."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from pipeline import files
-from pipeline.config import PipelineConfig, load_config
+from pipeline.config import ExportParams, PipelineConfig, load_config
 from pipeline.errors import GraphError, RunLockedError, StageError
 from pipeline.graph import StageGraph
 from pipeline.runlock import run_lock
@@ -27,12 +28,17 @@ class Produce(Stage):
     help = "toy upstream stage"
     outputs = ("value.txt",)
 
-    def params(self, config: PipelineConfig) -> dict[str, Any]:
-        return {"opset": config.stages.export.opset}
+    def params(self, config: PipelineConfig) -> ExportParams:
+        return config.stages.export
 
-    def run(self, ctx: StageContext) -> StageResult:
-        (ctx.out_dir / "value.txt").write_text(str(ctx.config.stages.export.opset))
+    def run(self, ctx: StageContext[ExportParams]) -> StageResult:
+        (ctx.out_dir / "value.txt").write_text(str(ctx.params.opset))
         return StageResult("wrote value")
+
+
+class ConsumeParams(BaseModel):
+    max_images: int
+    images: Path
 
 
 class Consume(Stage):
@@ -43,18 +49,18 @@ class Consume(Stage):
     after = ("produce",)
     outputs = ("double.txt",)
 
-    def params(self, config: PipelineConfig) -> dict[str, Any]:
-        return {"max_images": config.stages.verify.max_images}
+    def params(self, config: PipelineConfig) -> ConsumeParams:
+        return ConsumeParams(max_images=config.stages.verify.max_images, images=config.stages.verify.images)
 
-    def external_inputs(self, config: PipelineConfig) -> list[Path]:
-        return [config.stages.verify.images]
+    def external_inputs(self, params: ConsumeParams) -> list[Path]:
+        return [params.images]
 
-    def run(self, ctx: StageContext) -> StageResult:
-        if ctx.config.stages.verify.max_images == 13:
+    def run(self, ctx: StageContext[ConsumeParams]) -> StageResult:
+        if ctx.params.max_images == 13:
             (ctx.out_dir / "double.txt").write_text("half-written")
             raise StageError(self.name, "unlucky number")
         value = int((ctx.upstream("produce") / "value.txt").read_text())
-        (ctx.out_dir / "double.txt").write_text(str(2 * value * ctx.config.stages.verify.max_images))
+        (ctx.out_dir / "double.txt").write_text(str(2 * value * ctx.params.max_images))
         return StageResult("doubled")
 
 
@@ -87,7 +93,7 @@ def test_first_run_runs_everything_and_records_it(tmp_path: Path) -> None:
     assert _results(config) == {"produce": Outcome.RAN, "consume": Outcome.RAN}
     lock = json.loads((config.artifacts / "pipeline.lock.json").read_text())
     record = lock["stages"]["consume"]
-    assert record["params"] == {"max_images": 4}
+    assert record["params"] == {"max_images": 4, "images": str(tmp_path / "photos")}  # all it reads
     assert set(record["inputs"]) == {"produce/value.txt", str(tmp_path / "photos/a.jpg")}
     assert record["outputs"]["double.txt"]["sha256"] == files.sha256_file(config.artifacts / "consume/double.txt")
     assert {"torch", "onnx", "onnxruntime", "transformers"} <= set(record["tools"])
@@ -194,7 +200,7 @@ def test_downstream_of_a_failure_is_skipped(tmp_path: Path) -> None:
 
     outcomes = run(_config(tmp_path), StageGraph([Broken(), Consume()]), RunRequest())
     assert [o.outcome for o in outcomes] == [Outcome.FAILED, Outcome.SKIPPED]
-    assert outcomes[1].why == ("upstream produce failed",)
+    assert outcomes[1].reasons == ("upstream produce failed",)
 
 
 def test_force_reruns_up_to_date_stages(tmp_path: Path) -> None:
@@ -213,7 +219,7 @@ def test_dry_run_with_force_says_forced(tmp_path: Path) -> None:
     config = _config(tmp_path)
     _results(config)
     outcomes = run(config, GRAPH, RunRequest(dry_run=True, force=True))
-    assert [(o.outcome, o.why) for o in outcomes] == [(Outcome.WOULD_RUN, ("forced",))] * 2
+    assert [(o.outcome, o.reasons) for o in outcomes] == [(Outcome.WOULD_RUN, ("forced",))] * 2
 
 
 def test_target_runs_its_upstream_but_not_downstream(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pipeline.errors import ModelLoadError
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, plan, run
 from runtime import model_io
+from runtime.golden import GoldenSet
 from stages import ALL_STAGES
 
 GRAPH = StageGraph(ALL_STAGES)
@@ -60,13 +61,13 @@ def test_verify_report_shows_near_identical_outputs(built_artifacts: Path) -> No
 
 def test_golden_files_reproduce_through_onnxruntime(built_artifacts: Path) -> None:
     golden, export = built_artifacts / "verify/golden", built_artifacts / "export"
-    manifest = json.loads((golden / "golden.json").read_text())
-    assert manifest["image_embeds"]["labels"] == ["astronaut.jpg", "autumn_painting.jpg"]
-    ids = np.load(golden / "input_ids.npy")
+    references = GoldenSet.read(golden)
+    assert references.references["image_embeds"].labels == ("astronaut.jpg", "autumn_painting.jpg")
+    ids, text_embeds = references.pair(golden, "text_embeds")
     assert ids.dtype == np.int64 and ids.shape[1] == 77
     session = ort.InferenceSession(str(export / model_io.TEXT_MODEL_FILE), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input_ids": ids[:1]})[0]
-    np.testing.assert_allclose(got, np.load(golden / "text_embeds.npy")[:1], atol=1e-4)
+    np.testing.assert_allclose(got, text_embeds[:1], atol=1e-4)
 
 
 def test_rerun_reports_every_stage_up_to_date(tiny_pipeline) -> None:
@@ -85,8 +86,7 @@ def test_verify_param_change_reruns_verify_only(tiny_pipeline) -> None:
     assert reasons["calibrate"] == () and reasons["compile"] == ("upstream verify will run first",)
     outcomes = {o.stage: o.outcome for o in run(config, GRAPH, RunRequest(targets=("verify",)))}
     assert outcomes == {"export": Outcome.UP_TO_DATE, "verify": Outcome.RAN}
-    manifest = json.loads((config.artifacts / "verify/golden/golden.json").read_text())
-    assert len(manifest["image_embeds"]["labels"]) == 3
+    assert len(GoldenSet.read(config.artifacts / "verify/golden").references["image_embeds"].labels) == 3
 
 
 def test_failed_verification_lists_failures_and_keeps_the_last_good_report(tiny_pipeline) -> None:

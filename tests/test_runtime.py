@@ -13,7 +13,7 @@ import pytest
 
 from runtime.backends import AxEngineBackend, OnnxRuntimeBackend, conform, open_backend
 from runtime.captioning import caption_folder
-from runtime.errors import BackendUnavailable
+from runtime.errors import BackendUnavailable, ModelFilesError
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
 from runtime.label_tables import LabelTables, normalize
 from runtime.preprocess import Fidelity, PreprocessConfig, open_image, preprocess
@@ -126,9 +126,9 @@ def test_inputs_are_checked_against_the_model() -> None:
 
     inputs = [TensorInfo("input_ids", (1, 4), np.dtype(np.int32))]
     assert conform({"input_ids": np.arange(4)[None]}, inputs)["input_ids"].dtype == np.int32
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ModelFilesError, match=r"shape \(1, 5\), the model takes \(1, 4\).*invoke fetch"):
         conform({"input_ids": np.arange(5)[None]}, inputs)
-    with pytest.raises(ValueError, match="missing input"):
+    with pytest.raises(ModelFilesError, match=r"the model takes \['input_ids'\], not \[\]"):
         conform({}, inputs)
 
 
@@ -280,21 +280,17 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
     """Dense random tables (many near-ties): picks must still equal a brute-force float ranking."""
     from modeling.rank_model import write_rank_model
     from runtime.interrogator import Scores, _above, _rank
-    from runtime.label_tables import RANK_MODEL_FILE, write_category
+    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
 
     rng = np.random.default_rng(7)
     file, rows = write_category(tmp_path, "flavors", rng.standard_normal((20000, 64)).astype(np.float32))
     np.testing.assert_array_equal(np.load(tmp_path / file), rows)
     rank = write_rank_model(tmp_path / RANK_MODEL_FILE, rows)
     labels = [f"l{i}" for i in range(len(rows))]
-    index = {
-        "dim": 64,
-        "rank": {"file": RANK_MODEL_FILE, **rank},
-        "categories": [{"name": "flavors", "mode": "top", "k": 5, "threshold": 0.3, "file": file, "labels": labels}],
-    }
-    (tmp_path / "vocab.json").write_text(json.dumps(index))
+    entry = CategoryEntry("flavors", CategoryMode.TOP, file, tuple(labels), threshold=0.3, k=5)
+    VocabIndex("random", 64, (entry,), RankModel(RANK_MODEL_FILE, **rank)).write(tmp_path)
     tables = LabelTables.load(tmp_path)
-    for mode, k, threshold in (("top", 5, 0.3), ("many", 3, 0.25), ("one", 1, 0.0)):
+    for mode, k, threshold in ((CategoryMode.TOP, 5, 0.3), (CategoryMode.MANY, 3, 0.25), (CategoryMode.ONE, 1, 0.0)):
         category = tables.categories[0].__class__(
             **{**tables.categories[0].__dict__, "mode": mode, "k": k, "threshold": threshold}
         )

@@ -13,8 +13,9 @@ import yaml
 from pipeline.errors import ConfigError
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, run
-from pipeline.vocabulary import load_vocabulary
+from runtime.server.schemas import InterrogationAnswer
 from stages import ALL_STAGES
+from stages.vocabulary import load_vocabulary
 
 GRAPH = StageGraph(ALL_STAGES)
 REPO = Path(__file__).resolve().parent.parent
@@ -102,7 +103,7 @@ def test_spelling_variants_merge_long_labels_are_named_and_top_picks_stay_distin
     picked = result.categories[0].picks
     rows = {np.asarray(tables.categories[0].rows[p.row]).tobytes() for p in picked}
     assert len(picked) == 7 and len(rows) == 7  # every label once, no two with one embedding
-    assert result.to_json()["categories"][0]["labels"] == 7
+    assert InterrogationAnswer.of(result).categories[0].labels == 7
 
 
 def test_top_and_many_picks_skip_a_label_whose_embedding_was_already_picked() -> None:

@@ -1,5 +1,5 @@
 """Calibration archives in the layout Pulsar2's `calibration_format: Numpy` reads: a tar of .npy files,
-each one sample shaped exactly like the model input.
+each one sample shaped exactly like the model input; and calibration.json, which lists them by input.
 
 Archives are byte-for-byte reproducible (fixed order, mtime, owner), so an unchanged calibration set
 leaves every downstream stage up to date.
@@ -9,9 +9,37 @@ from __future__ import annotations
 
 import io
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+
+from runtime.contract import JsonFile
+from runtime.errors import ModelFilesError
+
+
+@dataclass(frozen=True)
+class Archive:
+    file: str  # beside calibration.json
+    shape: tuple[int, ...]  # of every sample
+    dtype: str
+    sources: tuple[str, ...]  # the image file or prompt of each sample, in the archive's order
+
+
+@dataclass(frozen=True)
+class CalibrationSet(JsonFile):
+    """What calibrate made, read by the toolchains: one archive per model input (by its name)."""
+
+    FILE: ClassVar[str] = "calibration.json"
+    MADE_BY: ClassVar[str] = "invoke calibrate"
+
+    archives: dict[str, Archive]
+
+    def archive(self, input_name: str) -> Archive:
+        if input_name not in self.archives:
+            raise ModelFilesError(f"{self.FILE} has no calibration set for {input_name}: run `{self.MADE_BY}`")
+        return self.archives[input_name]
 
 
 def write_npy_tar(path: Path, samples: list[np.ndarray]) -> None:

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from pipeline.config import CompileParams
 from pipeline.errors import StageError
 from toolchains.calibration_tar import read_npy_tar
-from toolchains.encoders import EncoderSpec
+from toolchains.encoder_specs import EncoderSpec
 
 # Pulsar2 calibration method -> onnxruntime's; MSE has no onnxruntime counterpart.
 _METHODS = {"MinMax": "MinMax", "Percentile": "Percentile"}

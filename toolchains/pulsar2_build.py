@@ -17,7 +17,7 @@ from pipeline.config import CompileParams, HostConfig
 from pipeline.errors import HostError
 from pipeline.hosts.base import Transport, quote
 from pipeline.hosts.sync import TransferSummary, download, upload
-from toolchains.encoders import EncoderSpec
+from toolchains.encoder_specs import EncoderSpec
 from toolchains.precision_table import PrecisionTable, find_precision_table
 from toolchains.pulsar2_config import pulsar2_build_args, pulsar2_config, remote_paths
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import CompileParams
-from toolchains.encoders import EncoderSpec
+from toolchains.encoder_specs import EncoderSpec
 
 REMOTE_MODELS = "models"
 REMOTE_CALIBRATION = "calibration"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pipeline.config import PipelineConfig
+from pipeline.config import HostConfig
 from pipeline.hosts.base import CommandResult, Transport
 
 __all__ = ["CommandResult", "Transport", "connect"]
 
 
-def connect(config: PipelineConfig, name: str) -> Transport:
-    """A connected transport for the named host of the config."""
-    host = config.host(name)
+def connect(name: str, host: HostConfig) -> Transport:
+    """A connected transport for a host (`name` is how messages call it: a key of the config's hosts)."""
     if host.kind == "local":
         from pipeline.hosts.local import LocalTransport
 

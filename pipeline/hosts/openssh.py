@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.config import HostConfig
+from pipeline.errors import PipelineError
 from pipeline.files import sha256_file
 from pipeline.hosts.base import SHA_TOOL, Progress, quote
 
@@ -27,8 +28,9 @@ STREAM_MIN_BYTES = 16 * 1024 * 1024
 PREFERRED_CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
 
 
-class StreamFailed(Exception):
-    """The ssh binary could not stream the file (connection, auth, the remote command)."""
+class StreamFailed(PipelineError):
+    """The ssh binary could not stream the file (connection, auth, the remote command); the transport
+    answers it by falling back to SFTP, so a user sees it only as a warning."""
 
 
 def available() -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from runtime.clip import VOCAB_DIR, ClipRuntime
-from runtime.errors import RuntimeErrorBase
+from runtime.errors import RuntimeErrorBase, SettingsError
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.npu import NpuLock
@@ -35,7 +35,7 @@ def parse_credentials(text: str) -> dict[str, str]:
     for entry in filter(None, (e.strip() for e in text.replace("\n", ",").split(","))):
         user, sep, password = entry.partition(":")
         if not sep or not user or not password:
-            raise RuntimeErrorBase("--api-auth takes user:password[,user:password] (an entry lacks one of them)")
+            raise SettingsError("--api-auth takes user:password[,user:password] (an entry lacks one of them)")
         credentials[user] = password
     return credentials
 
@@ -84,15 +84,15 @@ def _check_limits(args: argparse.Namespace) -> None:
                 "--head-timeout": args.head_timeout}  # fmt: skip
     for flag, value in positive.items():
         if value <= 0:
-            raise RuntimeErrorBase(f"{flag} must be above 0 (got {value:g})")
+            raise SettingsError(f"{flag} must be above 0 (got {value:g})")
     if args.max_bodies_mb < args.max_body_mb:
-        raise RuntimeErrorBase(
+        raise SettingsError(
             f"--max-bodies-mb ({args.max_bodies_mb:g}) must be at least --max-body-mb ({args.max_body_mb:g})"
         )
     if args.queue < 0:
-        raise RuntimeErrorBase(f"--queue must be 0 or more (got {args.queue})")
+        raise SettingsError(f"--queue must be 0 or more (got {args.queue})")
     if args.unload_after is not None and args.unload_after <= 0:
-        raise RuntimeErrorBase(f"--unload-after takes a number of seconds above 0 (got {args.unload_after:g})")
+        raise SettingsError(f"--unload-after takes a number of seconds above 0 (got {args.unload_after:g})")
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
@@ -102,9 +102,9 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         try:
             auth = args.api_auth_file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise RuntimeErrorBase(f"--api-auth-file {args.api_auth_file}: {exc.strerror}") from exc
+            raise SettingsError(f"--api-auth-file {args.api_auth_file}: {exc.strerror}") from exc
         if not auth.strip():
-            raise RuntimeErrorBase(
+            raise SettingsError(
                 f"--api-auth-file {args.api_auth_file} is empty: it must hold user:password lines "
                 "(drop the flag to serve without auth)"
             )
@@ -131,7 +131,7 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise RuntimeErrorBase(
+            raise SettingsError(
                 f"cannot listen on {host}:{port}: {exc.strerror} (another server there? stop it, or pass --port)"
             ) from exc
 

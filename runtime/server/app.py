@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from runtime.errors import NpuBusy
+from runtime.errors import NpuBusy, ServerBusy
 from runtime.interrogator import Interrogation, Interrogator, Scores
 from runtime.npu import IdleUnloader
 from runtime.server.auth import authenticator
@@ -36,6 +36,7 @@ from runtime.server.schemas import (
 )
 
 MODELS = ("clip", "deepdanbooru")
+SERVICE_STATE = "interrogation"  # where include_interrogation keeps the service on app.state
 
 
 @dataclass(frozen=True)
@@ -82,19 +83,21 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
         budget=BodyBudget(settings.max_bodies_bytes),
         credentials=settings.credentials,
     )
-    app.include_router(create_router(interrogator, settings))
+    include_interrogation(app, interrogator, settings)
     return app
 
 
-def create_router(interrogator: Interrogator, settings: ServerSettings) -> APIRouter:
-    """The endpoints alone, to `include_router` into an app a user already runs (see README: embedding).
-    That app installs the error handlers (runtime.server.errors) if it wants A1111's error bodies."""
+def include_interrogation(app: FastAPI, interrogator: Interrogator, settings: ServerSettings) -> InterrogationService:
+    """The endpoints and the state they share, on `app`: this service's own app, or one a user already runs
+    (see README: embedding; that app installs the error handlers if it wants A1111's error bodies).
+    Fails here, before anything is served, when a setting or the options file cannot be used."""
     service = InterrogationService(interrogator, settings)
+    setattr(app.state, SERVICE_STATE, service)
     auth = [Depends(authenticator(settings.credentials))] if settings.credentials else []
-    router = APIRouter()
-    for part in (a1111_router(service, auth), detailed_router(service, auth), health_router(service)):
-        router.include_router(part)
-    return router
+    app.include_router(a1111_router, dependencies=auth)
+    app.include_router(detailed_router, dependencies=auth)
+    app.include_router(health_router)  # open even with auth: a supervisor's probe has no password
+    return service
 
 
 class InterrogationService:
@@ -118,7 +121,7 @@ class InterrogationService:
         then encode and the coarse rank."""
         begin, wait = time.perf_counter(), self.settings.queue_timeout_s
         if not self.decoders.acquire(timeout=wait):
-            raise HTTPException(503, f"Server busy: every image decoder stayed busy for {wait:g} s")
+            raise ServerBusy(f"Server busy: every image decoder stayed busy for {wait:g} s")
         try:
             image = decode_image(image_field, self.settings.images, self.interrogator.clip.draft)
             decoded = time.perf_counter()
@@ -130,7 +133,7 @@ class InterrogationService:
         try:
             scores, timings = self.interrogator.score(pixels, wait=wait)
         except NpuBusy as exc:
-            raise HTTPException(503, f"Server busy: {exc}; retry shortly") from exc
+            raise ServerBusy(f"Server busy: {exc}; retry shortly") from exc
         timings.update(decode=(decoded - begin) * 1e3, preprocess=(prepared - decoded) * 1e3)
         return scores, timings
 
@@ -151,7 +154,7 @@ class InterrogationService:
         note = "" if tags else interrogator.tags_note(scores, tag_options)
         timings["rank"] += (time.perf_counter() - rank_started) * 1e3
         timings["total"] = (time.perf_counter() - begin) * 1e3
-        return DetailedResponse(**Interrogation(caption, results, timings).to_json(), tags=tags, tags_note=note)
+        return DetailedResponse.of(Interrogation(caption, results, timings), tags=tags, tags_note=note)
 
     def health(self) -> Health:
         clip, gate, categories = self.interrogator.clip, self.gate, self.interrogator.tables.categories
@@ -172,49 +175,45 @@ class InterrogationService:
         )
 
 
-def a1111_router(service: InterrogationService, auth: list[Any]) -> APIRouter:
-    """AUTOMATIC1111's interrogate and options endpoints, answered as A1111 answers them."""
-    router = APIRouter(dependencies=auth)
-
-    @router.post("/sdapi/v1/interrogate", response_model=InterrogateResponse)
-    async def interrogate(request: InterrogateRequest) -> InterrogateResponse:
-        """A1111's interrogate: `clip` gives a caption, `deepdanbooru` comma-separated tags."""
-        if request.model not in MODELS:
-            raise HTTPException(404, "Model not found")
-        with service.gate.admitted():
-            caption = await run_in_threadpool(service.answer, request)
-        return InterrogateResponse(caption=caption)
-
-    @router.get("/sdapi/v1/options", response_model=Options)
-    async def get_options() -> dict[str, Any]:
-        return service.options.get()
-
-    @router.post("/sdapi/v1/options")
-    async def set_options(changes: dict[str, Any]) -> None:
-        """Set any of the options; unknown keys are ignored, as A1111 does."""
-        await run_in_threadpool(service.options.update, changes)
-
-    return router
+def current_service(request: Request) -> InterrogationService:
+    """What every endpoint is given: the service `include_interrogation` put on the app."""
+    return getattr(request.app.state, SERVICE_STATE)
 
 
-def detailed_router(service: InterrogationService, auth: list[Any]) -> APIRouter:
-    router = APIRouter(dependencies=auth)
-
-    @router.post("/clip/v1/interrogate", response_model=DetailedResponse)
-    async def interrogate_detailed(request: InterrogateRequest) -> DetailedResponse:
-        """Every category's picks and best labels with their cosines, the tags, and where the time went."""
-        with service.gate.admitted():
-            return await run_in_threadpool(service.detailed, request)
-
-    return router
+Service = Annotated[InterrogationService, Depends(current_service)]
+a1111_router = APIRouter()  # AUTOMATIC1111's interrogate and options endpoints, answered as A1111 does
+detailed_router = APIRouter()
+health_router = APIRouter()
 
 
-def health_router(service: InterrogationService) -> APIRouter:
-    """/healthz, open even with auth (a supervisor's probe has no password)."""
-    router = APIRouter()
+@a1111_router.post("/sdapi/v1/interrogate", response_model=InterrogateResponse)
+async def interrogate(request: InterrogateRequest, service: Service) -> InterrogateResponse:
+    """A1111's interrogate: `clip` gives a caption, `deepdanbooru` comma-separated tags."""
+    if request.model not in MODELS:
+        raise HTTPException(404, "Model not found")
+    with service.gate.admitted():
+        caption = await run_in_threadpool(service.answer, request)
+    return InterrogateResponse(caption=caption)
 
-    @router.get("/healthz", response_model=Health)
-    async def health() -> Health:
-        return service.health()
 
-    return router
+@a1111_router.get("/sdapi/v1/options", response_model=Options)
+async def get_options(service: Service) -> dict[str, Any]:
+    return service.options.get()
+
+
+@a1111_router.post("/sdapi/v1/options")
+async def set_options(changes: dict[str, Any], service: Service) -> None:
+    """Set any of the options; unknown keys are ignored, as A1111 does."""
+    await run_in_threadpool(service.options.update, changes)
+
+
+@detailed_router.post("/clip/v1/interrogate", response_model=DetailedResponse)
+async def interrogate_detailed(request: InterrogateRequest, service: Service) -> DetailedResponse:
+    """Every category's picks and best labels with their cosines, the tags, and where the time went."""
+    with service.gate.admitted():
+        return await run_in_threadpool(service.detailed, request)
+
+
+@health_router.get("/healthz", response_model=Health)
+async def health(service: Service) -> Health:
+    return service.health()

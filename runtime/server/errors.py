@@ -1,7 +1,9 @@
-"""Error answers in the shape A1111's middleware sends: error, detail, body, errors.
+"""Error answers in the shape A1111's middleware sends: error, detail, body, errors; and the one place
+where the runtime's errors become HTTP statuses.
 
-Refusals are fastapi's HTTPException, as in A1111, so `error` reads "HTTPException" and `errors` reads
-"<status>: <detail>" for clients that parse them.
+The runtime raises its own family (runtime/errors.py) and knows nothing of HTTP. A1111 refuses with
+fastapi's HTTPException, so every refusal reads `error: "HTTPException"` and `errors: "<status>: <detail>"`
+for clients that parse them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtime.errors import ImageTooLarge, InvalidImage, NpuBusy, OptionRefused, RuntimeErrorBase, ServerBusy
+
 log = logging.getLogger("runtime.server")
 
 
@@ -23,7 +27,28 @@ def error_body(error: str, detail: Any, errors: Any) -> dict[str, Any]:
     return {"error": error, "detail": detail, "body": "", "errors": errors}
 
 
+# The first class an error is an instance of gives its status (subclasses before their bases).
+STATUSES: tuple[tuple[type[RuntimeErrorBase], int], ...] = (
+    (ImageTooLarge, 413),
+    (InvalidImage, 500),  # A1111 answers an undecodable image or refused URL with 500
+    (OptionRefused, 422),
+    (ServerBusy, 503),
+    (NpuBusy, 503),
+)
+
+
+def http_status(exc: RuntimeErrorBase) -> int:
+    """The status A1111 answers this error with (500 for one it has no word for)."""
+    return next((status for kind, status in STATUSES if isinstance(exc, kind)), 500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RuntimeErrorBase)
+    async def refused(request: Request, exc: RuntimeErrorBase) -> JSONResponse:
+        status, detail = http_status(exc), getattr(exc, "detail", str(exc))
+        body = error_body("HTTPException", detail, f"{status}: {detail}")
+        return JSONResponse(jsonable_encoder(body), status_code=status)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         body = error_body(type(exc).__name__, exc.detail, str(exc))

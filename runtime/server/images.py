@@ -24,9 +24,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pybase64
-from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
+from runtime.errors import ImageTooLarge, InvalidImage
 from runtime.preprocess import to_rgb
 
 INVALID_IMAGE = "Invalid encoded image"
@@ -58,7 +58,7 @@ def decode_image(encoding: str, policy: ImagePolicy, draft: Draft | None = None)
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if ";base64" not in header:
-            raise HTTPException(500, INVALID_IMAGE)
+            raise InvalidImage(INVALID_IMAGE)
     return _open(_b64decode(text), policy, INVALID_IMAGE, draft)
 
 
@@ -81,30 +81,30 @@ def _b64decode(text: str) -> bytes:
     try:
         return pybase64.b64decode(compact)
     except (binascii.Error, ValueError) as exc:
-        raise HTTPException(500, INVALID_IMAGE) from exc
+        raise InvalidImage(INVALID_IMAGE) from exc
 
 
 def _open(data: bytes, policy: ImagePolicy, invalid: str, draft: Draft | None) -> Image.Image:
     if not data:
-        raise HTTPException(500, invalid)
+        raise InvalidImage(invalid)
     if data.startswith(ICON_MAGICS):
         width, height = _largest_icon(data)
         if width * height > policy.max_pixels:
-            raise HTTPException(413, _too_large(width, height, policy))
+            raise ImageTooLarge(_too_large(width, height, policy))
     Image.init()  # registers every plugin, once: the list below is then complete
     try:
         with Image.open(io.BytesIO(data), formats=[f for f in Image.OPEN if f not in REFUSED_FORMATS]) as image:
             width, height = image.size
             if width * height > policy.max_pixels:
-                raise HTTPException(413, _too_large(width, height, policy))
+                raise ImageTooLarge(_too_large(width, height, policy))
             if draft is not None:
                 draft(image)
             image.load()
             return to_rgb(image)
     except Image.DecompressionBombError as exc:
-        raise HTTPException(413, f"Image too large: {exc}") from exc
+        raise ImageTooLarge(f"Image too large: {exc}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise HTTPException(500, invalid) from exc
+        raise InvalidImage(invalid) from exc
 
 
 ICON_MAGICS = (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")  # ICO, CUR: the same directory
@@ -139,7 +139,7 @@ def _too_large(width: int, height: int, policy: ImagePolicy) -> str:
 
 def _fetch(url: str, policy: ImagePolicy) -> bytes:
     if not policy.allow_urls:
-        raise HTTPException(500, "Requests not allowed")
+        raise InvalidImage("Requests not allowed")
     checked: dict[str, str] = {}  # host name -> the address its check passed: the one connected to
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({}),  # a proxy would resolve the name itself, past the check
@@ -158,13 +158,13 @@ def _fetch(url: str, policy: ImagePolicy) -> bytes:
             while chunk := response.read1(URL_CHUNK):
                 received += chunk
                 if len(received) > policy.max_url_bytes:
-                    raise HTTPException(413, f"Image at the URL is over {policy.max_url_bytes:,} bytes")
+                    raise ImageTooLarge(f"Image at the URL is over {policy.max_url_bytes:,} bytes")
                 if time.monotonic() > deadline:
-                    raise HTTPException(500, f"Invalid image url: not downloaded within {policy.url_timeout_s:g} s")
-    except HTTPException:
+                    raise InvalidImage(f"Invalid image url: not downloaded within {policy.url_timeout_s:g} s")
+    except InvalidImage:
         raise
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
-        raise HTTPException(500, "Invalid image url") from exc
+        raise InvalidImage("Invalid image url") from exc
     return bytes(received)
 
 
@@ -176,7 +176,7 @@ def _check_url(url: str, policy: ImagePolicy, checked: dict[str, str]) -> None:
     time could answer otherwise (DNS rebinding)."""
     parts = urlsplit(url)
     if any(c.isspace() or ord(c) < 32 or c == "\\" for c in url) or "@" in parts.netloc:
-        raise HTTPException(500, "Invalid image url")
+        raise InvalidImage("Invalid image url")
     if policy.allow_local_urls:
         return
     host = (parts.hostname or "").lower()
@@ -185,7 +185,7 @@ def _check_url(url: str, policy: ImagePolicy, checked: dict[str, str]) -> None:
     except (socket.gaierror, UnicodeError, ValueError):
         addresses = []
     if not addresses or not all(_global(ipaddress.ip_address(a.split("%")[0])) for a in addresses):
-        raise HTTPException(500, "Request to local resource not allowed")
+        raise InvalidImage("Request to local resource not allowed")
     checked[host] = addresses[0]
 
 
@@ -246,6 +246,6 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         if not newurl.startswith(("http://", "https://")):
-            raise HTTPException(500, "Invalid image url")
+            raise InvalidImage("Invalid image url")
         _check_url(newurl, self.policy, self.checked)
         return super().redirect_request(req, fp, code, msg, headers, newurl)

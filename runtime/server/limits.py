@@ -10,8 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fastapi import HTTPException
-
+from runtime.errors import ServerBusy
 from runtime.server.auth import REFUSED, header_matches
 from runtime.server.errors import error_body
 
@@ -161,7 +160,7 @@ class AdmissionGate:
         # Entered on the event loop's one thread: the check and the increment cannot interleave.
         if self.inside >= self.capacity:
             self.refused += 1
-            raise HTTPException(503, f"Server busy: {self.inside} requests in progress or queued; retry shortly")
+            raise ServerBusy(f"Server busy: {self.inside} requests in progress or queued; retry shortly")
         self.inside += 1
         try:
             yield

@@ -12,10 +12,9 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.errors import RuntimeErrorBase
+from runtime.errors import OptionRefused, SettingsError
 from runtime.interrogator import CaptionOptions, TagOptions
 
 # Bounds on every option: a POST must not be able to grow the saved file or slow every request. (Strings
@@ -95,17 +94,16 @@ class OptionsStore:
             current = self._options.model_dump()
             for key, flag in READ_ONLY.items():
                 if key in changes and changes[key] != current[key]:
-                    raise HTTPException(422, f"{key} is set when the server starts ({flag}); it cannot be changed here")
+                    raise OptionRefused(f"{key} is set when the server starts ({flag}); it cannot be changed here")
             known = {k: v for k, v in changes.items() if k in Options.model_fields}
             try:
                 updated = Options.model_validate({**current, **known})
             except ValidationError as exc:
                 detail = [{"loc": e["loc"], "msg": _printable(e["msg"])} for e in exc.errors()]
-                raise HTTPException(422, detail) from exc
+                raise OptionRefused(detail) from exc
             unknown = sorted(set(updated.interrogate_clip_skip_categories) - set(self.categories))
             if unknown:
-                raise HTTPException(
-                    422,
+                raise OptionRefused(
                     f"interrogate_clip_skip_categories: unknown {', '.join(unknown)}; "
                     f"the categories are {', '.join(self.categories)}",
                 )
@@ -113,8 +111,8 @@ class OptionsStore:
                 try:
                     _write_atomic(self.path, updated.model_dump(exclude=set(READ_ONLY)))
                 except OSError as exc:
-                    raise HTTPException(
-                        500, f"could not save the options to {self.path} ({exc.strerror}); nothing was changed"
+                    raise SettingsError(
+                        f"could not save the options to {self.path} ({exc.strerror}); nothing was changed"
                     ) from exc
             self._apply(updated)
 
@@ -137,9 +135,9 @@ def _read_saved(path: Path | None) -> dict[str, Any]:
         saved = json.loads(path.read_text(encoding="utf-8"))
         Options.model_validate(saved)
     except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as exc:
-        raise RuntimeErrorBase(f"options file {path} is unreadable ({exc}); fix it or delete it for defaults") from exc
+        raise SettingsError(f"options file {path} is unreadable ({exc}); fix it or delete it for defaults") from exc
     if not isinstance(saved, dict):
-        raise RuntimeErrorBase(f"options file {path} is not a JSON object; fix it or delete it for defaults")
+        raise SettingsError(f"options file {path} is not a JSON object; fix it or delete it for defaults")
     return {k: v for k, v in saved.items() if k not in READ_ONLY}
 
 

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import Self
+
+if TYPE_CHECKING:
+    from runtime import interrogator
+    from runtime.interrogator import Interrogation
 
 
 class InterrogateRequest(BaseModel):
@@ -32,12 +37,30 @@ class CategoryAnswer(BaseModel):
     top: list[Pick]
 
 
-class DetailedResponse(BaseModel):
+class InterrogationAnswer(BaseModel):
+    """An interrogation as every caller shows it: the detailed endpoint, `invoke caption`'s JSON lines,
+    the embedding helpers."""
+
     caption: str
-    tags: str
-    tags_note: str = ""  # why `tags` is empty, when it is
     categories: list[CategoryAnswer]
     timings_ms: dict[str, float]
+
+    @classmethod
+    def of(cls, result: Interrogation, **extra: Any) -> Self:
+        def picks(found: tuple[interrogator.Pick, ...]) -> list[Pick]:
+            return [Pick(label=p.label, score=round(p.score, 4)) for p in found]
+
+        categories = [
+            CategoryAnswer(name=c.name, mode=c.mode.value, labels=c.labels, picks=picks(c.picks), top=picks(c.top))
+            for c in result.categories
+        ]
+        timings = {stage: round(ms, 2) for stage, ms in result.timings_ms.items()}
+        return cls(caption=result.caption, categories=categories, timings_ms=timings, **extra)
+
+
+class DetailedResponse(InterrogationAnswer):
+    tags: str
+    tags_note: str = ""  # why `tags` is empty, when it is
 
 
 class QueueHealth(BaseModel):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import model_io
+from toolchains.calibration_tar import CalibrationSet
 
 ENCODERS = ("image", "text")
 
@@ -27,7 +27,7 @@ class EncoderSpec:
 
 def encoder_specs(export_dir: Path, calibrate_dir: Path) -> list[EncoderSpec]:
     info = model_io.ExportInfo.read(export_dir)
-    calibration = json.loads((calibrate_dir / "calibration.json").read_text(encoding="utf-8"))
+    calibration = CalibrationSet.read(calibrate_dir)
     specs = []
     for part in ENCODERS:
         entry = info.encoder(part)
@@ -38,7 +38,7 @@ def encoder_specs(export_dir: Path, calibrate_dir: Path) -> list[EncoderSpec]:
                 input_name=entry.input.name,
                 input_dtype=entry.input.dtype,
                 output_name=entry.output.name,
-                calibration=calibrate_dir / calibration[entry.input.name]["archive"],
+                calibration=calibrate_dir / calibration.archive(entry.input.name).file,
             )
         )
     return specs

@@ -15,6 +15,7 @@ from pipeline.hosts.base import quote
 from pipeline.hosts.sync import upload
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+VENV = "venv"  # in the host's workdir
 
 
 def install_runtime(transport: Transport, python: str) -> tuple[str, str]:
@@ -28,9 +29,14 @@ def runtime_files() -> list[Path]:
     return [*sorted(RUNTIME_DIR.rglob("*.py")), RUNTIME_DIR / "requirements.txt"]
 
 
+def venv_python(transport: Transport) -> str:
+    """The python of the device's runtime virtualenv (made by install_runtime)."""
+    return f"{transport.path(VENV)}/bin/python"
+
+
 def _ensure_venv(transport: Transport, python: str, app: str) -> str:
     """The device virtualenv's python, (re)built when runtime/requirements.txt changed."""
-    venv = transport.path("venv")
+    venv = transport.path(VENV)
     requirements = f"{app}/runtime/requirements.txt"
     digest = sha256_file(RUNTIME_DIR / "requirements.txt")
     marker = f"{venv}/.requirements.sha256"
@@ -53,4 +59,4 @@ def _ensure_venv(transport: Transport, python: str, app: str) -> str:
         f'if [ -f "$w" ]; then {quote(venv)}/bin/python -m pip install -q "$w"; fi; done'
     )
     transport.run(wheel_install)
-    return f"{venv}/bin/python"
+    return venv_python(transport)

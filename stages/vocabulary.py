@@ -16,7 +16,6 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import yaml
@@ -24,13 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.config import describe_error
 from pipeline.errors import ConfigError
+from runtime.label_tables import CategoryMode
 
 
 class CategorySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
-    mode: Literal["one", "many", "top"] = "one"
+    mode: CategoryMode = CategoryMode.ONE
     template: str = "{}"
     prefix: str = ""  # put before the pick in the caption, e.g. "by " for artists
     threshold: float = Field(0.2, ge=-1, le=1)  # `many`: cosine a label must reach
