@@ -99,6 +99,11 @@ def main() -> None:
             server.terminate()
             server.wait(30)
     warm = [rss for t, rss in samples if t >= 30] or [rss for _, rss in samples]
+    # A leak keeps growing; fragmentation levels off: the second half's growth and the trajectory tell which.
+    second_half = [rss for t, rss in samples if t >= args.minutes * 30] or warm
+    by_minute: dict[int, float] = {}
+    for t, rss in samples:
+        by_minute.setdefault(int(t // 60), round(rss, 1))
     figures = {
         "minutes": args.minutes,
         "clients": args.clients,
@@ -111,6 +116,8 @@ def main() -> None:
         "rss_mb_end": round(warm[-1], 1),
         "rss_mb_max": round(max(warm), 1),
         "rss_drift_mb": round(warm[-1] - warm[0], 1),
+        "rss_drift_second_half_mb": round(second_half[-1] - second_half[0], 1),
+        "rss_mb_per_minute": list(by_minute.values()),
         "alive_after": alive,
     }
     emit(
