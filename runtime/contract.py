@@ -1,9 +1,9 @@
 """One way to write and read a JSON file that crosses a boundary (stage to stage, controller to device).
 
 Each such file is a frozen dataclass that also derives from JsonFile, naming its file and the command that
-makes it. pydantic checks what is read against the dataclass's fields and types, so a missing, foreign or
-older file ends in one ModelFilesError that says which file and which command makes it again, never in
-a KeyError deep inside a reader.
+makes it as class arguments. pydantic checks what is read against the dataclass's fields and types, so a
+missing, foreign or older file ends in one ModelFilesError that says which file and which command makes
+it again, never in a KeyError deep inside a reader.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ T = TypeVar("T", bound="JsonFile")
 
 
 class JsonFile:
-    """Mixin for a frozen dataclass stored as `FILE` in a stage's output folder."""
+    """Mixin for a frozen dataclass stored as `FILE` in a stage's output folder:
+    `class ExportInfo(JsonFile, file="export.json", made_by="invoke export")`."""
 
     FILE: ClassVar[str]
     MADE_BY: ClassVar[str]  # the command that writes it, named in every error about it
+
+    def __init_subclass__(cls, *, file: str, made_by: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.FILE, cls.MADE_BY = file, made_by
 
     def to_json(self) -> dict[str, Any]:
         return TypeAdapter(type(self)).dump_python(self, mode="json")

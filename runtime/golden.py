@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
@@ -28,10 +27,7 @@ class Reference:
 
 
 @dataclass(frozen=True)
-class GoldenSet(JsonFile):
-    FILE: ClassVar[str] = "golden.json"
-    MADE_BY: ClassVar[str] = "invoke verify"
-
+class GoldenSet(JsonFile, file="golden.json", made_by="invoke verify"):
     references: dict[str, Reference]  # by the model's output name
 
     @staticmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -64,10 +64,7 @@ class RankModel:
 
 
 @dataclass(frozen=True)
-class VocabIndex(JsonFile):
-    FILE: ClassVar[str] = INDEX_FILE
-    MADE_BY: ClassVar[str] = "invoke embed-vocab"
-
+class VocabIndex(JsonFile, file=INDEX_FILE, made_by="invoke embed-vocab"):
     name: str
     dim: int
     categories: tuple[CategoryEntry, ...]

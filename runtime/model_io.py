@@ -7,7 +7,7 @@ so both sides agree by construction: export.json is written and read only throug
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from runtime.contract import JsonFile
 from runtime.errors import ModelFilesError
@@ -43,11 +43,8 @@ class EncoderFile:
 
 
 @dataclass(frozen=True)
-class ExportInfo(JsonFile):
+class ExportInfo(JsonFile, file=EXPORT_INFO_FILE, made_by="invoke export"):
     """export.json: what export wrote, read by every later stage, the toolchains and the device runtime."""
-
-    FILE: ClassVar[str] = EXPORT_INFO_FILE
-    MADE_BY: ClassVar[str] = "invoke export"
 
     model: str
     revision: str
@@ -68,12 +65,9 @@ COMPILE_REPORT_FILE = "report.json"  # in artifacts/compile/; fetch copies it in
 
 
 @dataclass(frozen=True)
-class CompileReport(JsonFile):
+class CompileReport(JsonFile, file=COMPILE_REPORT_FILE, made_by="invoke compile"):
     """compile's report: the target, and per encoder (by export's file stem) the compiled file with its
     figures (sha256, cosine vs float, the toolchain's precision rows)."""
-
-    FILE: ClassVar[str] = COMPILE_REPORT_FILE
-    MADE_BY: ClassVar[str] = "invoke compile"
 
     target: str
     data_type: str

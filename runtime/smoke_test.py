@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
@@ -55,11 +54,8 @@ class EncoderCheck:
 
 
 @dataclass(frozen=True)
-class SmokeReport(JsonFile):
+class SmokeReport(JsonFile, file="report.json", made_by="invoke smoke-test"):
     """What the device measured, or why it could not (`error`); the controller judges it."""
-
-    FILE: ClassVar[str] = "report.json"
-    MADE_BY: ClassVar[str] = "invoke smoke-test"
 
     error: str | None = None
     models_dir: str = ""

@@ -11,7 +11,6 @@ import io
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
@@ -28,11 +27,8 @@ class Archive:
 
 
 @dataclass(frozen=True)
-class CalibrationSet(JsonFile):
+class CalibrationSet(JsonFile, file="calibration.json", made_by="invoke calibrate"):
     """What calibrate made, read by the toolchains: one archive per model input (by its name)."""
-
-    FILE: ClassVar[str] = "calibration.json"
-    MADE_BY: ClassVar[str] = "invoke calibrate"
 
     archives: dict[str, Archive]
 
