@@ -215,7 +215,8 @@ def caption_images(
 def serve_command(
     config_path: str | None, host: str | None, models: str | None, request: ServeRequest, *, stop: bool, status: bool
 ) -> None:
-    """Foreground here, or start/stop/inspect the background server on a host of the config."""
+    """Foreground here, or start/stop/inspect the background server on a host: `--host`, else the device
+    when it is another machine (`--models` always means here)."""
     from commands import serving
 
     with user_errors():
@@ -227,6 +228,8 @@ def serve_command(
                 unload_after=request.unload_after if request.unload_after is not None else config.device.unload_after,
                 fidelity=request.fidelity or config.device.fidelity,
             )
+        if host is None and config is not None and config.host(config.device.host).kind != "local":
+            host = config.device.host  # the device is another machine: serve there, as `--host` would
         if host is None:
             if stop or status:
                 raise PipelineError("--stop and --status are for a server on a host", hint="add --host NAME")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -89,8 +90,27 @@ def test_all_runs_then_reports_up_to_date_and_status_explains_changes(tmp_path: 
 
 
 def test_serve_flags_that_need_a_host_say_so(tmp_path: Path) -> None:
-    _assert_one_line_error(invoke("serve", "--status"), "--stop and --status are for a server on a host")
+    config = tmp_path / "local.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "artifacts")))
+    _assert_one_line_error(invoke("serve", "--status", "--config", str(config)),
+                           "--stop and --status are for a server on a host")  # fmt: skip
     _assert_one_line_error(invoke("serve", "--models", str(tmp_path)), "run `invoke fetch` first")
+
+
+def test_serve_without_host_goes_to_the_device_when_it_is_another_machine(tmp_path: Path) -> None:
+    """One device: `invoke serve --status` asks the device's host, as fetch and smoke-test use it (here a
+    loopback port where nothing listens, so the answer is one error line naming the device)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    data = tiny_config_dict(tmp_path / "artifacts")
+    data["hosts"]["pi"] = {"address": "127.0.0.1", "port": closed_port, "retries": 0, "connect_timeout": 5}
+    data["device"] = {"host": "pi"}
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(data))
+    result = invoke("serve", "--status", "--config", str(config), timeout=120)
+    _assert_one_line_error(result, "pi: cannot connect to 127.0.0.1")
+    assert "Errno None" not in result.stderr
 
 
 def test_the_built_in_example_vocabulary_gives_the_tiny_model_tags(tiny_pipeline, built_artifacts: Path) -> None:

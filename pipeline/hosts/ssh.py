@@ -297,7 +297,8 @@ def _open(name: str, host: HostConfig, connection: Connection) -> None:
                 hint=f"check hosts.{name}.address (or its HostName in ~/.ssh/config)",
             ) from None
         except _CONNECTION_ERRORS as exc:
-            reason = str(exc) or type(exc).__name__
+            # paramiko's NoValidConnectionsError reads "[Errno None] Unable to connect ...": the errno is noise
+            reason = (str(exc) or type(exc).__name__).removeprefix("[Errno None] ")
         if attempt < host.retries:
             log.warning("%s: cannot connect (%s); retrying in %.0fs", name, reason, delay)
             time.sleep(delay)
