@@ -169,13 +169,11 @@ def _compile_section(report: CompileReport | None) -> str:
         return _section("compile", _missing("compile report"))
     rows, charts = [], []
     for name, model in report.models.items():
-        cosine = model.get("cosine")
-        rows.append(
-            (name, model["file"], "n/a" if cosine is None else f"{cosine:.5f}", model.get("cosine_source") or "")
-        )
-        layers = (model.get("precision") or {}).get("layers")
+        cosine = model.cosine
+        rows.append((name, model.file, "n/a" if cosine is None else f"{cosine:.5f}", model.cosine_source or ""))
+        layers = (model.precision or {}).get("layers")
         if layers:
-            worst = describe_layers(model.get("worst_layers", []))
+            worst = describe_layers(list(model.worst_layers))
             charts.append(f"<h3>{_e(name)}: cosine per layer</h3>{_layer_chart(layers)}"
                           f"<p class=note>worst layers: {_e(worst)}</p>")  # fmt: skip
     if not charts:

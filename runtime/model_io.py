@@ -65,6 +65,21 @@ COMPILE_REPORT_FILE = "report.json"  # in artifacts/compile/; fetch copies it in
 
 
 @dataclass(frozen=True)
+class CompiledModel:
+    """One encoder as compile made it: its file, and how close it stays to the float model."""
+
+    file: str
+    sha256: str
+    cosine: float | None  # quantized vs float; None when the toolchain measured none
+    cosine_source: str | None  # how `cosine` was measured, in words
+    calibration_samples: int | None = None  # onnxruntime: the samples its calibration used
+    log: str | None = None  # pulsar2: the build log beside the model
+    precision_table: str | None = None  # pulsar2: the precision table as the tool printed it
+    worst_layers: tuple[dict[str, Any], ...] = ()  # pulsar2: the layers furthest from float
+    precision: dict[str, Any] | None = None  # pulsar2: the analysis and every row of its table
+
+
+@dataclass(frozen=True)
 class CompileReport(JsonFile, file=COMPILE_REPORT_FILE, made_by="invoke compile"):
     """compile's report: the target, and per encoder (by export's file stem) the compiled file with its
     figures (sha256, cosine vs float, the toolchain's precision rows)."""
@@ -72,13 +87,13 @@ class CompileReport(JsonFile, file=COMPILE_REPORT_FILE, made_by="invoke compile"
     target: str
     data_type: str
     host: str
-    models: dict[str, dict[str, Any]]
+    models: dict[str, CompiledModel]
     transfers: dict[str, Any] | None = None  # pulsar2 on a build host: what travelled
 
     def file(self, stem: str) -> str:
         """The compiled file of the encoder export wrote as `<stem>.onnx`."""
         try:
-            return str(self.models[stem]["file"])
+            return self.models[stem].file
         except KeyError as exc:
             raise ModelFilesError(
                 f"compile's report names no compiled model for {stem}: run `invoke compile` and `invoke fetch`"

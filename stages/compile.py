@@ -69,17 +69,17 @@ class CompileStage(Stage):
         report = model_io.CompileReport(params.target, params.data_type, params.host, models, transfers)
         report.write(ctx.out_dir)
         write_json(ctx.report_file, report.to_json())
-        rows = [(name, m["file"], _cosine_text(m.get("cosine")), m["sha256"][:12]) for name, m in models.items()]
+        rows = [(name, m.file, _cosine_text(m.cosine), m.sha256[:12]) for name, m in models.items()]
         columns = ("encoder", "model", "cosine vs float", "sha256")
         print_table(f"compile ({params.target}, {params.data_type})", columns, rows)
         failures = [
-            f"{name}: cosine {m['cosine']:.5f} < {params.min_cosine}{_worst_layers_text(m)}"
+            f"{name}: cosine {m.cosine:.5f} < {params.min_cosine}{_worst_layers_text(m)}"
             for name, m in models.items()
-            if m.get("cosine") is not None and m["cosine"] < params.min_cosine
+            if m.cosine is not None and m.cosine < params.min_cosine
         ]
         if failures:
             raise ValidationFailed(self.name, failures, str(ctx.report_file))
-        cosines = ", ".join(f"{name} {_cosine_text(m.get('cosine'))}" for name, m in models.items())
+        cosines = ", ".join(f"{name} {_cosine_text(m.cosine)}" for name, m in models.items())
         summary = f"{params.target} {params.data_type}: cosine vs float {cosines}"
         return StageResult(summary=summary, figures=report.to_json())
 
@@ -88,12 +88,13 @@ def _cosine_text(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.5f}"
 
 
-def _worst_layers_text(model: dict[str, Any]) -> str:
-    worst = model.get("worst_layers")
-    return f" (worst layers: {describe_layers(worst)})" if worst else ""
+def _worst_layers_text(model: model_io.CompiledModel) -> str:
+    return f" (worst layers: {describe_layers(list(model.worst_layers))})" if model.worst_layers else ""
 
 
-def _compile_onnxruntime(ctx: StageContext[CompileStageParams], specs: list[EncoderSpec]) -> dict[str, Any]:
+def _compile_onnxruntime(
+    ctx: StageContext[CompileStageParams], specs: list[EncoderSpec]
+) -> dict[str, model_io.CompiledModel]:
     from pipeline.files import sha256_file
     from toolchains.ort_quant import quantize
 
@@ -104,13 +105,13 @@ def _compile_onnxruntime(ctx: StageContext[CompileStageParams], specs: list[Enco
     for spec in specs:
         output = ctx.out_dir / f"{spec.name}.onnx"
         used = quantize(spec, params, output)
-        models[spec.name] = {
-            "file": output.name,
-            "sha256": sha256_file(output),
-            "calibration_samples": used,
-            "cosine": _golden_cosine(spec, output, *golden.pair(golden_dir, spec.output_name)),
-            "cosine_source": "onnxruntime, quantized vs float on verify's golden inputs (min)",
-        }
+        models[spec.name] = model_io.CompiledModel(
+            file=output.name,
+            sha256=sha256_file(output),
+            cosine=_golden_cosine(spec, output, *golden.pair(golden_dir, spec.output_name)),
+            cosine_source="onnxruntime, quantized vs float on verify's golden inputs (min)",
+            calibration_samples=used,
+        )
     return models
 
 
@@ -128,28 +129,28 @@ BUILD_LOCK = ".build.lock"
 WORST_LAYERS = 5
 
 
-def _pulsar2_model_entry(built: BuildResult) -> dict[str, Any]:
+def _pulsar2_model_entry(built: BuildResult) -> model_io.CompiledModel:
     """What the report keeps of one build: files, and every row of the precision table."""
-    entry: dict[str, Any] = {"file": built.axmodel.name, "sha256": built.sha256, "log": built.log.name}
+    files = {"file": built.axmodel.name, "sha256": built.sha256, "log": built.log.name}
     precision = built.precision
     if precision is None:
-        return {**entry, "precision_table": None, "cosine": None, "cosine_source": None}
+        return model_io.CompiledModel(**files, cosine=None, cosine_source=None)
     source = f"pulsar2 precision analysis {precision.analysis}, final output, from {built.precision_source}"
     if precision.analysis.startswith("PerLayer"):
         source += " (PerLayer feeds each layer the float inputs: this row is the output layer alone, not the model)"
-    return {
-        **entry,
-        "precision_table": built.precision_table.name,
-        "cosine": precision.final_cosine,
-        "cosine_source": source,
-        "worst_layers": [layer.to_json() for layer in precision.worst(WORST_LAYERS)],
-        "precision": precision.to_json(),
-    }
+    return model_io.CompiledModel(
+        **files,
+        cosine=precision.final_cosine,
+        cosine_source=source,
+        precision_table=built.precision_table.name,
+        worst_layers=tuple(layer.to_json() for layer in precision.worst(WORST_LAYERS)),
+        precision=precision.to_json(),
+    )
 
 
 def _compile_pulsar2(
     ctx: StageContext[CompileStageParams], specs: list[EncoderSpec]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, model_io.CompiledModel], dict[str, Any]]:
     from toolchains import pulsar2_build
 
     params = ctx.params

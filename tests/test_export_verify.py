@@ -186,6 +186,8 @@ def test_compile_report_is_one_contract_read_by_fetch_and_the_device(built_artif
 
     report = CompileReport.read(built_artifacts / "compile")
     assert report.file("image_encoder").endswith(".onnx") and report.target == "onnxruntime"
+    text = report.models["text_encoder"]  # typed per encoder: what the toolchain made and how close it is
+    assert 0.99 <= text.cosine <= 1.0 and "golden inputs" in text.cosine_source and text.calibration_samples
     assert Manifest.read(built_artifacts.parent / "device/models").compile == report  # fetch copied it whole
     with pytest.raises(ModelFilesError, match="names no compiled model for vision: run `invoke compile`"):
         report.file("vision")

@@ -70,6 +70,26 @@ class QueueHealth(BaseModel):
     refused: int
 
 
+class ImageEncoderHealth(BaseModel):
+    state: str  # loaded | unloaded (see --unload-after)
+    loads: int
+    unloads: int
+    last_load_s: float | None  # how long the last load took
+    last_load_at: float | None  # when (Unix time)
+    unload_after_s: float | None
+    backend: str | None = None  # once loaded: onnxruntime or axengine
+    provider: str | None = None
+
+
+class NpuHealth(BaseModel):
+    lock_file: str | None  # the file every NPU call flocks (--npu-lock)
+    holds: int
+    waits: int  # holds that found the NPU taken
+    wait_ms_total: float
+    wait_ms_max: float
+    timeouts: int
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="allow")  # a newer server may say more; an older client reads what it knows
 
@@ -78,9 +98,9 @@ class Health(BaseModel):
     provider: str | None
     model: str
     models: dict[str, str]  # dir, image: the model set and the image encoder's file in it
-    image_encoder: dict[str, Any]  # loaded or not, and since when
+    image_encoder: ImageEncoderHealth
     text_encoder: str
-    npu: dict[str, Any]  # the lock file and the waits and holds on it
+    npu: NpuHealth
     vocabulary: dict[str, int]  # labels per category
     labels: int
     queue: QueueHealth
