@@ -160,8 +160,8 @@ def _run_stage(
         needs = f"needs the outputs of {', '.join(missing_upstream)}; run them first"
         return StageOutcome(stage.name, Outcome.FAILED, reasons, summary=needs)
     previous = records.get(stage.name)
-    inputs = current_states(input_files(stage, config), previous.inputs if previous else {})
     params = stage.params(config)
+    inputs = current_states(input_files(stage, config, params), previous.inputs if previous else {})
     recorded = digest_values(params)
     tmp_root = config.artifacts / ".tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from pipeline.config import PipelineConfig
 from pipeline.files import FileState, canonical_json, file_state, list_files, sha256_text
 from pipeline.lockfile import StageRecord
@@ -52,14 +54,15 @@ def params_digest(params: dict[str, Any]) -> str:
     return sha256_text(canonical_json(params))
 
 
-def input_files(stage: Stage, config: PipelineConfig) -> dict[str, Path]:
-    """Every file the stage reads: upstream stages' outputs (keyed `stage/rel`) and external files."""
+def input_files(stage: Stage, config: PipelineConfig, params: BaseModel) -> dict[str, Path]:
+    """Every file the stage reads: upstream stages' outputs (keyed `stage/rel`) and external files
+    (named by its `params`, built once by the caller)."""
     files: dict[str, Path] = {}
     for dep in stage.after:
         root = config.artifacts / dep
         for path in list_files(root):
             files[f"{dep}/{path.relative_to(root).as_posix()}"] = path
-    for external in stage.external_inputs(stage.params(config)):
+    for external in stage.external_inputs(params):
         for path in list_files(external):
             files[str(path)] = path
     return files
@@ -96,7 +99,7 @@ def decide(
         if record.tools.get(tool, "absent") != version
     ]
     if not stale_upstream:
-        reasons += _file_changes("input", input_files(stage, config), record.inputs)
+        reasons += _file_changes("input", input_files(stage, config, params), record.inputs)
     reasons += _output_changes(stage, config, records)
     if not reasons:  # the one check that may cross the network, when nothing else already decided
         reasons += stage.device_changes(params, config.artifacts)

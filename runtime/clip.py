@@ -50,8 +50,8 @@ class ClipRuntime:
         after an idle unload) cannot mix files of two sets. The set is checked against its manifest
         (sizes; sha256 with `verify_hashes`). Models load while holding `npu` (a shared NPU lock)."""
         models_dir = Path(models_dir).resolve()
-        if not (models_dir / model_io.EXPORT_INFO_FILE).is_file():
-            raise ModelFilesError(f"{models_dir} holds no {model_io.EXPORT_INFO_FILE}: run `invoke fetch` first")
+        if not (models_dir / model_io.ExportInfo.FILE).is_file():
+            raise ModelFilesError(f"{models_dir} holds no {model_io.ExportInfo.FILE}: run `invoke fetch` first")
         info = model_io.ExportInfo.read(models_dir)
         files = model_files(models_dir, info, verify_hashes)
         npu = npu or NpuLock()

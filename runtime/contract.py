@@ -8,6 +8,7 @@ it again, never in a KeyError deep inside a reader.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -31,7 +32,7 @@ class JsonFile:
         cls.FILE, cls.MADE_BY = file, made_by
 
     def to_json(self) -> dict[str, Any]:
-        return TypeAdapter(type(self)).dump_python(self, mode="json")
+        return _adapter(type(self)).dump_python(self, mode="json")
 
     def write(self, directory: Path) -> Path:
         return self.write_to(Path(directory) / self.FILE)
@@ -44,7 +45,7 @@ class JsonFile:
     @classmethod
     def from_json(cls: type[T], data: Any, where: str = "") -> T:
         try:
-            return TypeAdapter(cls).validate_python(data)
+            return _adapter(cls).validate_python(data)
         except ValidationError as exc:
             raise ModelFilesError(
                 f"{where or cls.FILE} is unreadable or from another version ({_first_problem(exc)}): "
@@ -61,6 +62,12 @@ class JsonFile:
         except ValueError as exc:
             raise ModelFilesError(f"{path} is not JSON ({exc}): run `{cls.MADE_BY}`") from exc
         return cls.from_json(data, str(path))
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter[Any]:
+    """One validator per contract, built on first use (building one walks every nested field)."""
+    return TypeAdapter(cls)
 
 
 def _first_problem(exc: ValidationError) -> str:

@@ -20,7 +20,6 @@ import numpy as np
 from runtime.contract import JsonFile
 from runtime.errors import ModelFilesError
 
-INDEX_FILE = "vocab.json"
 RANK_MODEL_FILE = "rank.onnx"
 
 
@@ -64,7 +63,7 @@ class RankModel:
 
 
 @dataclass(frozen=True)
-class VocabIndex(JsonFile, file=INDEX_FILE, made_by="invoke embed-vocab"):
+class VocabIndex(JsonFile, file="vocab.json", made_by="invoke embed-vocab"):
     name: str
     dim: int
     categories: tuple[CategoryEntry, ...]
@@ -72,15 +71,10 @@ class VocabIndex(JsonFile, file=INDEX_FILE, made_by="invoke embed-vocab"):
     text_model_sha256: str = ""  # the text model the rows came from: embed-vocab reuses rows only for it
 
 
-@dataclass(frozen=True)
-class CategoryTable:
-    name: str
-    mode: CategoryMode
-    labels: tuple[str, ...]
-    threshold: float
-    k: int
-    prefix: str
-    tags: bool
+@dataclass(frozen=True, kw_only=True)
+class CategoryTable(CategoryEntry):
+    """A stored category with its rows loaded: where they sit among the coarse scores, and the rows."""
+
     start: int  # rows [start, start + len(labels)) of the coarse scores
     rows: np.ndarray = field(compare=False, repr=False)  # float16 [labels, dim], L2-normalized, memory-mapped
 
@@ -110,10 +104,7 @@ class LabelTables:
                 raise ModelFilesError(f"{entry.file}: {block.dtype} rows, not float16: run `invoke embed-vocab`")
             if block.shape[0] != len(entry.labels):
                 raise ModelFilesError(f"{entry.file}: {block.shape[0]} rows for {len(entry.labels)} labels")
-            categories.append(
-                CategoryTable(entry.name, entry.mode, entry.labels, entry.threshold, entry.k, entry.prefix,
-                              entry.tags, start=start, rows=block)
-            )  # fmt: skip
+            categories.append(CategoryTable(**vars(entry), start=start, rows=block))
             start += block.shape[0]
         options = ort.SessionOptions()
         # No spinning: idle spinners would steal the CPU from the next image's preprocessing and encode.

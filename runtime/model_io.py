@@ -24,7 +24,6 @@ TEXT_INPUT = "input_ids"  # int64 [1, context_length] in ONNX; int32 on the NPU 
 TEXT_OUTPUT = "text_embeds"  # float32 [1, projection_dim]
 TOKENIZER_FILE = "tokenizer.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
-EXPORT_INFO_FILE = "export.json"
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class EncoderFile:
 
 
 @dataclass(frozen=True)
-class ExportInfo(JsonFile, file=EXPORT_INFO_FILE, made_by="invoke export"):
+class ExportInfo(JsonFile, file="export.json", made_by="invoke export"):
     """export.json: what export wrote, read by every later stage, the toolchains and the device runtime."""
 
     model: str
@@ -59,9 +58,6 @@ class ExportInfo(JsonFile, file=EXPORT_INFO_FILE, made_by="invoke export"):
     def encoder(self, part: str) -> EncoderFile:
         """`image` or `text`."""
         return {"image": self.image, "text": self.text}[part]
-
-
-COMPILE_REPORT_FILE = "report.json"  # in artifacts/compile/; fetch copies it into the device's manifest.json
 
 
 @dataclass(frozen=True)
@@ -80,9 +76,9 @@ class CompiledModel:
 
 
 @dataclass(frozen=True)
-class CompileReport(JsonFile, file=COMPILE_REPORT_FILE, made_by="invoke compile"):
-    """compile's report: the target, and per encoder (by export's file stem) the compiled file with its
-    figures (sha256, cosine vs float, the toolchain's precision rows)."""
+class CompileReport(JsonFile, file="report.json", made_by="invoke compile"):
+    """compile's report (artifacts/compile/report.json; fetch copies it into the device's manifest.json): the
+    target, and per encoder (by export's file stem) the compiled file with its figures."""
 
     target: str
     data_type: str

@@ -30,8 +30,6 @@ from toolchains.precision_table import describe_layers
 if TYPE_CHECKING:
     from toolchains.pulsar2_build import BuildResult
 
-REPORT_FILE = model_io.COMPILE_REPORT_FILE
-
 
 class CompileStageParams(CompileParams):
     """compile's settings and the build host. Where it builds is not part of the identity (left out of the
@@ -45,7 +43,7 @@ class CompileStage(Stage):
     name = "compile"
     help = "Quantize and compile both encoders: Pulsar2 on the build host (--host), or onnxruntime QDQ here."
     after = ("export", "verify", "calibrate")
-    outputs = (REPORT_FILE,)
+    outputs = (model_io.CompileReport.FILE,)
     code_modules = (
         "toolchains.pulsar2_config",
         "toolchains.pulsar2_build",

@@ -34,7 +34,7 @@ class ExportStage(Stage):
         model_io.TEXT_BATCH_MODEL_FILE,
         model_io.TOKENIZER_FILE,
         model_io.PREPROCESSOR_FILE,
-        model_io.EXPORT_INFO_FILE,
+        model_io.ExportInfo.FILE,
     )
     code_modules = ("modeling.encoders", "modeling.loading", "modeling.random_clip", "modeling.onnx_export")
 

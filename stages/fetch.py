@@ -102,7 +102,7 @@ def device_files(ctx: StageContext[DeviceParams]) -> dict[str, Path]:
     export, compiled = ctx.upstream("export"), ctx.upstream("compile")
     report = model_io.CompileReport.read(compiled)
     files = {report.file(stem): compiled / report.file(stem) for stem in report.models}
-    for name in (model_io.TOKENIZER_FILE, model_io.PREPROCESSOR_FILE, model_io.EXPORT_INFO_FILE):
+    for name in (model_io.TOKENIZER_FILE, model_io.PREPROCESSOR_FILE, model_io.ExportInfo.FILE):
         files[name] = export / name
     vocab = ctx.upstream("embed-vocab")
     for path in sorted(vocab.iterdir()):

@@ -108,10 +108,11 @@ def test_spelling_variants_merge_long_labels_are_named_and_top_picks_stay_distin
 
 def test_top_and_many_picks_skip_a_label_whose_embedding_was_already_picked() -> None:
     from runtime.interrogator import Pick, _distinct
-    from runtime.label_tables import CategoryTable
+    from runtime.label_tables import CategoryMode, CategoryTable
 
     rows = np.array([[1, 0], [1, 0], [0, 1]], np.float16)
-    table = CategoryTable("c", "top", ("8k", "8 k", "calm"), 0.2, 3, "", False, 0, rows)
+    table = CategoryTable(name="c", mode=CategoryMode.TOP, file="c.npy", labels=("8k", "8 k", "calm"), start=0,
+                          rows=rows)  # fmt: skip
     ranked = [Pick("8k", 0.9, 0), Pick("8 k", 0.9, 1), Pick("calm", 0.1, 2)]
     assert [p.label for p in _distinct(ranked, table)] == ["8k", "calm"]
 
