@@ -17,6 +17,7 @@ from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.report import console
+from runtime.manifest import CURRENT_SET
 from runtime.server.schemas import Health
 from stages.device_runtime import install_runtime, venv_python
 
@@ -64,7 +65,7 @@ def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest)
     host = config.host(host_name)
     with connect(host_name, host) as transport:
         models = transport.path(config.device.models_dir)
-        if not transport.run(f"test -f {quote(models)}/export.json").ok:
+        if not transport.run(f"test -f {quote(models)}/{CURRENT_SET}/export.json").ok:
             raise PipelineError(
                 f"no fetched models in {models} on {host_name}", hint=f"run `invoke fetch --host {host_name}` first"
             )
@@ -139,14 +140,22 @@ def _running_pid(transport: Transport) -> int | None:
 
 
 def _put_auth(transport: Transport, api_auth: str) -> str:
-    """The credentials as a 0600 file on the host: never on a command line, where `ps` would show them."""
+    """The credentials as a 0600 file on the host: never on a command line, where `ps` would show them, and
+    never readable by others, not even for a moment: uploaded into a fresh 0700 folder, then moved in place."""
     remote = transport.path(AUTH_FILE)
+    private = transport.check(
+        f"umask 077 && mktemp -d {quote(transport.path('.credentials-XXXXXX'))}", what="making a private folder"
+    ).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / AUTH_FILE
         local.touch(mode=0o600)
         local.write_text(api_auth.replace(",", "\n") + "\n", encoding="utf-8")
-        transport.put(local, remote)
-    transport.check(f"chmod 600 {quote(remote)}", what="protecting the credentials file")
+        transport.put(local, f"{private}/{AUTH_FILE}")
+    transport.check(
+        f"chmod 600 {quote(private)}/{AUTH_FILE} && mv -f {quote(private)}/{AUTH_FILE} {quote(remote)} "
+        f"&& rmdir {quote(private)}",
+        what="putting the credentials file in place",
+    )
     return remote
 
 

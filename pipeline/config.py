@@ -242,7 +242,7 @@ class DeviceConfig(Strict):
     how its NPU is shared. `--host` on fetch, smoke-test or serve names another host as the device."""
 
     host: str = "local"  # a host of `hosts`, or local
-    models_dir: str = "models"  # relative to the host's workdir, or absolute
+    models_dir: str = Field("models", min_length=1)  # relative to the host's workdir, or absolute; may be shared
 
     # A file on the device: every NPU call holds an exclusive flock on it, so a Stable Diffusion server that
     # locks the same file around its own NPU work never overlaps with ours (README: sharing the NPU).

@@ -11,7 +11,7 @@ from PIL import Image
 from runtime import model_io
 from runtime.backends import Backend, open_backend
 from runtime.errors import ModelFilesError
-from runtime.manifest import MANIFEST_FILE, Manifest
+from runtime.manifest import MANIFEST_FILE, Manifest, model_set
 from runtime.npu import NpuLock, ResidentModel
 from runtime.preprocess import Fidelity, PreprocessConfig, draft, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
@@ -49,7 +49,7 @@ class ClipRuntime:
         The models link is resolved once: a fetch that swaps in a new set while this runs (or reloads
         after an idle unload) cannot mix files of two sets. The set is checked against its manifest
         (sizes; sha256 with `verify_hashes`). Models load while holding `npu` (a shared NPU lock)."""
-        models_dir = Path(models_dir).resolve()
+        models_dir = model_set(models_dir)
         if not (models_dir / model_io.ExportInfo.FILE).is_file():
             raise ModelFilesError(f"{models_dir} holds no {model_io.ExportInfo.FILE}: run `invoke fetch` first")
         info = model_io.ExportInfo.read(models_dir)

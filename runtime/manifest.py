@@ -17,6 +17,10 @@ from runtime.errors import ModelFilesError
 from runtime.model_io import CompileReport
 
 MANIFEST_FILE = "manifest.json"
+# fetch's own folder inside the device's models dir (which may be the Stable Diffusion server's, shared), and
+# in it the link to the set in use: `<models_dir>/clip-axera/current -> sets/<id>`.
+OWN_FOLDER = "clip-axera"
+CURRENT_SET = f"{OWN_FOLDER}/current"
 FORMAT = 2  # 1: files held only sha256 (no sizes)
 
 
@@ -86,6 +90,14 @@ class Manifest:
                 f"{models_dir} does not hold the model set its manifest.json lists: {shown}. "
                 "Run `invoke fetch` to put the complete set back"
             )
+
+
+def model_set(models_dir: Path) -> Path:
+    """The folder to load from: `models_dir` itself when it holds a model set (an export folder, or a set
+    given directly), else the set fetch put in it; resolved once, so a later switch cannot mix two sets."""
+    models_dir = Path(models_dir)
+    fetched = models_dir / CURRENT_SET
+    return (fetched if fetched.is_dir() and not (models_dir / MANIFEST_FILE).is_file() else models_dir).resolve()
 
 
 def _sha256(path: Path) -> str:

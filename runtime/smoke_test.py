@@ -24,6 +24,7 @@ from runtime.clip import model_files
 from runtime.contract import JsonFile
 from runtime.errors import RuntimeErrorBase
 from runtime.golden import GOLDEN_DIR, GoldenSet
+from runtime.manifest import model_set
 from runtime.npu import NpuLock
 from runtime.similarity import cosine
 
@@ -72,7 +73,7 @@ def run_smoke_test(
     """Each encoder loaded on its own (load time and the host memory it adds: what is left for a Stable
     Diffusion model beside it), then run on the golden inputs, holding the NPU lock throughout."""
     npu = npu or NpuLock()
-    models_dir = models_dir.resolve()  # one set throughout, even if a fetch swaps the link meanwhile
+    models_dir = model_set(models_dir)  # one set throughout, even if a fetch swaps the link meanwhile
     info = model_io.ExportInfo.read(models_dir)
     files = model_files(models_dir, info, verify_hashes=True)  # the check after a fetch: every byte
     golden_dir = models_dir / GOLDEN_DIR

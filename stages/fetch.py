@@ -1,9 +1,12 @@
 """fetch: put the compiled models and what the runtime needs beside them on the device.
 
-The set goes into a folder of its own (`<models_dir>.sets/<id>`, files the current set shares hard-linked
-in, the rest checksummed and uploaded under temporary names), manifest.json last; then `<models_dir>`,
-a symlink, is switched to it in one rename. A fetch killed at any point leaves the previous complete set
-in use, and the next one resumes. The runtime checks the set against its manifest before loading.
+The device's models dir may be the Stable Diffusion server's own: fetch keeps to one folder of its own in it
+(`<models_dir>/clip-axera`, refused if someone else made a folder of that name) and never touches anything
+else there. The set goes into `clip-axera/sets/<id>` (files the current set shares hard-linked in, the rest
+checksummed and uploaded under temporary names), manifest.json last; then `clip-axera/current`, a symlink,
+is switched to it in one rename, all under a lock on the device so that two controllers take turns. A fetch
+killed at any point leaves the previous complete set in use, and the next one resumes. The runtime checks the
+set against its manifest before loading.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_json
-from pipeline.hosts import connect
-from pipeline.hosts.sync import upload
+from pipeline.hosts import Transport, connect
+from pipeline.hosts.remote_lock import exclusive
+from pipeline.hosts.sync import TransferSummary, upload
 from pipeline.hosts.versioned import VersionedFolder
 from pipeline.report import console
 from pipeline.stage import DeviceParams, Stage, StageContext, StageResult
@@ -26,9 +30,10 @@ from runtime import model_io
 from runtime.clip import VOCAB_DIR
 from runtime.errors import ModelFilesError
 from runtime.golden import GOLDEN_DIR, GoldenSet
-from runtime.manifest import MANIFEST_FILE, FileEntry, Manifest
+from runtime.manifest import CURRENT_SET, MANIFEST_FILE, OWN_FOLDER, FileEntry, Manifest
 
 _BAR_THRESHOLD = 8 * 1024 * 1024  # show a progress bar for files above this size
+SWITCH_WAIT_S = 600  # how long a fetch waits for another controller's fetch to the same device
 
 
 class FetchStage(Stage):
@@ -36,7 +41,7 @@ class FetchStage(Stage):
     help = "Copy the compiled models, tokenizer and golden data to the device (--host), checksummed."
     after = ("export", "verify", "compile", "embed-vocab")
     outputs = (MANIFEST_FILE,)
-    code_modules = ("pipeline.hosts.sync", "pipeline.hosts.versioned", "runtime.manifest")
+    code_modules = ("pipeline.hosts.sync", "pipeline.hosts.versioned", "pipeline.hosts.remote_lock", "runtime.manifest")
 
     def params(self, config: PipelineConfig) -> DeviceParams:
         return DeviceParams.for_device(config)
@@ -51,7 +56,7 @@ class FetchStage(Stage):
         where = f"device {params.host}"
         try:
             with connect(params.host, params.connection) as transport:
-                link = transport.path(params.models_dir)
+                link = f"{transport.path(params.models_dir)}/{CURRENT_SET}"
                 remote_manifest = f"{link}/{MANIFEST_FILE}"
                 digest = transport.sha256([remote_manifest]).get(remote_manifest)
                 sizes = transport.sizes(f"{link}/{name}" for name in manifest.files)
@@ -76,25 +81,36 @@ class FetchStage(Stage):
             compile=model_io.CompileReport.read(ctx.upstream("compile")),
         )
         with connect(device.host, device.connection) as transport:
-            models = VersionedFolder(transport.path(device.models_dir))
-            folder = models.prepare(transport, manifest.set_id, sorted(files))
-            remote = {local: f"{folder}/{name}" for name, local in files.items()}
-            with _progress(files) as progress:
-                summary = upload(transport, remote, progress)
-            manifest_path = ctx.out_dir / MANIFEST_FILE
-            manifest.write(manifest_path)
-            upload(transport, {manifest_path: f"{folder}/{MANIFEST_FILE}"})
-            models.switch(transport, manifest.set_id)
+            models = VersionedFolder(transport.path(device.models_dir), OWN_FOLDER)
+            if models.claim(transport):
+                ctx.log.warning("%s: moved back what an older release had put in %s.sets", device.host, models.parent)
+            with exclusive(transport, models.lock, SWITCH_WAIT_S, ctx.log.warning):
+                summary = _send_set(transport, models, manifest, files, ctx.out_dir)
         write_json(
             ctx.out_dir / "transfer.json",
-            {"host": device.host, "dir": models.link, "set": folder, "sent": list(summary.sent),
-             "unchanged": list(summary.skipped)},
+            {"host": device.host, "dir": models.link, "set": models.folder(manifest.set_id),
+             "sent": list(summary.sent), "unchanged": list(summary.skipped)},
         )  # fmt: skip
         return StageResult(
             summary=f"{device.host}:{models.link} -> set {manifest.set_id}: {len(summary.sent)} sent "
             f"({summary.bytes_sent / 1e6:.1f} MB), {len(summary.skipped)} unchanged",
             figures={"sent": len(summary.sent), "unchanged": len(summary.skipped), "bytes": summary.bytes_sent},
         )
+
+
+def _send_set(
+    transport: Transport, models: VersionedFolder, manifest: Manifest, files: dict[str, Path], out_dir: Path
+) -> TransferSummary:
+    """Fill the set's folder (only what changed travels), manifest.json last, then switch to it."""
+    folder = models.prepare(transport, manifest.set_id, sorted(files))
+    remote = {local: f"{folder}/{name}" for name, local in files.items()}
+    with _progress(files) as progress:
+        summary = upload(transport, remote, progress)
+    manifest_path = out_dir / MANIFEST_FILE
+    manifest.write(manifest_path)
+    upload(transport, {manifest_path: f"{folder}/{MANIFEST_FILE}"})
+    models.switch(transport, manifest.set_id)
+    return summary
 
 
 def device_files(ctx: StageContext[DeviceParams]) -> dict[str, Path]:

@@ -18,7 +18,7 @@ from pipeline.runner import RunRequest, run
 from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
-from tests.helpers import STAGES, tiny_config_dict
+from tests.helpers import STAGES, device_set, tiny_config_dict
 from tests.loopback import app_clients
 from tests.sshd import SshServer, start_sshd
 
@@ -51,7 +51,7 @@ def built_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def interrogator(built_artifacts: Path) -> Interrogator:
     """The built device models, loaded as the server loads them (image encoder and label tables)."""
-    models = built_artifacts.parent / "device" / "models"
+    models = device_set(built_artifacts.parent / "device" / "models")
     return Interrogator(ClipRuntime.load(models, with_text=False), LabelTables.load(models / VOCAB_DIR))
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.manifest import CURRENT_SET
+
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "data" / "images"
+
+
+def device_set(models_dir: Path) -> Path:
+    """The model set fetch switched to in a device's models dir (the link, not resolved)."""
+    return models_dir / CURRENT_SET
 
 
 STAGES = ["export", "verify", "calibrate", "compile", "embed-vocab", "fetch", "smoke-test"]

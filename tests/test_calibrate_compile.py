@@ -13,6 +13,7 @@ from pipeline.runner import Outcome, RunRequest, run
 from runtime.preprocess import PreprocessConfig, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
 from stages import ALL_STAGES
+from tests.helpers import device_set
 from toolchains.calibration_tar import CalibrationSet, read_npy_tar
 from toolchains.encoder_specs import encoder_specs
 from toolchains.pulsar2_config import pulsar2_build_args, pulsar2_config
@@ -75,13 +76,13 @@ def test_u8_quantization_is_reported_and_checked_against_the_bar(tiny_pipeline) 
 
 
 def test_fetch_puts_models_tokenizer_and_golden_data_on_the_device(built_artifacts: Path) -> None:
-    device = built_artifacts.parent / "device" / "models"
+    device = device_set(built_artifacts.parent / "device" / "models")
     manifest = json.loads((device / "manifest.json").read_text())
     for name in ("image_encoder.onnx", "text_encoder.onnx", "tokenizer.json", "preprocessor_config.json"):
         assert (device / name).is_file() and name in manifest["files"]
     assert (device / "golden/pixel_values.npy").is_file()
     assert not list(device.parent.rglob("*.tmp-*"))
-    assert device.is_symlink() and device.resolve().parent.name == "models.sets"
+    assert device.is_symlink() and device.resolve().parent.name == "sets"
 
 
 def test_pulsar2_config_uses_axera_keys_and_s32_token_ids(built_artifacts: Path) -> None:

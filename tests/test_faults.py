@@ -28,7 +28,7 @@ from pipeline.hosts.sync import download, upload
 from pipeline.lockfile import read_lock
 from pipeline.runner import Outcome, RunRequest, run
 from stages import ALL_STAGES
-from tests.helpers import REPO
+from tests.helpers import REPO, device_set
 from tests.sshd import SshServer
 
 pytestmark = pytest.mark.slow  # minutes of sshd, docker stand-in and device runs: `-m 'not slow'` skips
@@ -240,7 +240,7 @@ def test_a_device_that_stays_away_fails_fetch_clearly_and_the_next_run_resumes(
     assert resumed.outcome is Outcome.RAN, resumed.summary
     manifest = json.loads((config.artifacts / "fetch/manifest.json").read_text())
     for name, entry in manifest["files"].items():
-        assert sha256_file(tmp_path / "pi" / "models" / name) == entry["sha256"]
+        assert sha256_file(device_set(tmp_path / "pi" / "models") / name) == entry["sha256"]
 
 
 @pytest.fixture

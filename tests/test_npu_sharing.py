@@ -22,6 +22,7 @@ from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.npu import NpuLock
+from tests.helpers import device_set
 from tests.loopback import app_clients
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ open(log, "w").write(json.dumps(held))
 
 @pytest.fixture(scope="module")
 def models(built_artifacts: Path) -> Path:
-    return built_artifacts.parent / "device" / "models"
+    return device_set(built_artifacts.parent / "device" / "models")
 
 
 def _interrogator(models: Path, lock_file: Path | None = None, unload_after: float | None = None) -> Interrogator:

@@ -20,6 +20,7 @@ from pipeline.hosts.ssh import SshTransport
 from pipeline.hosts.sync import upload
 from pipeline.runner import Outcome, RunRequest, StageOutcome, run
 from stages import ALL_STAGES
+from tests.helpers import device_set
 from tests.sshd import SshServer
 
 pytestmark = pytest.mark.slow  # minutes of sshd, docker stand-in and device runs: `-m 'not slow'` skips
@@ -103,7 +104,7 @@ def test_fetch_to_the_device_over_ssh_then_nothing_to_send(remote, tmp_path: Pat
     config = remote()
     first = _run(config, "fetch")
     assert first.outcome is Outcome.RAN, first.summary
-    device = tmp_path / "pi device" / "models"
+    device = device_set(tmp_path / "pi device" / "models")
     assert (device / "image_encoder.axmodel").is_file() and (device / "tokenizer.json").is_file()
     assert json.loads((device / "manifest.json").read_text())["compile"]["target"] == "pulsar2"
     again = _run(config, "fetch", force=True, only=True)

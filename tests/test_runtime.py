@@ -19,13 +19,14 @@ from runtime.errors import BackendUnavailable, ModelFilesError
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
 from runtime.label_tables import CategoryMode, LabelTables, normalize
 from runtime.preprocess import Fidelity, PreprocessConfig, open_image, preprocess
+from tests.helpers import device_set
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN_PYTHON = REPO / "tests/standins/python"
 
 
 def _device(built_artifacts: Path) -> Path:
-    return built_artifacts.parent / "device" / "models"
+    return device_set(built_artifacts.parent / "device" / "models")
 
 
 def test_runtime_imports_and_runs_without_torch_transformers_or_onnx(built_artifacts: Path) -> None:

@@ -28,6 +28,7 @@ from runtime.errors import RuntimeErrorBase
 from runtime.interrogator import Interrogator
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.images import ImagePolicy
+from tests.helpers import device_set
 from tests.hostile_images import dib_header, ico_hiding, png_bomb
 from tests.loopback import free_port
 
@@ -378,7 +379,7 @@ def _listening_addresses(port: int) -> set[str]:
 
 
 def test_the_command_line_server_captions_a_real_photo_on_loopback_only(built_artifacts: Path, tmp_path: Path) -> None:
-    models = built_artifacts.parent / "device" / "models"
+    models = device_set(built_artifacts.parent / "device" / "models")
     port = free_port()
     command = [sys.executable, "-m", "runtime.server", "--models", str(models), "--port", str(port)]
     command += ["--options-file", str(tmp_path / "options.json")]

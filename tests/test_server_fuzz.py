@@ -23,6 +23,7 @@ from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.images import REFUSED_FORMATS
+from tests.helpers import device_set
 from tests.loopback import serving
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ UNREADABLE = {"BUFR", "GRIB", "HDF5", "WMF", "PALM", "PDF", "EPS", "MPO", "AVIF"
 
 @pytest.fixture(scope="module")
 def server(built_artifacts: Path) -> Iterator[str]:
-    models = built_artifacts.parent / "device" / "models"
+    models = device_set(built_artifacts.parent / "device" / "models")
     interrogator = Interrogator(ClipRuntime.load(models, with_text=False), LabelTables.load(models / VOCAB_DIR))
     settings_ = ServerSettings(max_body_bytes=2_000_000, body_timeout_s=2.0)
     with serving(create_app(interrogator, settings_)) as url:
