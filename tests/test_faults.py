@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,8 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import HostError
 from pipeline.files import sha256_file
 from pipeline.graph import StageGraph
-from pipeline.hosts import openssh
+from pipeline.hosts import openssh, remote_lock
+from pipeline.hosts.local import LocalTransport
 from pipeline.hosts.remote_lock import exclusive
 from pipeline.hosts.ssh import SshTransport
 from pipeline.hosts.sync import download, upload
@@ -280,3 +283,31 @@ def test_too_little_disk_on_the_build_host_fails_compile_before_uploading(remote
     assert outcome.outcome is Outcome.FAILED
     assert "GB free" in outcome.summary and "min_free_gb" in outcome.summary
     assert (config.artifacts / "compile/report.json").read_bytes() == before
+
+
+def test_a_lock_left_without_a_pid_is_reported_at_once_with_the_command_that_clears_it(tmp_path: Path) -> None:
+    lock = tmp_path / "work" / ".lock"
+    lock.mkdir(parents=True)
+    transport = LocalTransport("pi", str(tmp_path / "work"))
+    started = time.monotonic()
+    with pytest.raises(HostError, match=r"held by no process.*rm -rf .*\.lock"), exclusive(transport, ".lock", 600):
+        pass
+    assert time.monotonic() - started < 15 and lock.is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to run as another user")
+def test_a_holder_another_user_owns_is_alive_not_stale() -> None:
+    """kill -0 on another user's live process fails with EPERM: that holder is alive, its lock not taken."""
+    with tempfile.TemporaryDirectory() as folder:  # pytest's tmp_path is private to root
+        Path(folder).chmod(0o777)
+        _another_users_lock_is_waited_for(Path(folder) / ".lock")
+
+
+def _another_users_lock_is_waited_for(lock: Path) -> None:
+    lock.mkdir()
+    (lock / "pid").write_text(str(os.getpid()))  # this root-owned test process: alive
+    script = remote_lock._SCRIPT.format(lock=str(lock), wait=2, pid_wait=remote_lock.PID_WAIT_S)
+    result = subprocess.run(["runuser", "-u", "nobody", "--", "sh", "-c", script], capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert result.stdout.split() == ["WAITING", str(os.getpid()), "TIMEOUT"], result
+    assert (lock / "pid").read_text() == str(os.getpid())
