@@ -33,6 +33,7 @@ from pipeline.runner import Outcome, RunRequest, run
 from stages import ALL_STAGES
 from tests.helpers import REPO, device_set
 from tests.sshd import SshServer
+from toolchains import pulsar2_build
 
 pytestmark = pytest.mark.slow  # minutes of sshd, docker stand-in and device runs: `-m 'not slow'` skips
 
@@ -108,6 +109,29 @@ def test_ctrl_c_mid_compile_stops_the_container_and_the_next_run_resumes(
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     _assert_artifacts_match_the_lock(config.artifacts)
+
+
+def test_a_build_in_another_workdir_on_the_same_docker_host_keeps_its_container(
+    remote_config, ssh_server: SshServer
+) -> None:
+    """Our leftover cleanup once stopped every clip-axera container on the host, another user's build too."""
+    config, _ = remote_config()
+    containers = ssh_server.bin_dir / "containers"
+    containers.mkdir(exist_ok=True)
+    other = subprocess.Popen(["sleep", "120"])  # another workdir's build, running
+    try:
+        name = f"{pulsar2_build.CONTAINER_PREFIX}0123456789-text_encoder-abcd1234"
+        (containers / name).write_text(str(other.pid))
+        outcome = run(config, GRAPH, RunRequest(targets=("compile",), only=True, force=True))[-1]
+        assert outcome.outcome is Outcome.RAN, outcome.summary
+        assert other.poll() is None
+        stopped = ssh_server.bin_dir / "stopped.log"
+        assert not stopped.exists() or name not in stopped.read_text()
+        runs = (ssh_server.bin_dir / "runs.log").read_text()
+        assert f"--label clip-axera.build={socket.gethostname()}:" in runs
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_killed_invoke_all_then_a_plain_invoke_all_finishes_up_to_date(

@@ -6,8 +6,10 @@ Transport, so `--host local` and `--host mac` run the very same commands.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ DOCKER_FALLBACKS = (
     "/Applications/Docker.app/Contents/Resources/bin/docker",
 )
 CONTAINER_PREFIX = "clip-axera-"
+BUILD_LABEL = "clip-axera.build"  # names the build (its workdir on the build host) a container belongs to
 OOM_EXIT = 137  # SIGKILL: the kernel's OOM killer inside Docker's VM
 # Where `pulsar2 build` saves the precision table under its work_dir (= output_dir by default), as its log
 # says: "save precision analysis table to [output/quant/debug/precision_analysis_table.txt]".
@@ -141,7 +144,7 @@ def build(
     """Run one `pulsar2 build` in a fresh container, streaming its log; download what it made."""
     paths = remote_paths(spec)
     _clear_build_dir(transport, build_host, params, paths["output_dir"])
-    container = f"{CONTAINER_PREFIX}{spec.name}-{uuid.uuid4().hex[:8]}"
+    container = f"{container_prefix(transport)}{spec.name}-{uuid.uuid4().hex[:8]}"
     command = _docker_run(transport, build_host, params, pulsar2_build_args(spec, params), container)
     lines: list[str] = []
 
@@ -190,7 +193,10 @@ def build(
 
 def _docker_run(transport: Transport, build_host: BuildHost, params: CompileParams, args: list[str],
                 container: str | None = None) -> str:  # fmt: skip
-    docker = [build_host.docker, "run", "--rm"] + (["--name", container] if container else [])
+    docker = [build_host.docker, "run", "--rm"]
+    if container:
+        label = f"{BUILD_LABEL}={socket.gethostname()}:{transport.workdir}"
+        docker += ["--name", container, "--label", label]
     if build_host.platform:
         docker += ["--platform", build_host.platform]
     docker += ["-v", f"{transport.workdir}:/data", "-w", "/data", params.pulsar2.image]
@@ -221,13 +227,20 @@ def _read_precision(
     return find_precision_table("\n".join(lines)), "build log"
 
 
+def container_prefix(transport: Transport) -> str:
+    """Containers of builds in this workdir on the build host, whichever controller started them: another
+    workdir's (another build, another user) never match."""
+    return f"{CONTAINER_PREFIX}{hashlib.sha256(transport.workdir.encode()).hexdigest()[:10]}-"
+
+
 def stop_stale_containers(transport: Transport, build_host: BuildHost, echo: Callable[[str], None]) -> None:
-    """Stop containers of ours that still run, left by a controller that was killed (we hold the lock,
-    so no live build owns them)."""
+    """Stop containers of builds in this workdir that still run, left by a controller that was killed (we
+    hold the workdir's lock, so no live build owns them). Other builds' containers are left alone."""
+    prefix = container_prefix(transport)
     listed = transport.run(
-        f"{quote(build_host.docker)} ps --filter name={CONTAINER_PREFIX} --format '{{{{.Names}}}}'"
+        f"{quote(build_host.docker)} ps --filter name={prefix} --format '{{{{.Names}}}}'"
     ).stdout.split()
-    stale = [name for name in listed if name.startswith(CONTAINER_PREFIX)]
+    stale = [name for name in listed if name.startswith(prefix)]
     if stale:
         echo(f"{transport.name}: stopping {len(stale)} container(s) left by an interrupted build: {', '.join(stale)}")
         _stop(transport, build_host, stale)
