@@ -11,6 +11,7 @@ import re
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from pipeline.config import PipelineConfig
@@ -143,6 +144,29 @@ def test_unknown_host_key_is_refused_unless_trusted(remote, tmp_path: Path) -> N
     _assert_failed_and_kept(config, "compile", "host key", "not in known_hosts", "trust_new_host_key")
     trusting = remote(mac={"known_hosts": str(empty), "trust_new_host_key": True})
     assert _run(trusting, "compile").outcome is Outcome.RAN
+
+
+def test_a_trusted_new_host_key_is_remembered_and_a_changed_one_refused_after(
+    remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko's AutoAddPolicy kept the key in memory only: a changed key was then accepted silently."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    trusting = remote(mac={"known_hosts": None, "trust_new_host_key": True})
+    assert _run(trusting, "compile").outcome is Outcome.RAN
+    known = home / ".ssh" / "known_hosts"
+    saved = known.read_text().split()
+    assert saved[0].startswith("[127.0.0.1]:") and known.stat().st_mode & 0o777 == 0o600
+    other = paramiko.RSAKey.generate(1024)  # the host "reinstalled": another key under the same name
+    known.write_text(f"# mine\n{saved[0]} {other.get_name()} {other.get_base64()}\n")
+    refused = _run(trusting, "compile", force=True)
+    assert refused.outcome is Outcome.FAILED and "does not match known_hosts" in refused.summary
+    assert known.read_text().startswith("# mine\n")
+
+
+def test_a_known_hosts_file_that_does_not_exist_is_an_error(remote, tmp_path: Path) -> None:
+    config = remote(mac={"known_hosts": str(tmp_path / "nowhere"), "trust_new_host_key": True})
+    _assert_failed_and_kept(config, "compile", "hosts.mac.known_hosts", "does not exist")
 
 
 def test_missing_image_names_docker_load(remote, standin_docker) -> None:

@@ -1,9 +1,10 @@
 """SSH hosts through Fabric: the only module that imports fabric or paramiko.
 
 Host keys are checked against ~/.ssh/known_hosts (and an optional extra file); an unknown host is
-refused unless the host entry says `trust_new_host_key: true`. Fabric's own default, AutoAddPolicy,
-would trust any key silently. Connection errors are retried with backoff; authentication and host-key
-errors are not, since retrying cannot fix them.
+refused unless the host entry says `trust_new_host_key: true`, and then its key is appended to the
+known-hosts file in use (the extra file, else ~/.ssh/known_hosts), so a changed key is refused afterwards.
+Fabric's own default, AutoAddPolicy, would trust any key silently and remember none. Connection errors are
+retried with backoff; authentication and host-key errors are not, since retrying cannot fix them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from fabric import Connection
 from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
-from paramiko import AutoAddPolicy, Channel, RejectPolicy
+from paramiko import Channel, MissingHostKeyPolicy, PKey, RejectPolicy, SSHClient
 from paramiko.ssh_exception import (
     AuthenticationException,
     BadHostKeyException,
@@ -90,7 +91,7 @@ class SshTransport(Transport):
 
     @classmethod
     def connect(cls, name: str, host: HostConfig) -> SshTransport:
-        connection = _connection(host)
+        connection = _connection(name, host)
         _open(name, host, connection)
         sftp = connection.sftp()
         home = sftp.normalize(".")
@@ -176,7 +177,7 @@ class SshTransport(Transport):
         """A fresh connection with the same checks, retried with backoff (a rebooting device)."""
         with contextlib.suppress(Exception):
             self._conn.close()
-        self._conn = _connection(self.host)
+        self._conn = _connection(self.name, self.host)
         _open(self.name, self.host, self._conn)
 
     def close(self) -> None:
@@ -241,7 +242,39 @@ class _ChannelBackground(Background):
             self._channel.close()
 
 
-def _connection(host: HostConfig) -> Connection:
+class _RememberNewHostKey(MissingHostKeyPolicy):
+    """Accept an unknown host's key and append it to `path` (made 0600 when new). Appending, unlike
+    paramiko's save_host_keys, leaves the user's other lines (comments, @cert-authority) as they are."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def missing_host_key(self, client: SSHClient, hostname: str, key: PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
+            starts_clean = handle.tell() == 0 or self.path.read_bytes().endswith(b"\n")
+            handle.write(("" if starts_clean else "\n") + f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        log.warning("trusted the new host key of %s (%s) and saved it to %s", hostname, key.get_name(), self.path)
+
+
+def _known_hosts(name: str, host: HostConfig) -> Path:
+    """The known-hosts file this host's keys are checked against and new ones saved to."""
+    if not host.known_hosts:
+        return Path(os.path.expanduser("~/.ssh/known_hosts"))
+    known = Path(os.path.expanduser(host.known_hosts))
+    if not known.is_file():
+        raise HostError(
+            name,
+            f"hosts.{name}.known_hosts: {known} does not exist",
+            hint="fix the path, create the file (`touch` it, then set trust_new_host_key or run ssh once), "
+            "or remove the key to use ~/.ssh/known_hosts",
+        )
+    return known
+
+
+def _connection(name: str, host: HostConfig) -> Connection:
     """A Fabric connection that checks host keys against known_hosts (Fabric's default trusts any)."""
     connect_kwargs: dict[str, object] = {}
     if host.key:
@@ -255,11 +288,11 @@ def _connection(host: HostConfig) -> Connection:
     )
     connection.config.runners.remote = _IncrementalRemote
     client = connection.client
+    known = _known_hosts(name, host)
+    client.load_system_host_keys()  # ~/.ssh/known_hosts, if any: Fabric itself loads no known hosts
     if host.known_hosts:
-        known = Path(os.path.expanduser(host.known_hosts))
-        if known.is_file():
-            client.load_host_keys(str(known))
-    client.set_missing_host_key_policy(AutoAddPolicy() if host.trust_new_host_key else RejectPolicy())
+        client.load_host_keys(str(known))
+    client.set_missing_host_key_policy(_RememberNewHostKey(known) if host.trust_new_host_key else RejectPolicy())
     return connection
 
 
