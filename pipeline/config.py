@@ -11,7 +11,6 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,6 +23,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError
+from pipeline.user_files import read_yaml
 
 BUILTIN_TINY_CLIP = "builtin:tiny-clip"
 # Built-in models made on the fly with random weights: id -> size preset (see modeling/random_clip.py).
@@ -47,11 +47,17 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     return (base / value.expanduser()).resolve()
 
 
-ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+def _as_path(value: Any) -> Any:
+    return Path(value) if isinstance(value, str) else value
+
+
+ConfigPath = Annotated[Path, BeforeValidator(_as_path), AfterValidator(_resolve_path)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and so are values of another type: `runs: true` or `runs: '20'` is not 20."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(Strict):
@@ -95,10 +101,10 @@ class HostConfig(Strict):
     trust_new_host_key: bool = False  # accept (and remember) an unknown host key: explicit, never silent
     workdir: str = "~/clip-axera"
     connect_timeout: float = Field(15.0, gt=0, le=300)
-    command_timeout: float = Field(3 * 3600.0, gt=0)
+    command_timeout: float = Field(3 * 3600.0, gt=0, le=7 * 24 * 3600)
     retries: int = Field(3, ge=0, le=10)  # reconnect attempts on connection errors (never on auth errors)
     docker: str | None = None  # docker binary; found on PATH or in the usual macOS places when unset
-    min_free_gb: float = Field(5.0, ge=0)
+    min_free_gb: float = Field(5.0, ge=0, le=100_000)
     python: str = "python3"
 
     @model_validator(mode="after")
@@ -132,9 +138,9 @@ class VerifyParams(Strict):
     target: Literal[SUPPORTED_TARGETS] = "ax650"  # type: ignore[valid-type]
     images: ConfigPath = SHIPPED / "data/images"
     max_images: int = Field(4, ge=1, le=64)
-    prompts: tuple[str, ...] = Field(DEFAULT_PROMPTS, min_length=1)
+    prompts: tuple[str, ...] = Field(DEFAULT_PROMPTS, min_length=1, strict=False)  # a YAML list
     min_cosine: float = Field(0.9999, ge=0, le=1)
-    max_abs_diff: float = Field(1e-3, gt=0)
+    max_abs_diff: float = Field(1e-3, gt=0, le=10)
 
 
 class CalibrateParams(Strict):
@@ -222,7 +228,7 @@ class StagesConfig(Strict):
         SmokeTestParams(), alias="smoke-test"
     )
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, populate_by_name=True)
 
     def of(self, stage: str) -> BaseModel | None:
         """The params of a stage by its name, or None for a stage without settings."""
@@ -247,7 +253,8 @@ class DeviceConfig(Strict):
     # A file on the device: every NPU call holds an exclusive flock on it, so a Stable Diffusion server that
     # locks the same file around its own NPU work never overlaps with ours (README: sharing the NPU).
     npu_lock: str | None = None
-    unload_after: float | None = Field(None, gt=0)  # serve: idle seconds before the image encoder leaves the NPU
+    # serve: idle seconds before the image encoder leaves the NPU
+    unload_after: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     # serve and caption: `fast` decodes a JPEG at a reduced DCT scale and box-reduces before the bicubic
     # resize (embedding cosine >= 0.999 of `exact`, which verify measures); `exact` is transformers' own.
     fidelity: Literal["fast", "exact"] = "fast"
@@ -296,15 +303,7 @@ def load_config(path: Path | str) -> PipelineConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found", hint="pass an existing file with --config")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: {where}not valid YAML: {problem}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from exc
+    raw = read_yaml(path, "config file")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

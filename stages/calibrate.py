@@ -14,6 +14,7 @@ from pipeline.config import CalibrateParams, PipelineConfig
 from pipeline.errors import StageError
 from pipeline.files import sha256_file
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.user_files import read_lines
 from runtime import model_io
 from runtime.preprocess import PreprocessConfig, find_images, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
@@ -86,7 +87,7 @@ def _distinct_images(folder: Path) -> list[Path]:
 def _read_prompts(path: Path) -> list[str]:
     if not path.is_file():
         raise StageError("calibrate", f"prompt file {path} not found", hint="set stages.calibrate.prompts")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in read_lines(path, "prompts file")]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise StageError("calibrate", f"{path} holds no prompts", hint="one prompt a line")

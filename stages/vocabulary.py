@@ -13,16 +13,17 @@ way to the tables is counted, never silent (LabelStats).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.config import describe_error
 from pipeline.errors import ConfigError
+from pipeline.user_files import read_lines, read_yaml
 from runtime.label_tables import CategoryMode
 
 
@@ -65,6 +66,17 @@ class VocabularySpec(BaseModel):
 
 
 SHOWN = 5  # labels named in a warning
+MAX_LABEL_CHARS = 1000  # far past any text encoder's context; longer is a file that is not a label list
+# Terminal escape sequences first (whole), then single control characters: C0/C1 (NUL, ESC, DEL, NEL ...) and
+# the bidi controls that make a label display as another (U+202E). Line and paragraph separators become spaces.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SEPARATORS = re.compile("[\t\u2028\u2029]")
+
+
+def clean_label(text: str) -> str:
+    """A label as it may go into a caption: no escape sequences or control characters, trimmed."""
+    return _CONTROLS.sub("", _SEPARATORS.sub(" ", _ESCAPES.sub("", text))).strip()
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,7 @@ class LabelStats:
     empty_lines: int = 0
     comment_lines: int = 0
     exact_duplicates: int = 0
+    cleaned: int = 0  # labels that held control characters or escape sequences, removed
     token_merges: tuple[tuple[str, str], ...] = ()  # (dropped spelling, the kept one with the same token ids)
     truncated: tuple[str, ...] = ()  # labels longer than the text encoder's context, cut to fit
 
@@ -84,6 +97,7 @@ class LabelStats:
             "empty_lines": self.empty_lines,
             "comment_lines": self.comment_lines,
             "exact_duplicates": self.exact_duplicates,
+            "cleaned": self.cleaned,
             "token_merges": len(self.token_merges),
             "merged": [{"label": dropped, "into": kept} for dropped, kept in self.token_merges[:SHOWN]],
             "truncated": len(self.truncated),
@@ -93,6 +107,8 @@ class LabelStats:
     def problems(self) -> list[str]:
         """One phrase per kind of change, for the warning line; empty when the labels went in as given."""
         phrases = []
+        if self.cleaned:
+            phrases.append(f"{self.cleaned} had control characters or escape sequences removed")
         if self.exact_duplicates:
             phrases.append(f"{self.exact_duplicates} exact duplicates dropped")
         if self.token_merges:
@@ -145,37 +161,45 @@ def vocabulary_files(path: Path) -> list[Path]:
 
 def load_vocabulary(path: Path) -> tuple[VocabularySpec, list[Category]]:
     spec = _read_spec(path)
-    categories = []
-    for category in spec.categories:
-        labels = [label.strip() for label in category.labels if label.strip()]
-        empty, comments = len(category.labels) - len(labels), 0
-        if category.labels_file:
-            source = path.parent / category.labels_file
-            if not source.is_file():
-                raise ConfigError(f"{path}: categories.{category.name}.labels_file: {source} not found")
-            for line in source.read_text(encoding="utf-8").splitlines():
-                text = line.strip()
-                if not text:
-                    empty += 1
-                elif category.comments and text.startswith("#"):
-                    comments += 1
-                else:
-                    labels.append(text)
-        unique = tuple(dict.fromkeys(labels))
-        if not unique:
-            raise ConfigError(f"{path}: categories.{category.name}: no labels")
-        stats = LabelStats(len(labels), empty, comments, len(labels) - len(unique))
-        categories.append(Category(spec=category, labels=unique, stats=stats))
-    return spec, categories
+    return spec, [_load_category(path, category) for category in spec.categories]
+
+
+def _load_category(path: Path, category: CategorySpec) -> Category:
+    """Inline labels, then the labels file's: trimmed, cleaned, deduplicated, each change counted."""
+    given = [(f"{path}: categories.{category.name}.labels[{i}]", text) for i, text in enumerate(category.labels)]
+    comments = 0
+    if category.labels_file:
+        source = path.parent / category.labels_file
+        if not source.is_file():
+            raise ConfigError(f"{path}: categories.{category.name}.labels_file: {source} not found")
+        for number, line in enumerate(read_lines(source, "labels file"), start=1):
+            if category.comments and line.strip().startswith("#"):
+                comments += 1
+            else:
+                given.append((f"{source}: line {number}", line))
+    labels, cleaned = [], 0
+    for where, text in given:
+        if len(text) > MAX_LABEL_CHARS:
+            raise ConfigError(
+                f"{where}: a label of {len(text):,} characters (at most {MAX_LABEL_CHARS:,})",
+                hint="one label a line: is this a labels file?",
+            )
+        label = clean_label(text)
+        cleaned += label != text.strip()
+        if label:
+            labels.append(label)
+    empty = len(given) - len(labels)
+    unique = tuple(dict.fromkeys(labels))
+    if not unique:
+        raise ConfigError(f"{path}: categories.{category.name}: no labels")
+    stats = LabelStats(len(labels), empty, comments, len(labels) - len(unique), cleaned)
+    return Category(spec=category, labels=unique, stats=stats)
 
 
 def _read_spec(path: Path) -> VocabularySpec:
     if not path.is_file():
         raise ConfigError(f"{path}: vocabulary file not found", hint="set stages.embed-vocab.vocabulary")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    raw = read_yaml(path, "vocabulary")
     try:
         return VocabularySpec.model_validate(raw)
     except ValidationError as exc:

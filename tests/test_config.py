@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,54 @@ def test_a_device_set_per_stage_says_where_it_moved(write_config) -> None:
         load_config(write_config({"stages": {"fetch": {"host": "local", "models_dir": "m"}}}))
     with pytest.raises(ConfigError, match=r"device\.host 'pi' is not in hosts"):
         load_config(write_config({"device": {"host": "pi"}}))
+
+
+def test_an_alias_bomb_is_refused_at_once_without_expanding(write_config) -> None:
+    """Ten levels of ten aliases: once ~70 s into MemoryError when `invoke status` printed a param."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = write_config("\n".join(lines) + "\nmodel:\n  id: *a9\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"more than 200,000 values once its aliases"):
+        load_config(path)
+    assert time.monotonic() - started < 5
+
+
+def test_deep_nesting_is_one_error_not_a_recursion_traceback(write_config) -> None:
+    with pytest.raises(ConfigError, match="nested"):
+        load_config(write_config("model: " + "[" * 100_000))
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(write_config) -> None:
+    path = write_config("device:\n  host: local\n  models_dir: a\n  models_dir: b\n")
+    with pytest.raises(ConfigError, match=r"line 4: key 'models_dir' is given twice \(first on line 3\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("true", "valid integer"), ("'20'", "valid integer"), ("20.5", "valid integer")],
+)
+def test_a_value_of_another_type_is_not_converted(write_config, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"stages\.smoke-test\.runs: .*{message}"):
+        load_config(write_config(f"stages:\n  smoke-test:\n    runs: {value}\n"))
+
+
+@pytest.mark.parametrize("value", [".inf", "1e300", ".nan"])
+def test_timeouts_have_an_upper_bound(write_config, value: str) -> None:
+    """`command_timeout: .inf` once failed every SSH command with an OverflowError traceback."""
+    path = write_config(f"hosts:\n  pi:\n    address: pi.local\n    command_timeout: {value}\n")
+    with pytest.raises(ConfigError, match=r"hosts\.pi\.command_timeout"):
+        load_config(path)
+
+
+def test_an_empty_models_dir_is_refused_before_anything_is_uploaded(write_config) -> None:
+    with pytest.raises(ConfigError, match=r"device\.models_dir"):
+        load_config(write_config("device:\n  models_dir: ''\n"))
+
+
+def test_a_config_that_is_not_utf8_is_one_error(write_config, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"model:\n  id: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8 text \(byte 16\)"):
+        load_config(path)

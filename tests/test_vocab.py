@@ -164,3 +164,33 @@ def test_batched_cut_embeddings_equal_the_fixed_shape_model_for_every_label(buil
             reference = fixed.run({"input_ids": tokenizer.encode(prompt)})["text_embeds"][0]
             reference /= np.linalg.norm(reference)
             np.testing.assert_allclose(rows[i], reference, atol=2e-3)  # float16 rows
+
+
+def test_control_characters_and_escape_sequences_are_removed_and_counted(tmp_path: Path) -> None:
+    lines = ["red\x1b[31m cat\x1b[0m", "dog\u202e", "nul\x00l", "line\u2028separator", "next\x85line", "plain"]
+    (tmp_path / "labels.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _, categories = load_vocabulary(_write(tmp_path, {"categories": [{"name": "s", "labels_file": "labels.txt"}]}))
+    assert categories[0].labels == ("red cat", "dog", "null", "line separator", "nextline", "plain")
+    assert categories[0].stats.cleaned == 5
+    assert "5 had control characters or escape sequences removed" in categories[0].stats.problems()
+
+
+def test_a_label_past_a_thousand_characters_is_refused_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_text("cat\n" + "x" * 1001 + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"labels\.txt: line 2: a label of 1,001 characters"):
+        load_vocabulary(_write(tmp_path, {"categories": [{"name": "s", "labels_file": "labels.txt"}]}))
+
+
+def test_a_labels_file_that_is_not_utf8_is_one_error(tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_bytes(b"cat\ncaf\xe9\n")
+    with pytest.raises(ConfigError, match=r"labels\.txt: not UTF-8 text \(byte 7\)"):
+        load_vocabulary(_write(tmp_path, {"categories": [{"name": "s", "labels_file": "labels.txt"}]}))
+
+
+def test_an_alias_bomb_in_a_vocabulary_is_refused_at_once(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\ncategories: [{name: s, labels: *a9}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_vocabulary(path)
