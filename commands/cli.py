@@ -15,7 +15,7 @@ from rich.logging import RichHandler
 
 from commands.serving import ServeRequest
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import PipelineError, is_user_error
+from pipeline.errors import PipelineError, is_user_error, user_message
 from pipeline.graph import StageGraph
 from pipeline.report import console, print_table
 from pipeline.runner import Outcome, RunRequest, StageOutcome, plan, run
@@ -59,7 +59,7 @@ def user_errors() -> Iterator[None]:
     except Exception as exc:
         if not is_user_error(exc):
             raise
-        raise Exit(f"error: {exc}", code=1) from None
+        raise Exit(f"error: {user_message(exc)}", code=1) from None
 
 
 def graph() -> StageGraph:

@@ -6,6 +6,8 @@ line (plus an optional tail of log output) instead of a traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class PipelineError(Exception):
     """Base of every error the user can act on."""
@@ -19,10 +21,31 @@ class PipelineError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+# What the machine refused, not a bug: the disk is full, or a folder is read-only or not ours to write.
+_DISK_ERRORS = {
+    errno.ENOSPC: "free space on that disk (or set artifacts: to another), then run again",
+    errno.EDQUOT: "free space within your quota (or set artifacts: to another disk), then run again",
+    errno.EROFS: "that filesystem is read-only: set artifacts: to a writable folder",
+    errno.EACCES: "make it writable for this user, or set artifacts: to a folder you can write",
+    errno.EPERM: "make it writable for this user, or set artifacts: to a folder you can write",
+}
+
+
 def is_user_error(exc: BaseException) -> bool:
-    """A PipelineError, or an error of the runtime's family (which pipeline/ may not import: it marks
-    itself `user_error`). Either fails a stage or a command with its message, never a traceback."""
+    """A PipelineError, an error of the runtime's family (which pipeline/ may not import: it marks itself
+    `user_error`), or a full or read-only disk. Each fails a stage or a command with its message (see
+    `user_message`), never a traceback."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        return True
     return isinstance(exc, PipelineError) or getattr(exc, "user_error", False) is True
+
+
+def user_message(exc: BaseException) -> str:
+    """The one line a user error is reported as."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where} ({_DISK_ERRORS[exc.errno]})"
+    return str(exc)
 
 
 class ConfigError(PipelineError):

@@ -1,4 +1,7 @@
-"""One pipeline run at a time per artifacts directory (an flock, released by the OS if we die)."""
+"""One pipeline run at a time per artifacts directory (an flock, released by the OS if we die), and only in
+a directory of ours: the runner cleans `.tmp/` and swaps stage folders there, so a folder that already holds
+files this pipeline did not make is refused, never cleaned.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import RunLockedError
+from pipeline.errors import ConfigError, RunLockedError
+from pipeline.lockfile import LOCK_NAME
 
 RUN_LOCK_NAME = ".run.lock"
+OWNER_MARKER = ".made-by-this-pipeline"
+# What an artifacts folder of an older release (before the marker) always holds: it is ours too.
+_EARLIER_RELEASES = (RUN_LOCK_NAME, LOCK_NAME)
+
+
+def claim_artifacts(artifacts: Path) -> None:
+    """Make the folder ours (new or empty), accept it when it is, refuse it when it holds foreign files."""
+    if artifacts.exists() and not artifacts.is_dir():
+        raise ConfigError(f"artifacts: {artifacts} is a file, not a folder", hint="set artifacts: to a folder")
+    marker = artifacts / OWNER_MARKER
+    if marker.is_file():
+        return
+    artifacts.mkdir(parents=True, exist_ok=True)
+    found = sorted(p.name for p in artifacts.iterdir())
+    if found and not any((artifacts / name).exists() for name in _EARLIER_RELEASES):
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ConfigError(
+            f"artifacts: {artifacts} already holds files this pipeline did not make ({shown}); it is left as it is",
+            hint="set artifacts: to a new or empty folder",
+        )
+    marker.write_text("made by this pipeline: its stages' outputs, lock file and reports\n", encoding="utf-8")
 
 
 @contextmanager
 def run_lock(artifacts: Path) -> Iterator[None]:
-    artifacts.mkdir(parents=True, exist_ok=True)
+    claim_artifacts(artifacts)
     path = artifacts / RUN_LOCK_NAME
     with path.open("a+") as handle:
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import PipelineError, is_user_error
+from pipeline.errors import PipelineError, is_user_error, user_message
 from pipeline.files import recover_swapped_dir, swap_in_dir
 from pipeline.graph import StageGraph
 from pipeline.lockfile import StageRecord, read_lock, write_lock
@@ -178,7 +178,7 @@ def _run_stage(
     except BaseException as exc:
         shutil.rmtree(out_dir, ignore_errors=True)
         if is_user_error(exc):
-            return StageOutcome(stage.name, Outcome.FAILED, reasons, time.perf_counter() - started, str(exc))
+            return StageOutcome(stage.name, Outcome.FAILED, reasons, time.perf_counter() - started, user_message(exc))
         raise
     seconds = time.perf_counter() - started
     outputs = current_states(output_files(stage, config), {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ from pydantic import BaseModel
 
 from pipeline import files
 from pipeline.config import ExportParams, PipelineConfig, load_config
-from pipeline.errors import GraphError, RunLockedError, StageError
+from pipeline.errors import ConfigError, GraphError, RunLockedError, StageError, is_user_error, user_message
 from pipeline.graph import StageGraph
-from pipeline.runlock import run_lock
+from pipeline.runlock import OWNER_MARKER, run_lock
 from pipeline.runner import Outcome, RunRequest, plan, run
 from pipeline.stage import Stage, StageContext, StageResult
 
@@ -304,3 +305,41 @@ def test_cycles_are_rejected() -> None:
 
     with pytest.raises(GraphError, match="cycle"):
         StageGraph([Loop(), Consume()])
+
+
+def test_an_artifacts_folder_holding_foreign_files_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """The runner cleans .tmp/ and swaps stage folders: in a folder of someone else's that deleted files."""
+    config = _config(tmp_path)
+    config.artifacts.mkdir()
+    theirs = {".tmp/notes.txt": "mine", "produce/photo.jpg": "pixels", "thesis.tex": "words"}
+    for name, text in theirs.items():
+        (config.artifacts / name).parent.mkdir(parents=True, exist_ok=True)
+        (config.artifacts / name).write_text(text)
+    with pytest.raises(ConfigError, match=r"already holds files this pipeline did not make.*new or empty folder"):
+        run(config, GRAPH, RunRequest())
+    assert {p.relative_to(config.artifacts).as_posix(): p.read_text() for p in config.artifacts.rglob("*")
+            if p.is_file()} == theirs  # fmt: skip
+
+
+def test_an_empty_or_earlier_artifacts_folder_is_taken_and_marked(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config.artifacts.mkdir()
+    assert [o.outcome for o in run(config, GRAPH, RunRequest())] == [Outcome.RAN, Outcome.RAN]
+    (config.artifacts / OWNER_MARKER).unlink()  # as an older release left it: its lock file says it is ours
+    assert [o.outcome for o in run(config, GRAPH, RunRequest())] == [Outcome.UP_TO_DATE] * 2
+    assert (config.artifacts / OWNER_MARKER).is_file()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only filesystem needs root (CI runs as root)")
+def test_a_read_only_artifacts_folder_is_one_error(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config.artifacts.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(config.artifacts)], check=True)
+    try:
+        with pytest.raises(OSError) as failure:
+            run(config, GRAPH, RunRequest())
+    finally:
+        subprocess.run(["umount", "-l", str(config.artifacts)], check=False)
+    message = user_message(failure.value)
+    assert is_user_error(failure.value) and message.startswith("Read-only file system: ")
+    assert "set artifacts: to a writable folder" in message

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import HostError
 from pipeline.files import sha256_file
 from pipeline.graph import StageGraph
@@ -31,7 +32,7 @@ from pipeline.hosts.sync import download, upload
 from pipeline.lockfile import read_lock
 from pipeline.runner import Outcome, RunRequest, run
 from stages import ALL_STAGES
-from tests.helpers import REPO, device_set
+from tests.helpers import REPO, device_set, tiny_config_dict
 from tests.sshd import SshServer
 from toolchains import pulsar2_build
 
@@ -335,3 +336,15 @@ def _another_users_lock_is_waited_for(lock: Path) -> None:
                             timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
     assert result.stdout.split() == ["WAITING", str(os.getpid()), "TIMEOUT"], result
     assert (lock / "pid").read_text() == str(os.getpid())
+
+
+def test_a_full_disk_during_export_fails_the_stage_in_one_line_and_leaves_nothing_half_written(
+    tiny_disk: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(tiny_disk / "artifacts")), encoding="utf-8")
+    outcome = run(load_config(path), GRAPH, RunRequest(targets=("export",)))[-1]
+    assert outcome.outcome is Outcome.FAILED
+    assert outcome.summary.startswith("No space left on device"), outcome.summary
+    assert "free space on that disk" in outcome.summary
+    assert not (tiny_disk / "artifacts" / ".tmp").exists() and not (tiny_disk / "artifacts" / "export").exists()
