@@ -78,13 +78,8 @@ class OnnxRuntimeBackend(_SessionBackend):
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int = 0) -> None:
-        import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        # Threads that spin after a run would compete with the ranking and preprocessing that follow.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(path, threads)
         self.provider = self._session.get_providers()[0]
         self._inputs = [
             TensorInfo(i.name, tuple(int(d) for d in i.shape), np.dtype(_ORT_TYPES[i.type]))
@@ -143,6 +138,25 @@ def conform(feed: dict[str, np.ndarray], inputs: list[TensorInfo]) -> dict[str, 
                                   "model files and export.json disagree; run `invoke fetch`")
         out[info.name] = array
     return out
+
+
+DAMAGED_HINT = "the file is damaged: `invoke fetch --force` puts the set back (serve --verify-models checks every byte)"
+
+
+def onnx_session(path: Path, threads: int = 0) -> Any:
+    """An onnxruntime CPU session that does not spin between runs (spinning threads would compete with the
+    ranking and preprocessing that follow); a file onnxruntime cannot parse is one ModelFilesError."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument) as exc:
+        reason = str(exc).split(" failed:")[-1].strip()
+        raise ModelFilesError(f"{path}: onnxruntime cannot load it ({reason}); {DAMAGED_HINT}") from exc
 
 
 def open_backend(path: Path, provider: str | None = None, device_id: int = 0) -> Backend:

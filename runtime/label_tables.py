@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends import DAMAGED_HINT, onnx_session
 from runtime.contract import JsonFile
 from runtime.errors import ModelFilesError
 
@@ -94,22 +95,17 @@ class LabelTables:
 
     @classmethod
     def load(cls, directory: Path) -> LabelTables:
-        import onnxruntime as ort
-
         index = VocabIndex.read(directory)
         categories, start = [], 0
         for entry in index.categories:
-            block = np.load(directory / entry.file, mmap_mode="r")
+            block = _rows(directory / entry.file)
             if block.dtype != np.float16:
                 raise ModelFilesError(f"{entry.file}: {block.dtype} rows, not float16: run `invoke embed-vocab`")
             if block.shape[0] != len(entry.labels):
                 raise ModelFilesError(f"{entry.file}: {block.shape[0]} rows for {len(entry.labels)} labels")
             categories.append(CategoryTable(**vars(entry), start=start, rows=block))
             start += block.shape[0]
-        options = ort.SessionOptions()
-        # No spinning: idle spinners would steal the CPU from the next image's preprocessing and encode.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        ranker = ort.InferenceSession(str(directory / index.rank.file), options, providers=["CPUExecutionProvider"])
+        ranker = onnx_session(directory / index.rank.file)
         return cls(categories, index, ranker)
 
     def coarse_scores(self, vector: np.ndarray) -> tuple[np.ndarray, float]:
@@ -120,6 +116,14 @@ class LabelTables:
     def exact_scores(self, category: CategoryTable, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Float cosines of a normalized vector with some of a category's labels (indices within it)."""
         return np.asarray(category.rows[rows], dtype=np.float32) @ vector
+
+
+def _rows(path: Path) -> np.ndarray:
+    """A label table, memory-mapped; a damaged header is one ModelFilesError."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise ModelFilesError(f"{path}: not a readable label table ({exc}); {DAMAGED_HINT}") from exc
 
 
 def normalize(embedding: np.ndarray) -> np.ndarray:

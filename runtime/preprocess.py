@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from runtime.errors import InvalidImage
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -78,7 +80,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def open_image(
     source: Path | bytes, config: PreprocessConfig | None = None, fidelity: Fidelity = Fidelity.EXACT
 ) -> Image.Image:
-    data = io.BytesIO(source) if isinstance(source, bytes) else source
+    """An image as RGB. A file that cannot be decoded (a photo folder's broken or non-image file) is one
+    InvalidImage naming it; bytes (a request's) raise Pillow's own errors for the caller to map."""
+    if isinstance(source, bytes):
+        return _decode(io.BytesIO(source), config, fidelity)
+    try:
+        return _decode(source, config, fidelity)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"{source}: not a readable image ({exc}); remove or replace it") from exc
+
+
+def _decode(data: Path | io.BytesIO, config: PreprocessConfig | None, fidelity: Fidelity) -> Image.Image:
     with Image.open(data) as image:
         if config is not None and fidelity is Fidelity.FAST:
             draft(image, config)

@@ -348,3 +348,30 @@ def test_a_full_disk_during_export_fails_the_stage_in_one_line_and_leaves_nothin
     assert outcome.summary.startswith("No space left on device"), outcome.summary
     assert "free space on that disk" in outcome.summary
     assert not (tiny_disk / "artifacts" / ".tmp").exists() and not (tiny_disk / "artifacts" / "export").exists()
+
+
+@pytest.mark.parametrize("damaged", ["image_encoder.onnx", "vocab"])
+def test_a_same_size_damaged_model_or_table_stops_the_server_at_start_in_one_line(
+    built_artifacts: Path, tmp_path: Path, damaged: str
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(device_set(built_artifacts.parent / "device" / "models").resolve(), models)
+    target = models / damaged if damaged.endswith(".onnx") else next((models / damaged).glob("*.npy"))
+    data = bytearray(target.read_bytes())
+    data[:16] = b"\xff" * 16  # same size: only --verify-models' hashing would notice before loading
+    target.write_bytes(bytes(data))
+    result = subprocess.run([sys.executable, "-m", "runtime.server", "--models", str(models), "--port", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: {target}: "), result.stderr
+    assert "invoke fetch --force" in result.stderr
+
+
+def test_an_unreadable_photo_in_the_calibration_folder_fails_the_stage_in_one_line(tiny_pipeline, tmp_path) -> None:
+    photos = tmp_path / "photos"
+    shutil.copytree(REPO / "data" / "images", photos, ignore=shutil.ignore_patterns("large"))
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    config = tiny_pipeline(calibrate={"images": str(photos), "image_count": 100})
+    outcome = run(config, GRAPH, RunRequest(targets=("calibrate",), only=True))[-1]
+    assert outcome.outcome is Outcome.FAILED
+    assert outcome.summary.startswith(f"{photos / 'broken.jpg'}: not a readable image"), outcome.summary
