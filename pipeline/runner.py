@@ -77,12 +77,11 @@ class RunRequest:
 def plan(config: PipelineConfig, graph: StageGraph, request: RunRequest) -> list[tuple[Stage, Decision]]:
     """Every considered stage with its up-to-date decision, without running anything."""
     records = read_lock(config.artifacts)
-    tools = tool_versions()
     decisions: list[tuple[Stage, Decision]] = []
     stale: set[str] = set()
     for stage in graph.order(request.targets, with_upstream=not request.only):
         upstream = [dep for dep in stage.after if dep in stale]
-        decision = decide(stage, config, records, tools, upstream)
+        decision = decide(stage, config, records, upstream)
         if decision.stale:
             stale.add(stage.name)
         decisions.append((stage, decision))
@@ -123,7 +122,6 @@ def _run_locked(
 ) -> list[StageOutcome]:
     # We hold the run lock: anything in .tmp was left by a run that was killed before it could clean up.
     shutil.rmtree(config.artifacts / ".tmp", ignore_errors=True)
-    tools = tool_versions()
     outcomes: list[StageOutcome] = []
     broken: set[str] = set()
     for stage in graph.order(request.targets, with_upstream=not request.only):
@@ -134,13 +132,13 @@ def _run_locked(
             outcome = StageOutcome(stage.name, Outcome.SKIPPED, (f"upstream {', '.join(failed_deps)} failed",))
         else:
             records = read_lock(config.artifacts)
-            decision = decide(stage, config, records, tools, [])
+            decision = decide(stage, config, records, [])
             if not (decision.stale or request.force):
                 outcome = StageOutcome(stage.name, Outcome.UP_TO_DATE, ())
             else:
                 reasons = decision.reasons or ("forced",)
                 reporter.stage_started(stage.name, reasons)
-                outcome = _run_stage(stage, config, tools, reasons, records)
+                outcome = _run_stage(stage, config, reasons, records)
                 if outcome.outcome is Outcome.FAILED:
                     broken.add(stage.name)
         outcomes.append(outcome)
@@ -151,7 +149,6 @@ def _run_locked(
 def _run_stage(
     stage: Stage,
     config: PipelineConfig,
-    tools: dict[str, str],
     reasons: tuple[str, ...],
     records: dict[str, StageRecord],
 ) -> StageOutcome:
@@ -186,7 +183,7 @@ def _run_stage(
         params=recorded,
         params_digest=params_digest(recorded),
         code=stage.code_version(),
-        tools=tools,
+        tools=tool_versions(stage.tools),
         inputs=inputs,
         outputs=outputs,
         host=stage.host_name(config),

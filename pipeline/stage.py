@@ -8,7 +8,6 @@ marked `exclude=True` (how to reach a host, not what is made there) is handed ov
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
 from abc import ABC, abstractmethod
@@ -18,8 +17,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.code_identity import code_digest, import_closure
 from pipeline.config import DEVICE_STAGES, HostConfig, PipelineConfig
-from pipeline.files import sha256_file
 
 P = TypeVar("P", bound=BaseModel)
 D = TypeVar("D", bound="DeviceParams")
@@ -65,7 +64,7 @@ class Stage(ABC):
     help: ClassVar[str]
     after: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
-    code_modules: ClassVar[tuple[str, ...]] = ()
+    tools: ClassVar[tuple[str, ...]] = ()  # distributions whose version changes what it makes (torch, onnx ...)
 
     @abstractmethod
     def params(self, config: PipelineConfig) -> BaseModel:
@@ -90,14 +89,14 @@ class Stage(ABC):
     def run(self, ctx: StageContext[Any]) -> StageResult:
         """Do the work, writing only below `ctx.out_dir`."""
 
-    def code_version(self) -> str:
-        """Hash of this stage's module and the helper modules it declares: changed code reruns it.
+    def shipped_files(self) -> list[Path]:
+        """Files this stage puts on another machine and runs there (the device runtime): its code too."""
+        return []
 
-        Modules are located, not imported, so a no-op run never pays for importing torch.
-        """
-        files = [Path(inspect.getfile(type(self)))]
-        files += [Path(_module_origin(name)) for name in self.code_modules]
-        return ":".join(sha256_file(path)[:16] for path in files)
+    def code_version(self) -> str:
+        """Digest of this stage's module, every project module it imports (computed, see code_identity),
+        and what it ships: changed code reruns it."""
+        return code_digest(import_closure(Path(inspect.getfile(type(self)))) + self.shipped_files())
 
 
 def report_file(artifacts: Path, stage: str) -> Path:
@@ -128,10 +127,3 @@ class DeviceParams(BaseModel):
         host = config.host(config.device.host)
         return cls(host=config.device.host, models_dir=config.device.models_dir, address=host.address,
                    workdir=host.workdir, connection=host, **own)  # fmt: skip
-
-
-def _module_origin(name: str) -> str:
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"stage code module {name!r} not found")
-    return spec.origin

@@ -22,8 +22,6 @@ from pipeline.files import FileState, canonical_json, file_state, list_files, sh
 from pipeline.lockfile import StageRecord
 from pipeline.stage import Stage, digest_values
 
-TRACKED_TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxslim")
-
 
 class Status(enum.Enum):
     UP_TO_DATE = "up to date"
@@ -40,9 +38,10 @@ class Decision:
         return self.status is Status.STALE
 
 
-def tool_versions() -> dict[str, str]:
+def tool_versions(tools: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each tool a stage declares (Stage.tools); another version reruns it."""
     versions = {}
-    for tool in TRACKED_TOOLS:
+    for tool in tools:
         try:
             versions[tool] = metadata.version(tool)
         except metadata.PackageNotFoundError:
@@ -81,7 +80,6 @@ def decide(
     stage: Stage,
     config: PipelineConfig,
     records: dict[str, StageRecord],
-    tools: dict[str, str],
     stale_upstream: list[str],
 ) -> Decision:
     """`records`: the whole lock, since other stages' records tell how this stage's outputs were read."""
@@ -95,7 +93,7 @@ def decide(
         reasons.append("stage code changed")
     reasons += [
         f"{tool} {record.tools.get(tool, 'absent')} -> {version}"
-        for tool, version in tools.items()
+        for tool, version in tool_versions(stage.tools).items()
         if record.tools.get(tool, "absent") != version
     ]
     if not stale_upstream:

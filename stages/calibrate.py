@@ -29,9 +29,9 @@ TEXT_TAR = f"{model_io.TEXT_INPUT}.tar"
 class CalibrateStage(Stage):
     name = "calibrate"
     help = "Build the image and text calibration sets (Pulsar2 Numpy tarballs) from real images and prompts."
+    tools = ("tokenizers", "pillow", "numpy")
     after = ("export",)
     outputs = (IMAGE_TAR, TEXT_TAR, CalibrationSet.FILE)
-    code_modules = ("runtime.preprocess", "runtime.tokenizer", "toolchains.calibration_tar")
 
     def params(self, config: PipelineConfig) -> CalibrateParams:
         return config.stages.calibrate

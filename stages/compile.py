@@ -42,15 +42,9 @@ class CompileStageParams(CompileParams):
 class CompileStage(Stage):
     name = "compile"
     help = "Quantize and compile both encoders: Pulsar2 on the build host (--host), or onnxruntime QDQ here."
+    tools = ("onnx", "onnxruntime", "numpy")
     after = ("export", "verify", "calibrate")
     outputs = (model_io.CompileReport.FILE,)
-    code_modules = (
-        "toolchains.pulsar2_config",
-        "toolchains.pulsar2_build",
-        "toolchains.ort_quant",
-        "toolchains.encoder_specs",
-        "toolchains.calibration_tar",
-    )
 
     def params(self, config: PipelineConfig) -> CompileStageParams:
         settings = config.stages.compile

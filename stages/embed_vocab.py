@@ -38,9 +38,9 @@ MIN_AGREEMENT = 0.99999
 class EmbedVocabStage(Stage):
     name = "embed-vocab"
     help = "Encode every vocabulary label once into normalized fp16 tables for the interrogator."
+    tools = ("onnx", "onnxruntime", "tokenizers", "numpy")
     after = ("export",)
     outputs = (VocabIndex.FILE,)
-    code_modules = ("stages.vocabulary", "runtime.label_tables", "runtime.tokenizer", "modeling.rank_model")
 
     def params(self, config: PipelineConfig) -> EmbedVocabParams:
         return config.stages.embed_vocab

@@ -16,8 +16,6 @@ from pipeline.files import list_files
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 
-_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt")
-
 
 class ExportStageParams(ExportParams):
     """export's settings and the model it exports."""
@@ -28,6 +26,7 @@ class ExportStageParams(ExportParams):
 class ExportStage(Stage):
     name = "export"
     help = "Export the CLIP image and text encoders (with projections) to ONNX."
+    tools = ("torch", "transformers", "onnx", "onnxslim")
     outputs = (
         model_io.IMAGE_MODEL_FILE,
         model_io.TEXT_MODEL_FILE,
@@ -36,7 +35,6 @@ class ExportStage(Stage):
         model_io.PREPROCESSOR_FILE,
         model_io.ExportInfo.FILE,
     )
-    code_modules = ("modeling.encoders", "modeling.loading", "modeling.random_clip", "modeling.onnx_export")
 
     def params(self, config: PipelineConfig) -> ExportStageParams:
         return ExportStageParams(model=config.model, **dict(config.stages.export))
@@ -45,7 +43,10 @@ class ExportStage(Stage):
         if not params.model.is_local_dir:
             return []
         directory = Path(params.model.id)
-        return [p for p in list_files(directory) if p.name in _MODEL_FILES or p.suffix == ".safetensors"]
+        # Every file loading may read (configs, weights, tokenizer and preprocessor files, spiece.model, vocab.txt),
+        # not hidden ones (.git, .cache): what is in the folder is what the model is.
+        files = list_files(directory)
+        return [p for p in files if not any(part.startswith(".") for part in p.relative_to(directory).parts)]
 
     def run(self, ctx: StageContext[ExportStageParams]) -> StageResult:
         import torch

@@ -41,7 +41,6 @@ class FetchStage(Stage):
     help = "Copy the compiled models, tokenizer and golden data to the device (--host), checksummed."
     after = ("export", "verify", "compile", "embed-vocab")
     outputs = (MANIFEST_FILE,)
-    code_modules = ("pipeline.hosts.sync", "pipeline.hosts.versioned", "pipeline.hosts.remote_lock", "runtime.manifest")
 
     def params(self, config: PipelineConfig) -> DeviceParams:
         return DeviceParams.for_device(config)

@@ -18,7 +18,7 @@ from pipeline.hosts.sync import download
 from pipeline.report import console, print_table
 from pipeline.stage import DeviceParams, Stage, StageContext, StageResult
 from runtime.smoke_test import SmokeReport
-from stages.device_runtime import install_runtime
+from stages.device_runtime import install_runtime, runtime_files
 
 
 class SmokeTestStageParams(SmokeTestParams, DeviceParams):
@@ -32,7 +32,9 @@ class SmokeTestStage(Stage):
     help = "Run the compiled models on the device (--host) against the float reference; latency and memory."
     after = ("verify", "fetch")
     outputs = (SmokeReport.FILE,)
-    code_modules = ("runtime.smoke_test", "runtime.backends", "runtime.clip", "runtime.npu")
+
+    def shipped_files(self) -> list[Path]:
+        return runtime_files()
 
     def params(self, config: PipelineConfig) -> SmokeTestStageParams:
         return SmokeTestStageParams.for_device(config, **dict(config.stages.smoke_test),

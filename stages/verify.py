@@ -48,9 +48,9 @@ class VerifyStageParams(VerifyParams):
 class VerifyStage(Stage):
     name = "verify"
     help = "Check the ONNX files (opset, static shapes, NPU op table) and compare onnxruntime with PyTorch."
+    tools = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "pillow", "numpy")
     after = ("export",)
     outputs = (REPORT_FILE, f"{GOLDEN_DIR}/{GoldenSet.FILE}")
-    code_modules = ("modeling.graph_checks", "modeling.op_tables", "modeling.loading", "runtime.preprocess")
 
     def params(self, config: PipelineConfig) -> VerifyStageParams:
         return VerifyStageParams(model=config.model, **dict(config.stages.verify))

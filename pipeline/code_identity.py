@@ -1,0 +1,94 @@
+"""A stage's code identity: the project modules its own module imports, and theirs, found by reading them.
+
+A hand-kept list of helper modules went stale (a precision-table parser that decides whether compile passes
+was missing from it, so editing it left compile up to date). The closure is computed from the source with
+`ast`, imports inside functions included, without importing anything (a no-op run never pays for torch).
+Importing `a.b.c` runs `a/__init__.py` and `a/b/__init__.py` too: their own text is part of it, but what
+they import is followed only when the code takes a name from the package itself (`from a import f`), so a
+registry such as stages/__init__.py does not make every stage part of every other.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+from pipeline.files import sha256_file, sha256_text
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_file(name: str, root: Path = PROJECT_ROOT) -> Path | None:
+    """The project file of a dotted module name, or None when it is not the project's (stdlib, packages)."""
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def import_closure(start: Path, root: Path = PROJECT_ROOT) -> list[Path]:
+    """`start` and every project file it imports, directly or not (sorted)."""
+    files: set[Path] = {start.resolve()}
+    followed: set[Path] = set()
+    pending = [start.resolve()]
+    while pending:
+        path = pending.pop()
+        if path in followed:
+            continue
+        followed.add(path)
+        for name, follow in _imported_names(path, root):
+            found = module_file(name, root)
+            if found is not None:
+                files.add(found)
+                if follow:
+                    pending.append(found)
+    return sorted(files)
+
+
+def code_digest(files: list[Path]) -> str:
+    """One digest of the files' paths (relative to the project) and contents."""
+    return sha256_text("\n".join(f"{_relative(path)}:{sha256_file(path)}" for path in sorted(set(files))))
+
+
+def _imported_names(path: Path, root: Path) -> list[tuple[str, bool]]:
+    """Every module the file imports, with whether its own imports are followed: the module named is,
+    its parent packages are not; `from a import b` follows a.b when it is a module, else a (b is a name
+    in a). Relative imports are resolved against the file's package."""
+    names: list[tuple[str, bool]] = []
+    for node in ast.walk(_parse(path, path.stat().st_mtime_ns)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                names += [*_parents(alias.name), (alias.name, True)]
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, path, root)
+            modules = [f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}", root)]
+            takes_names = len(modules) < len(node.names)
+            names += [*_parents(base), (base, takes_names), *((module, True) for module in modules)]
+    return names
+
+
+def _absolute(node: ast.ImportFrom, path: Path, root: Path) -> str:
+    if not node.level:
+        return node.module or ""
+    package = path.parent.relative_to(root).parts
+    package = package[: len(package) - node.level + 1]
+    return ".".join([*package, *([node.module] if node.module else [])])
+
+
+def _parents(name: str) -> list[tuple[str, bool]]:
+    parts = name.split(".")
+    return [(".".join(parts[:i]), False) for i in range(1, len(parts))]
+
+
+@functools.lru_cache(maxsize=512)
+def _parse(path: Path, mtime_ns: int) -> ast.Module:  # mtime_ns: a file edited in this process is read again
+    return ast.parse(path.read_bytes(), filename=str(path))
+
+
+def _relative(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return path.name
