@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from commands import serving
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import HostError
 from pipeline.files import sha256_file
@@ -375,3 +376,20 @@ def test_an_unreadable_photo_in_the_calibration_folder_fails_the_stage_in_one_li
     outcome = run(config, GRAPH, RunRequest(targets=("calibrate",), only=True))[-1]
     assert outcome.outcome is Outcome.FAILED
     assert outcome.summary.startswith(f"{photos / 'broken.jpg'}: not a readable image"), outcome.summary
+
+
+def test_credentials_are_never_readable_by_others_not_even_while_uploading(tmp_path: Path, monkeypatch) -> None:
+    """The file was uploaded, then chmodded: for a moment it was world-readable."""
+    transport = LocalTransport("pi", str(tmp_path / "work"))
+    seen: list[tuple[int, int]] = []
+    real_put = LocalTransport.put
+
+    def watching_put(self, local: Path, remote: str, progress=None) -> None:
+        real_put(self, local, remote, progress)
+        seen.append((Path(remote).stat().st_mode & 0o777, Path(remote).parent.stat().st_mode & 0o777))
+
+    monkeypatch.setattr(LocalTransport, "put", watching_put)
+    remote = Path(serving._put_auth(transport, "sd:secret"))
+    assert seen and all(file_mode & 0o077 == 0 or folder_mode & 0o077 == 0 for file_mode, folder_mode in seen)
+    assert remote.stat().st_mode & 0o777 == 0o600 and remote.read_text() == "sd:secret\n"
+    assert [p.name for p in remote.parent.iterdir()] == [remote.name]
