@@ -104,7 +104,7 @@ class HostConfig(Strict):
     command_timeout: float = Field(3 * 3600.0, gt=0, le=7 * 24 * 3600)
     retries: int = Field(3, ge=0, le=10)  # reconnect attempts on connection errors (never on auth errors)
     docker: str | None = None  # docker binary; found on PATH or in the usual macOS places when unset
-    min_free_gb: float = Field(5.0, ge=0, le=100_000)
+    min_free_gb: float = Field(5.0, ge=0, le=1_000_000)
     python: str = "python3"
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from typing import TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from runtime.errors import InvalidImage
 from runtime.interrogator import CaptionOptions, Interrogator
 from runtime.preprocess import find_images
 from runtime.server.schemas import InterrogationAnswer
@@ -98,7 +99,7 @@ def _caption_one(
 ) -> None:
     try:
         result = interrogator.interrogate(pixels.result(), options)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+    except (InvalidImage, OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         summary.failed.append((str(image_path), str(exc) or type(exc).__name__))
         return
     target.parent.mkdir(parents=True, exist_ok=True)

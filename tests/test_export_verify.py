@@ -19,6 +19,7 @@ from pipeline.runner import Outcome, RunRequest, plan, run
 from runtime import model_io
 from runtime.golden import GoldenSet
 from stages import ALL_STAGES
+from tests.helpers import device_set
 
 GRAPH = StageGraph(ALL_STAGES)
 
@@ -188,7 +189,7 @@ def test_compile_report_is_one_contract_read_by_fetch_and_the_device(built_artif
     assert report.file("image_encoder").endswith(".onnx") and report.target == "onnxruntime"
     text = report.models["text_encoder"]  # typed per encoder: what the toolchain made and how close it is
     assert 0.99 <= text.cosine <= 1.0 and "golden inputs" in text.cosine_source and text.calibration_samples
-    assert Manifest.read(built_artifacts.parent / "device/models").compile == report  # fetch copied it whole
+    assert Manifest.read(device_set(built_artifacts.parent / "device/models")).compile == report  # fetch copied it
     with pytest.raises(ModelFilesError, match="names no compiled model for vision: run `invoke compile`"):
         report.file("vision")
     (tmp_path / "report.json").write_text('{"target": "pulsar2"}')
