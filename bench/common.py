@@ -21,10 +21,10 @@ DEFAULT_CACHE = Path(tempfile.gettempdir()) / "clip-axera-bench"
 
 def full_size_export(cache: Path = DEFAULT_CACHE) -> Path:
     """artifacts/export of a ViT-B/32-shaped CLIP (random weights), built through the real export stage."""
-    from pipeline.config import load_config
     from pipeline.graph import StageGraph
     from pipeline.runner import Outcome, RunRequest, run
     from stages import ALL_STAGES
+    from stages.config import load_config
 
     cache.mkdir(parents=True, exist_ok=True)
     config_path = cache / "bench.yaml"

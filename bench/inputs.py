@@ -26,10 +26,10 @@ from PIL import Image
 
 from common import DEFAULT_CACHE, REPO, arguments, emit, full_size_export, median_ms, verdict, write_tables
 from runtime.clip import ClipRuntime
+from runtime.images import ImagePolicy, decode_image
 from runtime.interrogator import Interrogator, Scores, normalize
 from runtime.label_tables import LabelTables
 from runtime.preprocess import Fidelity
-from runtime.server.images import ImagePolicy, decode_image
 
 NPU_FLOOR_MS = 6.0
 TARGET_RATIO = 0.35

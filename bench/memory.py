@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 from PIL import Image
 from modeling.loading import load_clip
-from pipeline.config import ModelConfig
+from modeling.model_config import ModelConfig
 
 loaded = load_clip(ModelConfig(id="builtin:random-vit-b-32"), Path({cache!r}))
 if {standin!r}:

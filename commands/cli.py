@@ -14,11 +14,11 @@ from invoke.exceptions import Exit
 from rich.logging import RichHandler
 
 from commands.serving import ServeRequest
-from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import PipelineError, is_user_error, user_message
 from pipeline.graph import StageGraph
 from pipeline.report import console, print_table
 from pipeline.runner import Outcome, RunRequest, StageOutcome, plan, run
+from stages.config import PipelineConfig, load_config
 
 DEFAULT_CONFIG = "pipeline.yaml"
 _STYLE = {

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.config import PipelineConfig
 from pipeline.files import canonical_json, sha256_text
 from pipeline.lockfile import StageRecord, read_lock
 from pipeline.runner import StageOutcome
@@ -27,6 +26,7 @@ from runtime.errors import ModelFilesError
 from runtime.label_tables import VocabIndex
 from runtime.model_io import CompileReport, ExportInfo
 from runtime.smoke_test import Latency, SmokeReport
+from stages.config import PipelineConfig
 from toolchains.precision_table import describe_layers
 
 T = TypeVar("T", bound=JsonFile)

@@ -12,13 +12,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import PipelineConfig
 from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.report import console
 from runtime.manifest import CURRENT_SET
 from runtime.server.schemas import Health
+from stages.config import PipelineConfig
 from stages.device_runtime import install_runtime, venv_python
 
 START_TIMEOUT_S = 90

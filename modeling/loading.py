@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import BUILTIN_MODELS, ModelConfig
+from modeling.model_config import BUILTIN_MODELS, ModelConfig
 from pipeline.errors import ModelLoadError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.config import PipelineConfig
+from pipeline.config import EngineConfig
 from pipeline.errors import PipelineError, is_user_error, user_message
 from pipeline.files import recover_swapped_dir, swap_in_dir
 from pipeline.graph import StageGraph
@@ -74,7 +74,7 @@ class RunRequest:
     only: bool = False
 
 
-def plan(config: PipelineConfig, graph: StageGraph, request: RunRequest) -> list[tuple[Stage, Decision]]:
+def plan(config: EngineConfig, graph: StageGraph, request: RunRequest) -> list[tuple[Stage, Decision]]:
     """Every considered stage with its up-to-date decision, without running anything."""
     records = read_lock(config.artifacts)
     decisions: list[tuple[Stage, Decision]] = []
@@ -89,7 +89,7 @@ def plan(config: PipelineConfig, graph: StageGraph, request: RunRequest) -> list
 
 
 def run(
-    config: PipelineConfig,
+    config: EngineConfig,
     graph: StageGraph,
     request: RunRequest,
     reporter: Reporter | None = None,
@@ -115,7 +115,7 @@ def run(
 
 
 def _run_locked(
-    config: PipelineConfig,
+    config: EngineConfig,
     graph: StageGraph,
     request: RunRequest,
     reporter: Reporter,
@@ -148,7 +148,7 @@ def _run_locked(
 
 def _run_stage(
     stage: Stage,
-    config: PipelineConfig,
+    config: EngineConfig,
     reasons: tuple[str, ...],
     records: dict[str, StageRecord],
 ) -> StageOutcome:

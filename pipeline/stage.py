@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from pipeline.code_identity import code_digest, import_closure
-from pipeline.config import DEVICE_STAGES, HostConfig, PipelineConfig
 
 P = TypeVar("P", bound=BaseModel)
-D = TypeVar("D", bound="DeviceParams")
 
 
 @dataclass(frozen=True)
@@ -65,16 +63,17 @@ class Stage(ABC):
     after: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
     tools: ClassVar[tuple[str, ...]] = ()  # distributions whose version changes what it makes (torch, onnx ...)
+    # The type of its section under `stages:` in the config (a pydantic model, possibly Annotated with a
+    # validator), or None for a stage without settings: the config's schema is assembled from these.
+    settings: ClassVar[Any] = None
 
     @abstractmethod
-    def params(self, config: PipelineConfig) -> BaseModel:
+    def params(self, config: Any) -> BaseModel:
         """Every setting this stage reads, typed (see the module's docstring)."""
 
-    def host_name(self, config: PipelineConfig) -> str:
-        """The host this stage works on: the device for fetch and smoke-test, else its `host` param."""
-        if self.name in DEVICE_STAGES:
-            return config.device.host
-        return str(getattr(config.stages.of(self.name), "host", "local"))
+    def host_name(self, config: Any) -> str:
+        """The host this stage works on (recorded in the lock file); a stage that works elsewhere says so."""
+        return "local"
 
     def external_inputs(self, params: Any) -> list[Path]:
         """Files outside artifacts/ that this stage reads (images, local model weights)."""
@@ -107,23 +106,3 @@ def report_file(artifacts: Path, stage: str) -> Path:
 def digest_values(params: BaseModel) -> dict[str, Any]:
     """The params as the lock records and digests them: plain data, excluded fields left out."""
     return params.model_dump(mode="json")
-
-
-class DeviceParams(BaseModel):
-    """What a stage working on the device reads: which host, where its models live, and how to reach it.
-    Another device or folder means another run; another connect timeout does not."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str
-    models_dir: str
-    address: str | None
-    workdir: str
-    connection: HostConfig = Field(exclude=True)
-
-    @classmethod
-    def for_device(cls: type[D], config: PipelineConfig, **own: Any) -> D:
-        """The params of the config's device, with a deriving stage's `own` fields."""
-        host = config.host(config.device.host)
-        return cls(host=config.device.host, models_dir=config.device.models_dir, address=host.address,
-                   workdir=host.workdir, connection=host, **own)  # fmt: skip

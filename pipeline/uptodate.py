@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.config import PipelineConfig
+from pipeline.config import EngineConfig
 from pipeline.files import FileState, canonical_json, file_state, list_files, sha256_text
 from pipeline.lockfile import StageRecord
 from pipeline.stage import Stage, digest_values
@@ -53,7 +53,7 @@ def params_digest(params: dict[str, Any]) -> str:
     return sha256_text(canonical_json(params))
 
 
-def input_files(stage: Stage, config: PipelineConfig, params: BaseModel) -> dict[str, Path]:
+def input_files(stage: Stage, config: EngineConfig, params: BaseModel) -> dict[str, Path]:
     """Every file the stage reads: upstream stages' outputs (keyed `stage/rel`) and external files
     (named by its `params`, built once by the caller)."""
     files: dict[str, Path] = {}
@@ -71,14 +71,14 @@ def current_states(files: dict[str, Path], known: dict[str, FileState]) -> dict[
     return {key: file_state(path, known.get(key)) for key, path in files.items()}
 
 
-def output_files(stage: Stage, config: PipelineConfig) -> dict[str, Path]:
+def output_files(stage: Stage, config: EngineConfig) -> dict[str, Path]:
     root = config.artifacts / stage.name
     return {path.relative_to(root).as_posix(): path for path in list_files(root)}
 
 
 def decide(
     stage: Stage,
-    config: PipelineConfig,
+    config: EngineConfig,
     records: dict[str, StageRecord],
     stale_upstream: list[str],
 ) -> Decision:
@@ -130,7 +130,7 @@ def _file_changes(kind: str, files: dict[str, Path], recorded: dict[str, FileSta
     return reasons
 
 
-def _output_changes(stage: Stage, config: PipelineConfig, records: dict[str, StageRecord]) -> list[str]:
+def _output_changes(stage: Stage, config: EngineConfig, records: dict[str, StageRecord]) -> list[str]:
     recorded = records[stage.name].outputs
     present = output_files(stage, config)
     reasons = [f"output {stage.name}/{key} missing" for key in sorted(set(recorded) - set(present))]

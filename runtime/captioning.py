@@ -22,10 +22,10 @@ from typing import TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from runtime.answers import InterrogationAnswer
 from runtime.errors import InvalidImage
 from runtime.interrogator import CaptionOptions, Interrogator
 from runtime.preprocess import find_images
-from runtime.server.schemas import InterrogationAnswer
 
 JSONL_NAME = "captions.jsonl"
 AHEAD = 2  # prepared images waiting per decode worker

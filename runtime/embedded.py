@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from runtime.answers import InterrogationAnswer
 from runtime.clip import VOCAB_DIR, ClipRuntime
+from runtime.images import ImagePolicy, decode_image, open_image_bytes
 from runtime.interrogator import CaptionOptions, Interrogation, Interrogator, TagOptions
 from runtime.label_tables import LabelTables
 from runtime.npu import HostLock, IdleUnloader, NpuLock
-from runtime.server.images import ImagePolicy, decode_image, open_image_bytes
-from runtime.server.schemas import InterrogationAnswer
 
 
 def load_interrogator(

@@ -6,11 +6,20 @@ real tokenized prompts: random ids would put the end-of-text position (where CLI
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from stages.shipped import SHIPPED
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
+
 import logging
 import random
 from pathlib import Path
 
-from pipeline.config import CalibrateParams, PipelineConfig
+from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError
 from pipeline.files import sha256_file
 from pipeline.stage import Stage, StageContext, StageResult
@@ -26,10 +35,19 @@ IMAGE_TAR = f"{model_io.IMAGE_INPUT}.tar"
 TEXT_TAR = f"{model_io.TEXT_INPUT}.tar"
 
 
+class CalibrateParams(Strict):
+    images: ConfigPath = SHIPPED / "data/images"
+    image_count: int = Field(32, ge=1, le=10000)
+    prompts: ConfigPath = SHIPPED / "data/calibration_prompts.txt"  # one prompt a line
+    text_count: int = Field(32, ge=1, le=10000)
+    seed: int = 0  # which files and prompts are chosen when there are more than the counts
+
+
 class CalibrateStage(Stage):
     name = "calibrate"
     help = "Build the image and text calibration sets (Pulsar2 Numpy tarballs) from real images and prompts."
     tools = ("tokenizers", "pillow", "numpy")
+    settings = CalibrateParams
     after = ("export",)
     outputs = (IMAGE_TAR, TEXT_TAR, CalibrationSet.FILE)
 

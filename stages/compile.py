@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
-from pipeline.config import CompileParams, HostConfig, PipelineConfig
+from pipeline.config import HostConfig
 from pipeline.errors import ValidationFailed
 from pipeline.files import write_json
 from pipeline.hosts import connect
@@ -24,10 +24,12 @@ from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.similarity import cosine
+from toolchains.compile_params import CompileParams
 from toolchains.encoder_specs import EncoderSpec, encoder_specs
 from toolchains.precision_table import describe_layers
 
 if TYPE_CHECKING:
+    from stages.config import PipelineConfig
     from toolchains.pulsar2_build import BuildResult
 
 
@@ -43,8 +45,12 @@ class CompileStage(Stage):
     name = "compile"
     help = "Quantize and compile both encoders: Pulsar2 on the build host (--host), or onnxruntime QDQ here."
     tools = ("onnx", "onnxruntime", "numpy")
+    settings = CompileParams
     after = ("export", "verify", "calibrate")
     outputs = (model_io.CompileReport.FILE,)
+
+    def host_name(self, config: PipelineConfig) -> str:
+        return config.stages.compile.host
 
     def params(self, config: PipelineConfig) -> CompileStageParams:
         settings = config.stages.compile

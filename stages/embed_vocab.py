@@ -9,6 +9,13 @@ so editing one category of a 100,000-label vocabulary encodes only what changed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from stages.shipped import SHIPPED
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
+
 import logging
 from pathlib import Path
 
@@ -16,7 +23,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from modeling.rank_model import write_rank_model
-from pipeline.config import EmbedVocabParams, PipelineConfig
+from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError
 from pipeline.files import sha256_file, sha256_text, write_json
 from pipeline.report import console
@@ -34,11 +41,15 @@ log = logging.getLogger(__name__)
 BATCH = 64
 MIN_AGREEMENT = 0.99999
 
+class EmbedVocabParams(Strict):
+    vocabulary: ConfigPath = SHIPPED / "vocab/default.yaml"
+
 
 class EmbedVocabStage(Stage):
     name = "embed-vocab"
     help = "Encode every vocabulary label once into normalized fp16 tables for the interrogator."
     tools = ("onnx", "onnxruntime", "tokenizers", "numpy")
+    settings = EmbedVocabParams
     after = ("export",)
     outputs = (VocabIndex.FILE,)
 

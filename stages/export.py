@@ -7,14 +7,31 @@ config the device needs, and export.json describing the tensor contract; plus te
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from modeling.model_config import ModelConfig
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
+
 import functools
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ExportParams, ModelConfig, PipelineConfig
+from pipeline.config import Strict
 from pipeline.files import list_files
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
+
+# Pulsar2 prefers opset 14 (Axera's CLIP examples use it; optimum's CLIPOnnxConfig defaults to it too).
+DEFAULT_OPSET = 14
+
+
+class ExportParams(Strict):
+    opset: int = Field(DEFAULT_OPSET, ge=11, le=21)
+    simplify: bool = True
 
 
 class ExportStageParams(ExportParams):
@@ -27,6 +44,7 @@ class ExportStage(Stage):
     name = "export"
     help = "Export the CLIP image and text encoders (with projections) to ONNX."
     tools = ("torch", "transformers", "onnx", "onnxslim")
+    settings = ExportParams
     outputs = (
         model_io.IMAGE_MODEL_FILE,
         model_io.TEXT_MODEL_FILE,

@@ -11,13 +11,22 @@ set against its manifest before loading.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import BeforeValidator
+
+from stages.device import DeviceParams, moved_to_device
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
+
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from pipeline.config import PipelineConfig
+from pipeline.config import Strict
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_file, write_json
 from pipeline.hosts import Transport, connect
@@ -25,7 +34,7 @@ from pipeline.hosts.remote_lock import exclusive
 from pipeline.hosts.sync import TransferSummary, upload
 from pipeline.hosts.versioned import VersionedFolder
 from pipeline.report import console
-from pipeline.stage import DeviceParams, Stage, StageContext, StageResult
+from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.clip import VOCAB_DIR
 from runtime.errors import ModelFilesError
@@ -36,11 +45,19 @@ _BAR_THRESHOLD = 8 * 1024 * 1024  # show a progress bar for files above this siz
 SWITCH_WAIT_S = 600  # how long a fetch waits for another controller's fetch to the same device
 
 
+class FetchParams(Strict):
+    """fetch has no settings of its own: where it puts the models is `device:`."""
+
+
 class FetchStage(Stage):
     name = "fetch"
     help = "Copy the compiled models, tokenizer and golden data to the device (--host), checksummed."
     after = ("export", "verify", "compile", "embed-vocab")
     outputs = (MANIFEST_FILE,)
+    settings = Annotated[FetchParams, BeforeValidator(moved_to_device)]
+
+    def host_name(self, config: PipelineConfig) -> str:
+        return config.device.host
 
     def params(self, config: PipelineConfig) -> DeviceParams:
         return DeviceParams.for_device(config)

@@ -7,18 +7,34 @@ reference, latency p50/p95, peak RSS, backend, provider.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import BeforeValidator, Field
+
+from stages.device import DeviceParams, moved_to_device
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
+
 from pathlib import Path
 
-from pipeline.config import PipelineConfig, SmokeTestParams
+from pipeline.config import Strict
 from pipeline.errors import StageError, ValidationFailed
 from pipeline.files import write_json
 from pipeline.hosts import connect
 from pipeline.hosts.base import quote
 from pipeline.hosts.sync import download
 from pipeline.report import console, print_table
-from pipeline.stage import DeviceParams, Stage, StageContext, StageResult
+from pipeline.stage import Stage, StageContext, StageResult
 from runtime.smoke_test import SmokeReport
 from stages.device_runtime import install_runtime, runtime_files
+
+
+class SmokeTestParams(Strict):
+    runs: int = Field(20, ge=1, le=10000)  # latency samples per encoder
+    min_cosine: float = Field(0.98, ge=0, le=1)  # device output vs the float reference, per encoder
+    provider: str | None = None  # axengine provider; None: the first available
+    device_id: int = Field(0, ge=0)  # AXCLRTExecutionProvider: which card
 
 
 class SmokeTestStageParams(SmokeTestParams, DeviceParams):
@@ -32,9 +48,13 @@ class SmokeTestStage(Stage):
     help = "Run the compiled models on the device (--host) against the float reference; latency and memory."
     after = ("verify", "fetch")
     outputs = (SmokeReport.FILE,)
+    settings = Annotated[SmokeTestParams, BeforeValidator(moved_to_device)]
 
     def shipped_files(self) -> list[Path]:
         return runtime_files()
+
+    def host_name(self, config: PipelineConfig) -> str:
+        return config.device.host
 
     def params(self, config: PipelineConfig) -> SmokeTestStageParams:
         return SmokeTestStageParams.for_device(config, **dict(config.stages.smoke_test),

@@ -6,6 +6,16 @@ golden inputs and the PyTorch reference outputs are saved for the smoke test on 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from modeling.model_config import ModelConfig
+from stages.shipped import SHIPPED
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
+
 import io
 from pathlib import Path
 from typing import Any
@@ -13,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.config import ModelConfig, PipelineConfig, VerifyParams
+from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError, ValidationFailed
 from pipeline.files import write_json
 from pipeline.report import print_checks
@@ -39,6 +49,26 @@ FAST_MIN_COSINE = 0.999
 REPORT_FILE = "report.json"
 
 
+SUPPORTED_TARGETS = ("ax650",)
+DEFAULT_PROMPTS = (
+    "a photo of an astronaut",
+    "a photo of a cat",
+    "a cup of coffee on a table",
+    "a rocket on the launch pad",
+    "a portrait of a woman in uniform, black and white photograph",
+    "an oil painting of a mountain landscape at sunset, highly detailed",
+)
+
+
+class VerifyParams(Strict):
+    target: Literal[SUPPORTED_TARGETS] = "ax650"  # type: ignore[valid-type]
+    images: ConfigPath = SHIPPED / "data/images"
+    max_images: int = Field(4, ge=1, le=64)
+    prompts: tuple[str, ...] = Field(DEFAULT_PROMPTS, min_length=1, strict=False)  # a YAML list
+    min_cosine: float = Field(0.9999, ge=0, le=1)
+    max_abs_diff: float = Field(1e-3, gt=0, le=10)
+
+
 class VerifyStageParams(VerifyParams):
     """verify's settings and the model it compares the export with."""
 
@@ -49,6 +79,7 @@ class VerifyStage(Stage):
     name = "verify"
     help = "Check the ONNX files (opset, static shapes, NPU op table) and compare onnxruntime with PyTorch."
     tools = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "pillow", "numpy")
+    settings = VerifyParams
     after = ("export",)
     outputs = (REPORT_FILE, f"{GOLDEN_DIR}/{GoldenSet.FILE}")
 

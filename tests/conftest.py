@@ -12,12 +12,12 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.config import PipelineConfig, load_config
 from pipeline.graph import StageGraph
 from pipeline.runner import RunRequest, run
 from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
+from stages.config import PipelineConfig, load_config
 from tests.helpers import STAGES, device_set, tiny_config_dict
 from tests.loopback import app_clients
 from tests.sshd import SshServer, start_sshd

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import CompileParams
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, run
 from runtime.preprocess import PreprocessConfig, open_image, preprocess
@@ -15,6 +14,7 @@ from runtime.tokenizer import ClipTokenizer
 from stages import ALL_STAGES
 from tests.helpers import device_set
 from toolchains.calibration_tar import CalibrationSet, read_npy_tar
+from toolchains.compile_params import CompileParams
 from toolchains.encoder_specs import encoder_specs
 from toolchains.pulsar2_config import pulsar2_build_args, pulsar2_config
 

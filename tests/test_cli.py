@@ -161,8 +161,8 @@ def test_status_from_another_directory_finds_every_shipped_file(tmp_path: Path) 
 def test_the_report_page_says_why_the_smoke_test_could_not_run(tmp_path: Path) -> None:
     """A device that could not run the models writes only `error`: the page shows it instead of failing."""
     from commands.report import write_index
-    from pipeline.config import load_config
     from runtime.smoke_test import SmokeReport
+    from stages.config import load_config
 
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "artifacts")))
     config = load_config(tmp_path / "pipeline.yaml")

@@ -75,7 +75,7 @@ def test_export_watches_every_file_of_a_local_model_folder(write_config, tmp_pat
     names = ["config.json", "model.safetensors", "tokenizer_config.json", "preprocessor_config.json", "spiece.model",
              "vocab.txt", "special_tokens_map.json", "sub/extra.bin", ".git/HEAD", ".cache/x.lock"]  # fmt: skip
     _write(model, {name: "x" for name in names})
-    from pipeline.config import load_config
+    from stages.config import load_config
 
     config = load_config(write_config({"model": {"id": str(model)}}))
     stage = ExportStage()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import BUILTIN_TINY_CLIP, DEFAULT_MODEL_ID, load_config
+from modeling.model_config import BUILTIN_TINY_CLIP, DEFAULT_MODEL_ID
 from pipeline.errors import ConfigError
+from stages.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from stages.config import load_config
 
 KEYS = [
     "model", "id", "revision", "image_size", "context_length", "artifacts", "hosts", "stages", "kind",

@@ -15,12 +15,13 @@ import yaml
 from pydantic import BaseModel
 
 from pipeline import files
-from pipeline.config import ExportParams, PipelineConfig, load_config
 from pipeline.errors import ConfigError, GraphError, RunLockedError, StageError, is_user_error, user_message
 from pipeline.graph import StageGraph
 from pipeline.runlock import OWNER_MARKER, run_lock
 from pipeline.runner import Outcome, RunRequest, plan, run
 from pipeline.stage import Stage, StageContext, StageResult
+from stages.config import PipelineConfig, load_config
+from stages.export import ExportParams
 
 
 class Produce(Stage):

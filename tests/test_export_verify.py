@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 from modeling.graph_checks import check_operators
+from modeling.model_config import ModelConfig
 from modeling.op_tables import AX650
-from pipeline.config import ModelConfig
 from pipeline.errors import ModelLoadError
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, plan, run

@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from commands import serving
-from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import HostError
 from pipeline.files import sha256_file
 from pipeline.graph import StageGraph
@@ -33,6 +32,7 @@ from pipeline.hosts.sync import download, upload
 from pipeline.lockfile import read_lock
 from pipeline.runner import Outcome, RunRequest, run
 from stages import ALL_STAGES
+from stages.config import PipelineConfig, load_config
 from tests.helpers import REPO, device_set, tiny_config_dict
 from tests.sshd import SshServer
 from toolchains import pulsar2_build

@@ -14,13 +14,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from pipeline.config import PipelineConfig
 from pipeline.graph import StageGraph
 from pipeline.hosts import openssh
 from pipeline.hosts.ssh import SshTransport
 from pipeline.hosts.sync import upload
 from pipeline.runner import Outcome, RunRequest, StageOutcome, run
 from stages import ALL_STAGES
+from stages.config import PipelineConfig
 from tests.helpers import device_set
 from tests.sshd import SshServer
 

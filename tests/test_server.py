@@ -25,9 +25,9 @@ from PIL import Image
 
 from runtime.clip import VOCAB_DIR
 from runtime.errors import RuntimeErrorBase
+from runtime.images import ImagePolicy
 from runtime.interrogator import Interrogator
 from runtime.server.app import ServerSettings, create_app
-from runtime.server.images import ImagePolicy
 from tests.helpers import device_set
 from tests.hostile_images import dib_header, ico_hiding, png_bomb
 from tests.loopback import free_port
@@ -532,7 +532,7 @@ def test_icons_are_measured_by_the_images_they_hold_and_icns_is_refused(serve, m
 def test_an_image_url_is_fetched_from_the_address_that_was_checked(serve, monkeypatch: pytest.MonkeyPatch) -> None:
     """DNS rebinding: the name resolves to a (pretend) global address for the check and to a local one a
     moment later. The fetch must go to the checked address. Both servers listen on loopback addresses."""
-    from runtime.server import images
+    from runtime import images
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.2", 0))

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, settings
 from PIL import Image
 
 from runtime.clip import VOCAB_DIR, ClipRuntime
+from runtime.images import REFUSED_FORMATS
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.server.app import ServerSettings, create_app
-from runtime.server.images import REFUSED_FORMATS
 from tests.helpers import device_set
 from tests.loopback import serving
 

@@ -13,7 +13,7 @@ import yaml
 from pipeline.errors import ConfigError
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, run
-from runtime.server.schemas import InterrogationAnswer
+from runtime.answers import InterrogationAnswer
 from stages import ALL_STAGES
 from stages.vocabulary import load_vocabulary
 

@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from pipeline.config import CompileParams
 from pipeline.errors import StageError
 from toolchains.calibration_tar import read_npy_tar
+from toolchains.compile_params import CompileParams
 from toolchains.encoder_specs import EncoderSpec
 
 # Pulsar2 calibration method -> onnxruntime's; MSE has no onnxruntime counterpart.

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import CompileParams, HostConfig
+from pipeline.config import HostConfig
 from pipeline.errors import HostError
 from pipeline.hosts.base import Transport, quote
 from pipeline.hosts.sync import TransferSummary, download, upload
+from toolchains.compile_params import CompileParams
 from toolchains.encoder_specs import EncoderSpec
 from toolchains.precision_table import PrecisionTable, find_precision_table
 from toolchains.pulsar2_config import pulsar2_build_args, pulsar2_config, remote_paths

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import CompileParams
+from toolchains.compile_params import CompileParams
 from toolchains.encoder_specs import EncoderSpec
 
 REMOTE_MODELS = "models"

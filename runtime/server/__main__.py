@@ -17,13 +17,13 @@ import uvicorn
 
 from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.errors import RuntimeErrorBase, SettingsError
+from runtime.images import ImagePolicy
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.npu import NpuLock
 from runtime.preprocess import Fidelity
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.connections import ConnectionLimits, uvicorn_config
-from runtime.server.images import ImagePolicy
 
 MB = 1024 * 1024
 AUTH_ENV = "CLIP_API_AUTH"  # user:pass[,user:pass]: keeps the password off the command line

@@ -20,11 +20,11 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from runtime.errors import NpuBusy, ServerBusy
+from runtime.images import ImagePolicy, decode_image
 from runtime.interrogator import Interrogation, Interrogator, Scores
 from runtime.npu import IdleUnloader
 from runtime.server.auth import authenticator
 from runtime.server.errors import install_error_handlers
-from runtime.server.images import ImagePolicy, decode_image
 from runtime.server.limits import AdmissionGate, BodyBudget, RequestBodyLimits
 from runtime.server.options import Options, OptionsStore
 from runtime.server.schemas import (

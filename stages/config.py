@@ -1,0 +1,78 @@
+"""The whole pipeline.yaml: the engine's part (artifacts, hosts), the model, the device, and `stages:`, whose
+sections are assembled from the registered stages. A stage's settings are declared in its own module
+(`settings = ExportParams`): adding one touches that module only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
+
+from modeling.model_config import ModelConfig
+from pipeline.config import EngineConfig
+from pipeline.config import load_config as load_schema
+from pipeline.errors import ConfigError
+from stages import ALL_STAGES
+from stages.device import DeviceConfig
+
+DEVICE_STAGES = ("fetch", "smoke-test")  # they work on `device:`; `--host` on them names the device
+
+
+def params_field(stage: str) -> str:
+    """The one mapping from a stage's name to its field under `stages` (`embed-vocab` -> embed_vocab)."""
+    return stage.replace("-", "_")
+
+
+class _Stages(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, populate_by_name=True)
+
+    def of(self, stage: str) -> Any:
+        """The settings of a stage by its name, or None for a stage without settings."""
+        return getattr(self, params_field(stage), None)
+
+
+def _section(settings: Any, name: str) -> tuple[Any, Any]:
+    """A stage's section under `stages:`, its key spelled as the stage's name, its defaults when absent."""
+    return settings, Field(TypeAdapter(settings).validate_python({}), alias=name)
+
+
+StagesConfig = create_model(
+    "StagesConfig",
+    __base__=_Stages,
+    **{params_field(s.name): _section(s.settings, s.name) for s in ALL_STAGES if s.settings is not None},
+)
+
+
+class PipelineConfig(EngineConfig):
+    """The whole pipeline.yaml."""
+
+    model: ModelConfig = ModelConfig()
+    device: DeviceConfig = DeviceConfig()
+    stages: StagesConfig = StagesConfig()  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _hosts_exist(self) -> PipelineConfig:
+        for key, name in (("stages.compile.host", self.stages.compile.host), ("device.host", self.device.host)):
+            if name != "local" and name not in self.hosts:
+                known = ", ".join(sorted(self.hosts)) or "none"
+                raise ValueError(f"{key} {name!r} is not in hosts (hosts: {known})")
+        return self
+
+    def with_host(self, stage: str, host: str) -> PipelineConfig:
+        """This config with the stage's host replaced (what `--host` does): the device for the stages
+        that work on it (every one of them, then), the build host for compile."""
+        self.host(host)
+        if stage in DEVICE_STAGES:
+            return self.model_copy(update={"device": self.device.model_copy(update={"host": host})})
+        params = self.stages.of(stage)
+        if params is None or "host" not in type(params).model_fields:
+            raise ConfigError(f"stage {stage!r} does not run on a host; drop --host")
+        stages = self.stages.model_copy(update={params_field(stage): params.model_copy(update={"host": host})})
+        return self.model_copy(update={"stages": stages})
+
+
+def load_config(path: Path | str) -> PipelineConfig:
+    """Read and validate a pipeline file; every problem is a ConfigError naming the file and the key."""
+    return load_schema(path, PipelineConfig)
