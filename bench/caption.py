@@ -78,14 +78,22 @@ def main() -> None:
         now(interrogator, folder, out)
         rates = {"before": args.images / (middle - started), "now": args.images / (time.perf_counter() - middle)}
         ratio = rates["now"] / rates["before"]
-        figures[encoder] = {"before_images_per_s": round(rates["before"], 2),
-                            "now_images_per_s": round(rates["now"], 2), "ratio": round(ratio, 2)}  # fmt: skip
+        figures[encoder] = {
+            "before_images_per_s": round(rates["before"], 2),
+            "now_images_per_s": round(rates["now"], 2),
+            "ratio": round(ratio, 2),
+        }
         rows.append((encoder, f"{rates['before']:.2f}", f"{rates['now']:.2f}", f"{ratio:.2f}"))
     figures["meets_target"] = figures["CPU onnxruntime"]["ratio"] >= TARGET
     title = f"caption throughput, {args.images} JPEGs of 4032x3024, ViT-B/32 shapes, {LABELS:,} labels"
-    emit(figures, args.json, title,
-         ("encoder", "before img/s", "now img/s", "x"), rows,
-         f"target: >= {TARGET}x on this machine's encoder: {verdict(figures['meets_target'])}")  # fmt: skip
+    emit(
+        figures,
+        args.json,
+        title,
+        ("encoder", "before img/s", "now img/s", "x"),
+        rows,
+        f"target: >= {TARGET}x on this machine's encoder: {verdict(figures['meets_target'])}",
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,13 @@ MB = 1024 * 1024
 
 
 def _head(port: int, length: int, auth: bool) -> bytes:
-    lines = ["POST /sdapi/v1/interrogate HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Type: application/json",
-             f"Content-Length: {length}", "Connection: close"]  # fmt: skip
+    lines = [
+        "POST /sdapi/v1/interrogate HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {length}",
+        "Connection: close",
+    ]
     if auth:
         lines.append("Authorization: Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -107,8 +112,17 @@ def main() -> None:
     rows, figures = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         port = free_port()
-        server = start_server(models, port, Path(scratch) / "options.json", "--api-auth", f"{USER}:{PASSWORD}",
-                              "--max-connections", "256", "--head-timeout", "5")  # fmt: skip
+        server = start_server(
+            models,
+            port,
+            Path(scratch) / "options.json",
+            "--api-auth",
+            f"{USER}:{PASSWORD}",
+            "--max-connections",
+            "256",
+            "--head-timeout",
+            "5",
+        )
         try:
             peak = peak_rss_mb(server.pid)
             rows.append(("started (1000 labels)", "", "", f"{peak:.0f}", ""))
@@ -126,8 +140,14 @@ def main() -> None:
             server.terminate()
             server.wait(30)
     figures["healthz_after"] = alive
-    emit(figures, args.json, "Hostile clients (server peak RSS, VmHWM)", ("attack", "answers", "s", "peak MB", "grew"),
-         rows, footer=f"/healthz after all of them: {alive}")  # fmt: skip
+    emit(
+        figures,
+        args.json,
+        "Hostile clients (server peak RSS, VmHWM)",
+        ("attack", "answers", "s", "peak MB", "grew"),
+        rows,
+        footer=f"/healthz after all of them: {alive}",
+    )
 
 
 if __name__ == "__main__":

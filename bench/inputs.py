@@ -49,8 +49,11 @@ def camera_like(size: tuple[int, int], fmt: str, seed: int = 0) -> bytes:
 def inputs() -> dict[str, bytes]:
     cache = DEFAULT_CACHE / "inputs"
     cache.mkdir(parents=True, exist_ok=True)
-    kinds = {"512x512 PNG (SD)": ((512, 512), "PNG"), "1024x1024 PNG": ((1024, 1024), "PNG"),
-             "12 MP JPEG (4032x3024)": ((4032, 3024), "JPEG")}  # fmt: skip
+    kinds = {
+        "512x512 PNG (SD)": ((512, 512), "PNG"),
+        "1024x1024 PNG": ((1024, 1024), "PNG"),
+        "12 MP JPEG (4032x3024)": ((4032, 3024), "JPEG"),
+    }
     found = {}
     for name, (size, fmt) in kinds.items():
         path = cache / f"{size[0]}x{size[1]}.{fmt.lower()}"
@@ -103,19 +106,28 @@ def main() -> None:
         fast_cpu = per["fast: decode"] + per["fast: preprocess"]
         exact_cpu = per["exact: decode"] + per["exact: preprocess"]
         rank = per[f"rank {LABELS:,} labels"]
-        per |= {"fast decode+preprocess / full decode": fast_cpu / full,
-                "exact decode+preprocess / full decode": exact_cpu / full,
-                "fast CPU side (decode+preprocess+rank) / NPU floor": (fast_cpu + rank) / NPU_FLOOR_MS,
-                "fast CPU side / CPU encode": (fast_cpu + rank) / per["encode (CPU onnxruntime)"]}  # fmt: skip
+        per |= {
+            "fast decode+preprocess / full decode": fast_cpu / full,
+            "exact decode+preprocess / full decode": exact_cpu / full,
+            "fast CPU side (decode+preprocess+rank) / NPU floor": (fast_cpu + rank) / NPU_FLOOR_MS,
+            "fast CPU side / CPU encode": (fast_cpu + rank) / per["encode (CPU onnxruntime)"],
+        }
         figures["inputs"][name] = {k: round(v, 3) for k, v in per.items()}
-        rows += [(name if i == 0 else "", step, f"{value:.3f}" if "/" in step else f"{value:.1f}")
-                 for i, (step, value) in enumerate(per.items())]  # fmt: skip
+        rows += [
+            (name if i == 0 else "", step, f"{value:.3f}" if "/" in step else f"{value:.1f}")
+            for i, (step, value) in enumerate(per.items())
+        ]
     ratio = figures["inputs"]["12 MP JPEG (4032x3024)"]["fast decode+preprocess / full decode"]
     figures["meets_target"] = ratio <= TARGET_RATIO
-    emit(figures, args.json, f"real-size inputs, median of {args.rounds} interleaved rounds (ms, or a ratio)",
-         ("input", "step", "ms / ratio"), rows,
-         f"target: 12 MP JPEG fast decode+preprocess <= {TARGET_RATIO}x full decode: {ratio:.3f}, "
-         f"{verdict(figures['meets_target'])}")  # fmt: skip
+    emit(
+        figures,
+        args.json,
+        f"real-size inputs, median of {args.rounds} interleaved rounds (ms, or a ratio)",
+        ("input", "step", "ms / ratio"),
+        rows,
+        f"target: 12 MP JPEG fast decode+preprocess <= {TARGET_RATIO}x full decode: {ratio:.3f}, "
+        f"{verdict(figures['meets_target'])}",
+    )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,11 @@ def ours(labels: int) -> float:
 
 def manual(standin: str) -> float:
     script = _MANUAL.format(
-        repo=str(REPO), cache=str(DEFAULT_CACHE / "manual-model"), photo=str(REPO / "data/images/grace_hopper.jpg"),
-        labels=MANUAL_LABELS, standin=standin,
+        repo=str(REPO),
+        cache=str(DEFAULT_CACHE / "manual-model"),
+        photo=str(REPO / "data/images/grace_hopper.jpg"),
+        labels=MANUAL_LABELS,
+        standin=standin,
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])

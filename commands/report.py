@@ -49,8 +49,16 @@ vertical-align:top}th{background:#f2f4f8}.ran{color:#0a7a32}.failed{color:#b3261
 def write_run(reports: Path, outcomes: Sequence[StageOutcome]) -> None:
     """The last run's outcomes, kept for the page (and for anyone who wants them as JSON)."""
     reports.mkdir(parents=True, exist_ok=True)
-    rows = [{"stage": o.stage, "outcome": o.outcome.value, "reasons": list(o.reasons), "seconds": round(o.seconds, 2),
-             "summary": o.summary} for o in outcomes]  # fmt: skip
+    rows = [
+        {
+            "stage": o.stage,
+            "outcome": o.outcome.value,
+            "reasons": list(o.reasons),
+            "seconds": round(o.seconds, 2),
+            "summary": o.summary,
+        }
+        for o in outcomes
+    ]
     (reports / RUN_FILE).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 
 
@@ -116,10 +124,15 @@ def _run_section(run: list[dict[str, Any]] | None) -> str:
         return _section("Last run", _missing("run recorded"))
     css = {"ran": "ran", "failed": "failed", "up to date": "up"}
     rows = [
-        (f"<span class={css.get(r['outcome'], 'up')}>{_e(r['outcome'])}</span>", _e(r["stage"]),
-         _e("; ".join(r["reasons"]) or "-"), f"{r['seconds']:.1f} s" if r["seconds"] else "", _e(r["summary"]))
+        (
+            f"<span class={css.get(r['outcome'], 'up')}>{_e(r['outcome'])}</span>",
+            _e(r["stage"]),
+            _e("; ".join(r["reasons"]) or "-"),
+            f"{r['seconds']:.1f} s" if r["seconds"] else "",
+            _e(r["summary"]),
+        )
         for r in run
-    ]  # fmt: skip
+    ]
     return _section("Last run", _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True))
 
 
@@ -174,8 +187,10 @@ def _compile_section(report: CompileReport | None) -> str:
         layers = (model.precision or {}).get("layers")
         if layers:
             worst = describe_layers(list(model.worst_layers))
-            charts.append(f"<h3>{_e(name)}: cosine per layer</h3>{_layer_chart(layers)}"
-                          f"<p class=note>worst layers: {_e(worst)}</p>")  # fmt: skip
+            charts.append(
+                f"<h3>{_e(name)}: cosine per layer</h3>{_layer_chart(layers)}"
+                f"<p class=note>worst layers: {_e(worst)}</p>"
+            )
     if not charts:
         charts.append(
             "<p class=note>Per-layer cosines come from Pulsar2's precision analysis (target pulsar2 with "
@@ -202,9 +217,11 @@ def _layer_chart(layers: list[dict[str, Any]], width: int = 1000, height: int = 
         f"cos {1 - 10**e:.6g}</text>"
         for e in range(int(math.log10(floor)), math.ceil(math.log10(top)) + 1, 2)
     )
-    return (f'<svg role="img" aria-label="cosine per layer" width="{width}" height="{height + 4}" '
-            f'viewBox="0 0 {width} {height + 4}" style="background:#fafbfd;border:1px solid #d8dde6">'
-            f'{labels}<polyline fill="none" stroke="#2f6fd6" stroke-width="1.5" points="{points}"/></svg>')  # fmt: skip
+    return (
+        f'<svg role="img" aria-label="cosine per layer" width="{width}" height="{height + 4}" '
+        f'viewBox="0 0 {width} {height + 4}" style="background:#fafbfd;border:1px solid #d8dde6">'
+        f'{labels}<polyline fill="none" stroke="#2f6fd6" stroke-width="1.5" points="{points}"/></svg>'
+    )
 
 
 def _smoke_section(report: SmokeReport | None) -> str:
@@ -215,9 +232,16 @@ def _smoke_section(report: SmokeReport | None) -> str:
     rows, charts = [], []
     for part, encoder in report.encoders.items():
         latency = encoder.latency_ms
-        rows.append((part, f"{encoder.backend} ({encoder.provider})", f"{encoder.cosine_min:.5f}",
-                     f"{latency.p50:.2f}", f"{latency.p95:.2f}",
-                     f"{encoder.load_s:.2f} s, +{encoder.resident_mb:.0f} MB"))  # fmt: skip
+        rows.append(
+            (
+                part,
+                f"{encoder.backend} ({encoder.provider})",
+                f"{encoder.cosine_min:.5f}",
+                f"{latency.p50:.2f}",
+                f"{latency.p95:.2f}",
+                f"{encoder.load_s:.2f} s, +{encoder.resident_mb:.0f} MB",
+            )
+        )
         charts.append(f"<h3>{_e(part)} encoder latency (ms)</h3>{_latency_chart(latency)}")
     columns = ("encoder", "backend", "cosine vs float", "p50 ms", "p95 ms", "load, host memory")
     head = f"<p>peak RSS {report.peak_rss_mb:.0f} MB on {_e(report.machine)}</p>"
@@ -245,11 +269,15 @@ def _latency_chart(latency: Latency, width: int = 600, height: int = 120) -> str
         for name, value, y in (("p50", latency.p50, 12), ("p95", latency.p95, 26))
         for x in [(value - low) / (high - low) * width]
     )
-    axis = (f'<text x="0" y="{height - 4}" font-size="11" fill="#5b6577">{low:.2f} ms</text>'
-            f'<text x="{width - 70}" y="{height - 4}" font-size="11" fill="#5b6577">{high:.2f} ms</text>')  # fmt: skip
-    return (f'<svg role="img" aria-label="latency histogram" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" style="background:#fafbfd;border:1px solid #d8dde6">'
-            f"{bars}{marks}{axis}</svg>")  # fmt: skip
+    axis = (
+        f'<text x="0" y="{height - 4}" font-size="11" fill="#5b6577">{low:.2f} ms</text>'
+        f'<text x="{width - 70}" y="{height - 4}" font-size="11" fill="#5b6577">{high:.2f} ms</text>'
+    )
+    return (
+        f'<svg role="img" aria-label="latency histogram" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" style="background:#fafbfd;border:1px solid #d8dde6">'
+        f"{bars}{marks}{axis}</svg>"
+    )
 
 
 def _cached_captions_section(config: PipelineConfig, records: dict[str, StageRecord]) -> str:
@@ -258,8 +286,11 @@ def _cached_captions_section(config: PipelineConfig, records: dict[str, StageRec
     from runtime.preprocess import find_images
 
     photos = find_images(config.stages.verify.images)[:CAPTIONED_PHOTOS]
-    outputs = {stage: {name: state.sha256 for name, state in record.outputs.items()}
-               for stage, record in records.items() if stage in ("export", "embed-vocab")}  # fmt: skip
+    outputs = {
+        stage: {name: state.sha256 for name, state in record.outputs.items()}
+        for stage, record in records.items()
+        if stage in ("export", "embed-vocab")
+    }
     photo_states = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in photos]
     key = sha256_text(canonical_json({"outputs": outputs, "photos": photo_states}))
     cache = config.artifacts / "reports" / CAPTIONS_CACHE
@@ -294,8 +325,10 @@ def _captions_section(config: PipelineConfig, photos: list[Path]) -> str:
             f"<tr><td>{_e(c.name)}</td><td>{_e(', '.join(f'{p.label} {p.score:.3f}' for p in c.top[:3]))}</td></tr>"
             for c in result.categories
         )
-        cards.append(f"<div class=photo><img alt='{_e(path.name)}' src='{_thumbnail(image)}'>"
-                     f"<p><b>{_e(path.name)}</b>: {_e(result.caption)}</p><table>{best}</table></div>")  # fmt: skip
+        cards.append(
+            f"<div class=photo><img alt='{_e(path.name)}' src='{_thumbnail(image)}'>"
+            f"<p><b>{_e(path.name)}</b>: {_e(result.caption)}</p><table>{best}</table></div>"
+        )
     note = "<p class=note>From the float models (export) and the label tables (embed-vocab).</p>"
     return _section("Captions", note + f"<div class=photos>{''.join(cards)}</div>")
 

@@ -94,8 +94,7 @@ def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest)
             raise HostError(host_name, "the server did not come up", hint=f"its log ({log}) ends:", tail=tail)
     where = "0.0.0.0" if request.listen else "127.0.0.1"
     console.print(
-        f"serving on {host_name} at {where}:{request.port} ({health.backend}, {health.labels:,} labels); "
-        f"log: {log}"
+        f"serving on {host_name} at {where}:{request.port} ({health.backend}, {health.labels:,} labels); log: {log}"
     )
 
 

@@ -75,10 +75,14 @@ def _load_hint() -> str:
     """What to try next; offline mode is only suggested when it is not already on."""
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if offline:
-        return ("HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched: download the model "
-                "once with network access, or point model.id at a local model directory")  # fmt: skip
-    return ("check the id for typos and the network; offline, point model.id at a local model directory "
-            "or set HF_HUB_OFFLINE=1 to use the local cache")  # fmt: skip
+        return (
+            "HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched: download the model "
+            "once with network access, or point model.id at a local model directory"
+        )
+    return (
+        "check the id for typos and the network; offline, point model.id at a local model directory "
+        "or set HF_HUB_OFFLINE=1 to use the local cache"
+    )
 
 
 def load_clip(model: ModelConfig, cache_dir: Path) -> LoadedClip:

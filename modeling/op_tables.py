@@ -74,22 +74,40 @@ AX650 = OpTable(
     pad_modes=frozenset({"constant"}),
     lp_norm_axis=-1,
     attr_limits=(
-        AttrLimit(frozenset({"AveragePool", "Conv", "ConvTranspose", "MaxPool"}), "auto_pad", "NOTSET",
-                  lambda v: v == "NOTSET", "auto_pad only supports NOTSET"),
-        AttrLimit(frozenset({"AveragePool"}), "count_include_pad", 0, lambda v: v == 1,
-                  "count_include_pad only supports 1"),
+        AttrLimit(
+            frozenset({"AveragePool", "Conv", "ConvTranspose", "MaxPool"}),
+            "auto_pad",
+            "NOTSET",
+            lambda v: v == "NOTSET",
+            "auto_pad only supports NOTSET",
+        ),
+        AttrLimit(
+            frozenset({"AveragePool"}), "count_include_pad", 0, lambda v: v == 1, "count_include_pad only supports 1"
+        ),
         AttrLimit(frozenset({"MaxPool"}), "dilations", (1,), _all_ones, "dilations only support 1"),
         AttrLimit(frozenset({"ConvTranspose"}), "dilations", (1,), _all_ones, "dilations currently only 1"),
         AttrLimit(frozenset({"MaxPool"}), "storage_order", 0, lambda v: v == 0, "storage_order only 0"),
         AttrLimit(frozenset({"DepthToSpace"}), "mode", "DCR", lambda v: v == "DCR", "mode currently only supports DCR"),
         AttrLimit(frozenset({"LpNormalization"}), "p", 2, lambda v: v in (1, 2), "p only supports 1 or 2"),
-        AttrLimit(frozenset({"ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum"}),
-                  "noop_with_empty_axes", 0, lambda v: v == 0, "noop_with_empty_axes is not supported yet"),
-        AttrLimit(frozenset({"Resize"}), "nearest_mode", "round_prefer_floor", lambda v: v == "round_prefer_ceil",
-                  "nearest_mode only supports round_prefer_ceil", when=("mode", "nearest", "nearest")),
-        AttrLimit(frozenset({"BatchNormalization"}), "training_mode", 0, lambda v: v == 0,
-                  "training_mode is not supported"),
+        AttrLimit(
+            frozenset({"ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum"}),
+            "noop_with_empty_axes",
+            0,
+            lambda v: v == 0,
+            "noop_with_empty_axes is not supported yet",
+        ),
+        AttrLimit(
+            frozenset({"Resize"}),
+            "nearest_mode",
+            "round_prefer_floor",
+            lambda v: v == "round_prefer_ceil",
+            "nearest_mode only supports round_prefer_ceil",
+            when=("mode", "nearest", "nearest"),
+        ),
+        AttrLimit(
+            frozenset({"BatchNormalization"}), "training_mode", 0, lambda v: v == 0, "training_mode is not supported"
+        ),
     ),
-)  # fmt: skip
+)
 
 OP_TABLES = {AX650.target: AX650}

@@ -134,8 +134,10 @@ def conform(feed: dict[str, np.ndarray], inputs: list[TensorInfo]) -> dict[str, 
             raise ModelFilesError(f"the model takes {[i.name for i in inputs]}, not {sorted(feed)}: run `invoke fetch`")
         array = np.ascontiguousarray(feed[info.name], dtype=info.dtype)
         if array.shape != info.shape:
-            raise ModelFilesError(f"input {info.name!r} has shape {array.shape}, the model takes {info.shape}: the "
-                                  "model files and export.json disagree; run `invoke fetch`")
+            raise ModelFilesError(
+                f"input {info.name!r} has shape {array.shape}, the model takes {info.shape}: the "
+                "model files and export.json disagree; run `invoke fetch`"
+            )
         out[info.name] = array
     return out
 

@@ -55,8 +55,9 @@ class ClipRuntime:
         info = model_io.ExportInfo.read(models_dir)
         files = model_files(models_dir, info, verify_hashes)
         npu = npu or NpuLock()
-        image_model = ResidentModel(lambda: open_backend(models_dir / files["image"], provider, device_id), npu,
-                                    unload_after)  # fmt: skip
+        image_model = ResidentModel(
+            lambda: open_backend(models_dir / files["image"], provider, device_id), npu, unload_after
+        )
         with npu.hold(FIRST_LOAD_WAIT_S):
             image_model.get()  # load now: a model that cannot run fails at start, not at the first request
             text = open_backend(models_dir / files["text"], provider, device_id) if with_text else None

@@ -40,9 +40,14 @@ def load_interrogator(
 
 
 def caption(
-    interrogator: Interrogator, image: bytes | str, *, model: str = "clip", wait: float | None = 60.0,
-    caption_options: CaptionOptions | None = None, tag_options: TagOptions | None = None,
-) -> str:  # fmt: skip
+    interrogator: Interrogator,
+    image: bytes | str,
+    *,
+    model: str = "clip",
+    wait: float | None = 60.0,
+    caption_options: CaptionOptions | None = None,
+    tag_options: TagOptions | None = None,
+) -> str:
     """What `POST /sdapi/v1/interrogate` answers: a caption (`clip`) or tags (`deepdanbooru`).
     Raises InvalidImage for a bad image and NpuBusy when the NPU stays taken past `wait` seconds."""
     scores, _ = interrogator.score(_image(interrogator, image), wait)

@@ -43,6 +43,7 @@ class GoldenSet(JsonFile, file="golden.json", made_by="invoke verify"):
         inputs = np.load(Path(directory) / f"{reference.input}.npy")
         outputs = np.load(Path(directory) / f"{output}.npy")
         if len(inputs) != len(outputs) or len(outputs) != len(reference.labels):
-            raise ModelFilesError(f"{directory}: the golden {reference.input} and {output} differ in rows: "
-                                  f"run `{self.MADE_BY}`")  # fmt: skip
+            raise ModelFilesError(
+                f"{directory}: the golden {reference.input} and {output} differ in rows: run `{self.MADE_BY}`"
+            )
         return inputs, outputs

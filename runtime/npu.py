@@ -43,8 +43,13 @@ class LockStats:
     timeouts: int = 0
 
     def to_json(self) -> dict[str, float]:
-        return {"holds": self.holds, "waits": self.waits, "wait_ms_total": round(self.wait_ms_total, 1),
-                "wait_ms_max": round(self.wait_ms_max, 1), "timeouts": self.timeouts}  # fmt: skip
+        return {
+            "holds": self.holds,
+            "waits": self.waits,
+            "wait_ms_total": round(self.wait_ms_total, 1),
+            "wait_ms_max": round(self.wait_ms_max, 1),
+            "timeouts": self.timeouts,
+        }
 
 
 class NpuLock:

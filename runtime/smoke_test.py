@@ -83,8 +83,16 @@ def run_smoke_test(
         for part in ("image", "text"):
             tensors = info.encoder(part)
             inputs, reference = golden.pair(golden_dir, tensors.output.name)
-            encoders[part] = _check_encoder(models_dir / files[part], inputs, reference, tensors.input.name,
-                                            tensors.output.name, runs, provider, device_id)  # fmt: skip
+            encoders[part] = _check_encoder(
+                models_dir / files[part],
+                inputs,
+                reference,
+                tensors.input.name,
+                tensors.output.name,
+                runs,
+                provider,
+                device_id,
+            )
     return SmokeReport(
         models_dir=str(models_dir),
         encoders=encoders,

@@ -70,8 +70,10 @@ class CalibrateStage(Stage):
                 "calibrate: only %d distinct images in %s for image_count %d: quantization ranges come from "
                 "fewer samples than asked (Axera's CLIP builds calibrate on 32); add photos like the ones "
                 "the model will see",
-                len(images), params.images, params.image_count,
-            )  # fmt: skip
+                len(images),
+                params.images,
+                params.image_count,
+            )
         chosen_images = sorted(chooser.sample(images, min(params.image_count, len(images))))
         preprocess_cfg = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
         pixels = [preprocess(open_image(path), preprocess_cfg) for path in chosen_images]
@@ -83,11 +85,14 @@ class CalibrateStage(Stage):
         ids = [tokenizer.encode(prompt) for prompt in chosen_prompts]
         write_npy_tar(ctx.out_dir / TEXT_TAR, ids)
 
-        CalibrationSet({
-            model_io.IMAGE_INPUT: Archive(IMAGE_TAR, pixels[0].shape, str(pixels[0].dtype),
-                                          tuple(str(p) for p in chosen_images)),
-            model_io.TEXT_INPUT: Archive(TEXT_TAR, ids[0].shape, str(ids[0].dtype), tuple(chosen_prompts)),
-        }).write(ctx.out_dir)  # fmt: skip
+        CalibrationSet(
+            {
+                model_io.IMAGE_INPUT: Archive(
+                    IMAGE_TAR, pixels[0].shape, str(pixels[0].dtype), tuple(str(p) for p in chosen_images)
+                ),
+                model_io.TEXT_INPUT: Archive(TEXT_TAR, ids[0].shape, str(ids[0].dtype), tuple(chosen_prompts)),
+            }
+        ).write(ctx.out_dir)
         few = len(images) < params.image_count
         short = [f"{len(pixels)} images" + (f" (only {len(images)} distinct found)" if few else "")]
         short.append(f"{len(ids)} prompts" + (f" (only {len(prompts)})" if len(prompts) < params.text_count else ""))

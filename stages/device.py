@@ -60,5 +60,11 @@ class DeviceParams(BaseModel):
     def for_device(cls: type[D], config: PipelineConfig, **own: Any) -> D:
         """The params of the config's device, with a deriving stage's `own` fields."""
         host = config.host(config.device.host)
-        return cls(host=config.device.host, models_dir=config.device.models_dir, address=host.address,
-                   workdir=host.workdir, connection=host, **own)  # fmt: skip
+        return cls(
+            host=config.device.host,
+            models_dir=config.device.models_dir,
+            address=host.address,
+            workdir=host.workdir,
+            connection=host,
+            **own,
+        )

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 BATCH = 64
 MIN_AGREEMENT = 0.99999
 
+
 class EmbedVocabParams(Strict):
     vocabulary: ConfigPath = SHIPPED / "vocab/default.yaml"
 

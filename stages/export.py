@@ -81,18 +81,29 @@ class ExportStage(Stage):
         export = functools.partial(
             export_onnx, output_name=model_io.IMAGE_OUTPUT, opset=params.opset, simplify=params.simplify
         )
-        text = functools.partial(export, TextEncoder(loaded.model, loaded.tokenizer.eos_token_id),
-                                 input_name=model_io.TEXT_INPUT, output_name=model_io.TEXT_OUTPUT)  # fmt: skip
+        text = functools.partial(
+            export,
+            TextEncoder(loaded.model, loaded.tokenizer.eos_token_id),
+            input_name=model_io.TEXT_INPUT,
+            output_name=model_io.TEXT_OUTPUT,
+        )
         example_ids = loaded.tokenizer(
             "a photo of a cat", padding="max_length", max_length=length, truncation=True, return_tensors="pt"
         )["input_ids"].to(torch.int64)
         counts = {
-            "image": export(ImageEncoder(loaded.model), torch.zeros(1, 3, size, size),
-                            ctx.out_dir / model_io.IMAGE_MODEL_FILE, input_name=model_io.IMAGE_INPUT),
+            "image": export(
+                ImageEncoder(loaded.model),
+                torch.zeros(1, 3, size, size),
+                ctx.out_dir / model_io.IMAGE_MODEL_FILE,
+                input_name=model_io.IMAGE_INPUT,
+            ),
             "text": text(example_ids, ctx.out_dir / model_io.TEXT_MODEL_FILE),
-        }  # fmt: skip
-        text(example_ids.repeat(2, 1), ctx.out_dir / model_io.TEXT_BATCH_MODEL_FILE,
-             dynamic_axes={0: "batch", 1: "length"})  # fmt: skip
+        }
+        text(
+            example_ids.repeat(2, 1),
+            ctx.out_dir / model_io.TEXT_BATCH_MODEL_FILE,
+            dynamic_axes={0: "batch", 1: "length"},
+        )
         loaded.tokenizer.save_pretrained(ctx.out_dir)
         loaded.image_processor.save_pretrained(ctx.out_dir)
         info = _export_info(params, loaded, counts)

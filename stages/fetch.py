@@ -104,9 +104,14 @@ class FetchStage(Stage):
                 summary = _send_set(transport, models, manifest, files, ctx.out_dir)
         write_json(
             ctx.out_dir / "transfer.json",
-            {"host": device.host, "dir": models.link, "set": models.folder(manifest.set_id),
-             "sent": list(summary.sent), "unchanged": list(summary.skipped)},
-        )  # fmt: skip
+            {
+                "host": device.host,
+                "dir": models.link,
+                "set": models.folder(manifest.set_id),
+                "sent": list(summary.sent),
+                "unchanged": list(summary.skipped),
+            },
+        )
         return StageResult(
             summary=f"{device.host}:{models.link} -> set {manifest.set_id}: {len(summary.sent)} sent "
             f"({summary.bytes_sent / 1e6:.1f} MB), {len(summary.skipped)} unchanged",

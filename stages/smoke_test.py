@@ -57,8 +57,9 @@ class SmokeTestStage(Stage):
         return config.device.host
 
     def params(self, config: PipelineConfig) -> SmokeTestStageParams:
-        return SmokeTestStageParams.for_device(config, **dict(config.stages.smoke_test),
-                                               npu_lock=config.device.npu_lock)  # fmt: skip
+        return SmokeTestStageParams.for_device(
+            config, **dict(config.stages.smoke_test), npu_lock=config.device.npu_lock
+        )
 
     def run(self, ctx: StageContext[SmokeTestStageParams]) -> StageResult:
         params = ctx.params

@@ -189,8 +189,9 @@ def _compare_with_pytorch(
     }
     numerics: dict[str, Any] = {}
     for output, (spec, inputs, reference, labels) in runs.items():
-        output_checks, numerics[output] = _onnxruntime_vs_pytorch(export_dir, spec, output, inputs, reference, labels,
-                                                                  params)  # fmt: skip
+        output_checks, numerics[output] = _onnxruntime_vs_pytorch(
+            export_dir, spec, output, inputs, reference, labels, params
+        )
         checks += output_checks
     _save_golden(ctx.out_dir / GOLDEN_DIR, pixels, ids, runs)
     return checks, numerics
@@ -222,9 +223,14 @@ def _inputs_checked_against_transformers(
 
 
 def _onnxruntime_vs_pytorch(
-    export_dir: Path, spec: model_io.EncoderFile, output: str, inputs: np.ndarray, reference: np.ndarray,
-    labels: list[str], params: Any,
-) -> tuple[list[Any], dict[str, Any]]:  # fmt: skip
+    export_dir: Path,
+    spec: model_io.EncoderFile,
+    output: str,
+    inputs: np.ndarray,
+    reference: np.ndarray,
+    labels: list[str],
+    params: Any,
+) -> tuple[list[Any], dict[str, Any]]:
     """One exported model on every golden input, row by row, against PyTorch's outputs."""
     import onnxruntime as ort
 
@@ -282,8 +288,10 @@ def _fast_path_fidelity(export_dir: Path, info: model_io.ExportInfo, photos: Pat
         return Check(name, True, detail), {"samples": []}
     cosines = sorted(s["cosine"] for s in samples)
     figures = {"min_cosine": cosines[0], "median_cosine": cosines[len(cosines) // 2], "samples": samples}
-    detail = (f"embedding cosine min {cosines[0]:.6f}, median {figures['median_cosine']:.6f} over {len(samples)} "
-              f"photo sizes (need >= {FAST_MIN_COSINE})")  # fmt: skip
+    detail = (
+        f"embedding cosine min {cosines[0]:.6f}, median {figures['median_cosine']:.6f} over {len(samples)} "
+        f"photo sizes (need >= {FAST_MIN_COSINE})"
+    )
     return Check(name, cosines[0] >= FAST_MIN_COSINE, detail), figures
 
 

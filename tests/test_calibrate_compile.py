@@ -111,10 +111,19 @@ def test_pulsar2_config_uses_axera_keys_and_s32_token_ids(built_artifacts: Path)
     assert "layer_configs" not in image["quant"]
     assert image["input_processors"][0]["src_dtype"] == "FP32"
     assert pulsar2_build_args(specs["image_encoder"], params) == [
-        "pulsar2", "build", "--target_hardware", "AX650", "--input", "models/image_encoder.onnx",
-        "--output_dir", "build/image_encoder", "--output_name", "image_encoder.axmodel",
-        "--config", "configs/image_encoder.json",
-    ]  # fmt: skip
+        "pulsar2",
+        "build",
+        "--target_hardware",
+        "AX650",
+        "--input",
+        "models/image_encoder.onnx",
+        "--output_dir",
+        "build/image_encoder",
+        "--output_name",
+        "image_encoder.axmodel",
+        "--config",
+        "configs/image_encoder.json",
+    ]
 
 
 def test_captions_written_beside_the_sample_photos_leave_every_stage_up_to_date(tiny_pipeline, tmp_path: Path) -> None:

@@ -92,8 +92,9 @@ def test_all_runs_then_reports_up_to_date_and_status_explains_changes(tmp_path: 
 def test_serve_flags_that_need_a_host_say_so(tmp_path: Path) -> None:
     config = tmp_path / "local.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "artifacts")))
-    _assert_one_line_error(invoke("serve", "--status", "--config", str(config)),
-                           "--stop and --status are for a server on a host")  # fmt: skip
+    _assert_one_line_error(
+        invoke("serve", "--status", "--config", str(config)), "--stop and --status are for a server on a host"
+    )
     _assert_one_line_error(invoke("serve", "--models", str(tmp_path)), "run `invoke fetch` first")
 
 
@@ -152,8 +153,12 @@ def test_status_from_another_directory_finds_every_shipped_file(tmp_path: Path) 
     config.write_text(yaml.safe_dump({"model": {"id": "builtin:tiny-clip"}, "artifacts": "artifacts"}))
     result = subprocess.run(
         [sys.executable, "-m", "invoke", "-r", str(REPO), "status", "--config", str(config)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "not found" not in result.stdout + result.stderr
 

@@ -24,26 +24,40 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 def test_the_closure_follows_imports_in_functions_relative_ones_and_names_taken_from_packages(tmp_path: Path) -> None:
-    _write(tmp_path, {
-        "app/__init__.py": "",
-        "app/stage.py": "import json\ndef run():\n    from lib.helper import go\n    from hosts import connect\n",
-        "lib/__init__.py": "from lib import unrelated\n",
-        "lib/helper.py": "from .deep import x\n",
-        "lib/deep.py": "import numpy\n",
-        "lib/unrelated.py": "",
-        "hosts/__init__.py": "def connect():\n    from hosts.ssh import Ssh\n",
-        "hosts/ssh.py": "",
-    })  # fmt: skip
+    _write(
+        tmp_path,
+        {
+            "app/__init__.py": "",
+            "app/stage.py": "import json\ndef run():\n    from lib.helper import go\n    from hosts import connect\n",
+            "lib/__init__.py": "from lib import unrelated\n",
+            "lib/helper.py": "from .deep import x\n",
+            "lib/deep.py": "import numpy\n",
+            "lib/unrelated.py": "",
+            "hosts/__init__.py": "def connect():\n    from hosts.ssh import Ssh\n",
+            "hosts/ssh.py": "",
+        },
+    )
     found = {p.relative_to(tmp_path).as_posix() for p in import_closure(tmp_path / "app/stage.py", tmp_path)}
-    assert found == {"app/stage.py", "lib/__init__.py", "lib/helper.py", "lib/deep.py", "hosts/__init__.py",
-                     "hosts/ssh.py"}  # fmt: skip
+    assert found == {
+        "app/stage.py",
+        "lib/__init__.py",
+        "lib/helper.py",
+        "lib/deep.py",
+        "hosts/__init__.py",
+        "hosts/ssh.py",
+    }
 
 
 @pytest.mark.parametrize(
     ("stage", "module"),
-    [("compile", "toolchains/precision_table.py"), ("verify", "runtime/tokenizer.py"),
-     ("verify", "runtime/golden.py"), ("fetch", "pipeline/hosts/ssh.py"), ("smoke-test", "runtime/server/app.py")],
-)  # fmt: skip
+    [
+        ("compile", "toolchains/precision_table.py"),
+        ("verify", "runtime/tokenizer.py"),
+        ("verify", "runtime/golden.py"),
+        ("fetch", "pipeline/hosts/ssh.py"),
+        ("smoke-test", "runtime/server/app.py"),
+    ],
+)
 def test_code_a_stage_runs_is_part_of_its_identity(stage: str, module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Appending a line to precision_table.py, which decides whether compile passes, once left it up to date."""
     before = STAGE[stage].code_version()
@@ -72,8 +86,18 @@ def test_a_tool_upgrade_reruns_only_the_stages_that_use_it(tiny_pipeline, monkey
 
 def test_export_watches_every_file_of_a_local_model_folder(write_config, tmp_path: Path) -> None:
     model = tmp_path / "my-clip"
-    names = ["config.json", "model.safetensors", "tokenizer_config.json", "preprocessor_config.json", "spiece.model",
-             "vocab.txt", "special_tokens_map.json", "sub/extra.bin", ".git/HEAD", ".cache/x.lock"]  # fmt: skip
+    names = [
+        "config.json",
+        "model.safetensors",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "spiece.model",
+        "vocab.txt",
+        "special_tokens_map.json",
+        "sub/extra.bin",
+        ".git/HEAD",
+        ".cache/x.lock",
+    ]
     _write(model, {name: "x" for name in names})
     from stages.config import load_config
 

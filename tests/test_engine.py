@@ -320,8 +320,9 @@ def test_an_artifacts_folder_holding_foreign_files_is_refused_and_left_as_it_is(
         (config.artifacts / name).write_text(text)
     with pytest.raises(ConfigError, match=r"already holds files this pipeline did not make.*new or empty folder"):
         run(config, GRAPH, RunRequest())
-    assert {p.relative_to(config.artifacts).as_posix(): p.read_text() for p in config.artifacts.rglob("*")
-            if p.is_file()} == theirs  # fmt: skip
+    assert {
+        p.relative_to(config.artifacts).as_posix(): p.read_text() for p in config.artifacts.rglob("*") if p.is_file()
+    } == theirs
 
 
 def test_an_empty_or_earlier_artifacts_folder_is_taken_and_marked(tmp_path: Path) -> None:

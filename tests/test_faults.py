@@ -333,8 +333,13 @@ def _another_users_lock_is_waited_for(lock: Path) -> None:
     lock.mkdir()
     (lock / "pid").write_text(str(os.getpid()))  # this root-owned test process: alive
     script = remote_lock._SCRIPT.format(lock=str(lock), wait=2, pid_wait=remote_lock.PID_WAIT_S)
-    result = subprocess.run(["runuser", "-u", "nobody", "--", "sh", "-c", script], capture_output=True, text=True,
-                            timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+    result = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.stdout.split() == ["WAITING", str(os.getpid()), "TIMEOUT"], result
     assert (lock / "pid").read_text() == str(os.getpid())
 
@@ -361,8 +366,13 @@ def test_a_same_size_damaged_model_or_table_stops_the_server_at_start_in_one_lin
     data = bytearray(target.read_bytes())
     data[:16] = b"\xff" * 16  # same size: only --verify-models' hashing would notice before loading
     target.write_bytes(bytes(data))
-    result = subprocess.run([sys.executable, "-m", "runtime.server", "--models", str(models), "--port", "1"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime.server", "--models", str(models), "--port", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: {target}: "), result.stderr
     assert "invoke fetch --force" in result.stderr

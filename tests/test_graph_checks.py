@@ -82,24 +82,50 @@ PADS = numpy_helper.from_array(np.array([1, 1, 1, 1], np.int64), "pads")
 @pytest.mark.parametrize(
     ("model", "op", "fragment"),
     [
-        (_image_model(helper.make_node("Resize", ["x", "", "scales"], ["y"]), [1, 4, 8, 8], SCALES),
-         "Resize", "nearest_mode='round_prefer_floor'"),
-        (_image_model(helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD"), [1, 1, 8, 8]),
-         "DepthToSpace", "mode currently only supports DCR"),
-        (_image_model(helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2]), [1, 4, 3, 3]),
-         "AveragePool", "count_include_pad only supports 1"),
-        (_image_model(helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2]),
-                      [1, 4, 2, 2]), "MaxPool", "dilations only support 1"),
-        (_image_model(helper.make_node("LpNormalization", ["x"], ["y"], axis=1), [1, 4, 4, 4]),
-         "LpNormalization", "only the last axis"),
-        (_image_model(helper.make_node("LpNormalization", ["x"], ["y"], p=3), [1, 4, 4, 4]),
-         "LpNormalization", "p only supports 1 or 2"),
-        (_image_model(helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"]), [1, 4, 6, 6], PADS, AXES),
-         "Pad", "axes is not supported yet"),
-        (_image_model(helper.make_node("ReduceMean", ["x"], ["y"], noop_with_empty_axes=1), [1, 4, 4, 4]),
-         "ReduceMean", "noop_with_empty_axes is not supported yet"),
+        (
+            _image_model(helper.make_node("Resize", ["x", "", "scales"], ["y"]), [1, 4, 8, 8], SCALES),
+            "Resize",
+            "nearest_mode='round_prefer_floor'",
+        ),
+        (
+            _image_model(helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD"), [1, 1, 8, 8]),
+            "DepthToSpace",
+            "mode currently only supports DCR",
+        ),
+        (
+            _image_model(helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2]), [1, 4, 3, 3]),
+            "AveragePool",
+            "count_include_pad only supports 1",
+        ),
+        (
+            _image_model(
+                helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2]), [1, 4, 2, 2]
+            ),
+            "MaxPool",
+            "dilations only support 1",
+        ),
+        (
+            _image_model(helper.make_node("LpNormalization", ["x"], ["y"], axis=1), [1, 4, 4, 4]),
+            "LpNormalization",
+            "only the last axis",
+        ),
+        (
+            _image_model(helper.make_node("LpNormalization", ["x"], ["y"], p=3), [1, 4, 4, 4]),
+            "LpNormalization",
+            "p only supports 1 or 2",
+        ),
+        (
+            _image_model(helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"]), [1, 4, 6, 6], PADS, AXES),
+            "Pad",
+            "axes is not supported yet",
+        ),
+        (
+            _image_model(helper.make_node("ReduceMean", ["x"], ["y"], noop_with_empty_axes=1), [1, 4, 4, 4]),
+            "ReduceMean",
+            "noop_with_empty_axes is not supported yet",
+        ),
     ],
-)  # fmt: skip
+)
 def test_documented_attribute_limits_are_flagged(model: onnx.ModelProto, op: str, fragment: str) -> None:
     failures = _failures(model)
     assert list(failures) == [f"{op} x1"] and fragment in failures[f"{op} x1"]

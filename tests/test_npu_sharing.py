@@ -60,8 +60,9 @@ def _interrogator(models: Path, lock_file: Path | None = None, unload_after: flo
 def _other_program(lock_file: Path, hold: float, times: int, log: Path) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-c", OTHER_PROGRAM, str(lock_file), str(hold), str(times), str(log)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None and process.stdout.readline().strip() == "held"
     return process
 
@@ -81,7 +82,7 @@ def test_a_request_waits_for_another_programs_lock_and_answers_after_it_is_relea
     response = client.post(INTERROGATE, json={"image": CAT})
     answered = time.time()
     other.wait(10)
-    (_, released), = json.loads((tmp_path / "held.json").read_text())
+    ((_, released),) = json.loads((tmp_path / "held.json").read_text())
     assert response.status_code == 200 and response.json()["caption"]
     assert answered >= released  # not before the other program let go
     npu = client.get("/healthz").json()["npu"]

@@ -255,7 +255,7 @@ def test_uploads_stream_through_the_ssh_client_hashing_both_ends(remote, monkeyp
         data = tmp_path / "weights.bin"
         data.write_bytes(bytes(range(256)) * (openssh.STREAM_MIN_BYTES // 256 + 1))
         marker = tmp_path / "executed"
-        target = transport.path(f"a dir/it's \"w\" $(touch {marker}) `touch {marker}`.bin")  # quoted, never run
+        target = transport.path(f'a dir/it\'s "w" $(touch {marker}) `touch {marker}`.bin')  # quoted, never run
         summary = upload(transport, {data: target})
         assert calls == ["weights.bin"] and summary.bytes_sent == data.stat().st_size
         assert transport.sha256([target]) == summary.digests
@@ -369,7 +369,6 @@ def test_a_port_that_is_not_sshd_is_one_quiet_line(remote, tmp_path: Path) -> No
     import sys
     import threading
 
-
     with socket.socket() as not_ssh:
         not_ssh.bind(("127.0.0.1", 0))
         not_ssh.listen()
@@ -387,8 +386,11 @@ def test_a_port_that_is_not_sshd_is_one_quiet_line(remote, tmp_path: Path) -> No
         remote(mac={"port": not_ssh.getsockname()[1], "retries": 0})
         result = subprocess.run(
             [sys.executable, "-m", "invoke", "compile", "--config", str(tmp_path / "pipeline.yaml")],
-            cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     output = (result.stdout + result.stderr).strip().splitlines()
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
     errors = [line for line in output if line.startswith("error: ")]
@@ -430,8 +432,15 @@ def test_the_build_report_renders_offline_in_headless_chromium(remote, tmp_path:
     page = write_index(config)
     text = page.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)  # nothing to fetch: self-contained
-    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
-               "--enable-logging=stderr", "--v=0"]  # fmt: skip
+    browser = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--proxy-server=127.0.0.1:9",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "net::ERR" in line]
@@ -440,7 +449,11 @@ def test_the_build_report_renders_offline_in_headless_chromium(remote, tmp_path:
     assert dom.stdout.count('aria-label="latency histogram"') == 2
     assert dom.stdout.count("data:image/jpeg;base64,") >= 4 and "worst layers:" in dom.stdout
     shot = tmp_path / "report.png"
-    subprocess.run([*browser, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    subprocess.run(
+        [*browser, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.stat().st_size > 50_000
     shutil.copy(shot, Path("/tmp/clip-axera-report.png"))  # for a person to look at

@@ -275,13 +275,16 @@ def test_fast_fidelity_decodes_a_large_jpeg_at_a_reduced_scale_close_to_exact() 
     fast = preprocess(fast_image, config, Fidelity.FAST).ravel()
     assert float(exact @ fast / np.linalg.norm(exact) / np.linalg.norm(fast)) > 0.9995
     small = REPO / "data/images/cat.jpg"  # too small to reduce: both paths give the same pixels
-    np.testing.assert_array_equal(preprocess(open_image(small, config, Fidelity.FAST), config, Fidelity.FAST),
-                                  preprocess(open_image(small), config))  # fmt: skip
+    np.testing.assert_array_equal(
+        preprocess(open_image(small, config, Fidelity.FAST), config, Fidelity.FAST),
+        preprocess(open_image(small), config),
+    )
 
 
 @pytest.mark.parametrize("photo", sorted((REPO / "data/images/large").glob("*.jpg")), ids=lambda p: p.stem)
-def test_fast_fidelity_changes_a_pick_only_between_labels_it_cannot_separate(interrogator: Interrogator,
-                                                                              photo: Path) -> None:
+def test_fast_fidelity_changes_a_pick_only_between_labels_it_cannot_separate(
+    interrogator: Interrogator, photo: Path
+) -> None:
     """Issue 15: the picks of the shipped vocabulary (2,000+ labels) must agree, for a real 2560x1600 photo
     and its 1280x800 half. With unit label rows a score moves by at most |fast - exact| (Cauchy-Schwarz), so
     a pick may change only where the exact scores of the two labels are within twice that. The tiny

@@ -494,8 +494,12 @@ def test_a_slow_image_url_meets_a_deadline_and_never_blocks_everyone(serve) -> N
 def test_urls_that_parsers_read_differently_or_that_hide_a_local_address_are_refused(serve) -> None:
     """Each is refused before any connection is made (no traffic leaves this machine)."""
     client = serve(images=ImagePolicy(allow_urls=True))
-    for url in ("http://127.0.0.1:9/a\r\nHost: x", "http://exa mple.com/x.png", "http://127.0.0.1:7861\\@1.1.1.1/",
-                "http://user:pass@127.0.0.1/x.png"):  # fmt: skip
+    for url in (
+        "http://127.0.0.1:9/a\r\nHost: x",
+        "http://exa mple.com/x.png",
+        "http://127.0.0.1:7861\\@1.1.1.1/",
+        "http://user:pass@127.0.0.1/x.png",
+    ):
         _assert_error(client, {"image": url}, 500, "Invalid image url")
     for url in ("http://[64:ff9b::7f00:1]/x.png", "http://[::ffff:127.0.0.1]/x.png", "http://[2002:7f00:1::1]/x.png"):
         _assert_error(client, {"image": url}, 500, "Request to local resource not allowed")

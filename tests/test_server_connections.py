@@ -25,8 +25,13 @@ def _address(client: httpx.Client) -> tuple[str, int]:
 
 
 def _head(length: int, auth: tuple[str, str] | None = None) -> bytes:
-    lines = [f"POST {INTERROGATE} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
-             f"Content-Length: {length}", "Connection: close"]  # fmt: skip
+    lines = [
+        f"POST {INTERROGATE} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        f"Content-Length: {length}",
+        "Connection: close",
+    ]
     if auth:
         lines.append("Authorization: Basic " + base64.b64encode(":".join(auth).encode()).decode())
     return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -34,14 +34,20 @@ def build_dir(built_artifacts: Path, tmp_path: Path) -> Path:
 
 def _config(data: Path, quant_overrides: dict, **top: object) -> None:
     quant = {
-        "input_configs": [{"tensor_name": "input_ids", "calibration_dataset": "calibration.tar",
-                           "calibration_format": "Numpy", "calibration_size": 2}],
+        "input_configs": [
+            {
+                "tensor_name": "input_ids",
+                "calibration_dataset": "calibration.tar",
+                "calibration_format": "Numpy",
+                "calibration_size": 2,
+            }
+        ],
         "calibration_method": "MinMax",
         "precision_analysis": True,
         "precision_analysis_method": "EndToEnd",
         "precision_analysis_mode": "Reference",
         **quant_overrides,
-    }  # fmt: skip
+    }
     config = {"model_type": "ONNX", "npu_mode": "NPU3", "quant": quant, **top}
     (data / "config.json").write_text(json.dumps(config))
 
@@ -54,8 +60,24 @@ def _build(data: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     docker.chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(STANDINS / "python")}
     env.pop("COLUMNS", None)
-    command = [str(docker), "run", "--rm", "-v", f"{data}:/data", "-w", "/data", "pulsar2:5.1", "pulsar2", "build",
-               "--input", "models/text_encoder.onnx", "--output_dir", "build", "--config", "config.json"]  # fmt: skip
+    command = [
+        str(docker),
+        "run",
+        "--rm",
+        "-v",
+        f"{data}:/data",
+        "-w",
+        "/data",
+        "pulsar2:5.1",
+        "pulsar2",
+        "build",
+        "--input",
+        "models/text_encoder.onnx",
+        "--output_dir",
+        "build",
+        "--config",
+        "config.json",
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
 

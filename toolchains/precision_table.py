@@ -37,8 +37,13 @@ class LayerPrecision:
     mse: float | None
 
     def to_json(self) -> dict[str, object]:
-        return {"operator": self.operator, "type": self.type, "output": self.output,
-                "cosine": self.cosine, "mse": self.mse}  # fmt: skip
+        return {
+            "operator": self.operator,
+            "type": self.type,
+            "output": self.output,
+            "cosine": self.cosine,
+            "mse": self.mse,
+        }
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,11 @@ class PrecisionTable:
         return sorted(self.layers, key=lambda layer: layer.cosine)[:count]
 
     def to_json(self) -> dict[str, object]:
-        return {"analysis": self.analysis, "final_cosine": self.final_cosine,
-                "layers": [layer.to_json() for layer in self.layers]}  # fmt: skip
+        return {
+            "analysis": self.analysis,
+            "final_cosine": self.final_cosine,
+            "layers": [layer.to_json() for layer in self.layers],
+        }
 
 
 def describe_layers(layers: list[dict[str, object]]) -> str:
@@ -162,8 +170,14 @@ class _Columns:
         cosine = _column(headers, *COSINE_HEADERS)
         if cosine is None:
             raise PrecisionTableError(f"the precision table has no cosine column (columns: {' | '.join(headers)})")
-        return cls(headers, cosine, _column(headers, "mse"), _column(headers, "operator", "layer", "op"),
-                   _column(headers, "type", "op type"), _column(headers, "output tensor", "output"))  # fmt: skip
+        return cls(
+            headers,
+            cosine,
+            _column(headers, "mse"),
+            _column(headers, "operator", "layer", "op"),
+            _column(headers, "type", "op type"),
+            _column(headers, "output tensor", "output"),
+        )
 
 
 def _layer(columns: _Columns, row_block: list[list[str]]) -> LayerPrecision:

@@ -166,15 +166,19 @@ def build(
             f"pulsar2 build of {spec.name} was killed (exit 137): most likely out of memory",
             hint="raise Docker Desktop's VM memory limit (Settings > Resources > Memory, 16 GB or more for U16 "
             "ViT builds), or close other containers; the previous .axmodel was kept",
-            command=command, exit_code=result.exit_code, tail=lines[-20:],
-        )  # fmt: skip
+            command=command,
+            exit_code=result.exit_code,
+            tail=lines[-20:],
+        )
     if not result.ok:
         raise HostError(
             transport.name,
             f"pulsar2 build of {spec.name} failed (exit {result.exit_code})",
             hint=f"full log: {log_path}; the previous .axmodel was kept",
-            command=command, exit_code=result.exit_code, tail=lines[-20:],
-        )  # fmt: skip
+            command=command,
+            exit_code=result.exit_code,
+            tail=lines[-20:],
+        )
     axmodel = out_dir / paths["output_name"]
     digest = download(transport, transport.path(f"{paths['output_dir']}/{paths['output_name']}"), axmodel)
     if not params.pulsar2.precision_analysis:
@@ -192,8 +196,9 @@ def build(
     return BuildResult(spec.name, axmodel, digest, log_path, table_path, precision, source)
 
 
-def _docker_run(transport: Transport, build_host: BuildHost, params: CompileParams, args: list[str],
-                container: str | None = None) -> str:  # fmt: skip
+def _docker_run(
+    transport: Transport, build_host: BuildHost, params: CompileParams, args: list[str], container: str | None = None
+) -> str:
     docker = [build_host.docker, "run", "--rm"]
     if container:
         label = f"{BUILD_LABEL}={socket.gethostname()}:{transport.workdir}"

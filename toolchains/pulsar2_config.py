@@ -81,10 +81,16 @@ def pulsar2_build_args(spec: EncoderSpec, params: CompileParams) -> list[str]:
     """`pulsar2 build` arguments, as in Axera's quick start (paths relative to /data)."""
     paths = remote_paths(spec)
     return [
-        "pulsar2", "build",
-        "--target_hardware", params.pulsar2.target_hardware,
-        "--input", paths["onnx"],
-        "--output_dir", paths["output_dir"],
-        "--output_name", paths["output_name"],
-        "--config", paths["config"],
-    ]  # fmt: skip
+        "pulsar2",
+        "build",
+        "--target_hardware",
+        params.pulsar2.target_hardware,
+        "--input",
+        paths["onnx"],
+        "--output_dir",
+        paths["output_dir"],
+        "--output_name",
+        paths["output_name"],
+        "--config",
+        paths["config"],
+    ]

@@ -41,13 +41,19 @@ def ssh_command(host: HostConfig) -> list[str]:
     known = ["~/.ssh/known_hosts"] + ([host.known_hosts] if host.known_hosts else [])
     command = [
         "ssh",
-        "-o", "BatchMode=yes",
-        "-o", f"StrictHostKeyChecking={'accept-new' if host.trust_new_host_key else 'yes'}",
-        "-o", "UserKnownHostsFile=" + " ".join(os.path.expanduser(k) for k in known),
-        "-o", f"ConnectTimeout={int(host.connect_timeout)}",
-        "-o", "Compression=no",
-        "-o", f"Ciphers={PREFERRED_CIPHERS}",
-    ]  # fmt: skip
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"StrictHostKeyChecking={'accept-new' if host.trust_new_host_key else 'yes'}",
+        "-o",
+        "UserKnownHostsFile=" + " ".join(os.path.expanduser(k) for k in known),
+        "-o",
+        f"ConnectTimeout={int(host.connect_timeout)}",
+        "-o",
+        "Compression=no",
+        "-o",
+        f"Ciphers={PREFERRED_CIPHERS}",
+    ]
     if host.port:
         command += ["-p", str(host.port)]
     if host.user:

@@ -90,8 +90,13 @@ class VersionedFolder:
                 hint=f"rename or move {self.root}, or set device.models_dir to another folder",
             )
         if not result.ok:
-            raise HostError(transport.name, f"making {self.root} failed (exit {result.exit_code})",
-                            command=script, exit_code=result.exit_code, tail=result.tail())  # fmt: skip
+            raise HostError(
+                transport.name,
+                f"making {self.root} failed (exit {result.exit_code})",
+                command=script,
+                exit_code=result.exit_code,
+                tail=result.tail(),
+            )
         return "MIGRATED" in result.stdout
 
     def prepare(self, transport: Transport, version: str, names: list[str]) -> str:

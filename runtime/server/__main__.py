@@ -42,6 +42,13 @@ def parse_credentials(text: str) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime.server", description=__doc__.splitlines()[0])
+    _add_model_arguments(parser)
+    _add_limit_arguments(parser)
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the models are, how they run, and who may call."""
     parser.add_argument("--models", type=Path, required=True, help="models dir as fetch lays it out")
     parser.add_argument("--listen", action="store_true", help="listen on 0.0.0.0 (default 127.0.0.1 only)")
     parser.add_argument("--port", type=int, default=7860)
@@ -49,39 +56,74 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-auth-file", type=Path, help="a file holding user:password lines")
     parser.add_argument("--provider", help="axengine provider (default: the first available)")
     parser.add_argument("--device-id", type=int, default=0)
-    parser.add_argument("--fidelity", choices=[f.value for f in Fidelity], default=Fidelity.FAST.value,
-                        help="fast: decode and resize only the pixels the model needs; exact: transformers' own")
-    parser.add_argument("--verify-models", action="store_true",
-                        help="check each model file's sha256 against manifest.json at start (sizes: always)")
-    parser.add_argument("--npu-lock", type=Path, help="hold an exclusive flock on this file around every NPU call "
-                        "(the same file another program on the NPU locks, e.g. /run/lock/ax650.lock)")
-    parser.add_argument("--unload-after", type=float, help="seconds without a request after which the image "
-                        "encoder leaves the NPU (loaded again by the next request); default: stay loaded")
+    parser.add_argument(
+        "--fidelity",
+        choices=[f.value for f in Fidelity],
+        default=Fidelity.FAST.value,
+        help="fast: decode and resize only the pixels the model needs; exact: transformers' own",
+    )
+    parser.add_argument(
+        "--verify-models",
+        action="store_true",
+        help="check each model file's sha256 against manifest.json at start (sizes: always)",
+    )
+    parser.add_argument(
+        "--npu-lock",
+        type=Path,
+        help="hold an exclusive flock on this file around every NPU call "
+        "(the same file another program on the NPU locks, e.g. /run/lock/ax650.lock)",
+    )
+    parser.add_argument(
+        "--unload-after",
+        type=float,
+        help="seconds without a request after which the image "
+        "encoder leaves the NPU (loaded again by the next request); default: stay loaded",
+    )
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bounds on requests, bodies, connections and images, defaulting to the settings' own."""
     defaults, images, connections = ServerSettings(), ImagePolicy(), ConnectionLimits()
     parser.add_argument("--queue", type=int, default=defaults.queue_size, help="requests that may wait for the encoder")
     parser.add_argument("--queue-timeout", type=float, default=defaults.queue_timeout_s, help="seconds in the queue")
     parser.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / MB, help="largest request body")
-    parser.add_argument("--max-bodies-mb", type=float, default=defaults.max_bodies_bytes / MB,
-                        help="all request bodies in flight together; past it, a 503")
+    parser.add_argument(
+        "--max-bodies-mb",
+        type=float,
+        default=defaults.max_bodies_bytes / MB,
+        help="all request bodies in flight together; past it, a 503",
+    )
     parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s, help="seconds a body may take")
-    parser.add_argument("--head-timeout", type=float, default=connections.head_timeout_s,
-                        help="seconds a request's head (request line and headers) may take")
-    parser.add_argument("--max-connections", type=int, default=connections.max_connections,
-                        help="open connections; past it, the one idle longest is closed, or a 503")
+    parser.add_argument(
+        "--head-timeout",
+        type=float,
+        default=connections.head_timeout_s,
+        help="seconds a request's head (request line and headers) may take",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=connections.max_connections,
+        help="open connections; past it, the one idle longest is closed, or a 503",
+    )
     parser.add_argument("--max-megapixels", type=float, default=images.max_pixels / 1e6, help="largest image")
     parser.add_argument("--allow-image-urls", action="store_true", help="accept http(s) image URLs")
     parser.add_argument("--allow-local-urls", action="store_true", help="... including local/private addresses")
     parser.add_argument("--options-file", type=Path, help="where POSTed options persist (default: beside --models)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return parser
 
 
 def _check_limits(args: argparse.Namespace) -> None:
     """Every limit flag within sense: a negative queue or body cap would start a server that refuses all."""
-    positive = {"--queue-timeout": args.queue_timeout, "--max-body-mb": args.max_body_mb,
-                "--body-timeout": args.body_timeout, "--max-megapixels": args.max_megapixels,
-                "--max-connections": args.max_connections, "--max-bodies-mb": args.max_bodies_mb,
-                "--head-timeout": args.head_timeout}  # fmt: skip
+    positive = {
+        "--queue-timeout": args.queue_timeout,
+        "--max-body-mb": args.max_body_mb,
+        "--body-timeout": args.body_timeout,
+        "--max-megapixels": args.max_megapixels,
+        "--max-connections": args.max_connections,
+        "--max-bodies-mb": args.max_bodies_mb,
+        "--head-timeout": args.head_timeout,
+    }
     for flag, value in positive.items():
         if value <= 0:
             raise SettingsError(f"{flag} must be above 0 (got {value:g})")
@@ -146,9 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
         npu = NpuLock(args.npu_lock)
         clip = ClipRuntime.load(
-            args.models, provider=args.provider, device_id=args.device_id, with_text=False, npu=npu,
-            unload_after=args.unload_after, verify_hashes=args.verify_models, fidelity=Fidelity(args.fidelity),
-        )  # fmt: skip
+            args.models,
+            provider=args.provider,
+            device_id=args.device_id,
+            with_text=False,
+            npu=npu,
+            unload_after=args.unload_after,
+            verify_hashes=args.verify_models,
+            fidelity=Fidelity(args.fidelity),
+        )
         interrogator = Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
         app = create_app(interrogator, settings)
     except RuntimeErrorBase as exc:

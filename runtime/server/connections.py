@@ -41,8 +41,14 @@ def uvicorn_config(app: Any, host: str, port: int, limits: ConnectionLimits, log
     """uvicorn's Config with the guarded protocol: used by the server command and by the tests alike."""
     protocol = type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
     return uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, http=protocol, timeout_keep_alive=30, limit_concurrency=None,
-    )  # fmt: skip
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=protocol,
+        timeout_keep_alive=30,
+        limit_concurrency=None,
+    )
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -90,8 +96,9 @@ class GuardedH11Protocol(H11Protocol):
         if excess <= 0:
             return
         settled = self.loop.time() - IDLE_GRACE_S
-        idle = sorted((c for c in open_now if c is not self and c.idle and c.idle_since <= settled),
-                      key=lambda c: c.idle_since)  # fmt: skip
+        idle = sorted(
+            (c for c in open_now if c is not self and c.idle and c.idle_since <= settled), key=lambda c: c.idle_since
+        )
         if idle:
             self.logger.info("connection cap reached: closing %d connection(s) idle longest", min(excess, len(idle)))
         for connection in idle[:excess]:

@@ -137,12 +137,18 @@ class RequestBodyLimits:
 async def answer_error(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     """An error answer in A1111's shape, sent from below the app (the connection is closed after it)."""
     body = json.dumps(error_body("HTTPException", detail, f"{status}: {detail}")).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-        *headers,
-    ]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
