@@ -178,10 +178,9 @@ def caption_images(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from runtime.captioning import caption_folder
-    from runtime.clip import VOCAB_DIR, ClipRuntime
-    from runtime.interrogator import CaptionOptions, Interrogator
-    from runtime.label_tables import LabelTables
+    from runtime.interrogator import CaptionOptions
     from runtime.npu import NpuLock
+    from runtime.opening import OpenOptions, open_interrogator
     from runtime.preprocess import Fidelity, find_images
 
     images_dir = Path(images)
@@ -191,10 +190,9 @@ def caption_images(
         config = None if models else load(config_path)
         models_dir = device_models_dir(config, models)
         lock = npu_lock or (config.device.npu_lock if config else None)
-        npu = NpuLock(Path(lock) if lock else None)
         fidelity = Fidelity(config.device.fidelity) if config else Fidelity.FAST
-        clip = ClipRuntime.load(models_dir, with_text=False, npu=npu, fidelity=fidelity)
-        interrogator = Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
+        options = OpenOptions(npu=NpuLock(Path(lock) if lock else None), fidelity=fidelity)
+        interrogator = open_interrogator(models_dir, options)
     total = len(find_images(images_dir))
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:

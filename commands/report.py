@@ -307,14 +307,12 @@ def _captions_section(config: PipelineConfig, photos: list[Path]) -> str:
     export, tables_dir = config.artifacts / "export", config.artifacts / "embed-vocab"
     if not photos or not (export / ExportInfo.FILE).is_file() or not (tables_dir / VocabIndex.FILE).is_file():
         return _section("Captions", _missing("sample photos captioned (needs export and embed-vocab)"))
-    from runtime.clip import ClipRuntime
     from runtime.errors import RuntimeErrorBase
-    from runtime.interrogator import Interrogator
-    from runtime.label_tables import LabelTables
+    from runtime.opening import open_interrogator
     from runtime.preprocess import open_image
 
     try:
-        interrogator = Interrogator(ClipRuntime.load(export, with_text=False), LabelTables.load(tables_dir))
+        interrogator = open_interrogator(export, tables=tables_dir)
     except RuntimeErrorBase as exc:
         return _section("Captions", f"<p class=note>{_e(exc)}</p>")
     cards = []

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from runtime.answers import InterrogationAnswer
-from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.images import ImagePolicy, decode_image, open_image_bytes
 from runtime.interrogator import CaptionOptions, Interrogation, Interrogator, TagOptions
-from runtime.label_tables import LabelTables
 from runtime.npu import HostLock, IdleUnloader, NpuLock
+from runtime.opening import OpenOptions, open_interrogator
 
 
 def load_interrogator(
@@ -31,12 +30,10 @@ def load_interrogator(
     """The image encoder and label tables of a models dir as `invoke fetch` lays it out. Every NPU call
     holds `host_lock` (if given) and an exclusive flock on `lock_file` (if given); with `unload_after`,
     the encoder leaves the NPU after that many idle seconds and comes back on the next request."""
-    npu = NpuLock(lock_file, host_lock)
-    clip = ClipRuntime.load(
-        Path(models), provider=provider, device_id=device_id, with_text=False, npu=npu, unload_after=unload_after
-    )
-    IdleUnloader(clip.image_model).start()
-    return Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
+    options = OpenOptions(NpuLock(lock_file, host_lock), provider, device_id, unload_after)
+    interrogator = open_interrogator(Path(models), options)
+    IdleUnloader(interrogator.clip.image_model).start()
+    return interrogator
 
 
 def caption(

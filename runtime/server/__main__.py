@@ -15,12 +15,10 @@ from pathlib import Path
 
 import uvicorn
 
-from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.errors import RuntimeErrorBase, SettingsError
 from runtime.images import ImagePolicy
-from runtime.interrogator import Interrogator
-from runtime.label_tables import LabelTables
 from runtime.npu import NpuLock
+from runtime.opening import OpenOptions, open_interrogator
 from runtime.preprocess import Fidelity
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.connections import ConnectionLimits, uvicorn_config
@@ -186,18 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_port_free(host, args.port)
         settings = settings_from(args)
-        npu = NpuLock(args.npu_lock)
-        clip = ClipRuntime.load(
-            args.models,
+        options = OpenOptions(
+            npu=NpuLock(args.npu_lock),
             provider=args.provider,
             device_id=args.device_id,
-            with_text=False,
-            npu=npu,
             unload_after=args.unload_after,
             verify_hashes=args.verify_models,
             fidelity=Fidelity(args.fidelity),
         )
-        interrogator = Interrogator(clip, LabelTables.load(clip.models_dir / VOCAB_DIR))
+        interrogator = open_interrogator(args.models, options)
         app = create_app(interrogator, settings)
     except RuntimeErrorBase as exc:
         print(f"error: {exc}", file=sys.stderr)
