@@ -69,7 +69,7 @@ def main() -> None:
     folder, out = photo_folder(args.images), DEFAULT_CACHE / "caption-out"
     rows, figures = [], {"images": args.images}
     for encoder in ("CPU onnxruntime", f"NPU-class ({NPU_FLOOR_MS:g} ms)"):
-        clip = ClipRuntime.load(export, with_text=False, fidelity=Fidelity.FAST)
+        clip = ClipRuntime.load(export, fidelity=Fidelity.FAST)
         interrogator = Interrogator(clip if encoder.startswith("CPU") else npu_class(clip), tables)
         before(interrogator, folder)  # warm-up: caches, thread pools
         started = time.perf_counter()

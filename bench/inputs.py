@@ -66,7 +66,7 @@ def inputs() -> dict[str, bytes]:
 def main() -> None:
     args = arguments(__doc__, rounds=9)
     export = full_size_export()
-    clips = {f: ClipRuntime.load(export, with_text=False, fidelity=f) for f in Fidelity}
+    clips = {f: ClipRuntime.load(export, fidelity=f) for f in Fidelity}
     tables = LabelTables.load(write_tables(export.parent.parent / "tables" / f"vocab-{LABELS}", LABELS, 512))
     interrogator = Interrogator(clips[Fidelity.FAST], tables)
     policy = ImagePolicy()

@@ -19,10 +19,12 @@ import time
 
 from common import REPO, arguments, emit, full_size_export, median_ms, verdict, write_tables
 from runtime import model_io
+from runtime.backends import open_backend
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.preprocess import open_image
+from runtime.tokenizer import ClipTokenizer
 
 TABLE_SIZES = (7, 1_000, 10_000, 100_000)
 MANUAL_SIZES = (7, 100)
@@ -40,10 +42,10 @@ def main() -> None:
     interrogators = {
         n: Interrogator(clip, LabelTables.load(write_tables(tables_root / f"vocab-{n}", n, dim))) for n in TABLE_SIZES
     }
-    text = clip.text
-    assert text is not None
+    text = open_backend(export / clip.info.encoder("text").file)  # the manual way encodes every label per request
+    tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, clip.info.context_length)
     prompts = [f"a photo of label {i}" for i in range(max(MANUAL_SIZES))]
-    token_ids = [clip.tokenizer.encode(p) for p in prompts]
+    token_ids = [tokenizer.encode(p) for p in prompts]
     pixels = clip.preprocess(open_image(photo))
 
     def floor() -> None:

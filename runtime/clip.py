@@ -1,4 +1,4 @@
-"""The device's CLIP: both encoders from a models directory (as fetch lays it out), preprocessing, tokens."""
+"""The device's CLIP image encoder from a models directory (as fetch lays it out), and its preprocessing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from runtime.errors import ModelFilesError
 from runtime.manifest import MANIFEST_FILE, Manifest, model_set
 from runtime.npu import NpuLock, ResidentModel
 from runtime.preprocess import Fidelity, PreprocessConfig, draft, open_image, preprocess
-from runtime.tokenizer import ClipTokenizer
 
 VOCAB_DIR = "vocab"
 FIRST_LOAD_WAIT_S = 300  # at start: how long to wait for another program to free the NPU
@@ -24,9 +23,7 @@ FIRST_LOAD_WAIT_S = 300  # at start: how long to wait for another program to fre
 class ClipRuntime:
     image_model: ResidentModel  # the image encoder: loaded now, unloaded after an idle period if asked
     npu: NpuLock
-    text: Backend | None
     preprocess_config: PreprocessConfig
-    tokenizer: ClipTokenizer
     info: model_io.ExportInfo
     models_dir: Path
     files: dict[str, str]  # encoder -> the model file it runs
@@ -39,13 +36,13 @@ class ClipRuntime:
         *,
         provider: str | None = None,
         device_id: int = 0,
-        with_text: bool = True,
         npu: NpuLock | None = None,
         unload_after: float | None = None,
         verify_hashes: bool = False,
         fidelity: Fidelity = Fidelity.FAST,
     ) -> ClipRuntime:
-        """Both encoders named by manifest.json (compiled models), or the float ONNX from export.json.
+        """The image encoder named by manifest.json (a compiled model), or the float ONNX from export.json;
+        the text encoder is not loaded (labels are precomputed tables).
         The models link is resolved once: a fetch that swaps in a new set while this runs (or reloads
         after an idle unload) cannot mix files of two sets. The set is checked against its manifest
         (sizes; sha256 with `verify_hashes`). Models load while holding `npu` (a shared NPU lock)."""
@@ -60,13 +57,10 @@ class ClipRuntime:
         )
         with npu.hold(FIRST_LOAD_WAIT_S):
             image_model.get()  # load now: a model that cannot run fails at start, not at the first request
-            text = open_backend(models_dir / files["text"], provider, device_id) if with_text else None
         return cls(
             image_model=image_model,
             npu=npu,
-            text=text,
             preprocess_config=PreprocessConfig.from_file(models_dir / model_io.PREPROCESSOR_FILE),
-            tokenizer=ClipTokenizer(models_dir / model_io.TOKENIZER_FILE, info.context_length),
             info=info,
             models_dir=models_dir,
             files=files,
@@ -96,11 +90,6 @@ class ClipRuntime:
 
     def encode_image(self, image: Image.Image) -> np.ndarray:
         return self.encode_pixels(self.preprocess(image))
-
-    def encode_text(self, text: str) -> np.ndarray:
-        if self.text is None:
-            raise ModelFilesError("this runtime was loaded without the text encoder")
-        return self.text.run({model_io.TEXT_INPUT: self.tokenizer.encode(text)})[model_io.TEXT_OUTPUT][0]
 
 
 def model_files(models_dir: Path, info: model_io.ExportInfo, verify_hashes: bool = False) -> dict[str, str]:

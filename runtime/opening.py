@@ -32,7 +32,6 @@ def open_interrogator(models_dir: Path, options: OpenOptions | None = None, tabl
         Path(models_dir),
         provider=options.provider,
         device_id=options.device_id,
-        with_text=False,
         npu=options.npu,
         unload_after=options.unload_after,
         verify_hashes=options.verify_hashes,

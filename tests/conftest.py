@@ -52,7 +52,7 @@ def built_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def interrogator(built_artifacts: Path) -> Interrogator:
     """The built device models, loaded as the server loads them (image encoder and label tables)."""
     models = device_set(built_artifacts.parent / "device" / "models")
-    return Interrogator(ClipRuntime.load(models, with_text=False), LabelTables.load(models / VOCAB_DIR))
+    return Interrogator(ClipRuntime.load(models), LabelTables.load(models / VOCAB_DIR))
 
 
 @pytest.fixture

@@ -129,7 +129,7 @@ def test_the_built_in_example_vocabulary_gives_the_tiny_model_tags(tiny_pipeline
     outcomes = run(config, StageGraph(ALL_STAGES), RunRequest(targets=("embed-vocab",)))
     assert outcomes[-1].outcome is Outcome.RAN, outcomes[-1].summary
     tables = LabelTables.load(config.artifacts / "embed-vocab")
-    interrogator = Interrogator(ClipRuntime.load(built_artifacts.parent / "device/models", with_text=False), tables)
+    interrogator = Interrogator(ClipRuntime.load(built_artifacts.parent / "device/models"), tables)
     scores, _ = interrogator.score(open_image(REPO / "data/images/cat.jpg"))
     assert interrogator.tags(scores).count(", ") >= 2 and interrogator.tags_note(scores) == ""
 

@@ -56,7 +56,7 @@ def test_a_fetch_killed_midway_leaves_the_previous_set_in_use_and_the_next_one_s
     assert run(config, GRAPH, FETCH)[-1].outcome is Outcome.FAILED
     assert models.resolve() == first and sent and not sent[0].startswith(str(first))
     Manifest.read(models).verify(models, hashes=True)  # the previous set, whole
-    ClipRuntime.load(models, with_text=False)
+    ClipRuntime.load(models)
 
     monkeypatch.setattr(sync, "_send", real_send)
     _fetched(config)
@@ -64,7 +64,7 @@ def test_a_fetch_killed_midway_leaves_the_previous_set_in_use_and_the_next_one_s
     assert second != first and first.is_dir()  # the previous set stays for a server still reading it
     Manifest.read(models).verify(models, hashes=True)
     assert (second / "vocab" / label_table.name).read_bytes() == label_table.read_bytes()
-    assert ClipRuntime.load(models, with_text=False).models_dir == second
+    assert ClipRuntime.load(models).models_dir == second
     assert _fetch_reasons(config) == ()
 
 
@@ -82,11 +82,11 @@ def test_status_notices_device_files_removed_or_changed_and_the_runtime_names_in
         f"device local: tokenizer.json is {size:,} bytes, not {size - 1:,}",
     )
     with pytest.raises(ModelFilesError, match=r"image_encoder\.onnx is missing.*Run `invoke fetch`"):
-        ClipRuntime.load(models, with_text=False)
+        ClipRuntime.load(models)
 
     _fetched(config)  # what status said would run
     assert _fetch_reasons(config) == ()
-    ClipRuntime.load(models, with_text=False)
+    ClipRuntime.load(models)
     models.unlink()
     assert _fetch_reasons(config) == (f"device local: {models} holds no model set",)
 
@@ -122,7 +122,7 @@ def test_a_shared_models_folder_keeps_the_users_files_through_all_fetch_again_an
         assert not models.is_symlink()
         _assert_kept(models, files)
     assert sorted(p.name for p in models.iterdir()) == ["clip", "clip-axera", "config.json", "sd15"]
-    assert ClipRuntime.load(models, with_text=False).models_dir == device_set(models).resolve()
+    assert ClipRuntime.load(models).models_dir == device_set(models).resolve()
 
 
 def test_a_folder_of_our_name_that_we_did_not_make_is_refused_and_left_alone(tiny_pipeline, tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def models(built_artifacts: Path) -> Path:
 
 
 def _interrogator(models: Path, lock_file: Path | None = None, unload_after: float | None = None) -> Interrogator:
-    clip = ClipRuntime.load(models, with_text=False, npu=NpuLock(lock_file), unload_after=unload_after)
+    clip = ClipRuntime.load(models, npu=NpuLock(lock_file), unload_after=unload_after)
     return Interrogator(clip, LabelTables.load(models / VOCAB_DIR))
 
 

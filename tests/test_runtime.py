@@ -18,7 +18,9 @@ from runtime.captioning import caption_folder
 from runtime.errors import BackendUnavailable, ModelFilesError
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
 from runtime.label_tables import CategoryMode, LabelTables, normalize
+from runtime.model_io import TOKENIZER_FILE
 from runtime.preprocess import Fidelity, PreprocessConfig, open_image, preprocess
+from runtime.tokenizer import ClipTokenizer
 from tests.helpers import device_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -153,7 +155,8 @@ def test_scores_are_cosines_of_the_image_with_each_label(interrogator: Interroga
     subject = next(c for c in tables.categories if c.name == "subject")
     # embed-vocab encodes with the float text model from export
     float_text = OnnxRuntimeBackend(built_artifacts / "export/text_encoder.onnx")
-    ids = interrogator.clip.tokenizer.encode(f"a photo of a {subject.labels[0]}")
+    tokenizer = ClipTokenizer(interrogator.clip.models_dir / TOKENIZER_FILE, interrogator.clip.info.context_length)
+    ids = tokenizer.encode(f"a photo of a {subject.labels[0]}")
     text = float_text.run({"input_ids": ids})["text_embeds"][0]
     expected = float(embedding @ text / np.linalg.norm(embedding) / np.linalg.norm(text))
     vector = normalize(embedding)

@@ -37,7 +37,7 @@ UNREADABLE = {"BUFR", "GRIB", "HDF5", "WMF", "PALM", "PDF", "EPS", "MPO", "AVIF"
 @pytest.fixture(scope="module")
 def server(built_artifacts: Path) -> Iterator[str]:
     models = device_set(built_artifacts.parent / "device" / "models")
-    interrogator = Interrogator(ClipRuntime.load(models, with_text=False), LabelTables.load(models / VOCAB_DIR))
+    interrogator = Interrogator(ClipRuntime.load(models), LabelTables.load(models / VOCAB_DIR))
     settings_ = ServerSettings(max_body_bytes=2_000_000, body_timeout_s=2.0)
     with serving(create_app(interrogator, settings_)) as url:
         yield url

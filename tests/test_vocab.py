@@ -98,7 +98,7 @@ def test_spelling_variants_merge_long_labels_are_named_and_top_picks_stay_distin
     from runtime.preprocess import open_image
 
     tables = LabelTables.load(config.artifacts / "embed-vocab")
-    interrogator = Interrogator(ClipRuntime.load(built_artifacts.parent / "device/models", with_text=False), tables)
+    interrogator = Interrogator(ClipRuntime.load(built_artifacts.parent / "device/models"), tables)
     result = interrogator.interrogate(open_image(REPO / "data/images/cat.jpg"))
     picked = result.categories[0].picks
     rows = {np.asarray(tables.categories[0].rows[p.row]).tobytes() for p in picked}

@@ -166,7 +166,7 @@ class InterrogationService:
             model=clip.info.model,
             models={"dir": str(clip.models_dir), "image": clip.files["image"]},
             image_encoder=image,
-            text_encoder="loaded" if clip.text is not None else "not loaded (labels are precomputed tables)",
+            text_encoder="not loaded (labels are precomputed tables)",
             npu={"lock_file": str(clip.npu.lock_file) if clip.npu.lock_file else None, **clip.npu.stats.to_json()},
             vocabulary={c.name: len(c.labels) for c in categories},
             labels=sum(len(c.labels) for c in categories),
