@@ -11,8 +11,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
+from runtime.contract import JsonFile
 from runtime.errors import ModelFilesError
 from runtime.model_io import CompileReport
 
@@ -31,39 +32,16 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(JsonFile, file=MANIFEST_FILE, made_by="invoke fetch"):
     files: dict[str, FileEntry]  # device-side name (relative to the set folder) -> what must be there
     compile: CompileReport  # what compile made: target, and per encoder stem the file and its figures
+    format: Literal[2] = FORMAT  # 1 held only sha256 (no sizes): read as another version, fetched again
 
     @property
     def set_id(self) -> str:
         """Names the set's folder: the same files give the same id, so a repeated fetch changes nothing."""
         listing = json.dumps({name: entry.sha256 for name, entry in sorted(self.files.items())})
         return hashlib.sha256(listing.encode()).hexdigest()[:16]
-
-    def to_json(self) -> dict[str, Any]:
-        files = {name: {"size": e.size, "sha256": e.sha256} for name, e in sorted(self.files.items())}
-        return {"format": FORMAT, "set": self.set_id, "files": files, "compile": self.compile.to_json()}
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-    @classmethod
-    def read(cls, models_dir: Path) -> Manifest:
-        path = Path(models_dir) / MANIFEST_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT:
-                raise ModelFilesError(
-                    f"{path} is from an older fetch (format {data.get('format', 1)}, this runtime reads {FORMAT}): "
-                    "run `invoke fetch` again"
-                )
-            files = {name: FileEntry(int(e["size"]), str(e["sha256"])) for name, e in data["files"].items()}
-            return cls(files=files, compile=CompileReport.from_json(data["compile"]))
-        except OSError as exc:
-            raise ModelFilesError(f"{path}: {exc.strerror}: run `invoke fetch` first") from exc
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelFilesError(f"{path} is unreadable ({exc}): run `invoke fetch` again") from exc
 
     def problems(self, models_dir: Path, hashes: bool = False) -> list[str]:
         """What differs between the folder and this manifest: missing files, other sizes (and sha256)."""

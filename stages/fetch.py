@@ -128,7 +128,7 @@ def _send_set(
     with _progress(files) as progress:
         summary = upload(transport, remote, progress)
     manifest_path = out_dir / MANIFEST_FILE
-    manifest.write(manifest_path)
+    manifest.write_to(manifest_path)
     upload(transport, {manifest_path: f"{folder}/{MANIFEST_FILE}"})
     models.switch(transport, manifest.set_id)
     return summary
