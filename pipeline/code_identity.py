@@ -38,12 +38,10 @@ def import_closure(start: Path, root: Path = PROJECT_ROOT) -> list[Path]:
         if path in followed:
             continue
         followed.add(path)
-        for name, follow in _imported_names(path, root):
-            found = module_file(name, root)
-            if found is not None:
-                files.add(found)
-                if follow:
-                    pending.append(found)
+        for found, follow in _project_imports(path, path.stat().st_mtime_ns, root):
+            files.add(found)
+            if follow:
+                pending.append(found)
     return sorted(files)
 
 
@@ -52,12 +50,20 @@ def code_digest(files: list[Path]) -> str:
     return sha256_text("\n".join(f"{_relative(path)}:{sha256_file(path)}" for path in sorted(set(files))))
 
 
+@functools.lru_cache(maxsize=1024)
+def _project_imports(path: Path, mtime_ns: int, root: Path) -> tuple[tuple[Path, bool], ...]:
+    """The project files `path` imports, each with whether to follow it; read once per version of the file
+    (mtime_ns is part of the key), so a no-op run over every stage parses each module once."""
+    found = ((module_file(name, root), follow) for name, follow in _imported_names(path, root))
+    return tuple((file, follow) for file, follow in found if file is not None)
+
+
 def _imported_names(path: Path, root: Path) -> list[tuple[str, bool]]:
     """Every module the file imports, with whether its own imports are followed: the module named is,
     its parent packages are not; `from a import b` follows a.b when it is a module, else a (b is a name
     in a). Relative imports are resolved against the file's package."""
     names: list[tuple[str, bool]] = []
-    for node in ast.walk(_parse(path, path.stat().st_mtime_ns)):
+    for node in _statements(ast.parse(path.read_bytes(), filename=str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 names += [*_parents(alias.name), (alias.name, True)]
@@ -67,6 +73,19 @@ def _imported_names(path: Path, root: Path) -> list[tuple[str, bool]]:
             takes_names = len(modules) < len(node.names)
             names += [*_parents(base), (base, takes_names), *((module, True) for module in modules)]
     return names
+
+
+def _statements(tree: ast.Module) -> list[ast.AST]:
+    """Every statement, nested ones too (imports sit in function, class, if and try bodies); expressions,
+    most of a tree, are not walked."""
+    found: list[ast.AST] = []
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        found.append(node)
+        for body in ("body", "orelse", "finalbody", "handlers", "cases"):
+            pending.extend(getattr(node, body, None) or [])
+    return found
 
 
 def _absolute(node: ast.ImportFrom, path: Path, root: Path) -> str:
@@ -80,11 +99,6 @@ def _absolute(node: ast.ImportFrom, path: Path, root: Path) -> str:
 def _parents(name: str) -> list[tuple[str, bool]]:
     parts = name.split(".")
     return [(".".join(parts[:i]), False) for i in range(1, len(parts))]
-
-
-@functools.lru_cache(maxsize=512)
-def _parse(path: Path, mtime_ns: int) -> ast.Module:  # mtime_ns: a file edited in this process is read again
-    return ast.parse(path.read_bytes(), filename=str(path))
 
 
 def _relative(path: Path) -> str:
