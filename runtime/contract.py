@@ -58,7 +58,8 @@ class JsonFile:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ModelFilesError(f"{path}: {exc.strerror}: run `{cls.MADE_BY}` (on a device: `invoke fetch`)") from exc
+            on_device = "" if cls.MADE_BY == "invoke fetch" else " (on a device: `invoke fetch`)"
+            raise ModelFilesError(f"{path}: {exc.strerror}: run `{cls.MADE_BY}`{on_device}") from exc
         except ValueError as exc:
             raise ModelFilesError(f"{path} is not JSON ({exc}): run `{cls.MADE_BY}`") from exc
         return cls.from_json(data, str(path))
