@@ -14,6 +14,7 @@ from invoke.exceptions import Exit
 from rich.logging import RichHandler
 
 from commands.serving import ServeRequest
+from common.errors import UserError
 from pipeline.errors import PipelineError, is_user_error, user_message
 from pipeline.graph import StageGraph
 from pipeline.report import console, print_table
@@ -115,12 +116,11 @@ def run_stages(config_path: str | None, request: RunRequest, host: str | None = 
 def _write_report(config: PipelineConfig, outcomes: list[StageOutcome]) -> Path | None:
     """artifacts/reports/index.html after every run; a report that cannot be made never fails the run."""
     from commands.report import write_index, write_run
-    from runtime.errors import RuntimeErrorBase
 
     try:
         write_run(config.artifacts / "reports", outcomes)
         return write_index(config)
-    except (OSError, ValueError, KeyError, RuntimeErrorBase, PipelineError) as exc:
+    except (OSError, UserError) as exc:
         logging.getLogger(__name__).warning("could not write the build report: %s", exc)
         return None
 

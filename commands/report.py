@@ -17,12 +17,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.files import canonical_json, sha256_text
+from common.contract import JsonFile
+from common.errors import ModelFilesError
+from common.hashing import sha256_text
+from pipeline.files import canonical_json
 from pipeline.lockfile import StageRecord, read_lock
 from pipeline.runner import StageOutcome
 from pipeline.stage import report_file
-from runtime.contract import JsonFile
-from runtime.errors import ModelFilesError
 from runtime.label_tables import VocabIndex
 from runtime.model_io import CompileReport, ExportInfo
 from runtime.smoke_test import Latency, SmokeReport
@@ -307,13 +308,13 @@ def _captions_section(config: PipelineConfig, photos: list[Path]) -> str:
     export, tables_dir = config.artifacts / "export", config.artifacts / "embed-vocab"
     if not photos or not (export / ExportInfo.FILE).is_file() or not (tables_dir / VocabIndex.FILE).is_file():
         return _section("Captions", _missing("sample photos captioned (needs export and embed-vocab)"))
-    from runtime.errors import RuntimeErrorBase
+    from common.errors import UserError
     from runtime.opening import open_interrogator
     from runtime.preprocess import open_image
 
     try:
         interrogator = open_interrogator(export, tables=tables_dir)
-    except RuntimeErrorBase as exc:
+    except UserError as exc:
         return _section("Captions", f"<p class=note>{_e(exc)}</p>")
     cards = []
     for path in photos:

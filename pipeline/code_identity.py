@@ -14,7 +14,7 @@ import ast
 import functools
 from pathlib import Path
 
-from pipeline.files import sha256_file, sha256_text
+from common.hashing import sha256_file, sha256_text
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import errno
 
+from common.errors import UserError
 
-class PipelineError(Exception):
-    """Base of every error the user can act on."""
 
-    def __init__(self, message: str, *, hint: str = "") -> None:
-        self.message = message
-        self.hint = hint
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+class PipelineError(UserError):
+    """Base of the engine's errors (config, hosts, stages); UserError formats the message and hint."""
 
 
 # What the machine refused, not a bug: the disk is full, or a folder is read-only or not ours to write.
@@ -32,12 +26,9 @@ _DISK_ERRORS = {
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """A PipelineError, an error of the runtime's family (which pipeline/ may not import: it marks itself
-    `user_error`), or a full or read-only disk. Each fails a stage or a command with its message (see
-    `user_message`), never a traceback."""
-    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
-        return True
-    return isinstance(exc, PipelineError) or getattr(exc, "user_error", False) is True
+    """A UserError of either side, or a full or read-only disk. Each fails a stage or a command with its
+    message (see `user_message`), never a traceback."""
+    return isinstance(exc, UserError) or (isinstance(exc, OSError) and exc.errno in _DISK_ERRORS)
 
 
 def user_message(exc: BaseException) -> str:

@@ -6,7 +6,6 @@ the recorded hash, so a no-op run over gigabytes of artifacts costs one stat per
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-_CHUNK = 1 << 20
+from common.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -30,18 +29,6 @@ class FileState:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileState:
         return cls(size=int(data["size"]), mtime_ns=int(data["mtime_ns"]), sha256=str(data["sha256"]))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def canonical_json(data: Any) -> str:

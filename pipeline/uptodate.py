@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from common.hashing import sha256_text
 from pipeline.config import EngineConfig
-from pipeline.files import FileState, canonical_json, file_state, list_files, sha256_text
+from pipeline.files import FileState, canonical_json, file_state, list_files
 from pipeline.lockfile import StageRecord
 from pipeline.stage import Stage, digest_values
 

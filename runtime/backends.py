@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtime.errors import BackendUnavailable, ModelFilesError
+from common.errors import ModelFilesError
+from runtime.errors import BackendUnavailable
 
 AXENGINE_PROVIDER = "AxEngineExecutionProvider"
 AXCLRT_PROVIDER = "AXCLRTExecutionProvider"

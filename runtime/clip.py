@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.errors import ModelFilesError
 from runtime import model_io
 from runtime.backends import Backend, open_backend
-from runtime.errors import ModelFilesError
 from runtime.manifest import MANIFEST_FILE, Manifest, model_set
 from runtime.npu import NpuLock, ResidentModel
 from runtime.preprocess import Fidelity, PreprocessConfig, draft, open_image, preprocess

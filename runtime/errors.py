@@ -1,20 +1,18 @@
-"""The device runtime's error family: messages a user on the device can act on."""
+"""The device runtime's errors: messages a user on the device can act on, all UserErrors (common/errors.py),
+so the controller reports one from runtime code as a failed stage, and ModelFilesError is the one both
+sides raise."""
 
 from __future__ import annotations
 
+from common.errors import UserError
 
-class RuntimeErrorBase(Exception):
-    """Base of every runtime error with a user-actionable message."""
 
-    user_error = True  # the controller's engine reports it as a failed stage (pipeline.errors.is_user_error)
+class RuntimeErrorBase(UserError):
+    """Base of the runtime's own errors (the server maps each kind to an HTTP status)."""
 
 
 class BackendUnavailable(RuntimeErrorBase):
     """The backend for a model file cannot be used here (package missing, no NPU found)."""
-
-
-class ModelFilesError(RuntimeErrorBase):
-    """The models directory is missing files or holds inconsistent ones."""
 
 
 class NpuBusy(RuntimeErrorBase):

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from common.contract import JsonFile
+from common.errors import ModelFilesError
 from runtime.backends import DAMAGED_HINT, onnx_session
-from runtime.contract import JsonFile
-from runtime.errors import ModelFilesError
 
 RANK_MODEL_FILE = "rank.onnx"
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from runtime.contract import JsonFile
-from runtime.errors import ModelFilesError
+from common.contract import JsonFile
+from common.errors import ModelFilesError
+from common.hashing import sha256_file
 from runtime.model_io import CompileReport
 
 MANIFEST_FILE = "manifest.json"
@@ -55,7 +56,7 @@ class Manifest(JsonFile, file=MANIFEST_FILE, made_by="invoke fetch"):
                 continue
             if size != entry.size:
                 found.append(f"{name} is {size:,} bytes, the manifest says {entry.size:,}")
-            elif hashes and _sha256(path) != entry.sha256:
+            elif hashes and sha256_file(path) != entry.sha256:
                 found.append(f"{name} differs from the manifest (sha256)")
         return found
 
@@ -76,11 +77,3 @@ def model_set(models_dir: Path) -> Path:
     models_dir = Path(models_dir)
     fetched = models_dir / CURRENT_SET
     return (fetched if fetched.is_dir() and not (models_dir / MANIFEST_FILE).is_file() else models_dir).resolve()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.contract import JsonFile
-from runtime.errors import ModelFilesError
+from common.contract import JsonFile
+from common.errors import ModelFilesError
 
 IMAGE_MODEL_FILE = "image_encoder.onnx"
 TEXT_MODEL_FILE = "text_encoder.onnx"

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.contract import JsonFile
+from common.errors import UserError
 from runtime import model_io
 from runtime.backends import open_backend
 from runtime.clip import model_files
-from runtime.contract import JsonFile
-from runtime.errors import RuntimeErrorBase
 from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.manifest import model_set
 from runtime.npu import NpuLock
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         npu = NpuLock(args.npu_lock)
         report = run_smoke_test(args.models, args.runs, args.provider, args.device_id, npu)
-    except (RuntimeErrorBase, FileNotFoundError) as exc:
+    except (UserError, FileNotFoundError) as exc:
         report = SmokeReport(error=str(exc))
     report.write_to(args.report)
     print(json.dumps({"error": report.error} if report.error else {"ok": True}))

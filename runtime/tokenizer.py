@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from runtime.errors import ModelFilesError
+from common.errors import ModelFilesError
 
 
 class ClipTokenizer:

@@ -19,9 +19,9 @@ import logging
 import random
 from pathlib import Path
 
+from common.hashing import sha256_file
 from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError
-from pipeline.files import sha256_file
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.user_files import read_lines
 from runtime import model_io

@@ -93,7 +93,7 @@ def _worst_layers_text(model: model_io.CompiledModel) -> str:
 def _compile_onnxruntime(
     ctx: StageContext[CompileStageParams], specs: list[EncoderSpec]
 ) -> dict[str, model_io.CompiledModel]:
-    from pipeline.files import sha256_file
+    from common.hashing import sha256_file
     from toolchains.ort_quant import quantize
 
     params = ctx.params

@@ -9,24 +9,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.files import sha256_file
+from common.hashing import sha256_file
 from pipeline.hosts import Transport
 from pipeline.hosts.base import quote
 from pipeline.hosts.sync import upload
 
-RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+PROJECT = Path(__file__).resolve().parent.parent
+RUNTIME_DIR = PROJECT / "runtime"
+SHIPPED_PACKAGES = ("runtime", "common")  # the device runtime and the bottom package it imports
 VENV = "venv"  # in the host's workdir
 
 
 def install_runtime(transport: Transport, python: str) -> tuple[str, str]:
-    """Upload runtime/ (only changed files travel) and ensure its venv; returns (app dir, venv python)."""
+    """Upload runtime/ and common/ (only changed files travel) and ensure the venv; returns (app dir, venv
+    python)."""
     app = transport.path("app")
-    upload(transport, {path: f"{app}/runtime/{path.relative_to(RUNTIME_DIR).as_posix()}" for path in runtime_files()})
+    upload(transport, {path: f"{app}/{path.relative_to(PROJECT).as_posix()}" for path in runtime_files()})
     return app, _ensure_venv(transport, python, app)
 
 
 def runtime_files() -> list[Path]:
-    return [*sorted(RUNTIME_DIR.rglob("*.py")), RUNTIME_DIR / "requirements.txt"]
+    code = [path for package in SHIPPED_PACKAGES for path in sorted((PROJECT / package).rglob("*.py"))]
+    return [*code, RUNTIME_DIR / "requirements.txt"]
 
 
 def venv_python(transport: Transport) -> str:

@@ -22,15 +22,16 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from common.errors import ModelFilesError
+from common.hashing import sha256_file, sha256_text
 from modeling.rank_model import write_rank_model
 from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError
-from pipeline.files import sha256_file, sha256_text, write_json
+from pipeline.files import write_json
 from pipeline.report import console
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
-from runtime.errors import ModelFilesError
 from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, RankModel, VocabIndex, write_category
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer

@@ -26,9 +26,11 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from common.errors import ModelFilesError
+from common.hashing import sha256_file
 from pipeline.config import Strict
 from pipeline.errors import PipelineError
-from pipeline.files import sha256_file, write_json
+from pipeline.files import write_json
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.remote_lock import exclusive
 from pipeline.hosts.sync import TransferSummary, upload
@@ -37,7 +39,6 @@ from pipeline.report import console
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.clip import VOCAB_DIR
-from runtime.errors import ModelFilesError
 from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.manifest import CURRENT_SET, MANIFEST_FILE, OWN_FOLDER, FileEntry, Manifest
 

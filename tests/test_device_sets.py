@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ModelFilesError
 from pipeline.errors import HostError
 from pipeline.graph import StageGraph
 from pipeline.hosts import sync
 from pipeline.runner import Outcome, RunRequest, plan, run
 from runtime.clip import ClipRuntime
-from runtime.errors import ModelFilesError
 from runtime.manifest import Manifest
 from stages import ALL_STAGES
 from tests.helpers import device_set

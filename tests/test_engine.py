@@ -186,7 +186,7 @@ def test_a_runtime_error_inside_a_stage_fails_it_with_its_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stages call runtime/ code (tokenizer, preprocessing); its error family fails the stage cleanly."""
-    from runtime.errors import ModelFilesError
+    from common.errors import ModelFilesError
 
     def broken(self: Consume, ctx: StageContext) -> StageResult:
         raise ModelFilesError("tokenizer.json: the tokenizer has no '<|endoftext|>' token: run `invoke export` again")

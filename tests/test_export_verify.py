@@ -166,7 +166,7 @@ def test_full_size_vit_b32_exports_with_only_ax650_operators(tmp_path: Path) -> 
 
 
 def test_export_json_is_read_and_written_through_one_contract(built_artifacts: Path, tmp_path: Path) -> None:
-    from runtime.errors import ModelFilesError
+    from common.errors import ModelFilesError
     from runtime.model_io import ExportInfo
 
     info = ExportInfo.read(built_artifacts / "export")
@@ -181,7 +181,7 @@ def test_export_json_is_read_and_written_through_one_contract(built_artifacts: P
 
 
 def test_compile_report_is_one_contract_read_by_fetch_and_the_device(built_artifacts: Path, tmp_path: Path) -> None:
-    from runtime.errors import ModelFilesError
+    from common.errors import ModelFilesError
     from runtime.manifest import Manifest
     from runtime.model_io import CompileReport
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from commands import serving
+from common.hashing import sha256_file
 from pipeline.errors import HostError
-from pipeline.files import sha256_file
 from pipeline.graph import StageGraph
 from pipeline.hosts import openssh, remote_lock
 from pipeline.hosts.local import LocalTransport

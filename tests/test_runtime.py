@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.errors import ModelFilesError
 from runtime.backends import AxEngineBackend, OnnxRuntimeBackend, conform, open_backend
 from runtime.captioning import caption_folder
-from runtime.errors import BackendUnavailable, ModelFilesError
+from runtime.errors import BackendUnavailable
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
 from runtime.label_tables import CategoryMode, LabelTables, normalize
 from runtime.model_io import TOKENIZER_FILE
@@ -252,7 +253,7 @@ def test_captioning_a_folder_with_a_pool_gives_what_one_image_at_a_time_gives(
 
 
 def test_a_tokenizer_without_its_end_of_text_token_is_named(built_artifacts: Path, tmp_path: Path) -> None:
-    from runtime.errors import ModelFilesError
+    from common.errors import ModelFilesError
     from runtime.tokenizer import ClipTokenizer
 
     data = json.loads((built_artifacts / "export/tokenizer.json").read_text())

@@ -24,7 +24,7 @@ from openapi_spec_validator import validate
 from PIL import Image
 
 from runtime.clip import VOCAB_DIR
-from runtime.errors import RuntimeErrorBase
+from runtime.errors import SettingsError
 from runtime.images import ImagePolicy
 from runtime.interrogator import Interrogator
 from runtime.server.app import ServerSettings, create_app
@@ -307,7 +307,7 @@ def test_options_persist_across_restarts(serve, tmp_path: Path, interrogator: In
     serve(options_file=path).post(OPTIONS, json={"interrogate_clip_dict_limit": 7}).raise_for_status()
     assert serve(options_file=path).get(OPTIONS).json()["interrogate_clip_dict_limit"] == 7
     path.write_text("{broken")
-    with pytest.raises(RuntimeErrorBase, match=r"options\.json is unreadable"):
+    with pytest.raises(SettingsError, match=r"options\.json is unreadable"):
         create_app(interrogator, ServerSettings(options_file=path))
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import JsonFile
-from runtime.errors import ModelFilesError
+from common.contract import JsonFile
+from common.errors import ModelFilesError
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.hashing import sha256_file
 from pipeline.errors import HostError
-from pipeline.files import sha256_file
 
 # OpenSSL's sha256 where there is one (twice coreutils' speed on CPUs without SHA instructions), else
 # sha256sum (Linux) or shasum (macOS). Each prints "<sha256> <space or *><path>".

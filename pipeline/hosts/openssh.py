@@ -15,9 +15,9 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
+from common.hashing import sha256_file
 from pipeline.config import HostConfig
 from pipeline.errors import PipelineError
-from pipeline.files import sha256_file
 from pipeline.hosts.base import SHA_TOOL, Progress, quote
 
 PROGRESS_INTERVAL_S = 0.2

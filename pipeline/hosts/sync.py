@@ -17,8 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from common.hashing import sha256_file
 from pipeline.errors import ConnectionLost, HostError
-from pipeline.files import sha256_file
 from pipeline.hosts.base import Progress, Transport, quote
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import uvicorn
 
-from runtime.errors import RuntimeErrorBase, SettingsError
+from common.errors import UserError
+from runtime.errors import SettingsError
 from runtime.images import ImagePolicy
 from runtime.npu import NpuLock
 from runtime.opening import OpenOptions, open_interrogator
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         interrogator = open_interrogator(args.models, options)
         app = create_app(interrogator, settings)
-    except RuntimeErrorBase as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     limits = ConnectionLimits(max_connections=args.max_connections, head_timeout_s=args.head_timeout)

@@ -17,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime.errors import ImageTooLarge, InvalidImage, NpuBusy, OptionRefused, RuntimeErrorBase, ServerBusy
+from common.errors import UserError
+from runtime.errors import ImageTooLarge, InvalidImage, NpuBusy, OptionRefused, ServerBusy
 
 log = logging.getLogger("runtime.server")
 
@@ -28,7 +29,7 @@ def error_body(error: str, detail: Any, errors: Any) -> dict[str, Any]:
 
 
 # The first class an error is an instance of gives its status (subclasses before their bases).
-STATUSES: tuple[tuple[type[RuntimeErrorBase], int], ...] = (
+STATUSES: tuple[tuple[type[UserError], int], ...] = (
     (ImageTooLarge, 413),
     (InvalidImage, 500),  # A1111 answers an undecodable image or refused URL with 500
     (OptionRefused, 422),
@@ -37,14 +38,14 @@ STATUSES: tuple[tuple[type[RuntimeErrorBase], int], ...] = (
 )
 
 
-def http_status(exc: RuntimeErrorBase) -> int:
+def http_status(exc: UserError) -> int:
     """The status A1111 answers this error with (500 for one it has no word for)."""
     return next((status for kind, status in STATUSES if isinstance(exc, kind)), 500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RuntimeErrorBase)
-    async def refused(request: Request, exc: RuntimeErrorBase) -> JSONResponse:
+    @app.exception_handler(UserError)
+    async def refused(request: Request, exc: UserError) -> JSONResponse:
         status, detail = http_status(exc), getattr(exc, "detail", str(exc))
         body = error_body("HTTPException", detail, f"{status}: {detail}")
         return JSONResponse(jsonable_encoder(body), status_code=status)

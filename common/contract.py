@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from runtime.errors import ModelFilesError
+from common.errors import ModelFilesError
 
 T = TypeVar("T", bound="JsonFile")
 
