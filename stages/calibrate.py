@@ -6,18 +6,12 @@ real tokenized prompts: random ids would put the end-of-text position (where CLI
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from pydantic import Field
-
-from stages.shipped import SHIPPED
-
-if TYPE_CHECKING:
-    from stages.config import PipelineConfig
-
 import logging
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field
 
 from common.hashing import sha256_file
 from pipeline.config import ConfigPath, Strict
@@ -27,7 +21,11 @@ from pipeline.user_files import read_lines
 from runtime import model_io
 from runtime.preprocess import PreprocessConfig, find_images, open_image, preprocess
 from runtime.tokenizer import ClipTokenizer
+from stages.shipped import SHIPPED
 from toolchains.calibration_tar import Archive, CalibrationSet, write_npy_tar
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,9 @@ so editing one category of a 100,000-label vocabulary encodes only what changed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from stages.shipped import SHIPPED
-
-if TYPE_CHECKING:
-    from stages.config import PipelineConfig
-
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -35,7 +29,11 @@ from runtime.backends import OnnxRuntimeBackend
 from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, RankModel, VocabIndex, write_category
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
+from stages.shipped import SHIPPED
 from stages.vocabulary import Category, load_vocabulary, merge_token_identical, vocabulary_files
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 

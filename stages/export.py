@@ -7,23 +7,20 @@ config the device needs, and export.json describing the tensor contract; plus te
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from modeling.model_config import ModelConfig
-
-if TYPE_CHECKING:
-    from stages.config import PipelineConfig
-
-import functools
-from pathlib import Path
-from typing import Any
-
 from pipeline.config import Strict
 from pipeline.files import list_files
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
 
 # Pulsar2 prefers opset 14 (Axera's CLIP examples use it; optimum's CLIPOnnxConfig defaults to it too).
 DEFAULT_OPSET = 14

@@ -11,26 +11,20 @@ set against its manifest before loading.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BeforeValidator
-
-from stages.device import DeviceParams, moved_to_device
-
-if TYPE_CHECKING:
-    from stages.config import PipelineConfig
-
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from common.contract import JsonFile
 from common.errors import ModelFilesError
 from common.hashing import sha256_file
 from pipeline.config import Strict
 from pipeline.errors import PipelineError
-from pipeline.files import write_json
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.remote_lock import exclusive
 from pipeline.hosts.sync import TransferSummary, upload
@@ -41,6 +35,10 @@ from runtime import model_io
 from runtime.clip import VOCAB_DIR
 from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.manifest import CURRENT_SET, MANIFEST_FILE, OWN_FOLDER, FileEntry, Manifest
+from stages.device import DeviceParams, moved_to_device
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
 
 _BAR_THRESHOLD = 8 * 1024 * 1024  # show a progress bar for files above this size
 SWITCH_WAIT_S = 600  # how long a fetch waits for another controller's fetch to the same device
@@ -48,6 +46,17 @@ SWITCH_WAIT_S = 600  # how long a fetch waits for another controller's fetch to 
 
 class FetchParams(Strict):
     """fetch has no settings of its own: where it puts the models is `device:`."""
+
+
+@dataclass(frozen=True)
+class TransferRecord(JsonFile, file="transfer.json", made_by="invoke fetch"):
+    """What the last fetch did: where the set went, which files travelled and which were already there."""
+
+    host: str
+    link: str  # the device's `clip-axera/current`
+    set: str  # the set folder it points at
+    sent: list[str]
+    unchanged: list[str]
 
 
 class FetchStage(Stage):
@@ -103,16 +112,9 @@ class FetchStage(Stage):
                 ctx.log.warning("%s: moved back what an older release had put in %s.sets", device.host, models.parent)
             with exclusive(transport, models.lock, SWITCH_WAIT_S, ctx.log.warning):
                 summary = _send_set(transport, models, manifest, files, ctx.out_dir)
-        write_json(
-            ctx.out_dir / "transfer.json",
-            {
-                "host": device.host,
-                "dir": models.link,
-                "set": models.folder(manifest.set_id),
-                "sent": list(summary.sent),
-                "unchanged": list(summary.skipped),
-            },
-        )
+        TransferRecord(
+            device.host, models.link, models.folder(manifest.set_id), list(summary.sent), list(summary.skipped)
+        ).write(ctx.out_dir)
         return StageResult(
             summary=f"{device.host}:{models.link} -> set {manifest.set_id}: {len(summary.sent)} sent "
             f"({summary.bytes_sent / 1e6:.1f} MB), {len(summary.skipped)} unchanged",

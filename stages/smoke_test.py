@@ -7,16 +7,10 @@ reference, latency p50/p95, peak RSS, backend, provider.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BeforeValidator, Field
-
-from stages.device import DeviceParams, moved_to_device
-
-if TYPE_CHECKING:
-    from stages.config import PipelineConfig
-
-from pathlib import Path
 
 from pipeline.config import Strict
 from pipeline.errors import StageError, ValidationFailed
@@ -27,7 +21,11 @@ from pipeline.hosts.sync import download
 from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime.smoke_test import SmokeReport
+from stages.device import DeviceParams, moved_to_device
 from stages.device_runtime import install_runtime, runtime_files
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
 
 
 class SmokeTestParams(Strict):

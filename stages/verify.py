@@ -6,23 +6,15 @@ golden inputs and the PyTorch reference outputs are saved for the smoke test on 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
-
-from pydantic import Field
-
-from modeling.model_config import ModelConfig
-from stages.shipped import SHIPPED
-
-if TYPE_CHECKING:
-    from stages.config import PipelineConfig
-
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
+from modeling.model_config import ModelConfig
 from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError, ValidationFailed
 from pipeline.files import write_json
@@ -41,6 +33,10 @@ from runtime.preprocess import (
 )
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
+from stages.shipped import SHIPPED
+
+if TYPE_CHECKING:
+    from stages.config import PipelineConfig
 
 # transformers' CLIPImageProcessor and our numpy/Pillow copy differ only by float rounding.
 PREPROCESS_TOLERANCE = 1e-5
