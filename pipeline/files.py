@@ -16,6 +16,10 @@ from typing import Any
 
 from common.hashing import sha256_file
 
+# Marks a folder (an artifacts folder, a device's model sets) as made by this pipeline: only such a folder is
+# ever cleaned, swapped or pruned; one without it may hold the user's files.
+OWNER_MARKER = ".made-by-this-pipeline"
+
 
 @dataclass(frozen=True)
 class FileState:

@@ -12,10 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import ConfigError, RunLockedError
+from pipeline.files import OWNER_MARKER
 from pipeline.lockfile import LOCK_NAME
 
 RUN_LOCK_NAME = ".run.lock"
-OWNER_MARKER = ".made-by-this-pipeline"
 # What an artifacts folder of an older release (before the marker) always holds: it is ours too.
 _EARLIER_RELEASES = (RUN_LOCK_NAME, LOCK_NAME)
 

@@ -34,7 +34,7 @@ from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.clip import VOCAB_DIR
 from runtime.golden import GOLDEN_DIR, GoldenSet
-from runtime.manifest import CURRENT_SET, MANIFEST_FILE, OWN_FOLDER, FileEntry, Manifest
+from runtime.manifest import MANIFEST_FILE, OWN_FOLDER, FileEntry, Manifest
 from stages.device import DeviceParams, moved_to_device
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class FetchStage(Stage):
         where = f"device {params.host}"
         try:
             with connect(params.host, params.connection) as transport:
-                link = f"{transport.path(params.models_dir)}/{CURRENT_SET}"
+                link = VersionedFolder(transport.path(params.models_dir), OWN_FOLDER).link
                 remote_manifest = f"{link}/{MANIFEST_FILE}"
                 digest = transport.sha256([remote_manifest]).get(remote_manifest)
                 sizes = transport.sizes(f"{link}/{name}" for name in manifest.files)

@@ -16,8 +16,9 @@ from pydantic import BaseModel
 
 from pipeline import files
 from pipeline.errors import ConfigError, GraphError, RunLockedError, StageError, is_user_error, user_message
+from pipeline.files import OWNER_MARKER
 from pipeline.graph import StageGraph
-from pipeline.runlock import OWNER_MARKER, run_lock
+from pipeline.runlock import run_lock
 from pipeline.runner import Outcome, RunRequest, plan, run
 from pipeline.stage import Stage, StageContext, StageResult
 from stages.config import PipelineConfig, load_config

@@ -16,9 +16,9 @@ import uuid
 from dataclasses import dataclass
 
 from pipeline.errors import HostError
+from pipeline.files import OWNER_MARKER  # in the owned folder and in each set we made
 from pipeline.hosts.base import Transport, quote
 
-OWNER_MARKER = ".made-by-this-pipeline"  # in the owned folder and in each set we made
 NOT_OURS = 3  # exit code of a script that found a folder it must not touch
 
 # Releases before the owned folder made `<parent>` itself a symlink to `<parent>.sets/<id>` and moved a plain
