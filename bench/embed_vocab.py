@@ -13,12 +13,12 @@ import random
 import time
 
 from common import REPO, arguments, emit, full_size_export
+from labels.vocabulary import load_vocabulary
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
 from stages.embed_vocab import encode_prompts
-from stages.vocabulary import load_vocabulary
 
 
 def main() -> None:

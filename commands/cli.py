@@ -190,7 +190,7 @@ def caption_images(
         config = None if models else load(config_path)
         models_dir = device_models_dir(config, models)
         lock = npu_lock or (config.device.npu_lock if config else None)
-        fidelity = Fidelity(config.device.fidelity) if config else Fidelity.FAST
+        fidelity = config.device.fidelity if config else Fidelity.FAST
         options = OpenOptions(npu=NpuLock(Path(lock) if lock else None), fidelity=fidelity)
         interrogator = open_interrogator(models_dir, options)
     total = len(find_images(images_dir))

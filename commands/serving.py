@@ -12,14 +12,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.device_runtime import install_runtime, venv_python
 from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.report import console
 from runtime.manifest import CURRENT_SET
+from runtime.preprocess import Fidelity
 from runtime.server.schemas import Health
 from stages.config import PipelineConfig
-from stages.device_runtime import install_runtime, venv_python
 
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 15
@@ -34,7 +35,7 @@ class ServeRequest:
     extra: tuple[str, ...] = ()  # further runtime.server flags
     npu_lock: str | None = None  # a lock file on the machine that serves
     unload_after: float | None = None
-    fidelity: str | None = None  # fast or exact (runtime.preprocess)
+    fidelity: Fidelity | None = None
 
 
 def server_argv(models: str, request: ServeRequest, auth_file: str | None = None) -> list[str]:
@@ -46,7 +47,7 @@ def server_argv(models: str, request: ServeRequest, auth_file: str | None = None
     if request.unload_after is not None:
         argv += ["--unload-after", f"{request.unload_after:g}"]
     if request.fidelity:
-        argv += ["--fidelity", request.fidelity]
+        argv += ["--fidelity", request.fidelity.value]
     if auth_file:
         argv += ["--api-auth-file", auth_file]
     return argv

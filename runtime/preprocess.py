@@ -32,7 +32,9 @@ FAST_OVERSAMPLE = 1.5  # the decoded short side stays >= 1.5x the model's input 
 FAST_REDUCING_GAP = 3.0  # Pillow's reducing_gap: past 3x, a box reduce by whole factors comes first
 
 
-class Fidelity(enum.Enum):
+class Fidelity(str, enum.Enum):
+    """How images are decoded and resized; a str so config files and command lines name it as is."""
+
     EXACT = "exact"  # transformers' CLIPImageProcessor, bit for bit (verify, calibrate, smoke test)
     FAST = "fast"  # decode and resize only the pixels the model needs (serve, caption)
 

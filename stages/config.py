@@ -10,12 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
+from deploy.device_config import DeviceConfig
 from modeling.model_config import ModelConfig
 from pipeline.config import EngineConfig
 from pipeline.config import load_config as load_schema
 from pipeline.errors import ConfigError
 from stages import ALL_STAGES
-from stages.device import DeviceConfig
 
 DEVICE_STAGES = ("fetch", "smoke-test")  # they work on `device:`; `--host` on them names the device
 

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from common.errors import ModelFilesError
 from common.hashing import sha256_file, sha256_text
+from labels.vocabulary import Category, load_vocabulary, merge_token_identical, vocabulary_files
 from modeling.rank_model import write_rank_model
 from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError
@@ -30,7 +31,6 @@ from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, RankModel, Voca
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
 from stages.shipped import SHIPPED
-from stages.vocabulary import Category, load_vocabulary, merge_token_identical, vocabulary_files
 
 if TYPE_CHECKING:
     from stages.config import PipelineConfig

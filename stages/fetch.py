@@ -23,6 +23,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from common.contract import JsonFile
 from common.errors import ModelFilesError
 from common.hashing import sha256_file
+from deploy.device_config import DeviceParams, moved_to_device
 from pipeline.config import Strict
 from pipeline.errors import PipelineError
 from pipeline.hosts import Transport, connect
@@ -35,7 +36,6 @@ from runtime import model_io
 from runtime.clip import VOCAB_DIR
 from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.manifest import MANIFEST_FILE, OWN_FOLDER, FileEntry, Manifest
-from stages.device import DeviceParams, moved_to_device
 
 if TYPE_CHECKING:
     from stages.config import PipelineConfig

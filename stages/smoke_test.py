@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BeforeValidator, Field
 
+from deploy.device_config import DeviceParams, moved_to_device
+from deploy.device_runtime import install_runtime, runtime_files
 from pipeline.config import Strict
 from pipeline.errors import StageError, ValidationFailed
 from pipeline.files import write_json
@@ -21,8 +23,6 @@ from pipeline.hosts.sync import download
 from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime.smoke_test import SmokeReport
-from stages.device import DeviceParams, moved_to_device
-from stages.device_runtime import install_runtime, runtime_files
 
 if TYPE_CHECKING:
     from stages.config import PipelineConfig

@@ -11,9 +11,11 @@ from tests.helpers import REPO
 
 # package -> the top-level packages of this repository it may not import
 FORBIDDEN = {
-    "common": {"pipeline", "stages", "modeling", "toolchains", "runtime", "commands", "tasks"},
-    "pipeline": {"stages", "modeling", "toolchains", "runtime", "commands", "tasks"},
-    "runtime": {"pipeline", "stages", "modeling", "toolchains", "commands", "tasks"},
+    "common": {"pipeline", "deploy", "labels", "stages", "modeling", "toolchains", "runtime", "commands", "tasks"},
+    "pipeline": {"deploy", "labels", "stages", "modeling", "toolchains", "runtime", "commands", "tasks"},
+    "runtime": {"pipeline", "deploy", "labels", "stages", "modeling", "toolchains", "commands", "tasks"},
+    "deploy": {"labels", "stages", "modeling", "toolchains", "commands", "tasks"},
+    "labels": {"deploy", "stages", "modeling", "toolchains", "commands", "tasks"},
     "toolchains": {"stages", "commands", "tasks"},
     "modeling": {"stages", "commands", "tasks"},
     "stages": {"commands", "tasks"},

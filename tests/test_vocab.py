@@ -10,12 +10,12 @@ import onnx
 import pytest
 import yaml
 
+from labels.vocabulary import load_vocabulary
 from pipeline.errors import ConfigError
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, run
 from runtime.answers import InterrogationAnswer
 from stages import ALL_STAGES
-from stages.vocabulary import load_vocabulary
 
 GRAPH = StageGraph(ALL_STAGES)
 REPO = Path(__file__).resolve().parent.parent

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import HostConfig, Strict
-
-if TYPE_CHECKING:
-    from stages.config import PipelineConfig
+from runtime.preprocess import Fidelity
 
 D = TypeVar("D", bound="DeviceParams")
 
@@ -41,7 +39,15 @@ class DeviceConfig(Strict):
     unload_after: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     # serve and caption: `fast` decodes a JPEG at a reduced DCT scale and box-reduces before the bicubic
     # resize (embedding cosine >= 0.999 of `exact`, which verify measures); `exact` is transformers' own.
-    fidelity: Literal["fast", "exact"] = "fast"
+    fidelity: Fidelity = Fidelity.FAST
+
+
+class WithDevice(Protocol):
+    """A config with a `device:` section and its hosts (the pipeline's config)."""
+
+    device: DeviceConfig
+
+    def host(self, name: str) -> HostConfig: ...
 
 
 class DeviceParams(BaseModel):
@@ -57,7 +63,7 @@ class DeviceParams(BaseModel):
     connection: HostConfig = Field(exclude=True)
 
     @classmethod
-    def for_device(cls: type[D], config: PipelineConfig, **own: Any) -> D:
+    def for_device(cls: type[D], config: WithDevice, **own: Any) -> D:
         """The params of the config's device, with a deriving stage's `own` fields."""
         host = config.host(config.device.host)
         return cls(
