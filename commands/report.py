@@ -14,6 +14,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,20 +22,19 @@ from common.contract import JsonFile
 from common.errors import ModelFilesError
 from common.hashing import sha256_text
 from pipeline.files import canonical_json
-from pipeline.lockfile import StageRecord, read_lock
+from pipeline.records import StageRecord, read_records
 from pipeline.runner import StageOutcome
 from pipeline.stage import report_file
 from runtime.label_tables import VocabIndex
 from runtime.model_io import CompileReport, ExportInfo
 from runtime.smoke_test import Latency, SmokeReport
 from stages.config import PipelineConfig
+from stages.verify import Agreement, VerificationReport
 from toolchains.precision_table import describe_layers
 
 T = TypeVar("T", bound=JsonFile)
 
 INDEX = "index.html"
-RUN_FILE = "run.json"
-CAPTIONS_CACHE = "captions.cache.json"  # the captions section and what it was made from
 THUMBNAIL_PX = 160
 CAPTIONED_PHOTOS = 6
 STYLE = """
@@ -47,31 +47,44 @@ vertical-align:top}th{background:#f2f4f8}.ran{color:#0a7a32}.failed{color:#b3261
 """
 
 
+@dataclass(frozen=True)
+class StageRun:
+    stage: str
+    outcome: str  # ran, up to date, failed
+    reasons: tuple[str, ...]
+    seconds: float
+    summary: str
+
+
+@dataclass(frozen=True)
+class LastRun(JsonFile, file="run.json", made_by="invoke all"):
+    """reports/run.json: the last run's outcomes, kept for the page (and for anyone who wants them as JSON)."""
+
+    stages: tuple[StageRun, ...]
+
+
+@dataclass(frozen=True)
+class CaptionsCache(JsonFile, file="captions.cache.json", made_by="invoke all"):
+    """The report's captions section and the digest of what it was made from (models, tables, photos)."""
+
+    key: str
+    html: str
+
+
 def write_run(reports: Path, outcomes: Sequence[StageOutcome]) -> None:
-    """The last run's outcomes, kept for the page (and for anyone who wants them as JSON)."""
-    reports.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {
-            "stage": o.stage,
-            "outcome": o.outcome.value,
-            "reasons": list(o.reasons),
-            "seconds": round(o.seconds, 2),
-            "summary": o.summary,
-        }
-        for o in outcomes
-    ]
-    (reports / RUN_FILE).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    runs = (StageRun(o.stage, o.outcome.value, tuple(o.reasons), round(o.seconds, 2), o.summary) for o in outcomes)
+    LastRun(tuple(runs)).write(reports)
 
 
 def write_index(config: PipelineConfig) -> Path:
     """Build the page from whatever the artifacts hold now; sections without data say so."""
     reports = config.artifacts / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    records = read_lock(config.artifacts)
+    records = read_records(config.artifacts)
     sections = [
-        _run_section(_load(reports / RUN_FILE)),
+        _run_section(_read(LastRun, reports / LastRun.FILE)),
         _provenance_section(records),
-        _verify_section(_load(report_file(config.artifacts, "verify"))),
+        _verify_section(_read(VerificationReport, report_file(config.artifacts, "verify"))),
         _compile_section(_read(CompileReport, report_file(config.artifacts, "compile"))),
         _smoke_section(_read(SmokeReport, report_file(config.artifacts, "smoke-test"))),
         _cached_captions_section(config, records),
@@ -86,19 +99,11 @@ def write_index(config: PipelineConfig) -> Path:
     return path
 
 
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _read(contract: type[T], path: Path) -> T | None:
-    """A stage's report through its contract; None when there is none or it is from another version."""
-    data = _load(path)
+    """A report through its contract; None when there is none or it is from another version."""
     try:
-        return None if data is None else contract.from_json(data, str(path))
-    except ModelFilesError:
+        return contract.from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+    except (OSError, ValueError, ModelFilesError):
         return None
 
 
@@ -120,19 +125,19 @@ def _missing(what: str) -> str:
     return f"<p class=note>No {_e(what)} yet.</p>"
 
 
-def _run_section(run: list[dict[str, Any]] | None) -> str:
-    if not run:
+def _run_section(run: LastRun | None) -> str:
+    if not run or not run.stages:
         return _section("Last run", _missing("run recorded"))
     css = {"ran": "ran", "failed": "failed", "up to date": "up"}
     rows = [
         (
-            f"<span class={css.get(r['outcome'], 'up')}>{_e(r['outcome'])}</span>",
-            _e(r["stage"]),
-            _e("; ".join(r["reasons"]) or "-"),
-            f"{r['seconds']:.1f} s" if r["seconds"] else "",
-            _e(r["summary"]),
+            f"<span class={css.get(r.outcome, 'up')}>{_e(r.outcome)}</span>",
+            _e(r.stage),
+            _e("; ".join(r.reasons) or "-"),
+            f"{r.seconds:.1f} s" if r.seconds else "",
+            _e(r.summary),
         )
-        for r in run
+        for r in run.stages
     ]
     return _section("Last run", _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True))
 
@@ -151,30 +156,29 @@ def _provenance_section(records: dict[str, StageRecord]) -> str:
     return _section("Provenance (artifacts/pipeline.lock.json)", content)
 
 
-def _verify_section(report: dict[str, Any] | None) -> str:
+def _verify_section(report: VerificationReport | None) -> str:
     if not report:
         return _section("verify", _missing("verify report"))
     numerics = [
-        (name, f"{n['min_cosine']:.10f}", f"{n['max_abs_diff']:.2e}", len(n["samples"]))
-        for name, n in report.get("numerics", {}).items()
+        (name, f"{n.min_cosine:.10f}", f"{n.max_abs_diff:.2e}", len(n.samples))
+        for name, n in report.numerics.items()
+        if n.min_cosine is not None and n.max_abs_diff is not None
     ]
-    failed = [c for c in report["checks"] if not c["passed"]]
+    failed = [c for c in report.checks if not c.passed]
     verdict = f"{len(failed)} failed" if failed else "all passed"
-    target, model = _e(report["target"]), _e(report["model"])
-    summary = f"<p>{len(report['checks'])} checks against {target}, {verdict}; model {model}.</p>"
-    shown = failed or [c for c in report["checks"] if "op " not in c["check"]]
-    checks = _table(("check", "passed", "detail"), ((c["check"], c["passed"], c["detail"]) for c in shown))
+    summary = f"<p>{len(report.checks)} checks against {_e(report.target)}, {verdict}; model {_e(report.model)}.</p>"
+    shown = failed or [c for c in report.checks if "op " not in c.name]
+    checks = _table(("check", "passed", "detail"), ((c.name, c.passed, c.detail) for c in shown))
     numbers = _table(("output", "min cosine onnxruntime vs PyTorch", "max abs diff", "samples"), numerics)
-    return _section("verify", summary + numbers + _fidelity_note(report.get("fast_preprocessing", {})) + checks)
+    return _section("verify", summary + numbers + _fidelity_note(report.fast_preprocessing) + checks)
 
 
-def _fidelity_note(fidelity: dict[str, Any]) -> str:
-    if not fidelity.get("samples"):
+def _fidelity_note(fast: Agreement) -> str:
+    if not fast.samples:
         return ""
     return (
         f"<p class=note>fast preprocessing (serve, caption) vs exact: embedding cosine min "
-        f"{fidelity['min_cosine']:.6f}, median {fidelity['median_cosine']:.6f} over {len(fidelity['samples'])} "
-        "photo sizes</p>"
+        f"{fast.min_cosine:.6f}, median {fast.median_cosine:.6f} over {len(fast.samples)} photo sizes</p>"
     )
 
 
@@ -294,12 +298,12 @@ def _cached_captions_section(config: PipelineConfig, records: dict[str, StageRec
     }
     photo_states = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in photos]
     key = sha256_text(canonical_json({"outputs": outputs, "photos": photo_states}))
-    cache = config.artifacts / "reports" / CAPTIONS_CACHE
-    cached = _load(cache)
-    if isinstance(cached, dict) and cached.get("key") == key:
-        return str(cached["html"])
+    reports = config.artifacts / "reports"
+    cached = _read(CaptionsCache, reports / CaptionsCache.FILE)
+    if cached and cached.key == key:
+        return cached.html
     section = _captions_section(config, photos)
-    cache.write_text(json.dumps({"key": key, "html": section}), encoding="utf-8")
+    CaptionsCache(key, section).write(reports)
     return section
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
+from common.atomic import atomic_write_text
 from common.errors import ModelFilesError
 
 T = TypeVar("T", bound="JsonFile")
@@ -31,6 +32,11 @@ class JsonFile:
         super().__init_subclass__(**kwargs)
         cls.FILE, cls.MADE_BY = file, made_by
 
+    @classmethod
+    def remedy(cls) -> str:
+        """What the user does about an unreadable file: by default, make it again."""
+        return f"run `{cls.MADE_BY}`"
+
     def to_json(self) -> dict[str, Any]:
         return _adapter(type(self)).dump_python(self, mode="json")
 
@@ -38,8 +44,8 @@ class JsonFile:
         return self.write_to(Path(directory) / self.FILE)
 
     def write_to(self, path: Path) -> Path:
-        """Under another name (a report the device writes where the controller asks)."""
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        """Under another name (a report the device writes where the controller asks, a stage's report)."""
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -48,8 +54,7 @@ class JsonFile:
             return _adapter(cls).validate_python(data)
         except ValidationError as exc:
             raise ModelFilesError(
-                f"{where or cls.FILE} is unreadable or from another version ({_first_problem(exc)}): "
-                f"run `{cls.MADE_BY}`"
+                f"{where or cls.FILE} is unreadable or from another version ({_first_problem(exc)}): {cls.remedy()}"
             ) from None
 
     @classmethod
@@ -61,7 +66,7 @@ class JsonFile:
             on_device = "" if cls.MADE_BY == "invoke fetch" else " (on a device: `invoke fetch`)"
             raise ModelFilesError(f"{path}: {exc.strerror}: run `{cls.MADE_BY}`{on_device}") from exc
         except ValueError as exc:
-            raise ModelFilesError(f"{path} is not JSON ({exc}): run `{cls.MADE_BY}`") from exc
+            raise ModelFilesError(f"{path} is not JSON ({exc}): {cls.remedy()}") from exc
         return cls.from_json(data, str(path))
 
 

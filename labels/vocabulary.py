@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.config import describe_error
 from pipeline.errors import ConfigError
 from pipeline.user_files import read_lines, read_yaml
-from runtime.label_tables import CategoryMode
+from runtime.label_tables import CategoryMode, LabelChanges, MergedLabel
 
 
 class CategorySpec(BaseModel):
@@ -91,18 +91,19 @@ class LabelStats:
     token_merges: tuple[tuple[str, str], ...] = ()  # (dropped spelling, the kept one with the same token ids)
     truncated: tuple[str, ...] = ()  # labels longer than the text encoder's context, cut to fit
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "read": self.read,
-            "empty_lines": self.empty_lines,
-            "comment_lines": self.comment_lines,
-            "exact_duplicates": self.exact_duplicates,
-            "cleaned": self.cleaned,
-            "token_merges": len(self.token_merges),
-            "merged": [{"label": dropped, "into": kept} for dropped, kept in self.token_merges[:SHOWN]],
-            "truncated": len(self.truncated),
-            "truncated_labels": list(self.truncated[:SHOWN]),
-        }
+    def changes(self) -> LabelChanges:
+        """As vocab.json and embed-vocab's report keep them."""
+        return LabelChanges(
+            read=self.read,
+            empty_lines=self.empty_lines,
+            comment_lines=self.comment_lines,
+            exact_duplicates=self.exact_duplicates,
+            cleaned=self.cleaned,
+            token_merges=len(self.token_merges),
+            merged=tuple(MergedLabel(dropped, kept) for dropped, kept in self.token_merges[:SHOWN]),
+            truncated=len(self.truncated),
+            truncated_labels=self.truncated[:SHOWN],
+        )
 
     def problems(self) -> list[str]:
         """One phrase per kind of change, for the warning line; empty when the labels went in as given."""

@@ -14,16 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from modeling.op_tables import OpTable
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    passed: bool
-    detail: str
-
-    def to_json(self) -> dict[str, object]:
-        return {"check": self.name, "passed": self.passed, "detail": self.detail}
+from pipeline.report import Check
 
 
 @dataclass(frozen=True)

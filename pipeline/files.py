@@ -1,4 +1,4 @@
-"""File helpers used everywhere: sha256 with a size+mtime shortcut, atomic writes, directory swaps.
+"""File helpers used everywhere: sha256 with a size+mtime shortcut, directory swaps, the ownership marker.
 
 The shortcut is doit's and DVC's: a file whose size and mtime match the recorded ones is taken to have
 the recorded hash, so a no-op run over gigabytes of artifacts costs one stat per file.
@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,6 @@ class FileState:
     size: int
     mtime_ns: int
     sha256: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FileState:
-        return cls(size=int(data["size"]), mtime_ns=int(data["mtime_ns"]), sha256=str(data["sha256"]))
 
 
 def canonical_json(data: Any) -> str:
@@ -54,25 +46,6 @@ def list_files(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, fsync, rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def swap_in_dir(new: Path, final: Path) -> None:

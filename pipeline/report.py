@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
@@ -11,13 +11,16 @@ from rich.table import Table
 console = Console(highlight=False)
 
 
-class CheckLine(Protocol):
+@dataclass(frozen=True)
+class Check:
+    """One line of a stage's checks: every check runs, then the stage fails once listing the failures."""
+
     name: str
     passed: bool
     detail: str
 
 
-def print_checks(title: str, checks: Sequence[CheckLine]) -> None:
+def print_checks(title: str, checks: Sequence[Check]) -> None:
     """Every check on a line; failures first so they are not lost in a long operator inventory."""
     table = Table(title=title, title_justify="left")
     table.add_column("check")

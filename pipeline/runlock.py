@@ -13,11 +13,11 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError, RunLockedError
 from pipeline.files import OWNER_MARKER
-from pipeline.lockfile import LOCK_NAME
+from pipeline.records import StageRecords
 
 RUN_LOCK_NAME = ".run.lock"
 # What an artifacts folder of an older release (before the marker) always holds: it is ours too.
-_EARLIER_RELEASES = (RUN_LOCK_NAME, LOCK_NAME)
+_EARLIER_RELEASES = (RUN_LOCK_NAME, StageRecords.FILE)
 
 
 def claim_artifacts(artifacts: Path) -> None:

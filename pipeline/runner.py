@@ -17,7 +17,7 @@ from pipeline.config import EngineConfig
 from pipeline.errors import PipelineError, is_user_error, user_message
 from pipeline.files import recover_swapped_dir, swap_in_dir
 from pipeline.graph import StageGraph
-from pipeline.lockfile import StageRecord, read_lock, write_lock
+from pipeline.records import StageRecord, read_records, write_records
 from pipeline.runlock import run_lock
 from pipeline.stage import Stage, StageContext, digest_values
 from pipeline.uptodate import (
@@ -76,7 +76,7 @@ class RunRequest:
 
 def plan(config: EngineConfig, graph: StageGraph, request: RunRequest) -> list[tuple[Stage, Decision]]:
     """Every considered stage with its up-to-date decision, without running anything."""
-    records = read_lock(config.artifacts)
+    records = read_records(config.artifacts)
     decisions: list[tuple[Stage, Decision]] = []
     stale: set[str] = set()
     for stage in graph.order(request.targets, with_upstream=not request.only):
@@ -131,7 +131,7 @@ def _run_locked(
             broken.add(stage.name)
             outcome = StageOutcome(stage.name, Outcome.SKIPPED, (f"upstream {', '.join(failed_deps)} failed",))
         else:
-            records = read_lock(config.artifacts)
+            records = read_records(config.artifacts)
             decision = decide(stage, config, records, [])
             if not (decision.stale or request.force):
                 outcome = StageOutcome(stage.name, Outcome.UP_TO_DATE, ())
@@ -188,10 +188,10 @@ def _run_stage(
         outputs=outputs,
         host=stage.host_name(config),
         started_at=started_at,
-        seconds=seconds,
+        seconds=round(seconds, 3),
         figures=result.figures,
     )
-    records = read_lock(config.artifacts)
+    records = read_records(config.artifacts)
     records[stage.name] = record
-    write_lock(config.artifacts, records)
+    write_records(config.artifacts, records)
     return StageOutcome(stage.name, Outcome.RAN, reasons, seconds, result.summary)

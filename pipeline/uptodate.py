@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from common.hashing import sha256_text
 from pipeline.config import EngineConfig
 from pipeline.files import FileState, canonical_json, file_state, list_files
-from pipeline.lockfile import StageRecord
+from pipeline.records import StageRecord
 from pipeline.stage import Stage, digest_values
 
 

@@ -34,6 +34,28 @@ class CategoryMode(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class MergedLabel:
+    label: str  # the spelling dropped
+    into: str  # the kept one with the same token ids
+
+
+@dataclass(frozen=True)
+class LabelChanges:
+    """What embed-vocab dropped or changed on the way from a category's file to its table: counts, and
+    the first few by name."""
+
+    read: int = 0
+    empty_lines: int = 0
+    comment_lines: int = 0
+    exact_duplicates: int = 0
+    cleaned: int = 0
+    token_merges: int = 0
+    merged: tuple[MergedLabel, ...] = ()
+    truncated: int = 0
+    truncated_labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CategoryEntry:
     """One category as embed-vocab stored it: its settings, its labels in row order, its `.npy` file."""
 
@@ -47,7 +69,7 @@ class CategoryEntry:
     prefix: str = ""
     tags: bool = False
     labels_sha256: str = ""
-    stats: dict[str, Any] = field(default_factory=dict)  # what was dropped or merged on the way (LabelStats)
+    stats: LabelChanges = field(default_factory=LabelChanges)
 
     def prompt(self, label: str) -> str:
         return self.template.replace("{}", label)

@@ -76,8 +76,8 @@ class CompiledModel:
 
 
 @dataclass(frozen=True)
-class CompileReport(JsonFile, file="report.json", made_by="invoke compile"):
-    """compile's report (artifacts/compile/report.json; fetch copies it into the device's manifest.json): the
+class CompileReport(JsonFile, file="compiled.json", made_by="invoke compile"):
+    """compile's report (artifacts/compile/compiled.json; fetch copies it into the device's manifest.json): the
     target, and per encoder (by export's file stem) the compiled file with its figures."""
 
     target: str

@@ -55,7 +55,7 @@ class EncoderCheck:
 
 
 @dataclass(frozen=True)
-class SmokeReport(JsonFile, file="report.json", made_by="invoke smoke-test"):
+class SmokeReport(JsonFile, file="measurements.json", made_by="invoke smoke-test"):
     """What the device measured, or why it could not (`error`); the controller judges it."""
 
     error: str | None = None

@@ -16,7 +16,6 @@ from pydantic import Field
 
 from pipeline.config import HostConfig
 from pipeline.errors import ValidationFailed
-from pipeline.files import write_json
 from pipeline.hosts import connect
 from pipeline.hosts.remote_lock import exclusive
 from pipeline.report import console, print_table
@@ -66,7 +65,7 @@ class CompileStage(Stage):
             models, transfers = _compile_pulsar2(ctx, specs)
         report = model_io.CompileReport(params.target, params.data_type, params.host, models, transfers)
         report.write(ctx.out_dir)
-        write_json(ctx.report_file, report.to_json())
+        report.write_to(ctx.report_file)
         rows = [(name, m.file, _cosine_text(m.cosine), m.sha256[:12]) for name, m in models.items()]
         columns = ("encoder", "model", "cosine vs float", "sha256")
         print_table(f"compile ({params.target}, {params.data_type})", columns, rows)

@@ -10,24 +10,25 @@ so editing one category of a 100,000-label vocabulary encodes only what changed.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from common.contract import JsonFile
 from common.errors import ModelFilesError
 from common.hashing import sha256_file, sha256_text
 from labels.vocabulary import Category, load_vocabulary, merge_token_identical, vocabulary_files
 from modeling.rank_model import write_rank_model
 from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError
-from pipeline.files import write_json
 from pipeline.report import console
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
-from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, RankModel, VocabIndex, write_category
+from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, LabelChanges, RankModel, VocabIndex, write_category
 from runtime.similarity import cosine
 from runtime.tokenizer import ClipTokenizer
 from stages.shipped import SHIPPED
@@ -39,6 +40,13 @@ log = logging.getLogger(__name__)
 
 BATCH = 64
 MIN_AGREEMENT = 0.99999
+
+
+@dataclass(frozen=True)
+class LabelReport(JsonFile, file="embed-vocab.json", made_by="invoke embed-vocab"):
+    """reports/embed-vocab.json: per category, what happened to its labels on the way to the table."""
+
+    categories: dict[str, LabelChanges]
 
 
 class EmbedVocabParams(Strict):
@@ -83,7 +91,7 @@ class EmbedVocabStage(Stage):
         rank = write_rank_model(ctx.out_dir / RANK_MODEL_FILE, np.concatenate(stored))
         rank_model = RankModel(RANK_MODEL_FILE, **rank)
         VocabIndex(spec.name, info.projection_dim, tuple(entries), rank_model, model_sha).write(ctx.out_dir)
-        write_json(ctx.report_file, {c.spec.name: c.stats.to_json() for c in categories})
+        LabelReport({c.spec.name: c.stats.changes() for c in categories}).write_to(ctx.report_file)
         total = sum(len(c.labels) for c in categories)
         merged = sum(len(c.stats.token_merges) for c in categories)
         truncated = sum(len(c.stats.truncated) for c in categories)
@@ -108,7 +116,7 @@ def _index_entry(category: Category, file: str) -> CategoryEntry:
         prefix=spec.prefix,
         tags=spec.tags,
         labels_sha256=sha256_text("\n".join(category.labels)),
-        stats=category.stats.to_json(),
+        stats=category.stats.changes(),
     )
 
 

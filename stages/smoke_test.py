@@ -16,7 +16,6 @@ from deploy.device_config import DeviceParams, moved_to_device
 from deploy.device_runtime import install_runtime, runtime_files
 from pipeline.config import Strict
 from pipeline.errors import StageError, ValidationFailed
-from pipeline.files import write_json
 from pipeline.hosts import connect
 from pipeline.hosts.base import quote
 from pipeline.hosts.sync import download
@@ -84,7 +83,7 @@ class SmokeTestStage(Stage):
                 )
             download(transport, remote_report, ctx.out_dir / SmokeReport.FILE)
         report = SmokeReport.read(ctx.out_dir)
-        write_json(ctx.report_file, report.to_json())
+        report.write_to(ctx.report_file)
         if report.error:
             raise StageError(self.name, f"on {params.host}: {report.error}")
         return _judge(report, params.min_cosine, params.host, ctx.report_file)

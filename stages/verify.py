@@ -7,6 +7,7 @@ golden inputs and the PyTorch reference outputs are saved for the smoke test on 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,11 +15,11 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from common.contract import JsonFile
 from modeling.model_config import ModelConfig
 from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError, ValidationFailed
-from pipeline.files import write_json
-from pipeline.report import print_checks
+from pipeline.report import Check, print_checks
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime import model_io
 from runtime.golden import GOLDEN_DIR, GoldenSet, Reference
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 PREPROCESS_TOLERANCE = 1e-5
 # Fidelity.FAST (serve, caption) against exact preprocessing, in image-embedding cosine.
 FAST_MIN_COSINE = 0.999
-REPORT_FILE = "report.json"
-
 
 SUPPORTED_TARGETS = ("ax650",)
 DEFAULT_PROMPTS = (
@@ -54,6 +53,37 @@ DEFAULT_PROMPTS = (
     "a portrait of a woman in uniform, black and white photograph",
     "an oil painting of a mountain landscape at sunset, highly detailed",
 )
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One golden input's embedding compared two ways (max_abs_diff: not for the fast path's cosine)."""
+
+    input: str
+    cosine: float
+    max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One comparison over its samples; the minima are None when nothing differed enough to compare."""
+
+    samples: tuple[Sample, ...] = ()
+    min_cosine: float | None = None
+    median_cosine: float | None = None
+    max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class VerificationReport(JsonFile, file="verification.json", made_by="invoke verify"):
+    """What verify found: every check, onnxruntime vs PyTorch per output, and fast vs exact preprocessing."""
+
+    model: str
+    target: str
+    passed: bool
+    checks: tuple[Check, ...]
+    numerics: dict[str, Agreement]
+    fast_preprocessing: Agreement
 
 
 class VerifyParams(Strict):
@@ -77,7 +107,7 @@ class VerifyStage(Stage):
     tools = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "pillow", "numpy")
     settings = VerifyParams
     after = ("export",)
-    outputs = (REPORT_FILE, f"{GOLDEN_DIR}/{GoldenSet.FILE}")
+    outputs = (VerificationReport.FILE, f"{GOLDEN_DIR}/{GoldenSet.FILE}")
 
     def params(self, config: PipelineConfig) -> VerifyStageParams:
         return VerifyStageParams(model=config.model, **dict(config.stages.verify))
@@ -108,30 +138,23 @@ class VerifyStage(Stage):
         fidelity_check, fidelity = _fast_path_fidelity(export_dir, info, params.images)
         checks.append(fidelity_check)
         failures = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
-        report = {
-            "model": info.model,
-            "target": params.target,
-            "passed": not failures,
-            "checks": [c.to_json() for c in checks],
-            "numerics": numerics,
-            "fast_preprocessing": fidelity,
-        }
-        write_json(ctx.out_dir / REPORT_FILE, report)
-        write_json(ctx.report_file, report)
+        report = VerificationReport(info.model, params.target, not failures, tuple(checks), numerics, fidelity)
+        report.write(ctx.out_dir)
+        report.write_to(ctx.report_file)
         print_checks(f"verify ({params.target})", _terminal_view(checks, params.target))
         if failures:
             raise ValidationFailed(self.name, failures, str(ctx.report_file))
-        worst = min(n["min_cosine"] for n in numerics.values())
+        worst = min(n.min_cosine or 0.0 for n in numerics.values())
         return StageResult(
             summary=f"{len(checks)} checks passed; onnxruntime vs PyTorch min cosine {worst:.7f}",
-            figures={name: {k: v for k, v in n.items() if k != "samples"} for name, n in numerics.items()},
+            figures={
+                name: {"min_cosine": n.min_cosine, "max_abs_diff": n.max_abs_diff} for name, n in numerics.items()
+            },
         )
 
 
-def _terminal_view(checks: list[Any], target: str) -> list[Any]:
+def _terminal_view(checks: list[Check], target: str) -> list[Check]:
     """The JSON report keeps a line per operator; the terminal gets one line per file unless one fails."""
-    from modeling.graph_checks import Check
-
     view, op_counts = [], {}
     for check in checks:
         file, sep, _ = check.name.partition(": op ")
@@ -165,7 +188,7 @@ def _golden_images(params_images: Path, limit: int) -> list[Path]:
 
 def _compare_with_pytorch(
     ctx: StageContext[VerifyStageParams], info: model_io.ExportInfo
-) -> tuple[list[Any], dict[str, Any]]:
+) -> tuple[list[Check], dict[str, Agreement]]:
     """Run golden inputs through onnxruntime and PyTorch; returns check lines and per-output figures."""
     import torch
 
@@ -183,7 +206,7 @@ def _compare_with_pytorch(
         model_io.IMAGE_OUTPUT: (info.image, pixels, torch_image.numpy(), [p.name for p in images]),
         model_io.TEXT_OUTPUT: (info.text, ids, torch_text.numpy(), list(params.prompts)),
     }
-    numerics: dict[str, Any] = {}
+    numerics: dict[str, Agreement] = {}
     for output, (spec, inputs, reference, labels) in runs.items():
         output_checks, numerics[output] = _onnxruntime_vs_pytorch(
             export_dir, spec, output, inputs, reference, labels, params
@@ -195,10 +218,8 @@ def _compare_with_pytorch(
 
 def _inputs_checked_against_transformers(
     loaded: Any, images: list[Path], export_dir: Path, info: model_io.ExportInfo, prompts: tuple[str, ...]
-) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+) -> tuple[np.ndarray, np.ndarray, list[Check]]:
     """The golden pixels and token ids as runtime/ makes them, checked against transformers' own."""
-    from modeling.graph_checks import Check
-
     preprocess_cfg = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
     opened = [open_image(path) for path in images]
     pixels = np.concatenate([preprocess(image, preprocess_cfg) for image in opened])
@@ -226,44 +247,37 @@ def _onnxruntime_vs_pytorch(
     reference: np.ndarray,
     labels: list[str],
     params: Any,
-) -> tuple[list[Any], dict[str, Any]]:
+) -> tuple[list[Check], Agreement]:
     """One exported model on every golden input, row by row, against PyTorch's outputs."""
     import onnxruntime as ort
 
-    from modeling.graph_checks import Check
-
     session = ort.InferenceSession(str(export_dir / spec.file), providers=["CPUExecutionProvider"])
     got = np.concatenate([session.run([output], {spec.input.name: row[None]})[0] for row in inputs])
-    samples = [
-        {"input": label, "cosine": cosine(a, b), "max_abs_diff": float(np.abs(a - b).max())}
+    samples = tuple(
+        Sample(label, cosine(a, b), float(np.abs(a - b).max()))
         for label, a, b in zip(labels, got, reference, strict=True)
-    ]
-    figures = {
-        "min_cosine": min(s["cosine"] for s in samples),
-        "max_abs_diff": max(s["max_abs_diff"] for s in samples),
-        "samples": samples,
-    }
+    )
+    worst_cosine = min(s.cosine for s in samples)
+    worst_diff = max(s.max_abs_diff or 0.0 for s in samples)
     checks = [
         Check(
             f"{output}: cosine onnxruntime vs PyTorch",
-            figures["min_cosine"] >= params.min_cosine,
-            f"min {figures['min_cosine']:.7f} over {len(samples)} (need >= {params.min_cosine})",
+            worst_cosine >= params.min_cosine,
+            f"min {worst_cosine:.7f} over {len(samples)} (need >= {params.min_cosine})",
         ),
         Check(
             f"{output}: max abs diff",
-            figures["max_abs_diff"] <= params.max_abs_diff,
-            f"{figures['max_abs_diff']:.2e} (need <= {params.max_abs_diff:g})",
+            worst_diff <= params.max_abs_diff,
+            f"{worst_diff:.2e} (need <= {params.max_abs_diff:g})",
         ),
     ]
-    return checks, figures
+    return checks, Agreement(samples, min_cosine=worst_cosine, max_abs_diff=worst_diff)
 
 
-def _fast_path_fidelity(export_dir: Path, info: model_io.ExportInfo, photos: Path) -> tuple[Any, dict[str, Any]]:
+def _fast_path_fidelity(export_dir: Path, info: model_io.ExportInfo, photos: Path) -> tuple[Check, Agreement]:
     """The float image encoder's embedding of fast vs exact preprocessing, on every photo large enough
     for the two to differ: at its own size and at each halving that still differs (re-encoded as JPEG)."""
     import onnxruntime as ort
-
-    from modeling.graph_checks import Check
 
     config = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
     spec = info.image
@@ -277,15 +291,15 @@ def _fast_path_fidelity(export_dir: Path, info: model_io.ExportInfo, photos: Pat
         for label, data in _sizes_where_fast_differs(path, config):
             exact = embed(preprocess(open_image(data), config))
             fast = embed(preprocess(open_image(data, config, Fidelity.FAST), config, Fidelity.FAST))
-            samples.append({"input": label, "cosine": cosine(exact, fast)})
+            samples.append(Sample(label, cosine(exact, fast)))
     name = "fast preprocessing vs exact"
     if not samples:
         detail = f"no photo in {photos} is large enough for the fast path to differ: identical on all"
-        return Check(name, True, detail), {"samples": []}
-    cosines = sorted(s["cosine"] for s in samples)
-    figures = {"min_cosine": cosines[0], "median_cosine": cosines[len(cosines) // 2], "samples": samples}
+        return Check(name, True, detail), Agreement()
+    cosines = sorted(s.cosine for s in samples)
+    figures = Agreement(tuple(samples), min_cosine=cosines[0], median_cosine=cosines[len(cosines) // 2])
     detail = (
-        f"embedding cosine min {cosines[0]:.6f}, median {figures['median_cosine']:.6f} over {len(samples)} "
+        f"embedding cosine min {cosines[0]:.6f}, median {figures.median_cosine:.6f} over {len(samples)} "
         f"photo sizes (need >= {FAST_MIN_COSINE})"
     )
     return Check(name, cosines[0] >= FAST_MIN_COSINE, detail), figures

@@ -58,7 +58,7 @@ def test_rebuilt_calibration_is_byte_identical_so_compile_stays_up_to_date(tiny_
 
 
 def test_onnxruntime_target_reports_cosine_per_encoder(built_artifacts: Path) -> None:
-    report = json.loads((built_artifacts / "compile/report.json").read_text())
+    report = json.loads((built_artifacts / "compile/compiled.json").read_text())
     assert report["target"] == "onnxruntime" and report["data_type"] == "U16"
     for name in ("image_encoder", "text_encoder"):
         model = report["models"][name]
@@ -72,7 +72,7 @@ def test_u8_quantization_is_reported_and_checked_against_the_bar(tiny_pipeline) 
     assert outcome.outcome is Outcome.FAILED
     assert "cosine" in outcome.summary and "< 0.999999" in outcome.summary
     # The last good (U16) models are still in place.
-    assert json.loads((config.artifacts / "compile/report.json").read_text())["data_type"] == "U16"
+    assert json.loads((config.artifacts / "compile/compiled.json").read_text())["data_type"] == "U16"
 
 
 def test_fetch_puts_models_tokenizer_and_golden_data_on_the_device(built_artifacts: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from common.errors import UserError
 from pipeline import files
 from pipeline.errors import ConfigError, GraphError, RunLockedError, StageError, is_user_error, user_message
 from pipeline.files import OWNER_MARKER
@@ -283,11 +284,15 @@ def test_interrupted_swap_is_recovered(tmp_path: Path) -> None:
     assert stage_dir.is_dir()
 
 
-def test_unreadable_lock_file_says_what_to_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("{not json", "is not JSON"), ('{"stages": {"consume": {"code": 1}}}', "is unreadable or from another version")],
+)
+def test_unreadable_lock_file_says_what_to_do(tmp_path: Path, content: str, problem: str) -> None:
     config = _config(tmp_path)
     _results(config)
-    (config.artifacts / "pipeline.lock.json").write_text("{not json")
-    with pytest.raises(Exception, match=r"lock file is unreadable.*delete it"):
+    (config.artifacts / "pipeline.lock.json").write_text(content)
+    with pytest.raises(UserError, match=rf"pipeline\.lock\.json {problem}.*delete it to rebuild every stage"):
         _results(config)
 
 

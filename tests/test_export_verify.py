@@ -19,6 +19,7 @@ from pipeline.runner import Outcome, RunRequest, plan, run
 from runtime import model_io
 from runtime.golden import GoldenSet
 from stages import ALL_STAGES
+from stages.verify import VerificationReport
 from tests.helpers import device_set
 
 GRAPH = StageGraph(ALL_STAGES)
@@ -51,11 +52,11 @@ def test_exported_files_have_opset_14_static_shapes_and_the_contract_names(built
 
 
 def test_verify_report_shows_near_identical_outputs(built_artifacts: Path) -> None:
-    report = json.loads((built_artifacts / "verify/report.json").read_text())
-    assert report["passed"] and all(check["passed"] for check in report["checks"])
+    report = VerificationReport.read(built_artifacts / "verify")
+    assert report.passed and all(check.passed for check in report.checks)
     for output in ("image_embeds", "text_embeds"):
-        assert report["numerics"][output]["min_cosine"] >= 0.99999
-    names = [check["check"] for check in report["checks"]]
+        assert report.numerics[output].min_cosine >= 0.99999
+    names = [check.name for check in report.checks]
     assert "text_encoder.onnx: op ArgMax x1" in names
     assert "tokenizer vs transformers" in names and "preprocessing vs transformers" in names
 
@@ -92,15 +93,15 @@ def test_verify_param_change_reruns_verify_only(tiny_pipeline) -> None:
 
 def test_failed_verification_lists_failures_and_keeps_the_last_good_report(tiny_pipeline) -> None:
     config = tiny_pipeline(verify={"max_abs_diff": 1e-12})
-    before = (config.artifacts / "verify/report.json").read_bytes()
+    before = (config.artifacts / "verify/verification.json").read_bytes()
     outcomes = {o.stage: o for o in run(config, GRAPH, RunRequest())}
     assert outcomes["compile"].outcome is Outcome.SKIPPED and outcomes["fetch"].outcome is Outcome.SKIPPED
     failed = outcomes["verify"]
     assert failed.outcome is Outcome.FAILED
     assert "max abs diff" in failed.summary and "full report:" in failed.summary
-    assert (config.artifacts / "verify/report.json").read_bytes() == before
-    attempt = json.loads((config.artifacts / "reports/verify.json").read_text())
-    assert attempt["passed"] is False
+    assert (config.artifacts / "verify/verification.json").read_bytes() == before
+    attempt = VerificationReport.from_json(json.loads((config.artifacts / "reports/verify.json").read_text()))
+    assert not attempt.passed and any(not check.passed and "max abs diff" in check.name for check in attempt.checks)
 
 
 def test_verify_without_images_says_where_to_put_them(tiny_pipeline, tmp_path: Path) -> None:
@@ -192,6 +193,6 @@ def test_compile_report_is_one_contract_read_by_fetch_and_the_device(built_artif
     assert Manifest.read(device_set(built_artifacts.parent / "device/models")).compile == report  # fetch copied it
     with pytest.raises(ModelFilesError, match="names no compiled model for vision: run `invoke compile`"):
         report.file("vision")
-    (tmp_path / "report.json").write_text('{"target": "pulsar2"}')
+    (tmp_path / CompileReport.FILE).write_text('{"target": "pulsar2"}')
     with pytest.raises(ModelFilesError, match="unreadable or from another version"):
         CompileReport.read(tmp_path)

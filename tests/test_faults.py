@@ -29,7 +29,7 @@ from pipeline.hosts.local import LocalTransport
 from pipeline.hosts.remote_lock import exclusive
 from pipeline.hosts.ssh import SshTransport
 from pipeline.hosts.sync import download, upload
-from pipeline.lockfile import read_lock
+from pipeline.records import read_records
 from pipeline.runner import Outcome, RunRequest, run
 from stages import ALL_STAGES
 from stages.config import PipelineConfig, load_config
@@ -80,7 +80,7 @@ def _wait_for_container(ssh_server: SshServer, seconds: float = 120) -> str:
 
 
 def _assert_artifacts_match_the_lock(artifacts: Path) -> None:
-    records = read_lock(artifacts)
+    records = read_records(artifacts)
     assert set(records) == {stage.name for stage in ALL_STAGES}
     for stage, record in records.items():
         assert record.outputs
@@ -92,7 +92,7 @@ def test_ctrl_c_mid_compile_stops_the_container_and_the_next_run_resumes(
     remote_config, ssh_server: SshServer, standin_docker
 ) -> None:
     config, path = remote_config()
-    before = (config.artifacts / "compile/report.json").read_bytes()
+    before = (config.artifacts / "compile/compiled.json").read_bytes()
     standin_docker(images=["pulsar2:5.1"], sleep=60)
     process = _invoke_all(path)
     container = _wait_for_container(ssh_server)
@@ -102,7 +102,7 @@ def test_ctrl_c_mid_compile_stops_the_container_and_the_next_run_resumes(
     assert "interrupted" in output and "Traceback" not in output
     assert (ssh_server.bin_dir / "stopped.log").read_text().split() == [container]  # docker stop by name
     assert not list((ssh_server.bin_dir / "containers").glob("*"))
-    assert (config.artifacts / "compile/report.json").read_bytes() == before  # last good kept
+    assert (config.artifacts / "compile/compiled.json").read_bytes() == before  # last good kept
     assert not (config.artifacts / ".tmp").exists()
     assert not (Path(config.host("mac").workdir) / ".build.lock").exists()  # the build host lock released
 
@@ -304,11 +304,11 @@ def test_a_full_disk_on_the_host_is_named_and_leaves_nothing_behind(
 
 def test_too_little_disk_on_the_build_host_fails_compile_before_uploading(remote_config) -> None:
     config, _ = remote_config(min_free_gb=1_000_000)
-    before = (config.artifacts / "compile/report.json").read_bytes()
+    before = (config.artifacts / "compile/compiled.json").read_bytes()
     outcome = run(config, GRAPH, RunRequest(targets=("compile",), only=True))[-1]
     assert outcome.outcome is Outcome.FAILED
     assert "GB free" in outcome.summary and "min_free_gb" in outcome.summary
-    assert (config.artifacts / "compile/report.json").read_bytes() == before
+    assert (config.artifacts / "compile/compiled.json").read_bytes() == before
 
 
 def test_a_lock_left_without_a_pid_is_reported_at_once_with_the_command_that_clears_it(tmp_path: Path) -> None:

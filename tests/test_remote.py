@@ -55,7 +55,7 @@ def _run(config: PipelineConfig, stage: str, **request: object) -> StageOutcome:
 
 
 def _report(config: PipelineConfig) -> dict:
-    return json.loads((config.artifacts / "compile/report.json").read_text())
+    return json.loads((config.artifacts / "compile/compiled.json").read_text())
 
 
 def test_compile_on_the_build_host_downloads_verified_axmodels(remote, tmp_path: Path) -> None:
@@ -113,12 +113,12 @@ def test_fetch_to_the_device_over_ssh_then_nothing_to_send(remote, tmp_path: Pat
 
 
 def _assert_failed_and_kept(config: PipelineConfig, stage: str, *fragments: str) -> None:
-    before = (config.artifacts / "compile/report.json").read_bytes()
+    before = (config.artifacts / "compile/compiled.json").read_bytes()
     outcome = _run(config, stage)
     assert outcome.outcome is Outcome.FAILED
     for fragment in fragments:
         assert fragment in outcome.summary, outcome.summary
-    assert (config.artifacts / "compile/report.json").read_bytes() == before
+    assert (config.artifacts / "compile/compiled.json").read_bytes() == before
     assert not (config.artifacts / ".tmp").exists()
 
 
@@ -297,7 +297,7 @@ def test_smoke_test_on_the_device_runs_the_axmodels_through_axengine(remote, tmp
     config = remote(device={"npu_lock": str(lock_file)}, **{"smoke-test": {"runs": 3}})
     outcome = _run(config, "smoke-test")
     assert outcome.outcome is Outcome.RAN, outcome.summary
-    report = json.loads((config.artifacts / "smoke-test/report.json").read_text())
+    report = json.loads((config.artifacts / "smoke-test/measurements.json").read_text())
     assert report["npu_lock"] == str(lock_file) and lock_file.is_file()  # held while on the NPU
     for part in ("image", "text"):
         encoder = report["encoders"][part]

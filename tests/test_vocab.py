@@ -15,7 +15,9 @@ from pipeline.errors import ConfigError
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, run
 from runtime.answers import InterrogationAnswer
+from runtime.label_tables import MergedLabel, VocabIndex
 from stages import ALL_STAGES
+from stages.embed_vocab import LabelReport
 
 GRAPH = StageGraph(ALL_STAGES)
 REPO = Path(__file__).resolve().parent.parent
@@ -82,15 +84,15 @@ def test_spelling_variants_merge_long_labels_are_named_and_top_picks_stay_distin
     with caplog.at_level("WARNING"):
         outcome = {o.stage: o for o in run(config, GRAPH, RunRequest(targets=("embed-vocab",)))}["embed-vocab"]
     assert outcome.outcome is Outcome.RAN and "5 merged, 2 truncated" in outcome.summary, outcome.summary
-    entry = json.loads((config.artifacts / "embed-vocab/vocab.json").read_text())["categories"][0]
-    assert entry["labels"] == ["#pixelart", "8k", "high-key", "d&d", "H.R. Giger", long_label, "calm"]
-    stats = entry["stats"]
-    assert stats["token_merges"] == 5 and {"label": "8 k", "into": "8k"} in stats["merged"]
-    assert stats["truncated"] == 2 and stats["truncated_labels"][0] == long_label
+    entry = VocabIndex.read(config.artifacts / "embed-vocab").categories[0]
+    assert entry.labels == ("#pixelart", "8k", "high-key", "d&d", "H.R. Giger", long_label, "calm")
+    stats = entry.stats
+    assert stats.token_merges == 5 and MergedLabel("8 k", "8k") in stats.merged
+    assert stats.truncated == 2 and stats.truncated_labels[0] == long_label
     assert "flavor: 5 merged into a spelling with the same tokens ('8 k' -> '8k'" in caplog.text
     assert "2 cut to the context length" in caplog.text
-    report = json.loads((config.artifacts / "reports/embed-vocab.json").read_text())
-    assert report["flavor"]["read"] == 12
+    report = LabelReport.from_json(json.loads((config.artifacts / "reports/embed-vocab.json").read_text()))
+    assert report.categories["flavor"] == stats and stats.read == 12
 
     from runtime.clip import ClipRuntime
     from runtime.interrogator import Interrogator
