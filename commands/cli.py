@@ -17,8 +17,8 @@ from commands.serving import ServeRequest
 from common.errors import UserError
 from pipeline.errors import PipelineError, is_user_error, user_message
 from pipeline.graph import StageGraph
-from pipeline.report import console, print_table
 from pipeline.runner import Outcome, RunRequest, StageOutcome, plan, run
+from pipeline.terminal import console, print_table
 from stages.config import PipelineConfig, load_config
 
 DEFAULT_CONFIG = "pipeline.yaml"
@@ -115,7 +115,7 @@ def run_stages(config_path: str | None, request: RunRequest, host: str | None = 
 
 def _write_report(config: PipelineConfig, outcomes: list[StageOutcome]) -> Path | None:
     """artifacts/reports/index.html after every run; a report that cannot be made never fails the run."""
-    from commands.report import write_index, write_run
+    from commands.report_page import write_index, write_run
 
     try:
         write_run(config.artifacts / "reports", outcomes)

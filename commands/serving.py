@@ -16,7 +16,7 @@ from deploy.device_runtime import install_runtime, venv_python
 from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
-from pipeline.report import console
+from pipeline.terminal import console
 from runtime.manifest import CURRENT_SET
 from runtime.preprocess import Fidelity
 from runtime.server.schemas import Health

@@ -7,6 +7,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import HostConfig, Strict
+from pipeline.stage import Stage
 from runtime.preprocess import Fidelity
 
 D = TypeVar("D", bound="DeviceParams")
@@ -74,3 +75,11 @@ class DeviceParams(BaseModel):
             connection=host,
             **own,
         )
+
+
+class DeviceStage(Stage):
+    """A stage that works on `device:` (fetch, smoke-test): the lock records the device, and `--host` on it
+    names another host as the device, for every device stage alike."""
+
+    def host_name(self, config: WithDevice) -> str:
+        return config.device.host

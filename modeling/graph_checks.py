@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from modeling.op_tables import OpTable
-from pipeline.report import Check
+from pipeline.terminal import Check
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pipeline.config import HostConfig
 from pipeline.errors import ValidationFailed
 from pipeline.hosts import connect
 from pipeline.hosts.remote_lock import exclusive
-from pipeline.report import console, print_table
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.terminal import console, print_table
 from runtime import model_io
 from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.similarity import cosine

@@ -10,14 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
-from deploy.device_config import DeviceConfig
+from deploy.device_config import DeviceConfig, DeviceStage
 from modeling.model_config import ModelConfig
 from pipeline.config import EngineConfig
 from pipeline.config import load_config as load_schema
 from pipeline.errors import ConfigError
 from stages import ALL_STAGES
-
-DEVICE_STAGES = ("fetch", "smoke-test")  # they work on `device:`; `--host` on them names the device
 
 
 def params_field(stage: str) -> str:
@@ -64,7 +62,7 @@ class PipelineConfig(EngineConfig):
         """This config with the stage's host replaced (what `--host` does): the device for the stages
         that work on it (every one of them, then), the build host for compile."""
         self.host(host)
-        if stage in DEVICE_STAGES:
+        if any(s.name == stage and isinstance(s, DeviceStage) for s in ALL_STAGES):
             return self.model_copy(update={"device": self.device.model_copy(update={"host": host})})
         params = self.stages.of(stage)
         if params is None or "host" not in type(params).model_fields:

@@ -24,8 +24,8 @@ from labels.vocabulary import Category, load_vocabulary, merge_token_identical, 
 from modeling.rank_model import write_rank_model
 from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError
-from pipeline.report import console
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.terminal import console
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
 from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, LabelChanges, RankModel, VocabIndex, write_category

@@ -23,15 +23,15 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from common.contract import JsonFile
 from common.errors import ModelFilesError
 from common.hashing import sha256_file
-from deploy.device_config import DeviceParams, moved_to_device
+from deploy.device_config import DeviceParams, DeviceStage, moved_to_device
 from pipeline.config import Strict
 from pipeline.errors import PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.remote_lock import exclusive
 from pipeline.hosts.sync import TransferSummary, upload
 from pipeline.hosts.versioned import VersionedFolder
-from pipeline.report import console
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.stage import StageContext, StageResult
+from pipeline.terminal import console
 from runtime import model_io
 from runtime.clip import VOCAB_DIR
 from runtime.golden import GOLDEN_DIR, GoldenSet
@@ -59,15 +59,12 @@ class TransferRecord(JsonFile, file="transfer.json", made_by="invoke fetch"):
     unchanged: list[str]
 
 
-class FetchStage(Stage):
+class FetchStage(DeviceStage):
     name = "fetch"
     help = "Copy the compiled models, tokenizer and golden data to the device (--host), checksummed."
     after = ("export", "verify", "compile", "embed-vocab")
     outputs = (MANIFEST_FILE,)
     settings = Annotated[FetchParams, BeforeValidator(moved_to_device)]
-
-    def host_name(self, config: PipelineConfig) -> str:
-        return config.device.host
 
     def params(self, config: PipelineConfig) -> DeviceParams:
         return DeviceParams.for_device(config)

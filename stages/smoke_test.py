@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BeforeValidator, Field
 
-from deploy.device_config import DeviceParams, moved_to_device
+from deploy.device_config import DeviceParams, DeviceStage, moved_to_device
 from deploy.device_runtime import install_runtime, runtime_files
 from pipeline.config import Strict
 from pipeline.errors import StageError, ValidationFailed
 from pipeline.hosts import connect
 from pipeline.hosts.base import quote
 from pipeline.hosts.sync import download
-from pipeline.report import console, print_table
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.stage import StageContext, StageResult
+from pipeline.terminal import console, print_table
 from runtime.smoke_test import SmokeReport
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class SmokeTestStageParams(SmokeTestParams, DeviceParams):
     npu_lock: str | None
 
 
-class SmokeTestStage(Stage):
+class SmokeTestStage(DeviceStage):
     name = "smoke-test"
     help = "Run the compiled models on the device (--host) against the float reference; latency and memory."
     after = ("verify", "fetch")
@@ -49,9 +49,6 @@ class SmokeTestStage(Stage):
 
     def shipped_files(self) -> list[Path]:
         return runtime_files()
-
-    def host_name(self, config: PipelineConfig) -> str:
-        return config.device.host
 
     def params(self, config: PipelineConfig) -> SmokeTestStageParams:
         return SmokeTestStageParams.for_device(

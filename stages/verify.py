@@ -19,8 +19,8 @@ from common.contract import JsonFile
 from modeling.model_config import ModelConfig
 from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError, ValidationFailed
-from pipeline.report import Check, print_checks
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.terminal import Check, print_checks
 from runtime import model_io
 from runtime.golden import GOLDEN_DIR, GoldenSet, Reference
 from runtime.preprocess import (

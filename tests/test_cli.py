@@ -165,7 +165,7 @@ def test_status_from_another_directory_finds_every_shipped_file(tmp_path: Path) 
 
 def test_the_report_page_says_why_the_smoke_test_could_not_run(tmp_path: Path) -> None:
     """A device that could not run the models writes only `error`: the page shows it instead of failing."""
-    from commands.report import write_index
+    from commands.report_page import write_index
     from runtime.smoke_test import SmokeReport
     from stages.config import load_config
 

@@ -421,7 +421,7 @@ def test_the_build_report_renders_offline_in_headless_chromium(remote, tmp_path:
     import shutil
     import subprocess
 
-    from commands.report import write_index, write_run
+    from commands.report_page import write_index, write_run
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "headless Chromium is needed: apt-get install chromium (bash tests/run.sh installs it)"

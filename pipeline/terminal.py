@@ -1,4 +1,4 @@
-"""What the user reads: rich tables for check reports, stage status and run summaries."""
+"""What the user reads in the terminal: check lines, rich tables for stage status and run summaries."""
 
 from __future__ import annotations
 
