@@ -63,7 +63,8 @@ class HostConfig(Strict):
     connect_timeout: float = Field(15.0, gt=0, le=300)
     command_timeout: float = Field(3 * 3600.0, gt=0, le=7 * 24 * 3600)
     retries: int = Field(3, ge=0, le=10)  # reconnect attempts on connection errors (never on auth errors)
-    docker: str | None = None  # docker binary; found on PATH or in the usual macOS places when unset
+    docker: str | None = None  # an SSH build host's docker CLI; found on PATH or in the usual macOS places when unset
+    docker_socket: str | None = None  # its engine's socket, when not the one the CLI (or DOCKER_HOST here) uses
     min_free_gb: float = Field(5.0, ge=0, le=1_000_000)
     python: str = "python3"
 

@@ -79,9 +79,10 @@ class Stage(ABC):
         """Files outside artifacts/ that this stage reads (images, local model weights)."""
         return []
 
-    def device_changes(self, params: Any, artifacts: Path) -> list[str]:
-        """For a stage whose work lives on another machine too (fetch): what is no longer there as it
-        was left, each a reason to run again. Asked only when nothing else makes the stage stale."""
+    def remote_changes(self, params: Any, artifacts: Path) -> list[str]:
+        """For a stage whose work depends on another machine (fetch: the device's set; compile: the build
+        host's toolchain): what is no longer as it was left, each a reason to run again. Asked only when
+        nothing else makes the stage stale."""
         return []
 
     @abstractmethod

@@ -101,7 +101,7 @@ def decide(
         reasons += _file_changes("input", input_files(stage, config, params), record.inputs)
     reasons += _output_changes(stage, config, records)
     if not reasons:  # the one check that may cross the network, when nothing else already decided
-        reasons += stage.device_changes(params, config.artifacts)
+        reasons += stage.remote_changes(params, config.artifacts)
     return Decision(Status.STALE if reasons else Status.UP_TO_DATE, tuple(reasons))
 
 

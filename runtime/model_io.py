@@ -76,6 +76,17 @@ class CompiledModel:
 
 
 @dataclass(frozen=True)
+class Toolchain:
+    """Which Pulsar2 image built the models, by id (a tag can be moved to another image), and on which
+    Docker Engine."""
+
+    image: str
+    image_id: str
+    engine_version: str
+    engine_os: str
+
+
+@dataclass(frozen=True)
 class CompileReport(JsonFile, file="compiled.json", made_by="invoke compile"):
     """compile's report (artifacts/compile/compiled.json; fetch copies it into the device's manifest.json): the
     target, and per encoder (by export's file stem) the compiled file with its figures."""
@@ -85,6 +96,7 @@ class CompileReport(JsonFile, file="compiled.json", made_by="invoke compile"):
     host: str
     models: dict[str, CompiledModel]
     transfers: dict[str, Any] | None = None  # pulsar2 on a build host: what travelled
+    toolchain: Toolchain | None = None  # pulsar2: the image and engine that built the models
 
     def file(self, stem: str) -> str:
         """The compiled file of the encoder export wrote as `<stem>.onnx`."""

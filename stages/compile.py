@@ -8,14 +8,16 @@ quantized-vs-float cosine on verify's golden inputs.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field
 
+from common.errors import ModelFilesError
 from pipeline.config import HostConfig
-from pipeline.errors import ValidationFailed
+from pipeline.errors import PipelineError, ValidationFailed
 from pipeline.hosts import connect
 from pipeline.hosts.remote_lock import exclusive
 from pipeline.stage import Stage, StageContext, StageResult
@@ -30,6 +32,8 @@ from toolchains.precision_table import describe_layers
 if TYPE_CHECKING:
     from stages.config import PipelineConfig
     from toolchains.pulsar2_build import BuildResult
+
+log = logging.getLogger(__name__)
 
 
 class CompileStageParams(CompileParams):
@@ -55,15 +59,45 @@ class CompileStage(Stage):
         settings = config.stages.compile
         return CompileStageParams(**dict(settings), build_host=config.host(settings.host))
 
+    def remote_changes(self, params: CompileStageParams, artifacts: Path) -> list[str]:
+        """The Pulsar2 image that built the models is still the one its tag names on the build host (a
+        re-tagged `pulsar2:5.1` is another toolchain). An unreachable build host is not a reason to
+        rebuild: the check is skipped, with a warning."""
+        if params.target != "pulsar2":
+            return []
+        from toolchains.docker_engine import open_engine
+        from toolchains.pulsar2_build import image_id
+
+        try:
+            built_by = model_io.CompileReport.read(artifacts / self.name).toolchain
+        except ModelFilesError as exc:
+            return [str(exc)]
+        try:
+            with (
+                connect(params.host, params.build_host) as transport,
+                open_engine(transport, params.build_host) as engine,
+            ):
+                current = image_id(engine, params.pulsar2.image)
+        except PipelineError as exc:
+            log.warning("compile: the Pulsar2 image on %s was not checked (%s)", params.host, exc.message)
+            return []
+        image = f"image {params.pulsar2.image} on {params.host}"
+        if current is None:
+            return [f"{image} is gone"]
+        if built_by is None or built_by.image_id != current:
+            was = built_by.image_id[:19] if built_by else "not recorded"
+            return [f"{image} is now {current[:19]} (the models were built by {was})"]
+        return []
+
     def run(self, ctx: StageContext[CompileStageParams]) -> StageResult:
         params = ctx.params
         specs = encoder_specs(ctx.upstream("export"), ctx.upstream("calibrate"))
-        transfers = None
+        transfers, toolchain = None, None
         if params.target == "onnxruntime":
             models = _compile_onnxruntime(ctx, specs)
         else:
-            models, transfers = _compile_pulsar2(ctx, specs)
-        report = model_io.CompileReport(params.target, params.data_type, params.host, models, transfers)
+            models, transfers, toolchain = _compile_pulsar2(ctx, specs)
+        report = model_io.CompileReport(params.target, params.data_type, params.host, models, transfers, toolchain)
         report.write(ctx.out_dir)
         report.write_to(ctx.report_file)
         rows = [(name, m.file, _cosine_text(m.cosine), m.sha256[:12]) for name, m in models.items()]
@@ -147,23 +181,24 @@ def _pulsar2_model_entry(built: BuildResult) -> model_io.CompiledModel:
 
 def _compile_pulsar2(
     ctx: StageContext[CompileStageParams], specs: list[EncoderSpec]
-) -> tuple[dict[str, model_io.CompiledModel], dict[str, Any]]:
+) -> tuple[dict[str, model_io.CompiledModel], dict[str, Any], model_io.Toolchain]:
     from toolchains import pulsar2_build
+    from toolchains.docker_engine import open_engine
 
     params = ctx.params
     host = params.build_host
     configs = pulsar2_build.write_configs(specs, params, ctx.out_dir)
     models = {}
     echo = lambda line: console.print(line, markup=False)  # noqa: E731
-    with connect(params.host, host) as transport:
-        build_host = pulsar2_build.preflight(transport, host, params)
+    with connect(params.host, host) as transport, open_engine(transport, host) as engine:
+        env = pulsar2_build.preflight(transport, engine, host, params)
         # Inputs, builds and downloads share the host's workdir: one controller at a time.
         with exclusive(transport, BUILD_LOCK, host.command_timeout, echo):
-            pulsar2_build.stop_stale_containers(transport, build_host, echo)
+            pulsar2_build.stop_stale_containers(transport, env, echo)
             sent = pulsar2_build.upload_inputs(transport, specs, configs)
             echo(f"{params.host}: uploaded {len(sent.sent)} file(s), {len(sent.skipped)} unchanged")
             for spec in specs:
-                built = pulsar2_build.build(transport, build_host, spec, params, ctx.out_dir, echo)
+                built = pulsar2_build.build(transport, env, spec, params, ctx.out_dir, echo)
                 models[spec.name] = _pulsar2_model_entry(built)
     transfers = {"uploaded": list(sent.sent), "unchanged": list(sent.skipped), "bytes_uploaded": sent.bytes_sent}
-    return models, transfers
+    return models, transfers, env.toolchain

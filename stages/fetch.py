@@ -69,7 +69,7 @@ class FetchStage(DeviceStage):
     def params(self, config: PipelineConfig) -> DeviceParams:
         return DeviceParams.for_device(config)
 
-    def device_changes(self, params: DeviceParams, artifacts: Path) -> list[str]:
+    def remote_changes(self, params: DeviceParams, artifacts: Path) -> list[str]:
         """The set on the device as fetch left it: its manifest.json the same bytes as ours, every file
         listed there present at its size (sizes only: cheap, no file read on the device)."""
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shutil
@@ -18,6 +19,7 @@ from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from stages.config import PipelineConfig, load_config
+from tests.dockerd import DockerEngine, DockerUnavailable, import_standin_image, running_dockerd
 from tests.helpers import STAGES, device_set, tiny_config_dict
 from tests.loopback import app_clients
 from tests.sshd import SshServer, start_sshd
@@ -94,16 +96,43 @@ def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         process.wait(10)
 
 
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """A private dockerd for the session (see tests/dockerd.py); its tests are skipped, saying why, where
+    none can start."""
+    try:
+        with running_dockerd() as engine:
+            yield engine
+    except DockerUnavailable as exc:
+        pytest.skip(f"no Docker Engine for this test: {exc}")
+
+
+@pytest.fixture(scope="session")
+def pulsar2_image(docker_engine: DockerEngine) -> str:
+    """The Pulsar2 stand-in image, loaded as `pulsar2:5.1` as Axera's archive names it; its id."""
+    return import_standin_image(docker_engine, "pulsar2:5.1")
+
+
 @pytest.fixture
-def standin_docker(ssh_server: SshServer) -> Iterator[Callable[..., None]]:
-    """Set the stand-in docker's behaviour for one test (images present, exit code); reset after."""
-    control = ssh_server.bin_dir / "standin.json"
+def build_host_workdir(tmp_path: Path) -> Path:
+    return tmp_path / "build host"
+
+
+@pytest.fixture
+def standin_pulsar2(
+    pulsar2_image: str, docker_engine: DockerEngine, build_host_workdir: Path
+) -> Iterator[Callable[..., None]]:
+    """Set how the stand-in Pulsar2 behaves in this test's build host workdir (exit code, sleep ...); its
+    build containers are removed after the test, whatever it left."""
 
     def configure(**behaviour: object) -> None:
-        control.write_text(json.dumps(behaviour))
+        build_host_workdir.mkdir(parents=True, exist_ok=True)
+        (build_host_workdir / "standin.json").write_text(json.dumps(behaviour))
 
+    configure()
     yield configure
-    control.unlink(missing_ok=True)
-    for record in ("builds.log", "stopped.log", "runs.log"):
-        (ssh_server.bin_dir / record).unlink(missing_ok=True)
-    shutil.rmtree(ssh_server.bin_dir / "containers", ignore_errors=True)
+    with contextlib.closing(docker_engine.client()) as client:
+        for container in client.containers.list(
+            all=True, filters={"label": f"clip-axera.workdir={build_host_workdir}"}
+        ):
+            container.remove(force=True)

@@ -1,4 +1,4 @@
-"""A real OpenSSH server on 127.0.0.1 for the tests: temporary host and user keys, sftp, a stand-in docker.
+"""A real OpenSSH server on 127.0.0.1 for the tests: temporary host and user keys, sftp.
 
 Started the way ansible/pylibssh's test suite does: a free loopback port, a private sshd_config, `sshd -D`.
 """
@@ -9,7 +9,6 @@ import getpass
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ class SshServer:
     client_key: Path
     other_key: Path  # a key the server does not accept
     known_hosts: Path
-    bin_dir: Path  # on the PATH of every session: holds the stand-in docker and its standin.json
+    bin_dir: Path  # first on the PATH of every session: where a test puts a wrapper (a refusing rm)
 
     def host_entry(self, workdir: Path, **overrides: object) -> dict[str, object]:
         entry: dict[str, object] = {
@@ -59,10 +58,6 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen, SshServer]:
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    # The stand-in reads ONNX and renders its table with rich: run it with this Python, which has both.
-    standin = (STANDINS / "docker").read_text().split("\n", 1)[1]
-    (bin_dir / "docker").write_text(f"#!{sys.executable}\n{standin}")
-    (bin_dir / "docker").chmod(0o755)
     port = free_port()
     sftp = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server") if Path(p).exists()), None)
     config = root / "sshd_config"

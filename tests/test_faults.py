@@ -4,6 +4,7 @@ next run that resumes without --force."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,9 +34,9 @@ from pipeline.records import read_records
 from pipeline.runner import Outcome, RunRequest, run
 from stages import ALL_STAGES
 from stages.config import PipelineConfig, load_config
+from tests.dockerd import DockerEngine
 from tests.helpers import REPO, device_set, tiny_config_dict
 from tests.sshd import SshServer
-from toolchains import pulsar2_build
 
 pytestmark = pytest.mark.slow  # minutes of sshd, docker stand-in and device runs: `-m 'not slow'` skips
 
@@ -43,15 +44,17 @@ GRAPH = StageGraph(ALL_STAGES)
 
 
 @pytest.fixture
-def remote_config(tiny_pipeline, ssh_server: SshServer, standin_docker, tmp_path: Path):
-    """compile with the stand-in Pulsar2 on `mac` (sshd); everything else local. Returns (config, path)."""
+def remote_config(
+    tiny_pipeline, ssh_server: SshServer, standin_pulsar2, docker_engine: DockerEngine, build_host_workdir, tmp_path
+):
+    """compile with the stand-in Pulsar2 on `mac` (sshd, a real dockerd); everything else local. Returns
+    (config, path)."""
 
     def make(**mac: object) -> tuple[PipelineConfig, Path]:
-        hosts = {"mac": ssh_server.host_entry(tmp_path / "build host", **mac)}
+        hosts = {"mac": ssh_server.host_entry(build_host_workdir, docker_socket=docker_engine.socket, **mac)}
         config = tiny_pipeline(hosts=hosts, compile={"target": "pulsar2", "host": "mac"})
         return config, tmp_path / "pipeline.yaml"
 
-    standin_docker(images=["pulsar2:5.1"], exit_code=0)
     return make
 
 
@@ -68,14 +71,20 @@ def _invoke_all(config_path: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for_container(ssh_server: SshServer, seconds: float = 120) -> str:
+def _build_containers(engine: DockerEngine, workdir: Path, **filters: object) -> list[str]:
+    with contextlib.closing(engine.client()) as client:
+        found = client.containers.list(all=True, filters={"label": f"clip-axera.workdir={workdir}", **filters})
+        return [container.name for container in found]
+
+
+def _wait_for_build(engine: DockerEngine, workdir: Path, seconds: float = 120) -> str:
+    """The name of the first build container of `workdir` once it runs."""
     deadline = time.monotonic() + seconds
-    containers = ssh_server.bin_dir / "containers"
     while time.monotonic() < deadline:
-        names = [p.name for p in containers.glob("*")] if containers.is_dir() else []
-        if names:
-            return names[0]
-        time.sleep(0.1)
+        running = _build_containers(engine, workdir, status="running")
+        if running:
+            return running[0]
+        time.sleep(0.2)
     raise AssertionError("the build never started")
 
 
@@ -88,25 +97,24 @@ def _assert_artifacts_match_the_lock(artifacts: Path) -> None:
             assert sha256_file(artifacts / stage / name) == state.sha256, f"{stage}: {name}"
 
 
-def test_ctrl_c_mid_compile_stops_the_container_and_the_next_run_resumes(
-    remote_config, ssh_server: SshServer, standin_docker
+def test_ctrl_c_mid_compile_removes_the_container_and_the_next_run_resumes(
+    remote_config, docker_engine: DockerEngine, build_host_workdir: Path, standin_pulsar2
 ) -> None:
     config, path = remote_config()
     before = (config.artifacts / "compile/compiled.json").read_bytes()
-    standin_docker(images=["pulsar2:5.1"], sleep=60)
+    standin_pulsar2(sleep=60)
     process = _invoke_all(path)
-    container = _wait_for_container(ssh_server)
+    _wait_for_build(docker_engine, build_host_workdir)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output
     assert "interrupted" in output and "Traceback" not in output
-    assert (ssh_server.bin_dir / "stopped.log").read_text().split() == [container]  # docker stop by name
-    assert not list((ssh_server.bin_dir / "containers").glob("*"))
+    assert _build_containers(docker_engine, build_host_workdir) == []  # stopped and removed, not left building
     assert (config.artifacts / "compile/compiled.json").read_bytes() == before  # last good kept
     assert not (config.artifacts / ".tmp").exists()
     assert not (Path(config.host("mac").workdir) / ".build.lock").exists()  # the build host lock released
 
-    standin_docker(images=["pulsar2:5.1"], sleep=0)
+    standin_pulsar2(sleep=0)
     process = _invoke_all(path)  # the run lock was released too: this is not refused
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
@@ -114,44 +122,39 @@ def test_ctrl_c_mid_compile_stops_the_container_and_the_next_run_resumes(
 
 
 def test_a_build_in_another_workdir_on_the_same_docker_host_keeps_its_container(
-    remote_config, ssh_server: SshServer
+    remote_config, docker_engine: DockerEngine, pulsar2_image: str, tmp_path: Path
 ) -> None:
     """Our leftover cleanup once stopped every clip-axera container on the host, another user's build too."""
     config, _ = remote_config()
-    containers = ssh_server.bin_dir / "containers"
-    containers.mkdir(exist_ok=True)
-    other = subprocess.Popen(["sleep", "120"])  # another workdir's build, running
-    try:
-        name = f"{pulsar2_build.CONTAINER_PREFIX}0123456789-text_encoder-abcd1234"
-        (containers / name).write_text(str(other.pid))
-        outcome = run(config, GRAPH, RunRequest(targets=("compile",), only=True, force=True))[-1]
-        assert outcome.outcome is Outcome.RAN, outcome.summary
-        assert other.poll() is None
-        stopped = ssh_server.bin_dir / "stopped.log"
-        assert not stopped.exists() or name not in stopped.read_text()
-        runs = (ssh_server.bin_dir / "runs.log").read_text()
-        assert f"--label clip-axera.build={socket.gethostname()}:" in runs
-    finally:
-        other.kill()
-        other.wait()
+    labels = {"clip-axera.workdir": str(tmp_path / "another workdir"), "clip-axera.controller": "elsewhere"}
+    with contextlib.closing(docker_engine.client()) as client:
+        other = client.containers.run(pulsar2_image, ["sleep", "120"], detach=True, labels=labels)
+        try:
+            outcome = run(config, GRAPH, RunRequest(targets=("compile",), only=True, force=True))[-1]
+            assert outcome.outcome is Outcome.RAN, outcome.summary
+            other.reload()
+            assert other.status == "running"
+        finally:
+            other.remove(force=True)
 
 
 def test_killed_invoke_all_then_a_plain_invoke_all_finishes_up_to_date(
-    remote_config, ssh_server: SshServer, standin_docker
+    remote_config, docker_engine: DockerEngine, build_host_workdir: Path, standin_pulsar2
 ) -> None:
     config, path = remote_config()
-    standin_docker(images=["pulsar2:5.1"], sleep=60)
+    standin_pulsar2(sleep=60)
     process = _invoke_all(path)
-    orphan = _wait_for_container(ssh_server)
+    orphan = _wait_for_build(docker_engine, build_host_workdir)
     os.killpg(process.pid, signal.SIGKILL)  # no cleanup at all: the container keeps running on the host
     process.wait(30)
+    assert orphan in _build_containers(docker_engine, build_host_workdir, status="running")
 
-    standin_docker(images=["pulsar2:5.1"], sleep=0)
+    standin_pulsar2(sleep=0)
     rerun = _invoke_all(path)
     output, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, output
     assert "left by an interrupted build" in output and orphan in output
-    assert orphan in (ssh_server.bin_dir / "stopped.log").read_text().split()
+    assert orphan not in _build_containers(docker_engine, build_host_workdir)
     assert not (config.artifacts / ".tmp").exists()
     again = _invoke_all(path)
     output, _ = again.communicate(timeout=300)
@@ -160,7 +163,7 @@ def test_killed_invoke_all_then_a_plain_invoke_all_finishes_up_to_date(
 
 
 def test_two_controllers_compiling_on_one_build_host_take_turns(
-    remote_config, ssh_server: SshServer, standin_docker, tmp_path: Path
+    remote_config, build_host_workdir: Path, standin_pulsar2, tmp_path: Path
 ) -> None:
     import shutil
 
@@ -168,7 +171,7 @@ def test_two_controllers_compiling_on_one_build_host_take_turns(
     other = tmp_path / "second controller"
     shutil.copytree(first.artifacts, other)
     second = first.model_copy(update={"artifacts": other})
-    standin_docker(images=["pulsar2:5.1"], sleep=1)
+    standin_pulsar2(sleep=1)
     outcomes: dict[str, Outcome] = {}
 
     def compile_with(name: str, config: PipelineConfig) -> None:
@@ -181,7 +184,7 @@ def test_two_controllers_compiling_on_one_build_host_take_turns(
     for thread in threads:
         thread.join(300)
     assert outcomes == {"a": Outcome.RAN, "b": Outcome.RAN}
-    events = [line.split() for line in (ssh_server.bin_dir / "builds.log").read_text().splitlines()]
+    events = [line.split() for line in (build_host_workdir / "standin-builds.log").read_text().splitlines()]
     assert len(events) == 8  # two encoders, two controllers, a start and an end each
     running = 0
     for kind, _, _ in sorted(events, key=lambda e: float(e[2])):

@@ -1,7 +1,8 @@
 """compile on a build host and fetch to a device, over a real sshd on 127.0.0.1.
 
-The build host's PATH holds the stand-in docker (Pulsar2 cannot run here); everything else is real:
-Fabric, SFTP, host-key checks, checksums, the generated config and the docker command line.
+The build host runs a real Docker Engine (a private dockerd) reached over SSH as the docker CLI reaches
+one (`docker system dial-stdio`), with a stand-in Pulsar2 image (Pulsar2 cannot run here); everything
+else is real: Fabric, SFTP, host-key checks, checksums, the generated config, the containers.
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ GRAPH = StageGraph(ALL_STAGES)
 
 
 @pytest.fixture
-def remote(tiny_pipeline, ssh_server: SshServer, standin_docker, tmp_path: Path):
+def remote(tiny_pipeline, ssh_server: SshServer, standin_pulsar2, docker_engine, build_host_workdir, tmp_path: Path):
     """A config whose compile runs with Pulsar2 on `mac` (sshd) and whose fetch goes to `pi` (sshd)."""
 
     def make(
         mac: dict | None = None, pi: dict | None = None, device: dict | None = None, **stage_overrides: dict
     ) -> PipelineConfig:
         hosts = {
-            "mac": ssh_server.host_entry(tmp_path / "build host", **(mac or {})),
+            "mac": ssh_server.host_entry(build_host_workdir, **{"docker_socket": docker_engine.socket, **(mac or {})}),
             "pi": ssh_server.host_entry(tmp_path / "pi device", **(pi or {})),
         }
         stages = {"compile": {"target": "pulsar2", "host": "mac"}}
@@ -45,7 +46,6 @@ def remote(tiny_pipeline, ssh_server: SshServer, standin_docker, tmp_path: Path)
             stages.setdefault(stage, {}).update(values)
         return tiny_pipeline(hosts=hosts, device={"host": "pi", **(device or {})}, **stages)
 
-    standin_docker(images=["pulsar2:5.1"], exit_code=0)
     return make
 
 
@@ -169,20 +169,25 @@ def test_a_known_hosts_file_that_does_not_exist_is_an_error(remote, tmp_path: Pa
     _assert_failed_and_kept(config, "compile", "hosts.mac.known_hosts", "does not exist")
 
 
-def test_missing_image_names_docker_load(remote, standin_docker) -> None:
-    standin_docker(images=["pulsar2:4.0"])
-    _assert_failed_and_kept(remote(), "compile", "docker image pulsar2:5.1 is not loaded", "docker load")
+def test_missing_image_names_docker_load(remote) -> None:
+    config = remote(compile={"pulsar2": {"image": "pulsar2:4.0"}})
+    _assert_failed_and_kept(config, "compile", "docker image pulsar2:4.0 is not loaded", "docker load")
 
 
-def test_docker_binary_not_found(remote) -> None:
+def test_docker_cli_not_found(remote) -> None:
     _assert_failed_and_kept(remote(mac={"docker": "/nowhere/docker"}), "compile", "/nowhere/docker not found")
 
 
-def test_compiler_failure_shows_the_log_tail_and_keeps_the_previous_model(remote, standin_docker) -> None:
+def test_an_engine_that_is_not_running_is_named_with_its_fix(remote, tmp_path: Path) -> None:
+    config = remote(mac={"docker_socket": str(tmp_path / "no-engine.sock")})
+    _assert_failed_and_kept(config, "compile", "Docker's engine is not reachable", "start Docker")
+
+
+def test_compiler_failure_shows_the_log_tail_and_keeps_the_previous_model(remote, standin_pulsar2) -> None:
     config = remote()
     assert _run(config, "compile").outcome is Outcome.RAN
     axmodel = (config.artifacts / "compile/image_encoder.axmodel").read_bytes()
-    standin_docker(images=["pulsar2:5.1"], exit_code=1)
+    standin_pulsar2(exit_code=1)
     outcome = _run(config, "compile", force=True, only=True)
     assert outcome.outcome is Outcome.FAILED
     assert "pulsar2 build of image_encoder failed (exit 1)" in outcome.summary
@@ -190,13 +195,13 @@ def test_compiler_failure_shows_the_log_tail_and_keeps_the_previous_model(remote
     assert (config.artifacts / "compile/image_encoder.axmodel").read_bytes() == axmodel
 
 
-def test_a_final_cosine_of_0_61_fails_compile_naming_it_and_the_worst_layers(remote, standin_docker) -> None:
-    standin_docker(images=["pulsar2:5.1"], final_cosine=0.61)
+def test_a_final_cosine_of_0_61_fails_compile_naming_it_and_the_worst_layers(remote, standin_pulsar2) -> None:
+    standin_pulsar2(final_cosine=0.61)
     _assert_failed_and_kept(remote(), "compile", "image_encoder: cosine 0.61000 < 0.98", "worst layers: ")
 
 
-def test_without_the_saved_table_the_wrapped_80_column_log_is_read(remote, standin_docker) -> None:
-    standin_docker(images=["pulsar2:5.1"], save_table=False)
+def test_without_the_saved_table_the_wrapped_80_column_log_is_read(remote, standin_pulsar2) -> None:
+    standin_pulsar2(save_table=False)
     config = remote()
     assert _run(config, "compile").outcome is Outcome.RAN
     model = _report(config)["models"]["text_encoder"]
@@ -207,11 +212,13 @@ def test_without_the_saved_table_the_wrapped_80_column_log_is_read(remote, stand
 
 
 def test_a_build_dir_the_ssh_user_cannot_remove_is_cleared_through_docker(
-    remote, ssh_server: SshServer, tmp_path: Path
+    remote, ssh_server: SshServer, build_host_workdir: Path
 ) -> None:
     config = remote()
     assert _run(config, "compile").outcome is Outcome.RAN
-    # A Linux build host: the container wrote build/ as root, so the SSH user's rm is refused.
+    leftover = build_host_workdir / "build/image_encoder/leftover.txt"
+    leftover.write_text("written as root by an older build")
+    # A Linux build host where an older build wrote build/ as root: the SSH user's rm is refused.
     refusing_rm = ssh_server.bin_dir / "rm"
     refusing_rm.write_text(
         '#!/bin/sh\nfor a in "$@"; do case "$a" in */build/*) echo "rm: cannot remove \'$a\': Permission denied" >&2;'
@@ -223,13 +230,19 @@ def test_a_build_dir_the_ssh_user_cannot_remove_is_cleared_through_docker(
     finally:
         refusing_rm.unlink()
     assert outcome.outcome is Outcome.RAN, outcome.summary
-    runs = (ssh_server.bin_dir / "runs.log").read_text().splitlines()
-    assert any(run.endswith("rm -rf /data/build/image_encoder") for run in runs)
+    assert not leftover.exists()  # a root container removed the folder
 
 
-def test_killed_build_points_at_docker_memory(remote, standin_docker) -> None:
-    standin_docker(images=["pulsar2:5.1"], exit_code=137)
-    _assert_failed_and_kept(remote(), "compile", "exit 137", "out of memory", "Docker Desktop")
+def test_killed_build_points_at_docker_memory(remote, standin_pulsar2) -> None:
+    standin_pulsar2(exit_code=137)
+    _assert_failed_and_kept(remote(), "compile", "was killed (exit 137)", "Docker Desktop > Settings > Resources")
+
+
+def test_a_build_the_kernel_kills_for_memory_says_so_from_docker(remote, standin_pulsar2) -> None:
+    """A real OOM: the build allocates past the container's memory cap; Docker reports OOMKilled."""
+    standin_pulsar2(allocate_mb=400)
+    config = remote(compile={"pulsar2": {"memory_limit_gb": 0.125}})
+    _assert_failed_and_kept(config, "compile", "ran out of memory (Docker says OOMKilled)", "0.125 GB")
 
 
 def test_corrupted_upload_is_caught_by_checksum(remote, monkeypatch: pytest.MonkeyPatch) -> None:

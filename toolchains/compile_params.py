@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import Strict
+from pipeline.config import ConfigPath, Strict
 
 
 class Pulsar2Params(Strict):
@@ -28,6 +28,13 @@ class Pulsar2Params(Strict):
     compiler_check: int = Field(0, ge=0, le=3)
     npu_perf: bool = False
     platform: str | None = None  # e.g. linux/amd64; set automatically on an arm64 build host
+    # How the build runs, not what it makes (left out of the digest):
+    # Axera's ax_pulsar2_<ver>.tar.gz on this machine, loaded into the build host's engine when `image` is missing.
+    image_archive: ConfigPath | None = Field(None, exclude=True)
+    # The engine's memory below which the build is refused before anything is uploaded: Axera publishes no
+    # figure; a U16 ViT-B/32 calibrates in float32 over its activations (see README: the build host).
+    min_memory_gb: float = Field(8.0, ge=0, le=4096, exclude=True)
+    memory_limit_gb: float | None = Field(None, gt=0, le=4096, exclude=True)  # a cap on the build container
 
     @model_validator(mode="after")
     def _npu_mode_fits(self) -> Pulsar2Params:

@@ -1,16 +1,18 @@
-"""The transport interface every host implements: run a command, put and get files."""
+"""The transport interface every host implements: run a command, pipe bytes through one, put and get files."""
 
 from __future__ import annotations
 
 import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.hashing import sha256_file
 from pipeline.errors import HostError
+from pipeline.hosts.relay import Pipe, Relay, relay_socket
 
 # OpenSSL's sha256 where there is one (twice coreutils' speed on CPUs without SHA instructions), else
 # sha256sum (Linux) or shasum (macOS). Each prints "<sha256> <space or *><path>".
@@ -67,6 +69,14 @@ class Transport(ABC):
     @abstractmethod
     def start(self, command: str) -> Background:
         """Start a command that runs while this side keeps its stdin open (see remote_lock.py)."""
+
+    @abstractmethod
+    def open_pipe(self, command: str) -> Pipe:
+        """Start a command with its stdin and stdout as a byte pipe (see relay.py)."""
+
+    def relay(self, command: str) -> AbstractContextManager[Relay]:
+        """A Unix socket here; each connection to it runs `command` on the host, piped both ways."""
+        return relay_socket(lambda: self.open_pipe(command))
 
     @abstractmethod
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> None: ...

@@ -6,11 +6,16 @@ import os
 import select
 import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
+from typing import IO
 
 from pipeline.errors import HostError
 from pipeline.hosts.base import Background, CommandResult, LineHandler, Progress, Transport
+from pipeline.hosts.relay import Pipe
+
+TAIL_BYTES = 4096  # of a piped command's stderr, for error messages
 
 
 class LocalTransport(Transport):
@@ -55,6 +60,13 @@ class LocalTransport(Transport):
         )
         return _LocalBackground(process)
 
+    def open_pipe(self, command: str) -> Pipe:
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the pipe when the run ends
+        process = subprocess.Popen(
+            ["bash", "-c", command], cwd=self.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
+        )
+        return _ProcessPipe(process, stderr)
+
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> None:
         Path(remote).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local, remote)
@@ -85,3 +97,29 @@ class _LocalBackground(Background):
             self._process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self._process.kill()
+
+
+class _ProcessPipe:
+    def __init__(self, process: subprocess.Popen, stderr: IO[bytes]) -> None:
+        self._process = process
+        self._stderr = stderr
+
+    def write(self, data: bytes) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(data)
+        self._process.stdin.flush()
+
+    def read(self, size: int) -> bytes:
+        assert self._process.stdout is not None
+        return self._process.stdout.read1(size)  # type: ignore[attr-defined]
+
+    def end_input(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+
+    def close(self) -> str:
+        self._process.kill()
+        self._process.wait()
+        with self._stderr:
+            self._stderr.seek(0)
+            return self._stderr.read(TAIL_BYTES).decode(errors="replace")

@@ -35,9 +35,11 @@ from pipeline.config import HostConfig
 from pipeline.errors import ConnectionLost, HostError
 from pipeline.hosts import openssh
 from pipeline.hosts.base import Background, CommandResult, LineHandler, Progress, Transport, quote
+from pipeline.hosts.relay import Pipe
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 10
+STDERR_KEPT = 4096  # of a piped command's stderr, for error messages
 _CONNECTION_ERRORS = (NoValidConnectionsError, socket.timeout, TimeoutError, ConnectionError, EOFError, OSError)
 
 
@@ -131,6 +133,14 @@ class SshTransport(Transport):
         except (SSHException, *_CONNECTION_ERRORS) as exc:
             raise ConnectionLost(self.name, f"connection lost starting a command ({exc})", command=command) from exc
         return _ChannelBackground(channel)
+
+    def open_pipe(self, command: str) -> Pipe:
+        try:
+            channel = self._conn.client.get_transport().open_session()
+            channel.exec_command(command)
+        except (SSHException, *_CONNECTION_ERRORS) as exc:
+            raise ConnectionLost(self.name, f"connection lost starting a command ({exc})", command=command) from exc
+        return _ChannelPipe(channel)
 
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> None:
         try:
@@ -240,6 +250,28 @@ class _ChannelBackground(Background):
             pass  # the connection is gone: so is the command's stdin
         finally:
             self._channel.close()
+
+
+class _ChannelPipe:
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+
+    def write(self, data: bytes) -> None:
+        self._channel.sendall(data)
+
+    def read(self, size: int) -> bytes:
+        return self._channel.recv(size)
+
+    def end_input(self) -> None:
+        self._channel.shutdown_write()
+
+    def close(self) -> str:
+        stderr = b""
+        with contextlib.suppress(SSHException, *_CONNECTION_ERRORS):
+            while self._channel.recv_stderr_ready() and len(stderr) < STDERR_KEPT:
+                stderr += self._channel.recv_stderr(STDERR_KEPT)
+        self._channel.close()
+        return stderr.decode(errors="replace")
 
 
 class _RememberNewHostKey(MissingHostKeyPolicy):
