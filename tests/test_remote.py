@@ -7,11 +7,14 @@ else is real: Fabric, SFTP, host-key checks, checksums, the generated config, th
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import re
 import time
 from pathlib import Path
 
+import docker
 import paramiko
 import pytest
 
@@ -19,11 +22,15 @@ from pipeline.graph import StageGraph
 from pipeline.hosts import openssh
 from pipeline.hosts.ssh import SshTransport
 from pipeline.hosts.sync import upload
-from pipeline.runner import Outcome, RunRequest, StageOutcome, run
+from pipeline.records import read_records
+from pipeline.runner import Outcome, RunRequest, StageOutcome, plan, run
+from pipeline.uptodate import Status
 from stages import ALL_STAGES
 from stages.config import PipelineConfig
+from tests.dockerd import DockerEngine
 from tests.helpers import device_set
 from tests.sshd import SshServer
+from toolchains import pulsar2_build
 
 pytestmark = pytest.mark.slow  # minutes of sshd, docker stand-in and device runs: `-m 'not slow'` skips
 
@@ -470,3 +477,63 @@ def test_the_build_report_renders_offline_in_headless_chromium(remote, tmp_path:
     )
     assert shot.stat().st_size > 50_000
     shutil.copy(shot, Path("/tmp/clip-axera-report.png"))  # for a person to look at
+
+
+def test_the_image_id_is_recorded_and_a_retagged_image_makes_compile_stale(
+    remote, docker_engine: DockerEngine, pulsar2_image: str
+) -> None:
+    config = remote()
+    assert _run(config, "compile").outcome is Outcome.RAN
+    toolchain = read_records(config.artifacts)["compile"].figures["toolchain"]  # in the lock file
+    assert toolchain["image"] == "pulsar2:5.1" and toolchain["image_id"] == pulsar2_image
+    assert _run(config, "compile").outcome is Outcome.UP_TO_DATE
+    with contextlib.closing(docker_engine.client()) as client:
+        assert toolchain["engine_version"] == client.version()["Version"]
+        scratch = client.containers.create(pulsar2_image, ["true"])
+        try:
+            other = scratch.commit("pulsar2", "5.1")  # another image, the same tag
+        finally:
+            scratch.remove(force=True)
+        try:
+            decision = {s.name: d for s, d in plan(config, GRAPH, RunRequest(targets=("compile",)))}["compile"]
+            assert decision.status is Status.STALE
+            assert decision.reasons == (
+                f"image pulsar2:5.1 on mac is now {other.id[:19]} (the models were built by {pulsar2_image[:19]})",
+            )
+            assert _run(config, "compile").outcome is Outcome.RAN
+            assert read_records(config.artifacts)["compile"].figures["toolchain"]["image_id"] == other.id
+        finally:
+            client.images.get(pulsar2_image).tag("pulsar2", "5.1")
+            client.images.remove(other.id, force=True)
+
+
+def test_a_missing_image_is_loaded_from_the_archive_named_here(
+    remote, docker_engine: DockerEngine, pulsar2_image: str, tmp_path: Path
+) -> None:
+    archive = tmp_path / "ax_pulsar2_9.9.tar.gz"
+    with contextlib.closing(docker_engine.client()) as client:
+        image = client.images.get(pulsar2_image)
+        image.tag("pulsar2", "9.9")
+        with gzip.open(archive, "wb", compresslevel=1) as handle:
+            for chunk in image.save(named="pulsar2:9.9"):
+                handle.write(chunk)
+        client.images.remove("pulsar2:9.9")  # the id stays, under pulsar2:5.1
+        try:
+            config = remote(compile={"pulsar2": {"image": "pulsar2:9.9", "image_archive": str(archive)}})
+            outcome = _run(config, "compile")
+            assert outcome.outcome is Outcome.RAN, outcome.summary
+            assert client.images.get("pulsar2:9.9").id == pulsar2_image
+        finally:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove("pulsar2:9.9")
+
+
+def test_on_a_linux_engine_the_outputs_are_handed_back_to_the_ssh_user(
+    remote, build_host_workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test's SSH user is root; as another user (uid 4321 here) the root container's outputs are chowned."""
+    monkeypatch.setattr(pulsar2_build, "_owner", lambda transport, engine: "4321:4321")
+    config = remote()
+    assert _run(config, "compile").outcome is Outcome.RAN
+    built = [p for p in (build_host_workdir / "build").rglob("*")]
+    assert built and {(p.stat().st_uid, p.stat().st_gid) for p in built} == {(4321, 4321)}
