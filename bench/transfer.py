@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from common import arguments, emit, verdict
-from pipeline.config import HostConfig
 from pipeline.hosts.openssh import PREFERRED_CIPHERS
 from pipeline.hosts.ssh import SshTransport
 from pipeline.hosts.sync import upload
+from stages.config import Host
 from tests.sshd import start_sshd
 
 TARGET_RATIO = 0.7
@@ -58,7 +58,7 @@ def main() -> None:
 
 
 def _measure(server, artifact: Path, remote_dir: Path, rounds: int) -> dict:
-    host = HostConfig(**server.host_entry(remote_dir))
+    host = Host(**server.host_entry(remote_dir))
     transport = SshTransport.connect("bench", host)
     target = f"{remote_dir}/model.axmodel"
 

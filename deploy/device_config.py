@@ -26,6 +26,12 @@ def moved_to_device(data: Any) -> Any:
     return data
 
 
+class DeviceHostConfig(HostConfig):
+    """A host as a device: the Python the runtime's virtualenv is made with."""
+
+    python: str = "python3"
+
+
 class DeviceConfig(Strict):
     """The device: where fetch puts the models, where the smoke test, serve and caption find them, and
     how its NPU is shared. `--host` on fetch, smoke-test or serve names another host as the device."""
@@ -48,7 +54,7 @@ class WithDevice(Protocol):
 
     device: DeviceConfig
 
-    def host(self, name: str) -> HostConfig: ...
+    def host(self, name: str) -> DeviceHostConfig: ...
 
 
 class DeviceParams(BaseModel):
@@ -61,7 +67,7 @@ class DeviceParams(BaseModel):
     models_dir: str
     address: str | None
     workdir: str
-    connection: HostConfig = Field(exclude=True)
+    connection: DeviceHostConfig = Field(exclude=True)
 
     @classmethod
     def for_device(cls: type[D], config: WithDevice, **own: Any) -> D:

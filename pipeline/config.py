@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -47,7 +47,9 @@ class Strict(BaseModel):
 
 
 class HostConfig(Strict):
-    """Where a stage runs: this machine, or an SSH host (address or ssh_config alias).
+    """Where a stage runs: this machine, or an SSH host (address or ssh_config alias): how to reach it.
+    What stages use there (a build host's Docker, a device's Python) is declared by those who read it, in
+    subclasses the product's schema combines.
 
     A local host's relative workdir is resolved against the config file, like every other path.
     """
@@ -63,10 +65,6 @@ class HostConfig(Strict):
     connect_timeout: float = Field(15.0, gt=0, le=300)
     command_timeout: float = Field(3 * 3600.0, gt=0, le=7 * 24 * 3600)
     retries: int = Field(3, ge=0, le=10)  # reconnect attempts on connection errors (never on auth errors)
-    docker: str | None = None  # an SSH build host's docker CLI; found on PATH or in the usual macOS places when unset
-    docker_socket: str | None = None  # its engine's socket, when not the one the CLI (or DOCKER_HOST here) uses
-    min_free_gb: float = Field(5.0, ge=0, le=1_000_000)
-    python: str = "python3"
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> HostConfig:
@@ -91,9 +89,14 @@ class EngineConfig(Strict):
     artifacts: ConfigPath = Path("artifacts")
     hosts: dict[str, HostConfig] = Field(default_factory=lambda: {"local": HostConfig(kind="local")})
 
+    @classmethod
+    def host_type(cls) -> type[HostConfig]:
+        """The type of this schema's host entries: HostConfig, or a product's subclass of it."""
+        return get_args(cls.model_fields["hosts"].annotation)[1]
+
     def host(self, name: str) -> HostConfig:
         if name == "local" and name not in self.hosts:
-            return HostConfig(kind="local")
+            return self.host_type()(kind="local")
         if name not in self.hosts:
             known = ", ".join(sorted(self.hosts)) or "none"
             raise ConfigError(f"unknown host {name!r}", hint=f"hosts in the config: {known}")
@@ -161,11 +164,12 @@ def _did_you_mean(loc: tuple[Any, ...], schema: type[BaseModel] | None) -> str:
 
 def _keys_at(loc: tuple[Any, ...], schema: type[BaseModel]) -> list[str]:
     model = schema
+    host_type = schema.host_type() if issubclass(schema, EngineConfig) else HostConfig
     for part in loc:
         if model is schema and part == "hosts":
-            model = HostConfig
+            model = host_type
             continue
-        if model is HostConfig and part not in HostConfig.model_fields:
+        if model is host_type and part not in host_type.model_fields:
             continue  # the host's own name
         fields = {f.alias or name: f for name, f in model.model_fields.items()}
         annotation = getattr(fields.get(str(part)), "annotation", None)

@@ -16,7 +16,6 @@ import numpy as np
 from pydantic import Field
 
 from common.errors import ModelFilesError
-from pipeline.config import HostConfig
 from pipeline.errors import PipelineError, ValidationFailed
 from pipeline.hosts import connect
 from pipeline.hosts.remote_lock import exclusive
@@ -26,6 +25,7 @@ from runtime import model_io
 from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.similarity import cosine
 from toolchains.compile_params import CompileParams
+from toolchains.docker_engine import BuildHostConfig
 from toolchains.encoder_specs import EncoderSpec, encoder_specs
 from toolchains.precision_table import describe_layers
 
@@ -41,7 +41,7 @@ class CompileStageParams(CompileParams):
     digest): the same inputs and toolchain give the same model on any build host."""
 
     host: str = Field("local", exclude=True)
-    build_host: HostConfig = Field(exclude=True)
+    build_host: BuildHostConfig = Field(exclude=True)
 
 
 class CompileStage(Stage):

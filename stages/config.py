@@ -6,16 +6,17 @@ sections are assembled from the registered stages. A stage's settings are declar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
-from deploy.device_config import DeviceConfig, DeviceStage
+from deploy.device_config import DeviceConfig, DeviceHostConfig, DeviceStage
 from modeling.model_config import ModelConfig
 from pipeline.config import EngineConfig
 from pipeline.config import load_config as load_schema
 from pipeline.errors import ConfigError
 from stages import ALL_STAGES
+from toolchains.docker_engine import BuildHostConfig
 
 
 def params_field(stage: str) -> str:
@@ -43,8 +44,14 @@ StagesConfig = create_model(
 )
 
 
+class Host(BuildHostConfig, DeviceHostConfig):
+    """A host of pipeline.yaml: any of them may be the build host or the device."""
+
+
 class PipelineConfig(EngineConfig):
     """The whole pipeline.yaml."""
+
+    hosts: dict[str, Host] = Field(default_factory=lambda: {"local": Host(kind="local")})
 
     model: ModelConfig = ModelConfig()
     device: DeviceConfig = DeviceConfig()
@@ -57,6 +64,9 @@ class PipelineConfig(EngineConfig):
                 known = ", ".join(sorted(self.hosts)) or "none"
                 raise ValueError(f"{key} {name!r} is not in hosts (hosts: {known})")
         return self
+
+    def host(self, name: str) -> Host:
+        return cast(Host, super().host(name))
 
     def with_host(self, stage: str, host: str) -> PipelineConfig:
         """This config with the stage's host replaced (what `--host` does): the device for the stages

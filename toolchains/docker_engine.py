@@ -19,6 +19,7 @@ import docker
 import requests
 from docker.errors import DockerException
 from docker.transport import UnixHTTPAdapter
+from pydantic import Field
 
 from pipeline.config import HostConfig
 from pipeline.errors import HostError
@@ -47,6 +48,14 @@ GB = 1024**3
 ENGINE_ERRORS = (DockerException, requests.exceptions.RequestException)
 
 
+class BuildHostConfig(HostConfig):
+    """A host as a build host: how its Docker Engine is reached, and the disk a build needs there."""
+
+    docker: str | None = None  # its docker CLI (over SSH); found on PATH or in the usual macOS places when unset
+    docker_socket: str | None = None  # its engine's socket, when not the one the CLI (or DOCKER_HOST here) uses
+    min_free_gb: float = Field(5.0, ge=0, le=1_000_000)
+
+
 @dataclass(frozen=True)
 class EngineFacts:
     """What the engine says about itself: checked before anything is uploaded, recorded with the build."""
@@ -73,7 +82,7 @@ class Engine:
 
 
 @contextlib.contextmanager
-def open_engine(transport: Transport, host: HostConfig) -> Iterator[Engine]:
+def open_engine(transport: Transport, host: BuildHostConfig) -> Iterator[Engine]:
     """The host's engine, connected and asked for its facts; closed after the block. An engine error in
     the block (a refused request, a connection that broke) ends as one HostError."""
     with contextlib.ExitStack() as stack:
@@ -124,7 +133,7 @@ def _client(url: str) -> docker.DockerClient:
     return client
 
 
-def _local_url(host: HostConfig) -> str | None:
+def _local_url(host: BuildHostConfig) -> str | None:
     """The engine socket on this machine; None: the SDK's own default (DOCKER_HOST and friends)."""
     if host.docker_socket:
         return f"unix://{os.path.expanduser(host.docker_socket)}"
@@ -134,7 +143,7 @@ def _local_url(host: HostConfig) -> str | None:
     return f"unix://{found}"
 
 
-def _dial_stdio(transport: Transport, host: HostConfig) -> str:
+def _dial_stdio(transport: Transport, host: BuildHostConfig) -> str:
     """The command that connects its stdin and stdout to the build host's engine."""
     command = f"{quote(_docker_cli(transport, host))} system dial-stdio"
     if not host.docker_socket:
@@ -145,7 +154,7 @@ def _dial_stdio(transport: Transport, host: HostConfig) -> str:
     return f"DOCKER_HOST={quote('unix://' + socket)} {command}"
 
 
-def _docker_cli(transport: Transport, host: HostConfig) -> str:
+def _docker_cli(transport: Transport, host: BuildHostConfig) -> str:
     if host.docker:
         if not transport.run(f"test -x {quote(host.docker)}").ok:
             raise HostError(

@@ -25,14 +25,13 @@ from docker.errors import ImageNotFound
 from docker.models.containers import Container
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from pipeline.config import HostConfig
 from pipeline.errors import HostError
 from pipeline.hosts.base import Transport, quote
 from pipeline.hosts.sync import TransferSummary, download, upload
 from pipeline.terminal import console
 from runtime.model_io import Toolchain
 from toolchains.compile_params import CompileParams
-from toolchains.docker_engine import ENGINE_ERRORS, Engine
+from toolchains.docker_engine import ENGINE_ERRORS, BuildHostConfig, Engine
 from toolchains.encoder_specs import EncoderSpec
 from toolchains.precision_table import PrecisionTable, find_precision_table
 from toolchains.pulsar2_config import pulsar2_build_args, pulsar2_config, remote_paths
@@ -77,7 +76,7 @@ class BuildResult:
     precision_source: str  # the saved table file, or the build log when there is none
 
 
-def preflight(transport: Transport, engine: Engine, host: HostConfig, params: CompileParams) -> BuildEnvironment:
+def preflight(transport: Transport, engine: Engine, host: BuildHostConfig, params: CompileParams) -> BuildEnvironment:
     """Enough memory in the engine, the image there (loaded from the archive when named), enough disk:
     each with its own clear error, before anything is uploaded."""
     pulsar2, facts = params.pulsar2, engine.facts
@@ -147,7 +146,7 @@ def _load(engine: Engine, archive: Path) -> list[str]:
     return [tag for image in images for tag in image.tags]
 
 
-def _check_disk(transport: Transport, host: HostConfig) -> None:
+def _check_disk(transport: Transport, host: BuildHostConfig) -> None:
     free_kb = transport.check(
         f"df -Pk {quote(transport.workdir)} | tail -1 | awk '{{print $4}}'", what="reading free disk space"
     ).stdout.strip()
