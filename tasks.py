@@ -72,7 +72,8 @@ def caption(
 @task(
     help={
         "config": _HELP["config"],
-        "host": "run it on this host of the config, in the background (default: here, in the foreground)",
+        "host": "run it on this host of the config, in the background (default: the config's device when it is "
+        "another machine, else here in the foreground; --models: always here)",
         "models": "models dir as fetch lays it out (default: the local device's, from the config)",
         "listen": "listen on 0.0.0.0 (default: 127.0.0.1 only)",
         "port": "port (default 7860, as A1111)",

@@ -160,7 +160,9 @@ def device_models_dir(config: PipelineConfig | None, models: str | None) -> Path
     host = config.host(device.host)
     if host.kind != "local":
         raise PipelineError(
-            f"the device ({device.host}) is not this machine", hint="pass --models DIR with the fetched models"
+            f"the device ({device.host}) is not this machine",
+            hint="pass --models DIR with models fetched here, or --config examples/local.yaml (the built-in "
+            "tiny CLIP, after `invoke all --config examples/local.yaml`), or run it on the device",
         )
     return Path(host.workdir) / device.models_dir
 

@@ -28,6 +28,7 @@ from pipeline.stage import report_file
 from runtime.label_tables import VocabIndex
 from runtime.model_io import CompileReport, ExportInfo
 from runtime.smoke_test import Latency, SmokeReport
+from stages import ALL_STAGES
 from stages.config import PipelineConfig
 from stages.verify import Agreement, VerificationReport
 from toolchains.precision_table import describe_layers
@@ -145,7 +146,8 @@ def _run_section(run: LastRun | None) -> str:
 def _provenance_section(records: dict[str, StageRecord]) -> str:
     if not records:
         return _section("Provenance", _missing("lock file"))
-    rows = [(name, r.started_at, f"{r.seconds:.1f} s", r.host) for name, r in records.items()]
+    order = [stage.name for stage in ALL_STAGES if stage.name in records]  # pipeline order, as it ran
+    rows = [(name, records[name].started_at, f"{records[name].seconds:.1f} s", records[name].host) for name in order]
     tools = next(iter(records.values())).tools
     tool_text = ", ".join(f"{k} {v}" for k, v in sorted(tools.items()))
     model = records["export"].params.get("model", {}) if "export" in records else {}
@@ -168,7 +170,7 @@ def _verify_section(report: VerificationReport | None) -> str:
     verdict = f"{len(failed)} failed" if failed else "all passed"
     summary = f"<p>{len(report.checks)} checks against {_e(report.target)}, {verdict}; model {_e(report.model)}.</p>"
     shown = failed or [c for c in report.checks if "op " not in c.name]
-    checks = _table(("check", "passed", "detail"), ((c.name, c.passed, c.detail) for c in shown))
+    checks = _table(("check", "result", "detail"), ((c.name, "pass" if c.passed else "FAIL", c.detail) for c in shown))
     numbers = _table(("output", "min cosine onnxruntime vs PyTorch", "max abs diff", "samples"), numerics)
     return _section("verify", summary + numbers + _fidelity_note(report.fast_preprocessing) + checks)
 
@@ -253,30 +255,44 @@ def _smoke_section(report: SmokeReport | None) -> str:
     return _section("smoke test (on the device)", head + _table(columns, rows) + "".join(charts))
 
 
-def _latency_chart(latency: Latency, width: int = 600, height: int = 120) -> str:
-    """A histogram of the runs' latencies with the p50 and p95 marked."""
+CHART_PAD = 8  # px left and right of the plot
+MARKS_BAND = 32  # px above the bars, where the p50 and p95 labels sit
+
+
+def _latency_chart(latency: Latency, width: int = 600, height: int = 132) -> str:
+    """A histogram of the runs' latencies with the p50 and p95 marked. The labels sit in a band above the
+    bars, and one near the right edge is drawn leftwards from its line, so each stays inside the box."""
     samples = latency.samples or (latency.p50, latency.p95)
     low, high = min(samples), max(max(samples), latency.p95) * 1.05 + 1e-9
     bins = [0] * 20
     for value in samples:
         bins[min(int((value - low) / (high - low) * len(bins)), len(bins) - 1)] += 1
-    bar = width / len(bins)
-    peak = max(bins)
+    plot, base = width - 2 * CHART_PAD, height - 20
+    bar, peak, tallest = plot / len(bins), max(bins), base - MARKS_BAND
+
+    def at(value: float) -> float:
+        return CHART_PAD + (value - low) / (high - low) * plot
+
     bars = "".join(
-        f'<rect x="{i * bar + 1:.1f}" y="{height - 20 - n / peak * (height - 30):.1f}" width="{bar - 2:.1f}" '
-        f'height="{n / peak * (height - 30):.1f}" fill="#7ea6e6"/>'
+        f'<rect x="{CHART_PAD + i * bar + 1:.1f}" y="{base - n / peak * tallest:.1f}" width="{bar - 2:.1f}" '
+        f'height="{n / peak * tallest:.1f}" fill="#7ea6e6"/>'
         for i, n in enumerate(bins)
         if n
     )
     marks = "".join(
-        f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height - 20}" stroke="#b3261e"/>'
-        f'<text x="{x + 3:.1f}" y="{y}" font-size="11" fill="#b3261e">{name} {value:.2f}</text>'
+        f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y - 10}" y2="{base}" stroke="#b3261e"/>'
+        + (
+            f'<text x="{x - 3:.1f}" y="{y}" font-size="11" fill="#b3261e" text-anchor="end">{name} {value:.2f}</text>'
+            if x > width / 2
+            else f'<text x="{x + 3:.1f}" y="{y}" font-size="11" fill="#b3261e">{name} {value:.2f}</text>'
+        )
         for name, value, y in (("p50", latency.p50, 12), ("p95", latency.p95, 26))
-        for x in [(value - low) / (high - low) * width]
+        for x in [at(value)]
     )
     axis = (
-        f'<text x="0" y="{height - 4}" font-size="11" fill="#5b6577">{low:.2f} ms</text>'
-        f'<text x="{width - 70}" y="{height - 4}" font-size="11" fill="#5b6577">{high:.2f} ms</text>'
+        f'<text x="{CHART_PAD}" y="{height - 4}" font-size="11" fill="#5b6577">{low:.2f} ms</text>'
+        f'<text x="{width - CHART_PAD}" y="{height - 4}" font-size="11" fill="#5b6577" '
+        f'text-anchor="end">{high:.2f} ms</text>'
     )
     return (
         f'<svg role="img" aria-label="latency histogram" width="{width}" height="{height}" '

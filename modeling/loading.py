@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from modeling.model_config import BUILTIN_MODELS, ModelConfig
 from pipeline.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
+HUB_PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,7 @@ def _check_clip_dir(path: Path) -> None:
 
 def _load_hint() -> str:
     """What to try next; offline mode is only suggested when it is not already on."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    if offline:
+    if _offline():
         return (
             "HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched: download the model "
             "once with network access, or point model.id at a local model directory"
@@ -85,17 +87,48 @@ def _load_hint() -> str:
     )
 
 
+def _hub_reachable(model: ModelConfig) -> bool:
+    """Whether the Hugging Face hub answers, asked once with a short connect: offline, the hub client
+    would retry every file with backoff (ten lines and half a minute) before failing. A model already in
+    the local cache then loads from there; one that is not fails at once, saying what to do."""
+    if _offline():
+        return False
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=HUB_PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        pass
+    if isinstance(try_to_load_from_cache(model.id, "config.json", revision=model.revision), str):
+        log.warning("%s is unreachable: %s is loaded from the local Hugging Face cache", endpoint.hostname, model.id)
+        return False
+    raise ModelLoadError(
+        f"cannot load model {model.id!r}: it is not in the local Hugging Face cache and {endpoint.hostname} "
+        "is unreachable",
+        hint="connect once so it is downloaded, or point model.id at a local model directory; to try the "
+        "pipeline offline: invoke all --config examples/local.yaml (the built-in tiny CLIP)",
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def load_clip(model: ModelConfig, cache_dir: Path) -> LoadedClip:
     """Eager attention (exportable, matches the NPU graph), safetensors only, float32, eval mode."""
     source = resolve_source(model, cache_dir)
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+    options: dict[str, Any] = {"revision": model.revision}
+    if source == model.id and not model.is_local_dir and not _hub_reachable(model):
+        options["local_files_only"] = True
     try:
-        clip = CLIPModel.from_pretrained(
-            source, revision=model.revision, attn_implementation="eager", use_safetensors=True
-        ).eval()
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=model.revision)
-        processor = AutoImageProcessor.from_pretrained(source, revision=model.revision)
+        clip = CLIPModel.from_pretrained(source, attn_implementation="eager", use_safetensors=True, **options).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        processor = AutoImageProcessor.from_pretrained(source, **options)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(

@@ -98,7 +98,7 @@ def run(
     reporter = reporter or SilentReporter()
     if request.dry_run:
         outcomes = [
-            StageOutcome(s.name, Outcome.WOULD_RUN, d.reasons or ("forced",))
+            StageOutcome(s.name, Outcome.WOULD_RUN, ("forced",) if request.force else d.reasons)
             if d.stale or request.force
             else StageOutcome(s.name, Outcome.UP_TO_DATE, d.reasons)
             for s, d in plan(config, graph, request)
@@ -132,11 +132,11 @@ def _run_locked(
             outcome = StageOutcome(stage.name, Outcome.SKIPPED, (f"upstream {', '.join(failed_deps)} failed",))
         else:
             records = read_records(config.artifacts)
-            decision = decide(stage, config, records, [])
-            if not (decision.stale or request.force):
+            # Under --force the reason is the flag: what a forced upstream run changed is its consequence.
+            reasons = ("forced",) if request.force else decide(stage, config, records, []).reasons
+            if not reasons:
                 outcome = StageOutcome(stage.name, Outcome.UP_TO_DATE, ())
             else:
-                reasons = decision.reasons or ("forced",)
                 reporter.stage_started(stage.name, reasons)
                 outcome = _run_stage(stage, config, reasons, records)
                 if outcome.outcome is Outcome.FAILED:

@@ -112,10 +112,17 @@ class Interrogator:
         return Scores(self.tables, vector, coarse, bound), timings
 
     def caption(self, scores: Scores, options: CaptionOptions | None = None) -> tuple[str, tuple[CategoryResult, ...]]:
-        """The `clip` caption: each category's picks, in vocabulary order."""
+        """The `clip` caption: each category's picks, in vocabulary order. Vocabularies share words (a
+        flavor can be a tag too): a label already in the caption is not picked again, the next one is."""
         options = options or CaptionOptions()
-        results = tuple(_rank(scores, category, options.dict_limit) for category in self.tables.categories)
-        return format_caption(results, self.tables.categories, options), results
+        taken: set[str] = set()
+        results = []
+        for category in self.tables.categories:
+            result = _rank(scores, category, options.dict_limit, frozenset(taken))
+            if category.name not in options.skip:
+                taken |= {_same_label(pick.label) for pick in result.picks}
+            results.append(result)
+        return format_caption(tuple(results), self.tables.categories, options), tuple(results)
 
     def tags(self, scores: Scores, options: TagOptions | None = None) -> str:
         """The `deepdanbooru` answer: every tag-category label at or above the probability threshold."""
@@ -178,27 +185,36 @@ class Scores:
         return [Pick(category.labels[candidates[i]], float(exact[i]), int(candidates[i])) for i in order]
 
 
-def _rank(scores: Scores, category: CategoryTable, dict_limit: int = 0) -> CategoryResult:
-    """Exact picks from coarse scores: only labels the error bound cannot rule out are rescored.
+def _rank(
+    scores: Scores, category: CategoryTable, dict_limit: int = 0, taken: frozenset[str] = frozenset()
+) -> CategoryResult:
+    """Exact picks from coarse scores: only labels the error bound cannot rule out are rescored. Labels
+    in `taken` (already in the caption) are not picked; each may push one more label into the running.
 
     A label in the exact top n scores at least the n-th best coarse score minus twice the bound; a label
     at or above a threshold scores at least the threshold minus the bound.
     """
     size = min(len(category.labels), dict_limit) if dict_limit else len(category.labels)
     block = scores.coarse[category.start : category.start + size]
-    need = min(size, max(STRUCTURED_TOP, category.k))
+    need = min(size, max(STRUCTURED_TOP, category.k) + len(taken))
     cutoff = float(np.partition(block, size - need)[size - need]) - 2 * scores.bound
     if category.mode is CategoryMode.MANY:
         cutoff = min(cutoff, category.threshold - scores.bound)
     ranked = scores.exact(category, np.flatnonzero(block >= cutoff))
+    free = [pick for pick in ranked if _same_label(pick.label) not in taken]
     if category.mode is CategoryMode.ONE:
-        picks = ranked[:1]
+        picks = free[:1]
     elif category.mode is CategoryMode.TOP:
-        picks = _distinct(ranked, category)[: category.k]
+        picks = _distinct(free, category)[: category.k]
     else:
-        picks = _distinct([p for p in ranked if p.score >= category.threshold], category)
+        picks = _distinct([p for p in free if p.score >= category.threshold], category)
     top = tuple(ranked[:STRUCTURED_TOP])
     return CategoryResult(category.name, category.mode, tuple(picks), top, len(category.labels))
+
+
+def _same_label(label: str) -> str:
+    """Two spellings a reader takes for one label: case and runs of spaces aside."""
+    return " ".join(label.lower().split())
 
 
 def _distinct(ranked: list[Pick], category: CategoryTable) -> list[Pick]:

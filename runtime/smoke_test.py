@@ -8,7 +8,6 @@ report was written (thresholds are judged by the controller), 2 when the models 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -176,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as exc:
         report = SmokeReport(error=str(exc))
     report.write_to(args.report)
-    print(json.dumps({"error": report.error} if report.error else {"ok": True}))
+    if report.error:
+        print(f"smoke test: {report.error}", file=sys.stderr)
     return 2 if report.error else 0
 
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -62,6 +63,25 @@ def test_unreachable_model_id_is_one_line(tmp_path: Path) -> None:
     result = invoke("export", "--config", str(config), env=env)
     _assert_one_line_error(result, "cannot load model 'openai/clip-vit-base-patch32'", "HF_HUB_OFFLINE is set")
     assert "set HF_HUB_OFFLINE=1" not in result.stdout + result.stderr  # advice already followed is not given
+
+
+def test_offline_with_an_uncached_model_fails_at_once_quietly_naming_the_fix(tmp_path: Path) -> None:
+    """The hub client alone would print ten retry lines over half a minute before its own long error."""
+    with socket.socket() as sock:  # a closed port on loopback: the hub as an offline machine sees it
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        yaml.safe_dump({"model": {"id": "openai/clip-vit-base-patch32"}, "artifacts": str(tmp_path / "a")})
+    )
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{closed}", "HF_HUB_OFFLINE": "0"}
+    started = time.monotonic()
+    result = invoke("compile", "--host", "local", "--config", str(config), env=env)
+    assert time.monotonic() - started < 15
+    _assert_one_line_error(
+        result, "not in the local Hugging Face cache and 127.0.0.1 is unreachable", "--config examples/local.yaml"
+    )
+    assert "retry" not in (result.stdout + result.stderr).lower()
 
 
 def test_all_runs_then_reports_up_to_date_and_status_explains_changes(tmp_path: Path) -> None:

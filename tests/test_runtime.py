@@ -343,3 +343,36 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
             expected = above if mode == "many" else [labels[i] for i in order[:k]]
             assert [p.label for p in result.picks] == expected
             assert [p.label for p in _above(scores, category, threshold)] == above
+
+
+def test_a_label_already_in_the_caption_is_not_picked_again_the_next_one_is(tmp_path: Path) -> None:
+    """Vocabularies share words ("bubbles" is a flavor and a tag): a caption names each once, the first
+    category keeping it, and a `top` category still gives its k labels."""
+    from modeling.rank_model import write_rank_model
+    from runtime.interrogator import Interrogator, Scores
+    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
+
+    vector = normalize(np.array([1.0, 0.2, 0.1, 0.0]))
+    first = np.array([[1.0, 0.2, 0.1, 0.0], [0.0, 1.0, 0.0, 0.0]], np.float32)  # "Bubbles" is the best here
+    second = np.array([[1.0, 0.2, 0.1, 0.0], [0.9, 0.0, 0.4, 0.0], [0.8, 0.5, 0.0, 0.3], [0.0, 0.0, 0.0, 1.0]])
+    entries, stored = [], []
+    for name, mode, labels, rows in (
+        ("medium", CategoryMode.ONE, ("Bubbles", "ink"), first),
+        ("flavors", CategoryMode.TOP, ("bubbles", "smoke", "floor", "metal"), second.astype(np.float32)),
+    ):
+        file, kept = write_category(tmp_path, name, rows)
+        entries.append(CategoryEntry(name, mode, file, labels, k=2))
+        stored.append(kept)
+    rank = write_rank_model(tmp_path / RANK_MODEL_FILE, np.concatenate(stored))
+    VocabIndex("random", 4, tuple(entries), RankModel(RANK_MODEL_FILE, **rank)).write(tmp_path)
+    tables = LabelTables.load(tmp_path)
+    interrogator = Interrogator(None, tables)  # type: ignore[arg-type]  # ranking needs no encoder
+    caption, results = interrogator.caption(Scores(tables, vector, *tables.coarse_scores(vector)))
+    assert caption == "Bubbles, smoke, floor"
+    assert [p.label for p in results[1].top][:1] == ["bubbles"]  # still ranked first in the structured view
+    assert (
+        interrogator.caption(
+            Scores(tables, vector, *tables.coarse_scores(vector)), CaptionOptions(skip=frozenset({"medium"}))
+        )[0]
+        == "bubbles, smoke"
+    )
