@@ -14,7 +14,8 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,8 +24,9 @@ from common.errors import ModelFilesError
 from common.hashing import sha256_text
 from pipeline.files import canonical_json
 from pipeline.records import StageRecord, read_records
-from pipeline.runner import StageOutcome
+from pipeline.runner import Outcome, StageOutcome
 from pipeline.stage import report_file
+from runtime.agreement import PickAgreement
 from runtime.label_tables import VocabIndex
 from runtime.model_io import CompileReport, ExportInfo
 from runtime.smoke_test import Latency, SmokeReport
@@ -43,7 +45,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #d8dde6;padding-bottom:4px}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d8dde6;padding:3px 8px;text-align:left;
 vertical-align:top}th{background:#f2f4f8}.ran{color:#0a7a32}.failed{color:#b3261e;font-weight:600}
-.up{color:#5b6577}.note{color:#5b6577}.photos{display:flex;flex-wrap:wrap;gap:14px}
+.up{color:#5b6577}.note{color:#5b6577}.device{color:#0b5394}.photos{display:flex;flex-wrap:wrap;gap:14px}
 .photo{width:250px}.photo img{display:block;border-radius:4px}code{background:#f2f4f8;padding:0 3px}
 """
 
@@ -59,9 +61,12 @@ class StageRun:
 
 @dataclass(frozen=True)
 class LastRun(JsonFile, file="run.json", made_by="invoke all"):
-    """reports/run.json: the last run's outcomes, kept for the page (and for anyone who wants them as JSON)."""
+    """reports/run.json: the outcomes of the last run that did work, kept for the page (and for anyone who
+    wants them as JSON); a later run that found everything up to date only notes when it checked."""
 
     stages: tuple[StageRun, ...]
+    finished_at: str = ""
+    checked_at: str = ""  # the latest run, when it did nothing; "" when the latest is this one
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,13 @@ class CaptionsCache(JsonFile, file="captions.cache.json", made_by="invoke all"):
 
 
 def write_run(reports: Path, outcomes: Sequence[StageOutcome]) -> None:
-    runs = (StageRun(o.stage, o.outcome.value, tuple(o.reasons), round(o.seconds, 2), o.summary) for o in outcomes)
-    LastRun(tuple(runs)).write(reports)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    runs = tuple(StageRun(o.stage, o.outcome.value, tuple(o.reasons), round(o.seconds, 2), o.summary) for o in outcomes)
+    previous = _read(LastRun, reports / LastRun.FILE)
+    if previous and previous.stages and all(o.outcome is Outcome.UP_TO_DATE for o in outcomes):
+        replace(previous, checked_at=now).write(reports)
+    else:
+        LastRun(runs, finished_at=now).write(reports)
 
 
 def write_index(config: PipelineConfig) -> Path:
@@ -82,13 +92,14 @@ def write_index(config: PipelineConfig) -> Path:
     reports = config.artifacts / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     records = read_records(config.artifacts)
+    smoke = _read(SmokeReport, report_file(config.artifacts, "smoke-test"))
     sections = [
         _run_section(_read(LastRun, reports / LastRun.FILE)),
         _provenance_section(records),
         _verify_section(_read(VerificationReport, report_file(config.artifacts, "verify"))),
         _compile_section(_read(CompileReport, report_file(config.artifacts, "compile"))),
-        _smoke_section(_read(SmokeReport, report_file(config.artifacts, "smoke-test"))),
-        _cached_captions_section(config, records),
+        _smoke_section(smoke),
+        _cached_captions_section(config, records, smoke.agreement.device_captions if smoke and smoke.agreement else {}),
     ]
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>clip-axera build report</title>"
@@ -140,7 +151,14 @@ def _run_section(run: LastRun | None) -> str:
         )
         for r in run.stages
     ]
-    return _section("Last run", _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True))
+    when = f"<p class=note>Finished {_e(run.finished_at)}.</p>" if run.finished_at else ""
+    if run.checked_at:
+        when = (
+            f"<p class=note>The latest run ({_e(run.checked_at)}) found every stage up to date; this is the last "
+            f"run that did work, finished {_e(run.finished_at)}.</p>"
+        )
+    table = _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True)
+    return _section("Last run that did work" if run.checked_at else "Last run", when + table)
 
 
 def _provenance_section(records: dict[str, StageRecord]) -> str:
@@ -252,7 +270,28 @@ def _smoke_section(report: SmokeReport | None) -> str:
         charts.append(f"<h3>{_e(part)} encoder latency (ms)</h3>{_latency_chart(latency)}")
     columns = ("encoder", "backend", "cosine vs float", "p50 ms", "p95 ms", "load, host memory")
     head = f"<p>peak RSS {report.peak_rss_mb:.0f} MB on {_e(report.machine)}</p>"
-    return _section("smoke test (on the device)", head + _table(columns, rows) + "".join(charts))
+    agreement = _agreement(report.agreement) if report.agreement else ""
+    return _section("smoke test (on the device)", head + _table(columns, rows) + agreement + "".join(charts))
+
+
+def _agreement(agreement: PickAgreement) -> str:
+    """Whether the device picks the float model's labels: per category, and the captions that changed."""
+    rows = [(c.category, c.mode, f"{c.top1:.0%}", f"{c.overlap:.2f}") for c in agreement.categories]
+    if agreement.tags_jaccard is not None:
+        rows.append(("tag set", "many", "", f"{agreement.tags_jaccard:.2f}"))
+    table = _table(("category", "mode", "same first pick", "overlap (Jaccard)"), rows)
+    changed = (
+        _table(
+            ("photo", "float model", "device"),
+            ((c.photo, c.float_caption, c.device_caption) for c in agreement.changed),
+        )
+        if agreement.changed
+        else f"<p class=note>The device captions all {agreement.photos} photos as the float model does.</p>"
+    )
+    return (
+        f"<h3>Picks: device vs float model, {agreement.photos} photos of verify, the full vocabulary</h3>"
+        "<p class=note>A cosine near 1 can still swap two close labels; this is what a user sees.</p>" + table + changed
+    )
 
 
 CHART_PAD = 8  # px left and right of the plot
@@ -301,7 +340,9 @@ def _latency_chart(latency: Latency, width: int = 600, height: int = 132) -> str
     )
 
 
-def _cached_captions_section(config: PipelineConfig, records: dict[str, StageRecord]) -> str:
+def _cached_captions_section(
+    config: PipelineConfig, records: dict[str, StageRecord], device_captions: dict[str, str]
+) -> str:
     """The captions section, made again only when the models, the tables or the photos changed: loading
     the image encoder and captioning would otherwise cost every no-op `invoke all` a second or more."""
     from runtime.preprocess import find_images
@@ -313,18 +354,19 @@ def _cached_captions_section(config: PipelineConfig, records: dict[str, StageRec
         if stage in ("export", "embed-vocab")
     }
     photo_states = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in photos]
-    key = sha256_text(canonical_json({"outputs": outputs, "photos": photo_states}))
+    key = sha256_text(canonical_json({"outputs": outputs, "photos": photo_states, "device": device_captions}))
     reports = config.artifacts / "reports"
     cached = _read(CaptionsCache, reports / CaptionsCache.FILE)
     if cached and cached.key == key:
         return cached.html
-    section = _captions_section(config, photos)
+    section = _captions_section(config, photos, device_captions)
     CaptionsCache(key, section).write(reports)
     return section
 
 
-def _captions_section(config: PipelineConfig, photos: list[Path]) -> str:
-    """Sample photos captioned by the float models and the label tables, with their best labels."""
+def _captions_section(config: PipelineConfig, photos: list[Path], device_captions: dict[str, str]) -> str:
+    """Sample photos captioned by the float models and the label tables, with their best labels, and
+    beside them what the device answered in the smoke test for the photos it captioned."""
     export, tables_dir = config.artifacts / "export", config.artifacts / "embed-vocab"
     if not photos or not (export / ExportInfo.FILE).is_file() or not (tables_dir / VocabIndex.FILE).is_file():
         return _section("Captions", _missing("sample photos captioned (needs export and embed-vocab)"))
@@ -344,11 +386,16 @@ def _captions_section(config: PipelineConfig, photos: list[Path]) -> str:
             f"<tr><td>{_e(c.name)}</td><td>{_e(', '.join(f'{p.label} {p.score:.3f}' for p in c.top[:3]))}</td></tr>"
             for c in result.categories
         )
+        device = device_captions.get(path.name)
+        on_device = f"<p class=device><b>device</b>: {_e(device)}</p>" if device is not None else ""
         cards.append(
             f"<div class=photo><img alt='{_e(path.name)}' src='{_thumbnail(image)}'>"
-            f"<p><b>{_e(path.name)}</b>: {_e(result.caption)}</p><table>{best}</table></div>"
+            f"<p><b>{_e(path.name)}</b>, float model: {_e(result.caption)}</p>{on_device}<table>{best}</table></div>"
         )
-    note = "<p class=note>From the float models (export) and the label tables (embed-vocab).</p>"
+    note = (
+        "<p class=note>Float model: export's models with embed-vocab's tables. Device: the compiled model on "
+        "the device in the smoke test (verify's photos only).</p>"
+    )
     return _section("Captions", note + f"<div class=photos>{''.join(cards)}</div>")
 
 

@@ -106,36 +106,15 @@ class Interrogator:
         """One image against every label (coarse pass); captions and tags are read from this."""
         embedding, timings = self.embed(image, wait)
         started = time.perf_counter()
-        vector = normalize(embedding)
-        coarse, bound = self.tables.coarse_scores(vector)
+        scores = Scores.of(self.tables, embedding)
         timings["rank"] = (time.perf_counter() - started) * 1e3
-        return Scores(self.tables, vector, coarse, bound), timings
+        return scores, timings
 
     def caption(self, scores: Scores, options: CaptionOptions | None = None) -> tuple[str, tuple[CategoryResult, ...]]:
-        """The `clip` caption: each category's picks, in vocabulary order. Vocabularies share words (a
-        flavor can be a tag too): a label already in the caption is not picked again, the next one is."""
-        options = options or CaptionOptions()
-        taken: set[str] = set()
-        results = []
-        for category in self.tables.categories:
-            result = _rank(scores, category, options.dict_limit, frozenset(taken))
-            if category.name not in options.skip:
-                taken |= {_same_label(pick.label) for pick in result.picks}
-            results.append(result)
-        return format_caption(tuple(results), self.tables.categories, options), tuple(results)
+        return caption(scores, options)
 
     def tags(self, scores: Scores, options: TagOptions | None = None) -> str:
-        """The `deepdanbooru` answer: every tag-category label at or above the probability threshold."""
-        options = options or TagOptions()
-        found: dict[str, float] = {}
-        for category in self.tables.categories:
-            if not category.tags:
-                continue
-            cutoff = cosine_for_probability(options.threshold, category.threshold)
-            for pick in _above(scores, category, cutoff):
-                tag = pick.label.replace(" ", "_")
-                found[tag] = max(found.get(tag, 0.0), tag_probability(pick.score, category.threshold))
-        return format_tags(found, options)
+        return format_tags(tag_probabilities(scores, options), options or TagOptions())
 
     def tags_note(self, scores: Scores, options: TagOptions | None = None) -> str:
         """Why the tag answer is empty, in words (the best tag and the bar it missed); "" when it is not."""
@@ -178,11 +157,46 @@ class Scores:
     coarse: np.ndarray
     bound: float
 
+    @classmethod
+    def of(cls, tables: LabelTables, embedding: np.ndarray) -> Scores:
+        vector = normalize(embedding)
+        return cls(tables, vector, *tables.coarse_scores(vector))
+
     def exact(self, category: CategoryTable, candidates: np.ndarray) -> list[Pick]:
         """Exact scores of a category's candidate rows (indices within the category), best first."""
         exact = self.tables.exact_scores(category, candidates, self.vector)
         order = np.argsort(-exact, kind="stable")
         return [Pick(category.labels[candidates[i]], float(exact[i]), int(candidates[i])) for i in order]
+
+
+def caption(scores: Scores, options: CaptionOptions | None = None) -> tuple[str, tuple[CategoryResult, ...]]:
+    """The `clip` caption: each category's picks, in vocabulary order. Vocabularies share words (a flavor
+    can be a tag too): a label already in the caption is not picked again, the next one is."""
+    options = options or CaptionOptions()
+    categories = scores.tables.categories
+    taken: set[str] = set()
+    results = []
+    for category in categories:
+        result = _rank(scores, category, options.dict_limit, frozenset(taken))
+        if category.name not in options.skip:
+            taken |= {_same_label(pick.label) for pick in result.picks}
+        results.append(result)
+    return format_caption(tuple(results), categories, options), tuple(results)
+
+
+def tag_probabilities(scores: Scores, options: TagOptions | None = None) -> dict[str, float]:
+    """The `deepdanbooru` answer as data: every tag-category label at or above the probability threshold
+    (underscored, as A1111's tags are), with its probability."""
+    options = options or TagOptions()
+    found: dict[str, float] = {}
+    for category in scores.tables.categories:
+        if not category.tags:
+            continue
+        cutoff = cosine_for_probability(options.threshold, category.threshold)
+        for pick in _above(scores, category, cutoff):
+            tag = pick.label.replace(" ", "_")
+            found[tag] = max(found.get(tag, 0.0), tag_probability(pick.score, category.threshold))
+    return found
 
 
 def _rank(

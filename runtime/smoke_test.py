@@ -1,7 +1,8 @@
 """The smoke test that runs on the device: `python -m runtime.smoke_test --models DIR`.
 
 Runs the compiled encoders on the golden inputs from verify, compares with the float reference
-(cosine), times N runs (p50/p95), reads the peak RSS, and writes one JSON report. Exit 0 when the
+(cosine, and whether the captions pick the same labels: runtime/agreement.py), times N runs (p50/p95),
+reads the peak RSS, and writes one JSON report. Exit 0 when the
 report was written (thresholds are judged by the controller), 2 when the models cannot run here.
 """
 
@@ -20,9 +21,11 @@ import numpy as np
 from common.contract import JsonFile
 from common.errors import UserError
 from runtime import model_io
+from runtime.agreement import PickAgreement, pick_agreement
 from runtime.backends import open_backend
-from runtime.clip import model_files
+from runtime.clip import VOCAB_DIR, model_files
 from runtime.golden import GOLDEN_DIR, GoldenSet
+from runtime.label_tables import LabelTables
 from runtime.manifest import model_set
 from runtime.npu import NpuLock
 from runtime.similarity import cosine
@@ -64,6 +67,7 @@ class SmokeReport(JsonFile, file="measurements.json", made_by="invoke smoke-test
     python: str = ""
     machine: str = ""
     npu_lock: str | None = None
+    agreement: PickAgreement | None = None  # the device's picks against the float model's, on verify's photos
 
 
 def run_smoke_test(
@@ -77,12 +81,12 @@ def run_smoke_test(
     files = model_files(models_dir, info, verify_hashes=True)  # the check after a fetch: every byte
     golden_dir = models_dir / GOLDEN_DIR
     golden = GoldenSet.read(golden_dir)
-    encoders = {}
+    encoders, outputs = {}, {}
     with npu.hold(LOCK_WAIT_S):
         for part in ("image", "text"):
             tensors = info.encoder(part)
             inputs, reference = golden.pair(golden_dir, tensors.output.name)
-            encoders[part] = _check_encoder(
+            encoders[part], outputs[part] = _check_encoder(
                 models_dir / files[part],
                 inputs,
                 reference,
@@ -92,9 +96,15 @@ def run_smoke_test(
                 provider,
                 device_id,
             )
+    image_output = info.encoder("image").output.name
+    photos = golden.references[image_output].labels
+    agreement = pick_agreement(
+        LabelTables.load(models_dir / VOCAB_DIR), photos, golden.pair(golden_dir, image_output)[1], outputs["image"]
+    )
     return SmokeReport(
         models_dir=str(models_dir),
         encoders=encoders,
+        agreement=agreement,
         peak_rss_mb=_peak_rss_mb(),
         python=platform.python_version(),
         machine=platform.machine(),
@@ -111,22 +121,21 @@ def _check_encoder(
     runs: int,
     provider: str | None,
     device_id: int,
-) -> EncoderCheck:
+) -> tuple[EncoderCheck, np.ndarray]:
+    """The encoder's figures, and its outputs for the golden inputs (a row each)."""
     rss_before = _current_rss_mb()
     started = time.perf_counter()
     backend = open_backend(model, provider, device_id)
     load_s = time.perf_counter() - started
     resident_mb = _current_rss_mb() - rss_before
-    cosines = [
-        cosine(backend.run({input_name: row[None]})[output_name][0], ref)
-        for row, ref in zip(inputs, reference, strict=True)
-    ]
+    outputs = np.stack([backend.run({input_name: row[None]})[output_name][0] for row in inputs])
+    cosines = [cosine(got, ref) for got, ref in zip(outputs, reference, strict=True)]
     latencies = []
     for _ in range(runs):
         started = time.perf_counter()
         backend.run({input_name: inputs[:1]})
         latencies.append((time.perf_counter() - started) * 1e3)
-    return EncoderCheck(
+    check = EncoderCheck(
         model=model.name,
         load_s=round(load_s, 3),
         resident_mb=round(resident_mb, 1),
@@ -142,6 +151,7 @@ def _check_encoder(
             samples=tuple(round(value, 4) for value in latencies),
         ),
     )
+    return check, outputs
 
 
 def _current_rss_mb() -> float:

@@ -32,6 +32,9 @@ class SmokeTestParams(Strict):
     min_cosine: float = Field(0.98, ge=0, le=1)  # device output vs the float reference, per encoder
     provider: str | None = None  # axengine provider; None: the first available
     device_id: int = Field(0, ge=0)  # AXCLRTExecutionProvider: which card
+    # In every vocabulary category, the share of verify's photos whose first pick on the device is the float
+    # model's (runtime/agreement.py); 0 reports without judging.
+    min_top1_agreement: float = Field(0.5, ge=0, le=1)
 
 
 class SmokeTestStageParams(SmokeTestParams, DeviceParams):
@@ -83,11 +86,13 @@ class SmokeTestStage(DeviceStage):
         report.write_to(ctx.report_file)
         if report.error:
             raise StageError(self.name, f"on {params.host}: {report.error}")
-        return _judge(report, params.min_cosine, params.host, ctx.report_file)
+        return _judge(report, params, ctx.report_file)
 
 
-def _judge(report: SmokeReport, min_cosine: float, host: str, report_path: Path) -> StageResult:
-    rows, failures = [], []
+def _judge(report: SmokeReport, params: SmokeTestStageParams, report_path: Path) -> StageResult:
+    min_cosine, host = params.min_cosine, params.host
+    failures = _agreement_failures(report, params.min_top1_agreement)
+    rows = []
     for part, encoder in report.encoders.items():
         latency = encoder.latency_ms
         rows.append(
@@ -109,10 +114,13 @@ def _judge(report: SmokeReport, min_cosine: float, host: str, report_path: Path)
     if failures:
         raise ValidationFailed("smoke-test", failures, str(report_path))
     image, text = report.encoders["image"], report.encoders["text"]
+    agreement = report.agreement
+    same = f"; picks as float: top-1 {agreement.top1_min:.0%} (worst category)" if agreement else ""
     return StageResult(
-        summary=f"cosine image {image.cosine_min:.5f}, text {text.cosine_min:.5f}; "
+        summary=f"cosine image {image.cosine_min:.5f}, text {text.cosine_min:.5f}{same}; "
         f"p50 {image.latency_ms.p50:.1f} / {text.latency_ms.p50:.1f} ms; peak RSS {report.peak_rss_mb:.0f} MB",
         figures={
+            "top1_agreement_min": agreement.top1_min if agreement else None,
             "encoders": {
                 part: {key: encoder[key] for key in ("cosine_min", "latency_ms", "load_s", "resident_mb")}
                 for part, encoder in report.to_json()["encoders"].items()
@@ -120,3 +128,24 @@ def _judge(report: SmokeReport, min_cosine: float, host: str, report_path: Path)
             "peak_rss_mb": report.peak_rss_mb,
         },
     )
+
+
+def _agreement_failures(report: SmokeReport, minimum: float) -> list[str]:
+    """The agreement table in the terminal; a failure per category below the minimum."""
+    agreement = report.agreement
+    if agreement is None:
+        return []
+    rows = [(c.category, c.mode, f"{c.top1:.0%}", f"{c.overlap:.2f}") for c in agreement.categories]
+    if agreement.tags_jaccard is not None:
+        rows.append(("tag set", "many", "", f"{agreement.tags_jaccard:.2f}"))
+    print_table(
+        f"device picks vs float picks, {agreement.photos} photos ({len(agreement.changed)} captions differ)",
+        ("category", "mode", "same first pick", "overlap (Jaccard)"),
+        rows,
+    )
+    return [
+        f"{c.category}: the first pick matches the float model's on {c.top1:.0%} of the photos "
+        f"(stages.smoke-test.min_top1_agreement {minimum:g})"
+        for c in agreement.categories
+        if c.top1 < minimum
+    ]

@@ -349,7 +349,7 @@ def test_a_label_already_in_the_caption_is_not_picked_again_the_next_one_is(tmp_
     """Vocabularies share words ("bubbles" is a flavor and a tag): a caption names each once, the first
     category keeping it, and a `top` category still gives its k labels."""
     from modeling.rank_model import write_rank_model
-    from runtime.interrogator import Interrogator, Scores
+    from runtime.interrogator import Scores, caption
     from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
 
     vector = normalize(np.array([1.0, 0.2, 0.1, 0.0]))
@@ -365,14 +365,36 @@ def test_a_label_already_in_the_caption_is_not_picked_again_the_next_one_is(tmp_
         stored.append(kept)
     rank = write_rank_model(tmp_path / RANK_MODEL_FILE, np.concatenate(stored))
     VocabIndex("random", 4, tuple(entries), RankModel(RANK_MODEL_FILE, **rank)).write(tmp_path)
-    tables = LabelTables.load(tmp_path)
-    interrogator = Interrogator(None, tables)  # type: ignore[arg-type]  # ranking needs no encoder
-    caption, results = interrogator.caption(Scores(tables, vector, *tables.coarse_scores(vector)))
-    assert caption == "Bubbles, smoke, floor"
+    scores = Scores.of(LabelTables.load(tmp_path), vector)
+    text, results = caption(scores)
+    assert text == "Bubbles, smoke, floor"
     assert [p.label for p in results[1].top][:1] == ["bubbles"]  # still ranked first in the structured view
-    assert (
-        interrogator.caption(
-            Scores(tables, vector, *tables.coarse_scores(vector)), CaptionOptions(skip=frozenset({"medium"}))
-        )[0]
-        == "bubbles, smoke"
-    )
+    assert caption(scores, CaptionOptions(skip=frozenset({"medium"})))[0] == "bubbles, smoke"
+
+
+def test_pick_agreement_is_whole_for_the_float_embeddings_and_low_for_a_damaged_model(built_artifacts: Path) -> None:
+    """What the smoke test reports and judges: the device's picks against the float model's, per category."""
+    from runtime.agreement import pick_agreement
+    from runtime.clip import VOCAB_DIR
+    from runtime.golden import GOLDEN_DIR, GoldenSet
+    from runtime.smoke_test import SmokeReport
+    from stages.smoke_test import _agreement_failures
+
+    models = device_set(built_artifacts.parent / "device" / "models")
+    tables = LabelTables.load(models / VOCAB_DIR)
+    golden = GoldenSet.read(models / GOLDEN_DIR)
+    photos = golden.references["image_embeds"].labels
+    reference = golden.pair(models / GOLDEN_DIR, "image_embeds")[1]
+    same = pick_agreement(tables, photos, reference, reference)
+    assert same.top1_min == 1.0 and same.tags_jaccard in (1.0, None) and same.changed == ()
+    assert set(same.device_captions) == set(photos)
+    assert [c.category for c in same.categories] == [c.name for c in tables.categories]
+
+    rng = np.random.default_rng(0)  # a model whose embeddings are mostly noise
+    noise = rng.standard_normal(reference.shape) * np.linalg.norm(reference, axis=1, keepdims=True)
+    damaged = pick_agreement(tables, photos, reference, reference + 3 * noise / np.sqrt(reference.shape[1]))
+    assert damaged.top1_min == 0.0 and damaged.changed
+    assert all(c.float_caption != c.device_caption for c in damaged.changed)
+    failures = _agreement_failures(SmokeReport(agreement=damaged), minimum=0.5)
+    assert failures and "min_top1_agreement 0.5" in failures[0]
+    assert _agreement_failures(SmokeReport(agreement=same), minimum=1.0) == []
