@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -38,3 +39,11 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+@contextlib.contextmanager
+def progress_steps(stage: str) -> Iterator[Callable[[str], None]]:
+    """A spinner naming the step a long stage is at (`step("exporting the text encoder")`); nothing is
+    printed where the output is not a terminal."""
+    with console.status(f"{stage}: starting") as status:
+        yield lambda step: status.update(f"{stage}: {step}")

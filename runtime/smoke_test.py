@@ -86,6 +86,7 @@ def run_smoke_test(
         for part in ("image", "text"):
             tensors = info.encoder(part)
             inputs, reference = golden.pair(golden_dir, tensors.output.name)
+            print(f"{part} encoder: loading, then {len(inputs)} golden inputs and {runs} timed runs", flush=True)
             encoders[part], outputs[part] = _check_encoder(
                 models_dir / files[part],
                 inputs,
@@ -98,6 +99,7 @@ def run_smoke_test(
             )
     image_output = info.encoder("image").output.name
     photos = golden.references[image_output].labels
+    print(f"captioning {len(photos)} photos from the float and the device embeddings", flush=True)
     agreement = pick_agreement(
         LabelTables.load(models_dir / VOCAB_DIR), photos, golden.pair(golden_dir, image_output)[1], outputs["image"]
     )

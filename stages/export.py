@@ -17,6 +17,7 @@ from modeling.model_config import ModelConfig
 from pipeline.config import Strict
 from pipeline.files import list_files
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.terminal import progress_steps
 from runtime import model_io
 
 if TYPE_CHECKING:
@@ -64,16 +65,33 @@ class ExportStage(Stage):
         return [p for p in files if not any(part.startswith(".") for part in p.relative_to(directory).parts)]
 
     def run(self, ctx: StageContext[ExportStageParams]) -> StageResult:
+        from modeling.loading import check_input_sizes, load_clip
+
+        params = ctx.params
+        model_cfg = params.model
+        with progress_steps(self.name) as step:
+            step(f"loading {model_cfg.id}")
+            loaded = load_clip(model_cfg, ctx.cache_dir)
+            check_input_sizes(model_cfg, loaded)
+            step("exporting the image and text encoders")
+            counts = self._export(ctx, loaded)
+        info = _export_info(params, loaded, counts)
+        info.write(ctx.out_dir)
+        dim, size, length = info.projection_dim, model_cfg.image_size, model_cfg.context_length
+        return StageResult(
+            summary=f"image [1,3,{size},{size}] -> [1,{dim}], text [1,{length}] -> [1,{dim}], opset {params.opset}",
+            figures={"nodes": counts, "projection_dim": dim},
+        )
+
+    def _export(self, ctx: StageContext[ExportStageParams], loaded: Any) -> dict[str, dict[str, int]]:
+        """Both encoders (and the batched text encoder embed-vocab uses), the tokenizer and preprocessor."""
         import torch
 
         from modeling.encoders import ImageEncoder, TextEncoder
-        from modeling.loading import check_input_sizes, load_clip
         from modeling.onnx_export import export_onnx
 
         params = ctx.params
         model_cfg = params.model
-        loaded = load_clip(model_cfg, ctx.cache_dir)
-        check_input_sizes(model_cfg, loaded)
         size, length = model_cfg.image_size, model_cfg.context_length
         export = functools.partial(
             export_onnx, output_name=model_io.IMAGE_OUTPUT, opset=params.opset, simplify=params.simplify
@@ -103,13 +121,7 @@ class ExportStage(Stage):
         )
         loaded.tokenizer.save_pretrained(ctx.out_dir)
         loaded.image_processor.save_pretrained(ctx.out_dir)
-        info = _export_info(params, loaded, counts)
-        info.write(ctx.out_dir)
-        dim = info.projection_dim
-        return StageResult(
-            summary=f"image [1,3,{size},{size}] -> [1,{dim}], text [1,{length}] -> [1,{dim}], opset {params.opset}",
-            figures={"nodes": counts, "projection_dim": dim},
-        )
+        return counts
 
 
 def _export_info(params: ExportStageParams, loaded: Any, counts: dict[str, dict[str, int]]) -> model_io.ExportInfo:
