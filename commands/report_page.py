@@ -276,10 +276,7 @@ def _smoke_section(report: SmokeReport | None) -> str:
 
 def _agreement(agreement: PickAgreement) -> str:
     """Whether the device picks the float model's labels: per category, and the captions that changed."""
-    rows = [(c.category, c.mode, f"{c.top1:.0%}", f"{c.overlap:.2f}") for c in agreement.categories]
-    if agreement.tags_jaccard is not None:
-        rows.append(("tag set", "many", "", f"{agreement.tags_jaccard:.2f}"))
-    table = _table(("category", "mode", "same first pick", "overlap (Jaccard)"), rows)
+    table = _table(agreement.COLUMNS, agreement.rows())
     changed = (
         _table(
             ("photo", "float model", "device"),

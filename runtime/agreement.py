@@ -41,6 +41,15 @@ class PickAgreement:
     changed: tuple[ChangedCaption, ...]  # the photos whose caption differs
     device_captions: dict[str, str]  # every photo's caption from the device's embedding
 
+    COLUMNS = ("category", "mode", "same first pick", "overlap (Jaccard)")
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """A row per category, and one for the tag set: the table the terminal and the report show."""
+        rows = [(c.category, c.mode, f"{c.top1:.0%}", f"{c.overlap:.2f}") for c in self.categories]
+        if self.tags_jaccard is not None:
+            rows.append(("tag set", "many", "", f"{self.tags_jaccard:.2f}"))
+        return rows
+
     @property
     def top1_min(self) -> float:
         """The worst category's top-1 agreement: the figure compile and the smoke test are held to."""

@@ -135,13 +135,10 @@ def _agreement_failures(report: SmokeReport, minimum: float) -> list[str]:
     agreement = report.agreement
     if agreement is None:
         return []
-    rows = [(c.category, c.mode, f"{c.top1:.0%}", f"{c.overlap:.2f}") for c in agreement.categories]
-    if agreement.tags_jaccard is not None:
-        rows.append(("tag set", "many", "", f"{agreement.tags_jaccard:.2f}"))
     print_table(
         f"device picks vs float picks, {agreement.photos} photos ({len(agreement.changed)} captions differ)",
-        ("category", "mode", "same first pick", "overlap (Jaccard)"),
-        rows,
+        agreement.COLUMNS,
+        agreement.rows(),
     )
     return [
         f"{c.category}: the first pick matches the float model's on {c.top1:.0%} of the photos "

@@ -48,3 +48,15 @@ def test_a_run_that_did_nothing_keeps_the_last_run_that_did_work(tmp_path: Path)
     assert LastRun.read(tmp_path).checked_at == "" and "Last run that did work" not in _run_section(
         LastRun.read(tmp_path)
     )
+
+
+def test_report_files_are_readable_like_the_page_not_private(tmp_path: Path) -> None:
+    """mkstemp's 0600 once made every JSON report unreadable to others while index.html was 0644."""
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        write_run(tmp_path, [StageOutcome("export", Outcome.RAN, (), 1.0, "")])
+    finally:
+        os.umask(previous)
+    assert (tmp_path / LastRun.FILE).stat().st_mode & 0o777 == 0o644

@@ -127,20 +127,19 @@ class SshTransport(Transport):
         return CommandResult(command, result.exited, result.stdout, result.stderr)
 
     def start(self, command: str) -> Background:
-        try:
-            channel = self._conn.client.get_transport().open_session()
-            channel.exec_command(command)
-        except (SSHException, *_CONNECTION_ERRORS) as exc:
-            raise ConnectionLost(self.name, f"connection lost starting a command ({exc})", command=command) from exc
-        return _ChannelBackground(channel)
+        return _ChannelBackground(self._session(command))
 
     def open_pipe(self, command: str) -> Pipe:
+        return _ChannelPipe(self._session(command))
+
+    def _session(self, command: str) -> Channel:
+        """A session channel running `command`, for callers that talk to it themselves."""
         try:
             channel = self._conn.client.get_transport().open_session()
             channel.exec_command(command)
         except (SSHException, *_CONNECTION_ERRORS) as exc:
             raise ConnectionLost(self.name, f"connection lost starting a command ({exc})", command=command) from exc
-        return _ChannelPipe(channel)
+        return channel
 
     def put(self, local: Path, remote: str, progress: Progress | None = None) -> None:
         try:
