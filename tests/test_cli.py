@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.helpers import REPO, STAGES, tiny_config_dict
@@ -198,3 +201,27 @@ def test_the_report_page_says_why_the_smoke_test_could_not_run(tmp_path: Path) -
     page = write_index(config).read_text()
     assert "could not run: no AX650 NPU found (axengine: No providers found)" in page
     assert "No compile report yet." in page
+
+
+@pytest.mark.slow
+def test_readme_first_run_works_pasted_as_written(tmp_path: Path) -> None:
+    """README's first commands in a clone of the repository: `invoke all` on the built-in example, then the
+    serve-and-curl block as a user pastes it (the pip installs aside: this machine has them)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"\n\n((?:    \S.*\n)+)", readme)
+    install = next(b for b in blocks if "invoke all --config examples/local.yaml" in b)
+    serve = next(b for b in blocks if "invoke serve --config examples/local.yaml &" in b)
+    clone = tmp_path / "clip-axera"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(clone)}
+    for command in (part.strip() for part in install.strip().split("&&")):
+        if command.startswith("invoke "):
+            done = subprocess.run(
+                ["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=900
+            )
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    script = "\n".join(line[4:] for line in serve.splitlines())
+    answered = subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    caption = json.loads(answered.stdout)["caption"]
+    assert caption and ", " in caption
