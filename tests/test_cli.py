@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -208,7 +210,7 @@ def test_readme_first_run_works_pasted_as_written(tmp_path: Path) -> None:
     """README's first commands in a clone of the repository: `invoke all` on the built-in example, then the
     serve-and-curl block as a user pastes it (the pip installs aside: this machine has them)."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"\n\n((?:    \S.*\n)+)", readme)
+    blocks = re.findall(r"\n\n((?:    .*\S.*\n)+)", readme)  # indented code blocks
     install = next(b for b in blocks if "invoke all --config examples/local.yaml" in b)
     serve = next(b for b in blocks if "invoke serve --config examples/local.yaml &" in b)
     clone = tmp_path / "clip-axera"
@@ -221,7 +223,20 @@ def test_readme_first_run_works_pasted_as_written(tmp_path: Path) -> None:
             )
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     script = "\n".join(line[4:] for line in serve.splitlines())
-    answered = subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
-    assert answered.returncode == 0, answered.stderr[-2000:]
-    caption = json.loads(answered.stdout)["caption"]
+    shell = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = shell.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)  # the server too, whatever the script left
+    assert shell.returncode == 0, err[-2000:]
+    caption = json.loads(out.strip().splitlines()[-1])["caption"]
     assert caption and ", " in caption
