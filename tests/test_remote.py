@@ -540,3 +540,21 @@ def test_on_a_linux_engine_the_outputs_are_handed_back_to_the_ssh_user(
     assert _run(config, "compile").outcome is Outcome.RAN
     built = [p for p in (build_host_workdir / "build").rglob("*")]
     assert built and {(p.stat().st_uid, p.stat().st_gid) for p in built} == {(4321, 4321)}
+
+
+def test_a_build_host_that_is_away_does_not_hold_up_a_no_op_run(remote, caplog: pytest.LogCaptureFixture) -> None:
+    """The image check is one quick try: a sleeping Mac costs a warning, not a minute of retries."""
+    import socket
+
+    config = remote()
+    assert _run(config, "compile").outcome is Outcome.RAN
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    away = remote(mac={"port": closed_port, "retries": 3})
+    started = time.monotonic()
+    with caplog.at_level("WARNING"):
+        decision = {s.name: d for s, d in plan(away, GRAPH, RunRequest(targets=("compile",)))}["compile"]
+    assert time.monotonic() - started < 5
+    assert decision.status is Status.UP_TO_DATE
+    assert "the Pulsar2 image on mac was not checked" in caplog.text
