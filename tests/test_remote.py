@@ -517,6 +517,7 @@ def test_a_missing_image_is_loaded_from_the_archive_named_here(
     with contextlib.closing(docker_engine.client()) as client:
         image = client.images.get(pulsar2_image)
         image.tag("pulsar2", "9.9")
+        image.reload()  # save() checks the name among the tags it knows
         with gzip.open(archive, "wb", compresslevel=1) as handle:
             for chunk in image.save(named="pulsar2:9.9"):
                 handle.write(chunk)
