@@ -40,9 +40,6 @@ API_TIMEOUT_S = 120  # one API call; a build's log stream and wait have none
 # per request URL, 25 of them, each holding a connection: both numbers stay small here.
 POOLS, POOL_SIZE = 2, 1
 DOCKER_SCHEME = "http+docker://"  # the SDK's requests mount for a local socket
-# Docker 20.10's API; newer engines serve it too. Fixed rather than asked for, so that no request is made
-# before the adapter above is in place.
-API_VERSION = "1.41"
 GB = 1024**3
 # What a call to the engine raises: the SDK's errors, and the HTTP client's when the connection breaks.
 ENGINE_ERRORS = (DockerException, requests.exceptions.RequestException)
@@ -124,9 +121,10 @@ def _connected(transport: Transport, url: str | None, problems: list[str]) -> En
 def _client(url: str) -> docker.DockerClient:
     """A client keeping few connections. docker-py 7.1 passes `num_pools` to a unix socket's adapter only
     for ssh:// URLs (`num_pools or SSH_DEFAULT if ssh else DEFAULT` in APIClient), so its adapter is
-    replaced by one built with the numbers."""
-    client = docker.DockerClient(url, timeout=API_TIMEOUT_S, version=API_VERSION)
-    client.api.adapters[DOCKER_SCHEME].close()
+    replaced by one built with the numbers. The API version is the engine's own: Docker Engine 29 refuses
+    versions below 1.44, Debian's 20.10 serves up to 1.41."""
+    client = docker.DockerClient(url, timeout=API_TIMEOUT_S)  # asks the engine for its API version
+    client.api.adapters[DOCKER_SCHEME].close()  # and the connection that asked
     socket_url = url.replace("unix://", "http+unix://", 1)
     adapter = UnixHTTPAdapter(socket_url, API_TIMEOUT_S, pool_connections=POOLS, max_pool_size=POOL_SIZE)
     client.api.mount(DOCKER_SCHEME, adapter)

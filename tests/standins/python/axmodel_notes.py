@@ -1,5 +1,5 @@
 """What the stand-ins record in a stand-in .axmodel (an ONNX copy) and read back: the facts a real
-.axmodel carries for the NPU runtime. Shared by tests/standins/docker and tests that make an .axmodel."""
+.axmodel carries for the NPU runtime. Shared by tests/standins/pulsar2 (in the stand-in image) and tests."""
 
 from __future__ import annotations
 
