@@ -254,24 +254,14 @@ def _smoke_section(report: SmokeReport | None) -> str:
         return _section("smoke test", _missing("smoke-test report"))
     if report.error:
         return _section("smoke test (on the device)", f"<p class=failed>could not run: {_e(report.error)}</p>")
-    rows, charts = [], []
-    for part, encoder in report.encoders.items():
-        latency = encoder.latency_ms
-        rows.append(
-            (
-                part,
-                f"{encoder.backend} ({encoder.provider})",
-                f"{encoder.cosine_min:.5f}",
-                f"{latency.p50:.2f}",
-                f"{latency.p95:.2f}",
-                f"{encoder.load_s:.2f} s, +{encoder.resident_mb:.0f} MB",
-            )
-        )
-        charts.append(f"<h3>{_e(part)} encoder latency (ms)</h3>{_latency_chart(latency)}")
-    columns = ("encoder", "backend", "cosine vs float", "p50 ms", "p95 ms", "load, host memory")
+    charts = [
+        f"<h3>{_e(part)} encoder latency (ms)</h3>{_latency_chart(encoder.latency_ms)}"
+        for part, encoder in report.encoders.items()
+    ]
     head = f"<p>peak RSS {report.peak_rss_mb:.0f} MB on {_e(report.machine)}</p>"
+    table = _table(report.ENCODER_COLUMNS, report.encoder_rows())
     agreement = _agreement(report.agreement) if report.agreement else ""
-    return _section("smoke test (on the device)", head + _table(columns, rows) + agreement + "".join(charts))
+    return _section("smoke test (on the device)", head + table + agreement + "".join(charts))
 
 
 def _agreement(agreement: PickAgreement) -> str:

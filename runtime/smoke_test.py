@@ -69,6 +69,22 @@ class SmokeReport(JsonFile, file="measurements.json", made_by="invoke smoke-test
     npu_lock: str | None = None
     agreement: PickAgreement | None = None  # the device's picks against the float model's, on verify's photos
 
+    ENCODER_COLUMNS = ("encoder", "backend", "cosine vs float (min)", "p50 ms", "p95 ms", "load, host memory")
+
+    def encoder_rows(self) -> list[tuple[str, ...]]:
+        """A row per encoder: the table the terminal and the report page show."""
+        return [
+            (
+                part,
+                f"{encoder.backend} ({encoder.provider})",
+                f"{encoder.cosine_min:.5f}",
+                f"{encoder.latency_ms.p50:.2f}",
+                f"{encoder.latency_ms.p95:.2f}",
+                f"{encoder.load_s:.2f} s, +{encoder.resident_mb:.0f} MB",
+            )
+            for part, encoder in self.encoders.items()
+        ]
+
 
 def run_smoke_test(
     models_dir: Path, runs: int, provider: str | None, device_id: int, npu: NpuLock | None = None

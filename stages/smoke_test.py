@@ -92,24 +92,13 @@ class SmokeTestStage(DeviceStage):
 def _judge(report: SmokeReport, params: SmokeTestStageParams, report_path: Path) -> StageResult:
     min_cosine, host = params.min_cosine, params.host
     failures = _agreement_failures(report, params.min_top1_agreement)
-    rows = []
-    for part, encoder in report.encoders.items():
-        latency = encoder.latency_ms
-        rows.append(
-            (
-                part,
-                f"{encoder.backend} ({encoder.provider})",
-                f"{encoder.cosine_min:.5f}",
-                f"{latency.p50:.1f} / {latency.p95:.1f}",
-                f"{encoder.load_s:.2f} s, +{encoder.resident_mb:.0f} MB",
-            )
-        )
-        if encoder.cosine_min < min_cosine:
-            failures.append(f"{part} encoder cosine {encoder.cosine_min:.5f} < {min_cosine}")
+    failures += [
+        f"{part} encoder cosine {encoder.cosine_min:.5f} < {min_cosine}"
+        for part, encoder in report.encoders.items()
+        if encoder.cosine_min < min_cosine
+    ]
     print_table(
-        f"smoke test on {host} (peak RSS {report.peak_rss_mb:.0f} MB)",
-        ("encoder", "backend", "cosine vs float (min)", "latency ms p50 / p95", "load, host memory"),
-        rows,
+        f"smoke test on {host} (peak RSS {report.peak_rss_mb:.0f} MB)", report.ENCODER_COLUMNS, report.encoder_rows()
     )
     if failures:
         raise ValidationFailed("smoke-test", failures, str(report_path))
