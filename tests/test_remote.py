@@ -559,3 +559,14 @@ def test_a_build_host_that_is_away_does_not_hold_up_a_no_op_run(remote, caplog: 
     assert time.monotonic() - started < 5
     assert decision.status is Status.UP_TO_DATE
     assert "the Pulsar2 image on mac was not checked" in caplog.text
+
+
+def test_a_build_that_hangs_is_stopped_at_the_hosts_command_timeout(
+    remote, standin_pulsar2, docker_engine: DockerEngine, build_host_workdir: Path
+) -> None:
+    standin_pulsar2(sleep=120)
+    started = time.monotonic()
+    _assert_failed_and_kept(remote(mac={"command_timeout": 8}), "compile", "did not end within 8 s", "command_timeout")
+    assert time.monotonic() - started < 60
+    with contextlib.closing(docker_engine.client()) as client:
+        assert client.containers.list(all=True, filters={"label": f"clip-axera.workdir={build_host_workdir}"}) == []

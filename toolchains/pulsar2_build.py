@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class BuildEnvironment:
     image_id: str
     platform: str | None
     owner: str | None  # uid:gid that outputs are handed back to (a Linux engine's containers write as root)
+    timeout_s: float  # the longest a build may run: the host's command_timeout
 
     @property
     def toolchain(self) -> Toolchain:
@@ -95,7 +97,8 @@ def preflight(transport: Transport, engine: Engine, host: BuildHostConfig, param
         platform = "linux/amd64"
         log.warning("%s is %s: the amd64 Pulsar2 image runs emulated, expect a slow build", transport.name, facts.arch)
     _check_disk(transport, host)
-    return BuildEnvironment(engine, pulsar2.image, str(image.id), platform, _owner(transport, engine))
+    owner = _owner(transport, engine)
+    return BuildEnvironment(engine, pulsar2.image, str(image.id), platform, owner, host.command_timeout)
 
 
 def image_id(engine: Engine, image: str) -> str | None:
@@ -247,7 +250,8 @@ def _run_build(
     on_line: Callable[[str], None],
 ) -> tuple[int, bool]:
     """The container's exit code and whether the kernel killed it for memory. The container is removed
-    whatever happens: on Ctrl+C or a lost connection it is stopped first, not left to build unattended."""
+    whatever happens: on Ctrl+C or a lost connection it is stopped first, not left to build unattended;
+    past the host's command_timeout it is stopped, which ends its log stream, and the build fails."""
     limit = params.pulsar2.memory_limit_gb
     container = _start(
         transport,
@@ -257,16 +261,34 @@ def _run_build(
         labels={**build_labels(transport), f"{LABEL}.encoder": encoder},
         mem_limit=f"{int(limit * 1024)}m" if limit else None,
     )
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        with contextlib.suppress(ENGINE_ERRORS):
+            container.stop(timeout=STOP_TIMEOUT_S)
+
+    deadline = threading.Timer(env.timeout_s, expire)
+    deadline.daemon = True
+    deadline.start()
     try:
         for line in _lines(container.logs(stream=True, follow=True)):
             on_line(line)
         exit_code = int(container.wait()["StatusCode"])
         container.reload()
+        if expired.is_set():
+            raise HostError(
+                transport.name,
+                f"pulsar2 build of {encoder} did not end within {env.timeout_s:g} s and was stopped",
+                hint=f"raise hosts.{transport.name}.command_timeout for a slow build host; the previous .axmodel "
+                "was kept",
+            )
         return exit_code, bool(container.attrs["State"].get("OOMKilled"))
     except BaseException:
         _stop(transport, [container])
         raise
     finally:
+        deadline.cancel()
         with contextlib.suppress(ENGINE_ERRORS):
             container.remove(force=True)
 
