@@ -17,7 +17,7 @@ from labels.vocabulary import load_vocabulary
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
 from runtime.similarity import cosine
-from runtime.tokenizer import ClipTokenizer
+from runtime.tokenizer import TextTokenizer
 from stages.embed_vocab import encode_prompts
 
 
@@ -31,11 +31,11 @@ def main() -> None:
     prompts = random.Random(0).sample(prompts, min(args.labels, len(prompts)))
 
     started = time.perf_counter()
-    ours = encode_prompts(prompts, export, info.context_length, info.projection_dim)
+    ours = encode_prompts(prompts, export, info)
     ours_s = time.perf_counter() - started
 
     fixed = OnnxRuntimeBackend(export / model_io.TEXT_MODEL_FILE)
-    tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, info.context_length)
+    tokenizer = TextTokenizer.of_export(export, info)
     one_by_one = prompts[: max(1, len(prompts) // 5)]  # a fifth is enough for a rate
     started = time.perf_counter()
     reference = {p: fixed.run({model_io.TEXT_INPUT: tokenizer.encode(p)})[model_io.TEXT_OUTPUT][0] for p in one_by_one}

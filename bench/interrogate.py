@@ -24,7 +24,7 @@ from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.preprocess import open_image
-from runtime.tokenizer import ClipTokenizer
+from runtime.tokenizer import TextTokenizer
 
 TABLE_SIZES = (7, 1_000, 10_000, 100_000)
 MANUAL_SIZES = (7, 100)
@@ -43,7 +43,7 @@ def main() -> None:
         n: Interrogator(clip, LabelTables.load(write_tables(tables_root / f"vocab-{n}", n, dim))) for n in TABLE_SIZES
     }
     text = open_backend(export / clip.info.encoder("text").file)  # the manual way encodes every label per request
-    tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, clip.info.context_length)
+    tokenizer = TextTokenizer.of_export(export, clip.info)
     prompts = [f"a photo of label {i}" for i in range(max(MANUAL_SIZES))]
     token_ids = [tokenizer.encode(p) for p in prompts]
     pixels = clip.preprocess(open_image(photo))

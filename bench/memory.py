@@ -33,10 +33,10 @@ import sys, torch
 from pathlib import Path
 sys.path.insert(0, {repo!r})
 from PIL import Image
-from modeling.loading import load_clip
+from modeling.loading import load_model
 from modeling.model_config import ModelConfig
 
-loaded = load_clip(ModelConfig(id="builtin:random-vit-b-32"), Path({cache!r}))
+loaded = load_model(ModelConfig(id="builtin:random-vit-b-32"), Path({cache!r}))
 if {standin!r}:
     import numpy as np, onnxruntime as ort
     npu = ort.InferenceSession({standin!r}, providers=["CPUExecutionProvider"])

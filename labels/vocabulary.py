@@ -34,7 +34,9 @@ class CategorySpec(BaseModel):
     mode: CategoryMode = CategoryMode.ONE
     template: str = "{}"
     prefix: str = ""  # put before the pick in the caption, e.g. "by " for artists
-    threshold: float = Field(0.2, ge=-1, le=1)  # `many`: cosine a label must reach
+    threshold: float = Field(0.2, ge=-1, le=1)  # `many`: cosine a label must reach (CLIP, Chinese-CLIP)
+    # `many` with a sigmoid family (SigLIP): the model's own probability a label must reach
+    min_probability: float = Field(0.1, gt=0, lt=1)
     k: int = Field(3, ge=1, le=100)  # `top`: how many
     tags: bool = False  # part of the tag set (A1111's deepdanbooru-style answer)
     labels: tuple[str, ...] = ()
@@ -133,13 +135,13 @@ class Category:
         return self.spec.template.replace("{}", label)
 
 
-Tokenize = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # prompts -> (ids [n, context], token counts)
+Tokenize = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # prompts -> (ids [n, context], cut to fit)
 
 
-def merge_token_identical(category: Category, tokenize: Tokenize, context_length: int) -> Category:
+def merge_token_identical(category: Category, tokenize: Tokenize) -> Category:
     """Labels whose prompts tokenize to the same ids get the same embedding (`8k` / `8 k`, and two long
     labels that differ only past the context): keep the first spelling, count the rest."""
-    ids, counts = tokenize([category.prompt(label) for label in category.labels])
+    ids, cut = tokenize([category.prompt(label) for label in category.labels])
     first: dict[bytes, str] = {}
     kept, merges = [], []
     for label, row in zip(category.labels, ids, strict=True):
@@ -149,7 +151,7 @@ def merge_token_identical(category: Category, tokenize: Tokenize, context_length
         else:
             first[key] = label
             kept.append(label)
-    truncated = tuple(label for label, count in zip(category.labels, counts, strict=True) if count > context_length)
+    truncated = tuple(label for label, was_cut in zip(category.labels, cut, strict=True) if was_cut)
     stats = replace(category.stats, token_merges=tuple(merges), truncated=truncated)
     return Category(spec=category.spec, labels=tuple(kept), stats=stats)
 

@@ -1,4 +1,5 @@
-"""Load CLIP (weights, tokenizer, preprocessing config) from a Hugging Face id, a directory or the tiny CLIP.
+"""Load a CLIP-like model (weights, tokenizer, image processor) from a Hugging Face id, a directory or a
+built-in tiny model, with its family (modeling/families.py).
 
 Every failure a user can cause (typo, offline, wrong directory) becomes a one-line ModelLoadError.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modeling.families import Family, family_of
 from modeling.model_config import BUILTIN_MODELS, ModelConfig
 from pipeline.errors import ModelLoadError
 
@@ -24,37 +26,36 @@ HUB_PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
-class LoadedClip:
-    model: Any  # transformers.CLIPModel, in eval mode
-    tokenizer: Any  # transformers.CLIPTokenizer
-    image_processor: Any  # transformers CLIP image processor
+class LoadedModel:
+    model: Any  # transformers' CLIPModel, SiglipModel or ChineseCLIPModel, in eval mode
+    tokenizer: Any  # its fast tokenizer
+    image_processor: Any  # its Pillow image processor
+    family: Family
     source: str
 
 
 def resolve_source(model: ModelConfig, cache_dir: Path) -> str:
     """The id or directory to hand to from_pretrained (materializing a built-in model once)."""
     if model.id in BUILTIN_MODELS:
-        from modeling.random_clip import make_random_clip
+        from modeling.random_models import make_random_model
 
-        preset = BUILTIN_MODELS[model.id]
-        target = cache_dir / f"{preset}-clip-{model.image_size}-{model.context_length}"
+        family, preset = BUILTIN_MODELS[model.id]
+        target = cache_dir / model.id.removeprefix("builtin:")
         if not target.is_dir():
             cache_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".tmp-{preset}-", dir=cache_dir))
             try:
-                make_random_clip(
-                    staging, image_size=model.image_size, context_length=model.context_length, preset=preset
-                )
+                make_random_model(staging, family=family, preset=preset)
                 os.replace(staging, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return str(target)
     if model.is_local_dir:
-        _check_clip_dir(Path(model.id))
+        _check_model_dir(Path(model.id))
     return model.id
 
 
-def _check_clip_dir(path: Path) -> None:
+def _check_model_dir(path: Path) -> None:
     if not path.is_dir():
         raise ModelLoadError(
             f"model directory {path} does not exist",
@@ -62,16 +63,12 @@ def _check_clip_dir(path: Path) -> None:
         )
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ModelLoadError(f"{path} is not a model directory (no config.json)", hint="point model.id at a CLIP dir")
+        raise ModelLoadError(f"{path} is not a model directory (no config.json)", hint="point model.id at a model dir")
     try:
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except ValueError as exc:
         raise ModelLoadError(f"{config_file} is not valid JSON: {exc}") from exc
-    if model_type != "clip":
-        raise ModelLoadError(
-            f"{path} holds a {model_type!r} model, not a CLIP model (config.json model_type must be 'clip')",
-            hint="point model.id at a CLIP checkpoint such as openai/clip-vit-base-patch32",
-        )
+    family_of(model_type, str(path))
 
 
 def _load_hint() -> str:
@@ -117,16 +114,17 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def load_clip(model: ModelConfig, cache_dir: Path) -> LoadedClip:
+def load_model(model: ModelConfig, cache_dir: Path) -> LoadedModel:
     """Eager attention (exportable, matches the NPU graph), safetensors only, float32, eval mode."""
     source = resolve_source(model, cache_dir)
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
     options: dict[str, Any] = {"revision": model.revision}
     if source == model.id and not model.is_local_dir and not _hub_reachable(model):
         options["local_files_only"] = True
     try:
-        clip = CLIPModel.from_pretrained(source, attn_implementation="eager", use_safetensors=True, **options).eval()
+        family = family_of(AutoConfig.from_pretrained(source, **options).model_type, repr(model.id))
+        loaded = AutoModel.from_pretrained(source, attn_implementation="eager", use_safetensors=True, **options)
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
         processor = AutoImageProcessor.from_pretrained(source, **options)
     except (OSError, ValueError) as exc:
@@ -134,22 +132,6 @@ def load_clip(model: ModelConfig, cache_dir: Path) -> LoadedClip:
         raise ModelLoadError(
             f"cannot load model {model.id!r} (revision {model.revision!r}): {first_line}", hint=_load_hint()
         ) from exc
-    if clip.config.model_type != "clip":
-        raise ModelLoadError(f"{model.id!r} is a {clip.config.model_type!r} model, not CLIP")
-    return LoadedClip(model=clip, tokenizer=tokenizer, image_processor=processor, source=source)
-
-
-def check_input_sizes(model: ModelConfig, loaded: LoadedClip) -> None:
-    """model.image_size and context_length must be the loaded model's: an export at another size would
-    not fail, it would quietly compute something else."""
-    vision, text = loaded.model.config.vision_config, loaded.model.config.text_config
-    if vision.image_size != model.image_size:
-        raise ModelLoadError(
-            f"model.image_size is {model.image_size} but the model was trained at {vision.image_size}",
-            hint=f"set model.image_size: {vision.image_size}",
-        )
-    if model.context_length > text.max_position_embeddings:
-        raise ModelLoadError(
-            f"model.context_length {model.context_length} exceeds the model's {text.max_position_embeddings}",
-            hint=f"set model.context_length: {text.max_position_embeddings}",
-        )
+    return LoadedModel(
+        model=loaded.eval(), tokenizer=tokenizer, image_processor=processor, family=family, source=source
+    )

@@ -1,4 +1,5 @@
-"""`model:` in pipeline.yaml: which CLIP to build (a Hugging Face id, a local directory, or a built-in one)."""
+"""`model:` in pipeline.yaml: which model to build (a Hugging Face id, a local directory, or a built-in one).
+Only `id` is needed: sizes come from the model itself; the other keys are optional overrides."""
 
 from __future__ import annotations
 
@@ -9,18 +10,23 @@ from pydantic import Field, ValidationInfo, model_validator
 from pipeline.config import Strict
 
 BUILTIN_TINY_CLIP = "builtin:tiny-clip"
-# Built-in models made on the fly with random weights: id -> size preset (see modeling/random_clip.py).
-BUILTIN_MODELS = {BUILTIN_TINY_CLIP: "tiny", "builtin:random-vit-b-32": "vit-b-32"}
+# Built-in models made on the fly with random weights: id -> (family, size preset); see modeling/random_models.py.
+BUILTIN_MODELS = {
+    BUILTIN_TINY_CLIP: ("clip", "tiny"),
+    "builtin:tiny-siglip": ("siglip", "tiny"),
+    "builtin:tiny-chinese-clip": ("chinese_clip", "tiny"),
+    "builtin:random-vit-b-32": ("clip", "vit-b-32"),
+}
 DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
 
 
 class ModelConfig(Strict):
-    """Which CLIP to build: a Hugging Face id, a local directory, or the built-in tiny CLIP."""
+    """Which model to build: a Hugging Face id, a local directory, or a built-in tiny model."""
 
     id: str = DEFAULT_MODEL_ID
     revision: str = "main"
-    image_size: int = Field(224, ge=32, le=1024)
-    context_length: int = Field(77, ge=8, le=512)
+    image_size: int | None = Field(None, ge=32, le=1024)  # checked against the model's; None: the model's
+    context_length: int | None = Field(None, ge=8, le=512)  # None: the model's trained text length
 
     @model_validator(mode="after")
     def _resolve_local_dir(self, info: ValidationInfo) -> ModelConfig:

@@ -52,7 +52,22 @@ def export_onnx(
         import onnxslim
 
         model = onnxslim.slim(model)
-        onnx.save(model, str(path))
+    explicit_pads(model)
+    onnx.save(model, str(path))
     after = len(model.graph.node)
     log.info("%s: %d nodes, %d after simplification", path.name, before, after)
     return {"nodes_exported": before, "nodes_final": after}
+
+
+def explicit_pads(model: onnx.ModelProto) -> None:
+    """Convs and pools with `auto_pad='VALID'` (SigLIP's patch embedding exports one) get explicit zero
+    `pads` instead: the same computation, and the AX650 operator table accepts only explicit padding."""
+    for node in model.graph.node:
+        auto_pad = next((a for a in node.attribute if a.name == "auto_pad"), None)
+        if auto_pad is None or auto_pad.s in (b"NOTSET", b""):
+            continue
+        if auto_pad.s != b"VALID":
+            raise ValueError(f"{node.name}: auto_pad {auto_pad.s.decode()} has no explicit form here")
+        kernel = next((a for a in node.attribute if a.name == "kernel_shape"), None)
+        node.attribute.remove(auto_pad)
+        node.attribute.append(onnx.helper.make_attribute("pads", [0] * (2 * (len(kernel.ints) if kernel else 2))))

@@ -44,7 +44,7 @@ class ConfigError(PipelineError):
 
 
 class ModelLoadError(PipelineError):
-    """The model id or directory cannot be loaded as a CLIP model."""
+    """The model id or directory cannot be loaded as a model of a supported family."""
 
 
 class StageError(PipelineError):

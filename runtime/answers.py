@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 class Pick(BaseModel):
     label: str
-    score: float
+    score: float  # cosine
+    probability: float  # the model's (SigLIP: sigmoid with its scale and bias; CLIP: softmax over the category)
 
 
 class CategoryAnswer(BaseModel):
@@ -37,7 +38,7 @@ class InterrogationAnswer(BaseModel):
     @classmethod
     def of(cls, result: Interrogation, **extra: Any) -> Self:
         def picks(found: tuple[interrogator.Pick, ...]) -> list[Pick]:
-            return [Pick(label=p.label, score=round(p.score, 4)) for p in found]
+            return [Pick(label=p.label, score=round(p.score, 4), probability=round(p.probability, 4)) for p in found]
 
         categories = [
             CategoryAnswer(name=c.name, mode=c.mode.value, labels=c.labels, picks=picks(c.picks), top=picks(c.top))

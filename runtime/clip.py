@@ -1,4 +1,4 @@
-"""The device's CLIP image encoder from a models directory (as fetch lays it out), and its preprocessing."""
+"""The device's image encoder from a models directory (as fetch lays it out), and its preprocessing."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class ClipRuntime:
         return cls(
             image_model=image_model,
             npu=npu,
-            preprocess_config=PreprocessConfig.from_file(models_dir / model_io.PREPROCESSOR_FILE),
+            preprocess_config=info.facts.preprocess,
             info=info,
             models_dir=models_dir,
             files=files,

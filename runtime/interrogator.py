@@ -15,6 +15,7 @@ from PIL import Image
 
 from runtime.clip import ClipRuntime
 from runtime.label_tables import CategoryMode, CategoryTable, LabelTables, normalize
+from runtime.model_io import ScoreScale
 
 STRUCTURED_TOP = 5  # labels per category in the structured result
 
@@ -22,7 +23,8 @@ STRUCTURED_TOP = 5  # labels per category in the structured result
 @dataclass(frozen=True)
 class Pick:
     label: str
-    score: float
+    score: float  # cosine
+    probability: float = field(default=0.0, compare=False)  # the model's: see Scores.probabilities
     row: int = field(default=-1, compare=False)  # the label's row in its category table
 
 
@@ -63,25 +65,32 @@ class TagOptions:
     ranks: bool = False  # interrogate_return_ranks
 
 
-# CLIP's trained logit scale (exp(4.6052)): turns a cosine margin over a category's threshold into a
-# probability, so 0.5 (A1111's default deepbooru threshold) is exactly the vocabulary's own threshold.
-LOGIT_SCALE = 100.0
 _SPECIAL = re.compile(r"([\\()])")
 
 
-def tag_probability(cosine: float, threshold: float) -> float:
-    return 1.0 / (1.0 + math.exp(-LOGIT_SCALE * (cosine - threshold)))
+def tag_scale(category: CategoryTable, scale: ScoreScale) -> ScoreScale:
+    """The sigmoid that makes a tag's probability. SigLIP's is the model's own. A softmax family's
+    probability of one label among a category's says nothing about a tag alone: its tags get the model's
+    logit scale around the category's threshold, so 0.5 (A1111's default deepbooru threshold) is
+    exactly the vocabulary's own threshold."""
+    if scale.sigmoid:
+        return scale
+    return ScoreScale(scale.logit_scale, -scale.logit_scale * category.threshold)
 
 
-def cosine_for_probability(probability: float, threshold: float) -> float:
-    """The cosine at which tag_probability reaches `probability`: 0 admits every label, 1 none."""
-    if probability <= 0 or probability >= 1:
-        return -math.inf if probability <= 0 else math.inf
-    return threshold + math.log(probability / (1 - probability)) / LOGIT_SCALE
+def tag_probability(cosine: float, category: CategoryTable, scale: ScoreScale) -> float:
+    return tag_scale(category, scale).probability(cosine)
+
+
+def many_threshold(category: CategoryTable, scale: ScoreScale) -> float:
+    """The cosine a `many` category's label must reach: its threshold, or for SigLIP the cosine where the
+    model's probability reaches the category's min_probability."""
+    return scale.cosine_at(category.min_probability) if scale.sigmoid else category.threshold
 
 
 class Interrogator:
     def __init__(self, clip: ClipRuntime, tables: LabelTables) -> None:
+        tables.index.check_made_by(clip.info)
         self.clip = clip
         self.tables = tables
 
@@ -121,18 +130,18 @@ class Interrogator:
         options = options or TagOptions()
         if self.tags(scores, options):
             return ""
-        best: tuple[Pick, CategoryTable] | None = None
+        scale = self.tables.index.model.scores
+        best: tuple[float, Pick] | None = None
         for category in self.tables.categories:
             top = _rank(scores, category).top if category.tags else ()
-            if top and (best is None or top[0].score - category.threshold > best[0].score - best[1].threshold):
-                best = (top[0], category)
+            if top and (best is None or tag_probability(top[0].score, category, scale) > best[0]):
+                best = (tag_probability(top[0].score, category, scale), top[0])
         if best is None:
             return "no tag categories in this vocabulary (tags: true)"
-        pick, category = best
+        probability, pick = best
         return (
-            f"no tag reached the threshold: the closest, {pick.label!r}, has cosine {pick.score:.3f} against its "
-            f"category's {category.threshold:g} (probability {tag_probability(pick.score, category.threshold):.2f}"
-            f" < interrogate_deepbooru_score_threshold {options.threshold:g})"
+            f"no tag reached the threshold: the closest, {pick.label!r} (cosine {pick.score:.3f}), has probability "
+            f"{probability:.2f} < interrogate_deepbooru_score_threshold {options.threshold:g}"
         )
 
     def interrogate(
@@ -162,11 +171,33 @@ class Scores:
         vector = normalize(embedding)
         return cls(tables, vector, *tables.coarse_scores(vector))
 
+    @property
+    def scale(self) -> ScoreScale:
+        return self.tables.index.model.scores
+
     def exact(self, category: CategoryTable, candidates: np.ndarray) -> list[Pick]:
         """Exact scores of a category's candidate rows (indices within the category), best first."""
         exact = self.tables.exact_scores(category, candidates, self.vector)
+        probabilities = self.probabilities(category, candidates, exact)
         order = np.argsort(-exact, kind="stable")
-        return [Pick(category.labels[candidates[i]], float(exact[i]), int(candidates[i])) for i in order]
+        return [
+            Pick(category.labels[candidates[i]], float(exact[i]), float(probabilities[i]), int(candidates[i]))
+            for i in order
+        ]
+
+    def probabilities(self, category: CategoryTable, candidates: np.ndarray, exact: np.ndarray) -> np.ndarray:
+        """The model's probability of each candidate: SigLIP's per-label sigmoid(scale*cos + bias); for
+        CLIP and Chinese-CLIP the softmax of scale*cos over the category's labels (A1111's convention,
+        with the model's own scale), normalized over every label: the exact cosines where known, the
+        coarse ones (within `bound`) for the rest."""
+        scale = self.scale
+        if scale.sigmoid:
+            return 1.0 / (1.0 + np.exp(-(scale.logit_scale * exact.astype(np.float64) + scale.logit_bias)))
+        logits = scale.logit_scale * self.coarse[category.start : category.stop].astype(np.float64)
+        logits[candidates] = scale.logit_scale * exact
+        top = logits.max()
+        log_norm = top + math.log(float(np.exp(logits - top).sum()))
+        return np.exp(logits[candidates] - log_norm)
 
 
 def caption(scores: Scores, options: CaptionOptions | None = None) -> tuple[str, tuple[CategoryResult, ...]]:
@@ -192,10 +223,10 @@ def tag_probabilities(scores: Scores, options: TagOptions | None = None) -> dict
     for category in scores.tables.categories:
         if not category.tags:
             continue
-        cutoff = cosine_for_probability(options.threshold, category.threshold)
-        for pick in _above(scores, category, cutoff):
+        scale = tag_scale(category, scores.scale)
+        for pick in _above(scores, category, scale.cosine_at(options.threshold)):
             tag = pick.label.replace(" ", "_")
-            found[tag] = max(found.get(tag, 0.0), tag_probability(pick.score, category.threshold))
+            found[tag] = max(found.get(tag, 0.0), scale.probability(pick.score))
     return found
 
 
@@ -212,8 +243,9 @@ def _rank(
     block = scores.coarse[category.start : category.start + size]
     need = min(size, max(STRUCTURED_TOP, category.k) + len(taken))
     cutoff = float(np.partition(block, size - need)[size - need]) - 2 * scores.bound
+    threshold = many_threshold(category, scores.scale)
     if category.mode is CategoryMode.MANY:
-        cutoff = min(cutoff, category.threshold - scores.bound)
+        cutoff = min(cutoff, threshold - scores.bound)
     ranked = scores.exact(category, np.flatnonzero(block >= cutoff))
     free = [pick for pick in ranked if _same_label(pick.label) not in taken]
     if category.mode is CategoryMode.ONE:
@@ -221,7 +253,7 @@ def _rank(
     elif category.mode is CategoryMode.TOP:
         picks = _distinct(free, category)[: category.k]
     else:
-        picks = _distinct([p for p in free if p.score >= category.threshold], category)
+        picks = _distinct([p for p in free if p.score >= threshold], category)
     top = tuple(ranked[:STRUCTURED_TOP])
     return CategoryResult(category.name, category.mode, tuple(picks), top, len(category.labels))
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from common.contract import JsonFile
 from common.errors import ModelFilesError
+from runtime import model_io
 from runtime.backends import DAMAGED_HINT, onnx_session
 
 RANK_MODEL_FILE = "rank.onnx"
@@ -63,7 +64,8 @@ class CategoryEntry:
     mode: CategoryMode
     file: str
     labels: tuple[str, ...]
-    threshold: float = 0.2
+    threshold: float = 0.2  # `many`, CLIP-like families: the cosine a label must reach
+    min_probability: float = 0.1  # `many`, SigLIP: the sigmoid probability a label must reach
     k: int = 3
     template: str = "{}"
     prefix: str = ""
@@ -86,12 +88,35 @@ class RankModel:
 
 
 @dataclass(frozen=True)
+class TableModel:
+    """The model whose text encoder made the rows: its family, how it pools, how it scores."""
+
+    family: str
+    pooling: model_io.Pooling
+    scores: model_io.ScoreScale
+
+    @classmethod
+    def of(cls, info: model_io.ExportInfo) -> TableModel:
+        return cls(info.facts.family, info.facts.text.pooling, info.facts.scores)
+
+
+@dataclass(frozen=True)
 class VocabIndex(JsonFile, file="vocab.json", made_by="invoke embed-vocab"):
     name: str
     dim: int
     categories: tuple[CategoryEntry, ...]
     rank: RankModel
-    text_model_sha256: str = ""  # the text model the rows came from: embed-vocab reuses rows only for it
+    text_model_sha256: str  # the text model the rows came from: embed-vocab reuses rows only for it
+    model: TableModel
+
+    def check_made_by(self, info: model_io.ExportInfo) -> None:
+        """Rows from another model's text encoder rank nonsense without failing: refuse them."""
+        if self.text_model_sha256 != info.text.sha256 or self.dim != info.projection_dim:
+            raise ModelFilesError(
+                f"the label tables were made by another model ({self.model.family}, text encoder "
+                f"{self.text_model_sha256[:12]}) than the one loaded ({info.facts.family} {info.model}, text "
+                f"encoder {info.text.sha256[:12]}): run `invoke embed-vocab` and `invoke fetch`"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,21 +6,25 @@ so both sides agree by construction: export.json is written and read only throug
 
 from __future__ import annotations
 
+import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from common.contract import JsonFile
 from common.errors import ModelFilesError
+from runtime.preprocess import PreprocessConfig
 
 IMAGE_MODEL_FILE = "image_encoder.onnx"
 TEXT_MODEL_FILE = "text_encoder.onnx"
 # The same text encoder with dynamic batch and length, for embed-vocab on the controller (never fetched):
-# causal attention means an EOS at position p sees only tokens 0..p, so ids cut after the batch's last
-# EOS give the same embedding as the full context, at a fraction of the work.
+# with causal attention (CLIP) an EOS at position p sees only tokens 0..p, so ids cut after the batch's
+# last EOS give the same embedding as the full context, at a fraction of the work (see TextFacts.cuttable).
 TEXT_BATCH_MODEL_FILE = "text_encoder_batched.onnx"
 IMAGE_INPUT = "pixel_values"  # float32 [1, 3, S, S], CLIP-normalized
 IMAGE_OUTPUT = "image_embeds"  # float32 [1, projection_dim]
-TEXT_INPUT = "input_ids"  # int64 [1, context_length] in ONNX; int32 on the NPU (src_dtype S32)
+TEXT_INPUT = "input_ids"  # int64 [1, context_length] in ONNX; int32 on the NPU (src_dtype S32); a family
+# whose text encoder needs an attention mask computes it in the graph from the ids (`ids != pad_id`)
 TEXT_OUTPUT = "text_embeds"  # float32 [1, projection_dim]
 TOKENIZER_FILE = "tokenizer.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -39,6 +43,68 @@ class EncoderFile:
     input: Tensor
     output: Tensor
     nodes: dict[str, int] = field(default_factory=dict)  # before and after simplification
+    sha256: str = ""  # of `file`: which model label tables and compiled models came from
+
+
+class Pooling(str, enum.Enum):
+    """Which position of the text encoder's last hidden state becomes the text embedding."""
+
+    FIRST_EOS = "first_eos"  # CLIP: the first end-of-text token
+    LAST = "last"  # SigLIP: the last position (padding included, as it was trained)
+    FIRST = "first"  # Chinese-CLIP: [CLS]
+
+
+@dataclass(frozen=True)
+class TextFacts:
+    """How the family's text encoder reads ids: what the torch-free tokenizer must reproduce."""
+
+    pad_id: int
+    pad_side: str  # "right" or "left", as the model's tokenizer pads
+    eos_id: int | None  # the end token the tokenizer appends (None: it appends none)
+    pooling: Pooling
+    causal: bool  # each position sees only those before it
+    masked: bool  # padding is masked out of attention (in the graph, from pad_id)
+
+    @property
+    def cuttable(self) -> bool:
+        """Whether ids cut after the last end token embed as the full context does: only where nothing
+        before the pooled position can see what follows it (causal attention, right padding)."""
+        return self.causal and self.pooling is Pooling.FIRST_EOS and self.pad_side == "right"
+
+
+@dataclass(frozen=True)
+class ScoreScale:
+    """The model's own logit scale (exp'd) and bias: what turns a cosine into the model's probability.
+    A bias (SigLIP) means per-label sigmoid(scale*cos + bias); none (CLIP) means a softmax of scale*cos
+    over the labels compared."""
+
+    logit_scale: float
+    logit_bias: float | None = None
+
+    @property
+    def sigmoid(self) -> bool:
+        return self.logit_bias is not None
+
+    def probability(self, cosine: float) -> float:
+        """SigLIP's per-label probability (only for a family with a bias)."""
+        return 1.0 / (1.0 + math.exp(-(self.logit_scale * cosine + (self.logit_bias or 0.0))))
+
+    def cosine_at(self, probability: float) -> float:
+        """The cosine at which `probability` is reached: the inverse of `probability`."""
+        if probability <= 0 or probability >= 1:
+            return -math.inf if probability <= 0 else math.inf
+        return (math.log(probability / (1 - probability)) - (self.logit_bias or 0.0)) / self.logit_scale
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The model's own facts, from its config, tokenizer and image processor: the same everywhere after
+    export (verify, calibrate, embed-vocab and the device read them here, never a family's defaults)."""
+
+    family: str  # config.json's model_type: clip, siglip, chinese_clip
+    text: TextFacts
+    preprocess: PreprocessConfig
+    scores: ScoreScale
 
 
 @dataclass(frozen=True)
@@ -53,7 +119,7 @@ class ExportInfo(JsonFile, file="export.json", made_by="invoke export"):
     projection_dim: int
     image: EncoderFile
     text: EncoderFile
-    tokenizer: dict[str, Any]  # file and its special token ids
+    facts: ModelFacts
 
     def encoder(self, part: str) -> EncoderFile:
         """`image` or `text`."""

@@ -1,8 +1,9 @@
-"""CLIP image preprocessing in numpy/Pillow, read from the exported preprocessor_config.json.
+"""Image preprocessing in numpy/Pillow, from the model's facts in export.json.
 
 The same code makes the golden inputs (verify), the calibration set and the device's inputs, so what the
-NPU was calibrated and checked on is exactly what it is fed. Follows transformers' CLIPImageProcessor:
-convert to RGB, resize the shortest side (bicubic, on uint8), center crop, rescale, normalize, CHW.
+NPU was calibrated and checked on is exactly what it is fed. Follows transformers' Pillow image
+processors: convert to RGB, resize (the shortest side, or stretched to a fixed size; on uint8), center
+crop, rescale, normalize, CHW.
 
 Fidelity.EXACT is that, bit for bit. Fidelity.FAST (serve and caption) decodes and resizes only the
 pixels the model needs: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +35,19 @@ FAST_REDUCING_GAP = 3.0  # Pillow's reducing_gap: past 3x, a box reduce by whole
 class Fidelity(str, enum.Enum):
     """How images are decoded and resized; a str so config files and command lines name it as is."""
 
-    EXACT = "exact"  # transformers' CLIPImageProcessor, bit for bit (verify, calibrate, smoke test)
+    EXACT = "exact"  # transformers' image processor, bit for bit (verify, calibrate, smoke test)
     FAST = "fast"  # decode and resize only the pixels the model needs (serve, caption)
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    shortest_edge: int = 224
+    """The model's image processor as numbers (export reads them from transformers' processor): resize
+    the shortest edge keeping the aspect (CLIP), or stretch to resize_height x resize_width (SigLIP,
+    Chinese-CLIP); then center crop to crop_height x crop_width (the same size when there is no crop)."""
+
+    shortest_edge: int | None = 224  # None: stretch to resize_height x resize_width
+    resize_height: int = 224
+    resize_width: int = 224
     crop_height: int = 224
     crop_width: int = 224
     resample: int = Image.Resampling.BICUBIC
@@ -49,22 +55,18 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
-    @classmethod
-    def from_file(cls, path: Path) -> PreprocessConfig:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        size, crop = data.get("size", {}), data.get("crop_size", {})
-        edge = size.get("shortest_edge", size.get("height", 224)) if isinstance(size, dict) else int(size)
-        if not isinstance(crop, dict):
-            crop = {"height": int(crop), "width": int(crop)}
-        return cls(
-            shortest_edge=int(edge),
-            crop_height=int(crop.get("height", edge)),
-            crop_width=int(crop.get("width", edge)),
-            resample=int(data.get("resample", Image.Resampling.BICUBIC)),
-            rescale_factor=float(data.get("rescale_factor", 1 / 255)),
-            mean=tuple(data.get("image_mean", CLIP_MEAN)),
-            std=tuple(data.get("image_std", CLIP_STD)),
-        )
+    def resized(self, height: int, width: int) -> tuple[int, int]:
+        """An image's (height, width) after the resize step."""
+        if self.shortest_edge is None:
+            return self.resize_height, self.resize_width
+        return resized_size(height, width, self.shortest_edge)
+
+    def draft_size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) a fast decode must keep at least: FAST_OVERSAMPLE x what the resize makes."""
+        if self.shortest_edge is None:
+            return math.ceil(FAST_OVERSAMPLE * self.resize_width), math.ceil(FAST_OVERSAMPLE * self.resize_height)
+        scale = math.ceil(FAST_OVERSAMPLE * self.shortest_edge) / min(width, height)
+        return math.ceil(width * scale), math.ceil(height * scale)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -104,13 +106,15 @@ def draft(image: Image.Image, config: PreprocessConfig) -> None:
     """Before load(): a JPEG decodes at the smallest DCT scale whose short side stays at least
     FAST_OVERSAMPLE x the model's input (Pillow rounds the scale so both sides are at least the size asked)."""
     if image.format in ("JPEG", "MPO") and draft_applies(image.size, config):
-        scale = math.ceil(FAST_OVERSAMPLE * config.shortest_edge) / min(image.size)
-        image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+        image.draft("RGB", config.draft_size(*image.size))
 
 
 def draft_applies(size: tuple[int, int], config: PreprocessConfig) -> bool:
     """Whether a JPEG this size decodes reduced in Fidelity.FAST: 1/2 is the first scale there is."""
-    return min(size) >= 2 * math.ceil(FAST_OVERSAMPLE * config.shortest_edge)
+    if config.shortest_edge is not None:
+        return min(size) >= 2 * math.ceil(FAST_OVERSAMPLE * config.shortest_edge)
+    want = config.draft_size(*size)
+    return size[0] >= 2 * want[0] and size[1] >= 2 * want[1]
 
 
 def resized_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
@@ -128,7 +132,7 @@ def preprocess(image: Image.Image, config: PreprocessConfig, fidelity: Fidelity 
     """An RGB image -> float32 [1, 3, crop_height, crop_width]."""
     image = to_rgb(image)
     gap = FAST_REDUCING_GAP if fidelity is Fidelity.FAST else None
-    height, width = resized_size(image.height, image.width, config.shortest_edge)
+    height, width = config.resized(image.height, image.width)
     top = (height - config.crop_height) // 2
     left = (width - config.crop_width) // 2
     # A long thin image (6000x1 scales to 1,344,000x224) is resized only over the part the crop keeps, so

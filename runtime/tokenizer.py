@@ -1,4 +1,6 @@
-"""CLIP tokenization with `tokenizers` from the exported tokenizer.json: fixed length, EOS-padded ids."""
+"""Tokenization with `tokenizers` from the exported tokenizer.json, for every family: fixed-length ids
+padded and truncated exactly as the model's transformers tokenizer does (`padding="max_length",
+truncation=True`), from the facts in export.json (pad id and side)."""
 
 from __future__ import annotations
 
@@ -8,24 +10,35 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from common.errors import ModelFilesError
+from runtime import model_io
 
 
-class ClipTokenizer:
-    """Encodes a prompt into [1, context_length] ids: BOS, tokens (truncated), EOS, then padding."""
+class TextTokenizer:
+    """Encodes prompts into [n, context_length] ids: the tokenizer's own specials (CLIP's BOS/EOS,
+    BERT's [CLS]/[SEP]), truncated to fit with them, then padded on the model's side with its pad id.
 
-    def __init__(self, path: Path, context_length: int, pad_token: str = "<|endoftext|>") -> None:
+    transformers' fast tokenizers run this same Rust tokenizer with these truncation and padding
+    settings, so the ids are the reference's by construction (and tests hold them to it)."""
+
+    def __init__(self, path: Path, facts: model_io.TextFacts, context_length: int) -> None:
         try:
             self._tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises its own untyped Exception for a missing or broken file
             raise ModelFilesError(f"{path}: not a readable tokenizer.json ({exc}): run `invoke fetch` again") from exc
-        self._tokenizer.no_padding()
-        self._tokenizer.no_truncation()
+        pad_token = self._tokenizer.id_to_token(facts.pad_id)
+        if pad_token is None:
+            raise ModelFilesError(f"{path}: the tokenizer has no pad id {facts.pad_id}: run `invoke export` again")
+        self._tokenizer.enable_truncation(max_length=context_length)
+        self._tokenizer.enable_padding(
+            direction=facts.pad_side, pad_id=facts.pad_id, pad_token=pad_token, length=context_length
+        )
         self.context_length = context_length
-        pad_id = self._tokenizer.token_to_id(pad_token)
-        if pad_id is None:
-            raise ModelFilesError(f"{path}: the tokenizer has no {pad_token!r} token: run `invoke export` again")
-        self.pad_id = pad_id
-        self.eos_id = pad_id
+        self.facts = facts
+
+    @classmethod
+    def of_export(cls, directory: Path, info: model_io.ExportInfo) -> TextTokenizer:
+        """The tokenizer of an export folder or a device's model set."""
+        return cls(Path(directory) / model_io.TOKENIZER_FILE, info.facts.text, info.context_length)
 
     def decode(self, ids: np.ndarray | list[int]) -> str:
         """Ids back to text, special tokens dropped. transformers' CLIPTokenizer writes a byte-level
@@ -34,17 +47,11 @@ class ClipTokenizer:
         return " ".join(text.replace("</w>", " ").split())
 
     def encode(self, text: str, dtype: type = np.int64) -> np.ndarray:
-        return self.encode_batch([text], dtype)[0][:1]
+        return self.encode_batch([text], dtype)[0]
 
     def encode_batch(self, texts: list[str], dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
-        """[len(texts), context_length] ids, and each text's token count before truncation (with BOS/EOS):
-        a count above context_length means the text was cut to fit."""
-        out = np.full((len(texts), self.context_length), self.pad_id, dtype=dtype)
-        counts = np.empty(len(texts), dtype=np.int64)
-        for row, encoding in enumerate(self._tokenizer.encode_batch(texts)):
-            ids = encoding.ids
-            counts[row] = len(ids)
-            if len(ids) > self.context_length:
-                ids = [*ids[: self.context_length - 1], self.eos_id]
-            out[row, : len(ids)] = ids
-        return out, counts
+        """[len(texts), context_length] ids, and for each text whether it was cut to fit."""
+        encodings = self._tokenizer.encode_batch(texts)
+        ids = np.array([encoding.ids for encoding in encodings], dtype=dtype).reshape(len(texts), self.context_length)
+        truncated = np.array([bool(encoding.overflowing) for encoding in encodings], dtype=bool)
+        return ids, truncated

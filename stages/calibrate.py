@@ -19,8 +19,8 @@ from pipeline.errors import StageError
 from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.user_files import read_lines
 from runtime import model_io
-from runtime.preprocess import PreprocessConfig, find_images, open_image, preprocess
-from runtime.tokenizer import ClipTokenizer
+from runtime.preprocess import find_images, open_image, preprocess
+from runtime.tokenizer import TextTokenizer
 from stages.shipped import SHIPPED
 from toolchains.calibration_tar import Archive, CalibrationSet, write_npy_tar
 
@@ -73,13 +73,12 @@ class CalibrateStage(Stage):
                 params.image_count,
             )
         chosen_images = sorted(chooser.sample(images, min(params.image_count, len(images))))
-        preprocess_cfg = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
-        pixels = [preprocess(open_image(path), preprocess_cfg) for path in chosen_images]
+        pixels = [preprocess(open_image(path), info.facts.preprocess) for path in chosen_images]
         write_npy_tar(ctx.out_dir / IMAGE_TAR, pixels)
 
         prompts = _read_prompts(params.prompts)
         chosen_prompts = chooser.sample(prompts, min(params.text_count, len(prompts)))
-        tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info.context_length)
+        tokenizer = TextTokenizer.of_export(export_dir, info)
         ids = [tokenizer.encode(prompt) for prompt in chosen_prompts]
         write_npy_tar(ctx.out_dir / TEXT_TAR, ids)
 

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from common.contract import JsonFile
 from common.errors import ModelFilesError
-from common.hashing import sha256_file, sha256_text
+from common.hashing import sha256_text
 from labels.vocabulary import Category, load_vocabulary, merge_token_identical, vocabulary_files
 from modeling.rank_model import write_rank_model
 from pipeline.config import ConfigPath, Strict
@@ -28,9 +28,17 @@ from pipeline.stage import Stage, StageContext, StageResult
 from pipeline.terminal import console
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
-from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, LabelChanges, RankModel, VocabIndex, write_category
+from runtime.label_tables import (
+    RANK_MODEL_FILE,
+    CategoryEntry,
+    LabelChanges,
+    RankModel,
+    TableModel,
+    VocabIndex,
+    write_category,
+)
 from runtime.similarity import cosine
-from runtime.tokenizer import ClipTokenizer
+from runtime.tokenizer import TextTokenizer
 from stages.shipped import SHIPPED
 
 if TYPE_CHECKING:
@@ -70,18 +78,17 @@ class EmbedVocabStage(Stage):
     def run(self, ctx: StageContext[EmbedVocabParams]) -> StageResult:
         spec, read = load_vocabulary(ctx.params.vocabulary)
         export = ctx.upstream("export")
-        text_model = export / model_io.TEXT_MODEL_FILE
-        model_sha = sha256_file(text_model)
         info = model_io.ExportInfo.read(export)
-        tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, info.context_length)
-        categories = [merge_token_identical(c, tokenizer.encode_batch, info.context_length) for c in read]
+        model_sha = info.text.sha256
+        tokenizer = TextTokenizer.of_export(export, info)
+        categories = [merge_token_identical(c, tokenizer.encode_batch) for c in read]
         _warn_about_changed_labels(categories)
         cache = _previous_embeddings(ctx.upstream(self.name), model_sha)
         missing = list(
             dict.fromkeys(c.prompt(label) for c in categories for label in c.labels if c.prompt(label) not in cache)
         )
         if missing:
-            cache.update(encode_prompts(missing, export, info.context_length, info.projection_dim))
+            cache.update(encode_prompts(missing, export, info))
         entries, stored = [], []
         for category in categories:
             vectors = np.stack([cache[category.prompt(label)] for label in category.labels])
@@ -90,7 +97,9 @@ class EmbedVocabStage(Stage):
             entries.append(_index_entry(category, file))
         rank = write_rank_model(ctx.out_dir / RANK_MODEL_FILE, np.concatenate(stored))
         rank_model = RankModel(RANK_MODEL_FILE, **rank)
-        VocabIndex(spec.name, info.projection_dim, tuple(entries), rank_model, model_sha).write(ctx.out_dir)
+        VocabIndex(spec.name, info.projection_dim, tuple(entries), rank_model, model_sha, TableModel.of(info)).write(
+            ctx.out_dir
+        )
         LabelReport({c.spec.name: c.stats.changes() for c in categories}).write_to(ctx.report_file)
         total = sum(len(c.labels) for c in categories)
         merged = sum(len(c.stats.token_merges) for c in categories)
@@ -111,6 +120,7 @@ def _index_entry(category: Category, file: str) -> CategoryEntry:
         file=file,
         labels=category.labels,
         threshold=spec.threshold,
+        min_probability=spec.min_probability,
         k=spec.k,
         template=spec.template,
         prefix=spec.prefix,
@@ -145,19 +155,23 @@ def _previous_embeddings(previous: Path, model_sha: str) -> dict[str, np.ndarray
     return cache
 
 
-def encode_prompts(prompts: list[str], export: Path, context_length: int, dim: int) -> dict[str, np.ndarray]:
-    """Every prompt's embedding from the batched text model: prompts sorted by token count, batched, and
-    cut after each batch's last EOS (the same numbers as the full context; see model_io). Checked
+def encode_prompts(prompts: list[str], export: Path, info: model_io.ExportInfo) -> dict[str, np.ndarray]:
+    """Every prompt's embedding from the batched text model. Where attention is causal (CLIP), prompts are
+    sorted by token count, batched, and cut after each batch's last EOS (the same numbers as the full
+    context; see model_io); other families see their full context, as the device's model does. Checked
     against the fixed-shape model the device runs on the first prompt."""
     import onnxruntime as ort
 
-    tokenizer = ClipTokenizer(export / model_io.TOKENIZER_FILE, context_length)
+    tokenizer = TextTokenizer.of_export(export, info)
     session = ort.InferenceSession(str(export / model_io.TEXT_BATCH_MODEL_FILE), providers=["CPUExecutionProvider"])
     ids, _ = tokenizer.encode_batch(prompts)
-    lengths = (ids == tokenizer.eos_id).argmax(axis=1) + 1  # through the first EOS
+    if info.facts.text.cuttable:
+        lengths = (ids == info.facts.text.eos_id).argmax(axis=1) + 1  # through the first EOS
+    else:
+        lengths = np.full(len(prompts), info.context_length)
     order = np.argsort(lengths, kind="stable")
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    vectors = np.empty((len(prompts), dim), dtype=np.float32)
+    vectors = np.empty((len(prompts), info.projection_dim), dtype=np.float32)
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("embed-vocab", total=len(prompts))
         for start in range(0, len(order), BATCH):

@@ -1,8 +1,9 @@
-"""export: the image and text encoders, each with its projection, to static-shape ONNX.
+"""export: the image and text encoders, each with its projection or pooling head, to static-shape ONNX.
 
-Outputs (artifacts/export/): image_encoder.onnx, text_encoder.onnx, the tokenizer and preprocessing
-config the device needs, and export.json describing the tensor contract; plus text_encoder_batched.onnx
-(dynamic batch and length) that embed-vocab runs on the controller.
+Outputs (artifacts/export/): image_encoder.onnx, text_encoder.onnx, the tokenizer and image processor
+files, and export.json: the tensor contract and the model's own facts (family, pooling, padding,
+preprocessing, logit scale and bias) that every later stage and the device read; plus
+text_encoder_batched.onnx (dynamic batch and length) that embed-vocab runs on the controller.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from common.hashing import sha256_file
 from modeling.model_config import ModelConfig
 from pipeline.config import Strict
 from pipeline.files import list_files
@@ -40,7 +42,7 @@ class ExportStageParams(ExportParams):
 
 class ExportStage(Stage):
     name = "export"
-    help = "Export the CLIP image and text encoders (with projections) to ONNX."
+    help = "Export the image and text encoders (CLIP, SigLIP, Chinese-CLIP; with projections) to ONNX."
     tools = ("torch", "transformers", "onnx", "onnxslim")
     settings = ExportParams
     outputs = (
@@ -65,25 +67,31 @@ class ExportStage(Stage):
         return [p for p in files if not any(part.startswith(".") for part in p.relative_to(directory).parts)]
 
     def run(self, ctx: StageContext[ExportStageParams]) -> StageResult:
-        from modeling.loading import check_input_sizes, load_clip
+        from modeling import families
+        from modeling.loading import load_model
 
         params = ctx.params
         model_cfg = params.model
         with progress_steps(self.name) as step:
             step(f"loading {model_cfg.id}")
-            loaded = load_clip(model_cfg, ctx.cache_dir)
-            check_input_sizes(model_cfg, loaded)
-            step("exporting the image and text encoders")
-            counts = self._export(ctx, loaded)
-        info = _export_info(params, loaded, counts)
+            loaded = load_model(model_cfg, ctx.cache_dir)
+            facts = families.model_facts(loaded.family, loaded.model, loaded.tokenizer, loaded.image_processor)
+            size = families.image_size(loaded.model, facts.preprocess, model_cfg.image_size)
+            length = families.context_length(loaded.family, loaded.model, loaded.tokenizer, model_cfg.context_length)
+            step(f"exporting the {loaded.family.title} image and text encoders")
+            counts = self._export(ctx, loaded, facts, length)
+        info = _export_info(params, loaded, facts, counts, size, length, ctx.out_dir)
         info.write(ctx.out_dir)
-        dim, size, length = info.projection_dim, model_cfg.image_size, model_cfg.context_length
+        dim = info.projection_dim
         return StageResult(
-            summary=f"image [1,3,{size},{size}] -> [1,{dim}], text [1,{length}] -> [1,{dim}], opset {params.opset}",
-            figures={"nodes": counts, "projection_dim": dim},
+            summary=f"{loaded.family.title}: image [1,3,{size},{size}] -> [1,{dim}], text [1,{length}] -> [1,{dim}], "
+            f"opset {params.opset}",
+            figures={"nodes": counts, "projection_dim": dim, "family": loaded.family.name},
         )
 
-    def _export(self, ctx: StageContext[ExportStageParams], loaded: Any) -> dict[str, dict[str, int]]:
+    def _export(
+        self, ctx: StageContext[ExportStageParams], loaded: Any, facts: model_io.ModelFacts, length: int
+    ) -> dict[str, dict[str, int]]:
         """Both encoders (and the batched text encoder embed-vocab uses), the tokenizer and preprocessor."""
         import torch
 
@@ -91,14 +99,13 @@ class ExportStage(Stage):
         from modeling.onnx_export import export_onnx
 
         params = ctx.params
-        model_cfg = params.model
-        size, length = model_cfg.image_size, model_cfg.context_length
+        size = facts.preprocess.crop_height
         export = functools.partial(
             export_onnx, output_name=model_io.IMAGE_OUTPUT, opset=params.opset, simplify=params.simplify
         )
         text = functools.partial(
             export,
-            TextEncoder(loaded.model, loaded.tokenizer.eos_token_id),
+            TextEncoder(loaded.model, facts.text),
             input_name=model_io.TEXT_INPUT,
             output_name=model_io.TEXT_OUTPUT,
         )
@@ -124,10 +131,18 @@ class ExportStage(Stage):
         return counts
 
 
-def _export_info(params: ExportStageParams, loaded: Any, counts: dict[str, dict[str, int]]) -> model_io.ExportInfo:
-    size, length = params.model.image_size, params.model.context_length
-    dim = loaded.model.config.projection_dim
-    tokenizer = loaded.tokenizer
+def _export_info(
+    params: ExportStageParams,
+    loaded: Any,
+    facts: model_io.ModelFacts,
+    counts: dict[str, dict[str, int]],
+    size: int,
+    length: int,
+    out_dir: Path,
+) -> model_io.ExportInfo:
+    config = loaded.model.config
+    # CLIP and Chinese-CLIP project to projection_dim; SigLIP's pooling heads keep the hidden size.
+    dim = int(getattr(config, "projection_dim", None) or config.vision_config.hidden_size)
     embedding = model_io.Tensor(model_io.IMAGE_OUTPUT, "float32", (1, dim))
     return model_io.ExportInfo(
         model=params.model.id,
@@ -141,17 +156,14 @@ def _export_info(params: ExportStageParams, loaded: Any, counts: dict[str, dict[
             model_io.Tensor(model_io.IMAGE_INPUT, "float32", (1, 3, size, size)),
             embedding,
             counts["image"],
+            sha256_file(out_dir / model_io.IMAGE_MODEL_FILE),
         ),
         text=model_io.EncoderFile(
             model_io.TEXT_MODEL_FILE,
             model_io.Tensor(model_io.TEXT_INPUT, "int64", (1, length)),
             model_io.Tensor(model_io.TEXT_OUTPUT, "float32", (1, dim)),
             counts["text"],
+            sha256_file(out_dir / model_io.TEXT_MODEL_FILE),
         ),
-        tokenizer={
-            "file": model_io.TOKENIZER_FILE,
-            "bos_id": tokenizer.bos_token_id,
-            "eos_id": tokenizer.eos_token_id,
-            "pad_id": tokenizer.pad_token_id,
-        },
+        facts=facts,
     )

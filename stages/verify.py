@@ -33,7 +33,7 @@ from runtime.preprocess import (
     preprocess,
 )
 from runtime.similarity import cosine
-from runtime.tokenizer import ClipTokenizer
+from runtime.tokenizer import TextTokenizer
 from stages.shipped import SHIPPED
 
 if TYPE_CHECKING:
@@ -192,16 +192,20 @@ def _compare_with_pytorch(
     """Run golden inputs through onnxruntime and PyTorch; returns check lines and per-output figures."""
     import torch
 
-    from modeling.loading import load_clip
+    from modeling.loading import load_model
 
     params, export_dir = ctx.params, ctx.upstream("export")
-    loaded = load_clip(params.model, ctx.cache_dir)
+    loaded = load_model(params.model, ctx.cache_dir)
     images = _golden_images(params.images, params.max_images)
     pixels, ids, checks = _inputs_checked_against_transformers(loaded, images, export_dir, info, params.prompts)
+    # The family's own reference: transformers' get_image_features / get_text_features, the mask as the
+    # family feeds it (Chinese-CLIP masks padding; CLIP's causal attention makes a mask moot; SigLIP had none).
+    text_inputs = {"input_ids": torch.from_numpy(ids)}
+    if info.facts.text.masked:
+        text_inputs["attention_mask"] = torch.from_numpy((ids != info.facts.text.pad_id).astype(np.int64))
     with torch.no_grad():
-        clip = loaded.model
-        torch_image = clip.visual_projection(clip.vision_model(pixel_values=torch.from_numpy(pixels)).pooler_output)
-        torch_text = clip.text_projection(clip.text_model(input_ids=torch.from_numpy(ids)).pooler_output)
+        torch_image = _features(loaded.model.get_image_features(pixel_values=torch.from_numpy(pixels)))
+        torch_text = _features(loaded.model.get_text_features(**text_inputs))
     runs = {
         model_io.IMAGE_OUTPUT: (info.image, pixels, torch_image.numpy(), [p.name for p in images]),
         model_io.TEXT_OUTPUT: (info.text, ids, torch_text.numpy(), list(params.prompts)),
@@ -216,16 +220,20 @@ def _compare_with_pytorch(
     return checks, numerics
 
 
+def _features(output: Any) -> Any:
+    """get_*_features' embeddings: a tensor, or (transformers 5) the pooled output of a model output."""
+    return output if hasattr(output, "numpy") else output.pooler_output
+
+
 def _inputs_checked_against_transformers(
     loaded: Any, images: list[Path], export_dir: Path, info: model_io.ExportInfo, prompts: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray, list[Check]]:
     """The golden pixels and token ids as runtime/ makes them, checked against transformers' own."""
-    preprocess_cfg = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
+    preprocess_cfg = info.facts.preprocess
     opened = [open_image(path) for path in images]
     pixels = np.concatenate([preprocess(image, preprocess_cfg) for image in opened])
     reference_pixels = loaded.image_processor(images=opened, return_tensors="np")["pixel_values"]
-    tokenizer = ClipTokenizer(export_dir / model_io.TOKENIZER_FILE, info.context_length)
-    ids = np.concatenate([tokenizer.encode(prompt) for prompt in prompts])
+    ids = TextTokenizer.of_export(export_dir, info).encode_batch(list(prompts))[0]
     reference_ids = loaded.tokenizer(
         list(prompts), padding="max_length", max_length=info.context_length, truncation=True
     )["input_ids"]
@@ -279,7 +287,7 @@ def _fast_path_fidelity(export_dir: Path, info: model_io.ExportInfo, photos: Pat
     for the two to differ: at its own size and at each halving that still differs (re-encoded as JPEG)."""
     import onnxruntime as ort
 
-    config = PreprocessConfig.from_file(export_dir / model_io.PREPROCESSOR_FILE)
+    config = info.facts.preprocess
     spec = info.image
     session = ort.InferenceSession(str(export_dir / spec.file), providers=["CPUExecutionProvider"])
 

@@ -9,8 +9,9 @@ import numpy as np
 
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, run
-from runtime.preprocess import PreprocessConfig, open_image, preprocess
-from runtime.tokenizer import ClipTokenizer
+from runtime.model_io import ExportInfo
+from runtime.preprocess import open_image, preprocess
+from runtime.tokenizer import TextTokenizer
 from stages import ALL_STAGES
 from tests.helpers import device_set
 from toolchains.calibration_tar import CalibrationSet, read_npy_tar
@@ -29,7 +30,8 @@ def test_text_calibration_decodes_back_to_the_real_prompts(built_artifacts: Path
     archive = CalibrationSet.read(built_artifacts / "calibrate").archive("input_ids")
     samples = read_npy_tar(built_artifacts / "calibrate" / archive.file)
     assert len(samples) == 8 and all(s.shape == (1, 77) and s.dtype == np.int64 for s in samples)
-    tokenizer = ClipTokenizer(built_artifacts / "export/tokenizer.json", context_length=77)
+    export = built_artifacts / "export"
+    tokenizer = TextTokenizer.of_export(export, ExportInfo.read(export))
     decoded = [_normalize(tokenizer.decode(s)) for s in samples]
     assert decoded == [_normalize(p) for p in archive.sources]
     prompts = (Path(__file__).parents[1] / "data/calibration_prompts.txt").read_text().splitlines()
@@ -41,7 +43,7 @@ def test_image_calibration_is_the_runtime_preprocessing_of_real_photos(built_art
     samples = read_npy_tar(built_artifacts / "calibrate" / archive.file)
     sources = archive.sources
     assert len(samples) == len(sources) == 4
-    config = PreprocessConfig.from_file(built_artifacts / "export/preprocessor_config.json")
+    config = ExportInfo.read(built_artifacts / "export").facts.preprocess
     for sample, source in zip(samples, sources, strict=True):
         assert sample.shape == (1, 3, 224, 224) and sample.dtype == np.float32
         np.testing.assert_array_equal(sample, preprocess(open_image(Path(source)), config))

@@ -113,33 +113,47 @@ def test_verify_without_images_says_where_to_put_them(tiny_pipeline, tmp_path: P
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
-    from modeling.loading import load_clip
+    from modeling.loading import load_model
 
     with pytest.raises(ModelLoadError, match=r"model directory .* does not exist"):
-        load_clip(ModelConfig(id=str(tmp_path / "nope")), tmp_path)
+        load_model(ModelConfig(id=str(tmp_path / "nope")), tmp_path)
 
 
 def test_input_sizes_other_than_the_model_s_are_refused_before_exporting(tmp_path: Path) -> None:
-    from modeling.loading import check_input_sizes, load_clip
+    from modeling import families
+    from modeling.loading import load_model
 
-    tiny = "builtin:tiny-clip"
-    loaded = load_clip(ModelConfig(id=tiny), tmp_path)
-    trained = loaded.model.config.vision_config.image_size
+    loaded = load_model(ModelConfig(id="builtin:tiny-clip"), tmp_path)
+    model, tokenizer, family = loaded.model, loaded.tokenizer, loaded.family
+    preprocess = families.preprocess_config(loaded.image_processor)
+    trained = model.config.vision_config.image_size
     with pytest.raises(ModelLoadError, match=f"set model.image_size: {trained}"):
-        check_input_sizes(ModelConfig(id=tiny, image_size=trained + 32), loaded)
-    longest = loaded.model.config.text_config.max_position_embeddings
+        families.image_size(model, preprocess, trained + 32)
+    longest = model.config.text_config.max_position_embeddings
     with pytest.raises(ModelLoadError, match=f"set model.context_length: {longest}"):
-        check_input_sizes(ModelConfig(id=tiny, context_length=longest + 1), loaded)
-    check_input_sizes(ModelConfig(id=tiny, image_size=trained, context_length=longest), loaded)
+        families.context_length(family, model, tokenizer, longest + 1)
+    assert families.image_size(model, preprocess, None) == families.image_size(model, preprocess, trained) == trained
+    assert families.context_length(family, model, tokenizer, None) == longest
+    assert families.context_length(family, model, tokenizer, 16) == 16
 
 
-def test_directory_that_is_not_clip_is_a_clear_error(tmp_path: Path) -> None:
-    from modeling.loading import load_clip
+@pytest.mark.parametrize("model_type", ["bert", "siglip2", None])
+def test_a_model_of_an_unsupported_family_is_one_error_naming_the_supported_ones(
+    model_type: str | None, tmp_path: Path
+) -> None:
+    from modeling.loading import load_model
 
-    (tmp_path / "bert").mkdir()
-    (tmp_path / "bert/config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(ModelLoadError, match="holds a 'bert' model, not a CLIP model"):
-        load_clip(ModelConfig(id=str(tmp_path / "bert")), tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(ModelConfig(id=str(tmp_path / "other")), tmp_path)
+    message = str(raised.value)
+    assert (
+        f"is a {model_type!r} model; supported model families (config.json model_type): clip, siglip, chinese_clip"
+        in message
+    )
+    if model_type == "siglip2":
+        assert "fixed-resolution SigLIP2 checkpoint (model_type siglip)" in message
 
 
 def test_full_size_vit_b32_exports_with_only_ax650_operators(tmp_path: Path) -> None:

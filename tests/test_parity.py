@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.preprocess import PreprocessConfig, open_image, preprocess
-from runtime.tokenizer import ClipTokenizer
+from runtime.model_io import ExportInfo
+from runtime.preprocess import open_image, preprocess
+from runtime.tokenizer import TextTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(0)
@@ -60,7 +61,7 @@ def reference(built_artifacts: Path):
 @pytest.mark.parametrize("name", sorted(_cases()))
 def test_preprocessing_matches_transformers(name: str, reference, built_artifacts: Path) -> None:
     image = _cases()[name]
-    ours = preprocess(image, PreprocessConfig.from_file(built_artifacts / "export/preprocessor_config.json"))
+    ours = preprocess(image, ExportInfo.read(built_artifacts / "export").facts.preprocess)
     theirs = reference(images=image, return_tensors="np")["pixel_values"]
     assert ours.shape == theirs.shape == (1, 3, 224, 224) and ours.dtype == np.float32
     assert float(np.abs(ours - theirs).max()) <= 1e-5
@@ -94,6 +95,7 @@ def test_tokenizer_ids_match_transformers(prompt: str, built_artifacts: Path) ->
 
     reference = AutoTokenizer.from_pretrained(built_artifacts / "export")
     expected = reference(prompt, padding="max_length", max_length=77, truncation=True)["input_ids"]
-    ours = ClipTokenizer(built_artifacts / "export/tokenizer.json", 77).encode(prompt)
+    export = built_artifacts / "export"
+    ours = TextTokenizer.of_export(export, ExportInfo.read(export)).encode(prompt)
     assert ours.dtype == np.int64 and ours.shape == (1, 77)
     assert ours[0].tolist() == expected

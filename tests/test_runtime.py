@@ -19,9 +19,9 @@ from runtime.captioning import caption_folder
 from runtime.errors import BackendUnavailable
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
 from runtime.label_tables import CategoryMode, LabelTables, normalize
-from runtime.model_io import TOKENIZER_FILE
+from runtime.model_io import ExportInfo
 from runtime.preprocess import Fidelity, PreprocessConfig, open_image, preprocess
-from runtime.tokenizer import ClipTokenizer
+from runtime.tokenizer import TextTokenizer
 from tests.helpers import device_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def test_scores_are_cosines_of_the_image_with_each_label(interrogator: Interroga
     subject = next(c for c in tables.categories if c.name == "subject")
     # embed-vocab encodes with the float text model from export
     float_text = OnnxRuntimeBackend(built_artifacts / "export/text_encoder.onnx")
-    tokenizer = ClipTokenizer(interrogator.clip.models_dir / TOKENIZER_FILE, interrogator.clip.info.context_length)
+    tokenizer = TextTokenizer.of_export(interrogator.clip.models_dir, interrogator.clip.info)
     ids = tokenizer.encode(f"a photo of a {subject.labels[0]}")
     text = float_text.run({"input_ids": ids})["text_embeds"][0]
     expected = float(embedding @ text / np.linalg.norm(embedding) / np.linalg.norm(text))
@@ -194,7 +194,7 @@ def test_tags_follow_the_deepbooru_options(interrogator: Interrogator) -> None:
     assert len(_split(interrogator.tag(image))) == int((scores >= tags.threshold).sum())
     ordered = np.sort(scores)
     middle = float(ordered[len(ordered) // 2] + ordered[len(ordered) // 2 + 1]) / 2  # between two scores
-    half = TagOptions(threshold=tag_probability(middle, tags.threshold))
+    half = TagOptions(threshold=tag_probability(middle, tags, interrogator.tables.index.model.scores))
     assert len(_split(interrogator.tag(image, half))) == int((scores > middle).sum())
     everything = _split(interrogator.tag(image, TagOptions(threshold=0.0, sort_alpha=True)))
     assert everything == sorted(everything) and len(everything) == len(tags.labels)
@@ -252,20 +252,20 @@ def test_captioning_a_folder_with_a_pool_gives_what_one_image_at_a_time_gives(
     assert [r["caption"] for r in records] == expected
 
 
-def test_a_tokenizer_without_its_end_of_text_token_is_named(built_artifacts: Path, tmp_path: Path) -> None:
+def test_a_tokenizer_without_its_pad_token_is_named(built_artifacts: Path, tmp_path: Path) -> None:
     from common.errors import ModelFilesError
-    from runtime.tokenizer import ClipTokenizer
 
+    facts = ExportInfo.read(built_artifacts / "export").facts.text
     data = json.loads((built_artifacts / "export/tokenizer.json").read_text())
     data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<|endoftext|>"]
     data["model"]["vocab"].pop("<|endoftext|>")
     broken = tmp_path / "tokenizer.json"
     broken.write_text(json.dumps(data))
-    with pytest.raises(ModelFilesError, match=r"no '<\|endoftext\|>' token: run `invoke export` again"):
-        ClipTokenizer(broken, 77)
+    with pytest.raises(ModelFilesError, match=rf"no pad id {facts.pad_id}: run `invoke export` again"):
+        TextTokenizer(broken, facts, 77)
     broken.write_text("{not json")
     with pytest.raises(ModelFilesError, match=r"not a readable tokenizer\.json"):
-        ClipTokenizer(broken, 77)
+        TextTokenizer(broken, facts, 77)
 
 
 def test_fast_fidelity_decodes_a_large_jpeg_at_a_reduced_scale_close_to_exact() -> None:

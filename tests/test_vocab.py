@@ -152,13 +152,14 @@ def test_batched_cut_embeddings_equal_the_fixed_shape_model_for_every_label(buil
     """embed-vocab batches by length and cuts after the last EOS; each row must still be what the
     fixed [1, 77] text model (the one compiled for the NPU) gives for that prompt."""
     from runtime.backends import OnnxRuntimeBackend
-    from runtime.tokenizer import ClipTokenizer
+    from runtime.model_io import ExportInfo
+    from runtime.tokenizer import TextTokenizer
 
     export, tables = built_artifacts / "export", built_artifacts / "embed-vocab"
     batched = onnx.load(str(export / "text_encoder_batched.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in batched] == ["batch", "length"]
     fixed = OnnxRuntimeBackend(export / "text_encoder.onnx")
-    tokenizer = ClipTokenizer(export / "tokenizer.json", 77)
+    tokenizer = TextTokenizer.of_export(export, ExportInfo.read(export))
     index = json.loads((tables / "vocab.json").read_text())
     for entry in index["categories"]:
         rows = np.load(tables / entry["file"]).astype(np.float32)
