@@ -8,7 +8,6 @@ from torch import nn
 
 from runtime.model_io import Pooling, TextFacts
 
-
 MASKED = -100.0  # added to the attention scores of padding (Chinese-CLIP)
 
 
