@@ -93,8 +93,8 @@ def model_facts(family: Family, model: Any, tokenizer: Any, processor: Any) -> M
         text=_text_facts(family, tokenizer),
         preprocess=preprocess_config(processor),
         scores=ScoreScale(
-            logit_scale=float(model.logit_scale.exp()),
-            logit_bias=float(model.logit_bias) if getattr(model, "logit_bias", None) is not None else None,
+            logit_scale=float(model.logit_scale.detach().exp()),
+            logit_bias=float(model.logit_bias.detach()) if getattr(model, "logit_bias", None) is not None else None,
         ),
     )
 
