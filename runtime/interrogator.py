@@ -24,8 +24,8 @@ STRUCTURED_TOP = 5  # labels per category in the structured result
 class Pick:
     label: str
     score: float  # cosine
-    probability: float = field(default=0.0, compare=False)  # the model's: see Scores.probabilities
     row: int = field(default=-1, compare=False)  # the label's row in its category table
+    probability: float = field(default=0.0, compare=False)  # the model's: see Scores.probabilities
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ class Scores:
         probabilities = self.probabilities(category, candidates, exact)
         order = np.argsort(-exact, kind="stable")
         return [
-            Pick(category.labels[candidates[i]], float(exact[i]), float(probabilities[i]), int(candidates[i]))
+            Pick(category.labels[candidates[i]], float(exact[i]), int(candidates[i]), float(probabilities[i]))
             for i in order
         ]
 

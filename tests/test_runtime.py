@@ -18,11 +18,13 @@ from runtime.backends import AxEngineBackend, OnnxRuntimeBackend, conform, open_
 from runtime.captioning import caption_folder
 from runtime.errors import BackendUnavailable
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
-from runtime.label_tables import CategoryMode, LabelTables, normalize
-from runtime.model_io import ExportInfo
+from runtime.label_tables import CategoryMode, LabelTables, TableModel, normalize
+from runtime.model_io import ExportInfo, Pooling, ScoreScale
 from runtime.preprocess import Fidelity, PreprocessConfig, open_image, preprocess
 from runtime.tokenizer import TextTokenizer
 from tests.helpers import device_set
+
+CLIP_TABLES = TableModel("clip", Pooling.FIRST_EOS, ScoreScale(100.0))  # tables made by hand in a test
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN_PYTHON = REPO / "tests/standins/python"
@@ -325,7 +327,7 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
     rank = write_rank_model(tmp_path / RANK_MODEL_FILE, rows)
     labels = [f"l{i}" for i in range(len(rows))]
     entry = CategoryEntry("flavors", CategoryMode.TOP, file, tuple(labels), threshold=0.3, k=5)
-    VocabIndex("random", 64, (entry,), RankModel(RANK_MODEL_FILE, **rank)).write(tmp_path)
+    VocabIndex("random", 64, (entry,), RankModel(RANK_MODEL_FILE, **rank), "", CLIP_TABLES).write(tmp_path)
     tables = LabelTables.load(tmp_path)
     for mode, k, threshold in ((CategoryMode.TOP, 5, 0.3), (CategoryMode.MANY, 3, 0.25), (CategoryMode.ONE, 1, 0.0)):
         category = tables.categories[0].__class__(
@@ -343,6 +345,41 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
             expected = above if mode == "many" else [labels[i] for i in order[:k]]
             assert [p.label for p in result.picks] == expected
             assert [p.label for p in _above(scores, category, threshold)] == above
+
+
+@pytest.mark.parametrize("scale", [ScoreScale(100.0), ScoreScale(20.0, -3.0)], ids=["softmax", "sigmoid"])
+def test_picks_carry_the_model_s_probability_and_sigmoid_families_pick_many_by_it(
+    scale: ScoreScale, tmp_path: Path
+) -> None:
+    """CLIP-like tables: probabilities are a softmax over the whole category (every label, not just the
+    rescored ones) and `many` keeps its cosine threshold. SigLIP-like tables (a bias): each probability is
+    sigmoid(scale*cos + bias) and `many` keeps the labels whose probability reaches min_probability."""
+    from modeling.rank_model import write_rank_model
+    from runtime.interrogator import Scores, _rank
+    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
+
+    rng = np.random.default_rng(3)
+    file, rows = write_category(tmp_path, "tags", rng.standard_normal((3000, 32)).astype(np.float32))
+    rank = write_rank_model(tmp_path / RANK_MODEL_FILE, rows)
+    labels = tuple(f"t{i}" for i in range(len(rows)))
+    entry = CategoryEntry("tags", CategoryMode.MANY, file, labels, threshold=0.3, min_probability=0.2)
+    model = TableModel("siglip" if scale.sigmoid else "clip", Pooling.LAST, scale)
+    VocabIndex("random", 32, (entry,), RankModel(RANK_MODEL_FILE, **rank), "", model).write(tmp_path)
+    tables = LabelTables.load(tmp_path)
+    vector = normalize(rng.standard_normal(32))
+    scores = Scores.of(tables, vector)
+    picks = _rank(scores, tables.categories[0]).picks
+    exact = rows.astype(np.float64) @ vector
+    logits = scale.logit_scale * exact
+    if scale.sigmoid:
+        probability = 1 / (1 + np.exp(-(logits + scale.logit_bias)))
+        chosen = {labels[i] for i in np.flatnonzero(probability >= 0.2)}
+    else:
+        probability = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        chosen = {labels[i] for i in np.flatnonzero(exact >= 0.3)}
+    assert picks and {p.label for p in picks} == chosen
+    for pick in picks:
+        assert pick.probability == pytest.approx(probability[pick.row], rel=1e-3)
 
 
 def test_a_label_already_in_the_caption_is_not_picked_again_the_next_one_is(tmp_path: Path) -> None:
@@ -364,7 +401,7 @@ def test_a_label_already_in_the_caption_is_not_picked_again_the_next_one_is(tmp_
         entries.append(CategoryEntry(name, mode, file, labels, k=2))
         stored.append(kept)
     rank = write_rank_model(tmp_path / RANK_MODEL_FILE, np.concatenate(stored))
-    VocabIndex("random", 4, tuple(entries), RankModel(RANK_MODEL_FILE, **rank)).write(tmp_path)
+    VocabIndex("random", 4, tuple(entries), RankModel(RANK_MODEL_FILE, **rank), "", CLIP_TABLES).write(tmp_path)
     scores = Scores.of(LabelTables.load(tmp_path), vector)
     text, results = caption(scores)
     assert text == "Bubbles, smoke, floor"
