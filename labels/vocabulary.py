@@ -42,11 +42,17 @@ class CategorySpec(BaseModel):
     labels: tuple[str, ...] = ()
     labels_file: str | None = None
     comments: bool = False  # labels_file lines starting with "#" are comments (off: they are labels)
+    # Each given label becomes one label per form ("by {}", "inspired by {}"), all of the first form first:
+    # clip-interrogator builds its artists and trending lists so.
+    forms: tuple[str, ...] = ()
+    caption: bool = True  # part of the A1111 caption (off: only prompt modes use it, e.g. negative terms)
 
     @model_validator(mode="after")
     def _check(self) -> CategorySpec:
         if "{}" not in self.template:
             raise ValueError(f"template {self.template!r} must contain {{}} where the label goes")
+        if any("{}" not in form for form in self.forms):
+            raise ValueError(f"every form must contain {{}} where the given label goes: {list(self.forms)}")
         if not self.labels and not self.labels_file:
             raise ValueError("give labels (a list) or labels_file (one label a line)")
         return self
@@ -180,6 +186,14 @@ def _load_category(path: Path, category: CategorySpec) -> Category:
                 comments += 1
             else:
                 given.append((f"{source}: line {number}", line))
+    blank = sum(1 for _, text in given if not text.strip())
+    if category.forms:
+        given = [
+            (where, form.replace("{}", text.strip()))
+            for form in category.forms
+            for where, text in given
+            if text.strip()
+        ]
     labels, cleaned = [], 0
     for where, text in given:
         if len(text) > MAX_LABEL_CHARS:
@@ -191,7 +205,7 @@ def _load_category(path: Path, category: CategorySpec) -> Category:
         cleaned += label != text.strip()
         if label:
             labels.append(label)
-    empty = len(given) - len(labels)
+    empty = blank if category.forms else len(given) - len(labels)
     unique = tuple(dict.fromkeys(labels))
     if not unique:
         raise ConfigError(f"{path}: categories.{category.name}: no labels")

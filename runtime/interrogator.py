@@ -209,7 +209,7 @@ def caption(scores: Scores, options: CaptionOptions | None = None) -> tuple[str,
     results = []
     for category in categories:
         result = _rank(scores, category, options.dict_limit, frozenset(taken))
-        if category.name not in options.skip:
+        if category.caption and category.name not in options.skip:
             taken |= {_same_label(pick.label) for pick in result.picks}
         results.append(result)
     return format_caption(tuple(results), categories, options), tuple(results)
@@ -284,7 +284,7 @@ def _above(scores: Scores, category: CategoryTable, cutoff: float) -> list[Pick]
 def format_caption(results: tuple[CategoryResult, ...], tables: list[CategoryTable], options: CaptionOptions) -> str:
     parts = []
     for result, table in zip(results, tables, strict=True):
-        if result.name in options.skip:
+        if result.name in options.skip or not table.caption:
             continue
         for pick in result.picks:
             text = f"{table.prefix}{pick.label}"

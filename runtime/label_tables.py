@@ -70,6 +70,7 @@ class CategoryEntry:
     template: str = "{}"
     prefix: str = ""
     tags: bool = False
+    caption: bool = True  # in the A1111 caption (off: only the prompt modes use it)
     labels_sha256: str = ""
     stats: LabelChanges = field(default_factory=LabelChanges)
 

@@ -125,6 +125,7 @@ def _index_entry(category: Category, file: str) -> CategoryEntry:
         template=spec.template,
         prefix=spec.prefix,
         tags=spec.tags,
+        caption=spec.caption,
         labels_sha256=sha256_text("\n".join(category.labels)),
         stats=category.stats.changes(),
     )
