@@ -19,9 +19,13 @@ VOCAB_DIR = "vocab"
 FIRST_LOAD_WAIT_S = 300  # at start: how long to wait for another program to free the NPU
 
 
+TEXT_UNLOAD_AFTER_S = 60.0  # the text encoder (prompt modes only) leaves the NPU after this idle time
+
+
 @dataclass
 class ClipRuntime:
     image_model: ResidentModel  # the image encoder: loaded now, unloaded after an idle period if asked
+    text_model: ResidentModel  # the text encoder: loaded on first use (prompt modes), unloaded when idle
     npu: NpuLock
     preprocess_config: PreprocessConfig
     info: model_io.ExportInfo
@@ -40,9 +44,10 @@ class ClipRuntime:
         unload_after: float | None = None,
         verify_hashes: bool = False,
         fidelity: Fidelity = Fidelity.FAST,
+        text_unload_after: float | None = TEXT_UNLOAD_AFTER_S,
     ) -> ClipRuntime:
         """The image encoder named by manifest.json (a compiled model), or the float ONNX from export.json;
-        the text encoder is not loaded (labels are precomputed tables).
+        the text encoder is loaded only when a prompt mode first needs it (labels are precomputed tables).
         The models link is resolved once: a fetch that swaps in a new set while this runs (or reloads
         after an idle unload) cannot mix files of two sets. The set is checked against its manifest
         (sizes; sha256 with `verify_hashes`). Models load while holding `npu` (a shared NPU lock)."""
@@ -57,8 +62,12 @@ class ClipRuntime:
         )
         with npu.hold(FIRST_LOAD_WAIT_S):
             image_model.get()  # load now: a model that cannot run fails at start, not at the first request
+        text_model = ResidentModel(
+            lambda: open_backend(models_dir / files["text"], provider, device_id), npu, text_unload_after
+        )
         return cls(
             image_model=image_model,
+            text_model=text_model,
             npu=npu,
             preprocess_config=info.facts.preprocess,
             info=info,
@@ -90,6 +99,12 @@ class ClipRuntime:
 
     def encode_image(self, image: Image.Image) -> np.ndarray:
         return self.encode_pixels(self.preprocess(image))
+
+    def encode_ids(self, ids: np.ndarray) -> np.ndarray:
+        """[n, context_length] ids -> [n, dim] text embeddings, one run each (the NPU model has batch 1);
+        the caller holds `npu`. Loads the text encoder on first use."""
+        text = self.text_model.get()
+        return np.stack([text.run({model_io.TEXT_INPUT: row[None]})[model_io.TEXT_OUTPUT][0] for row in ids])
 
 
 def model_files(models_dir: Path, info: model_io.ExportInfo, verify_hashes: bool = False) -> dict[str, str]:

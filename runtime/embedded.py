@@ -32,7 +32,7 @@ def load_interrogator(
     the encoder leaves the NPU after that many idle seconds and comes back on the next request."""
     options = OpenOptions(NpuLock(lock_file, host_lock), provider, device_id, unload_after)
     interrogator = open_interrogator(Path(models), options)
-    IdleUnloader(interrogator.clip.image_model).start()
+    IdleUnloader(interrogator.clip.image_model, interrogator.clip.text_model).start()
     return interrogator
 
 

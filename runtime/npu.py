@@ -89,9 +89,10 @@ class NpuLock:
             self._threads.release()
 
     @contextlib.contextmanager
-    def idle(self) -> Iterator[bool]:
-        """Without waiting, our threads' part of the lock: True when no request of ours uses the NPU."""
-        got = self._threads.acquire(False)
+    def idle(self, wait: float | None = 0.0) -> Iterator[bool]:
+        """Our threads' part of the lock, waiting up to `wait` s (0: not at all; None: as long as it takes):
+        True when no request of ours uses the NPU."""
+        got = self._threads.acquire(False) if wait == 0 else self._threads.acquire(True, -1 if wait is None else wait)
         try:
             yield got
         finally:
@@ -164,8 +165,15 @@ class ResidentModel:
             return False
         if time.monotonic() - self.last_used < self.unload_after:
             return False
-        with self._npu.idle() as idle:
-            if not idle or self._model is None or time.monotonic() - self.last_used < self.unload_after:
+        return self._unload(self.unload_after)
+
+    def unload(self, wait: float | None = None) -> bool:
+        """Now (the `unload` endpoint): after a running request, never under it; loaded again on next use."""
+        return self._unload(0.0, wait)
+
+    def _unload(self, idle_for: float, wait: float | None = 0.0) -> bool:
+        with self._npu.idle(wait) as idle:
+            if not idle or self._model is None or time.monotonic() - self.last_used < idle_for:
                 return False  # in use right now, or used since the check
             self._model = None  # the backend's session releases NPU and host memory when collected
             self.unloads += 1
@@ -184,21 +192,22 @@ class ResidentModel:
 
 
 class IdleUnloader:
-    """A daemon thread that unloads a ResidentModel once it has been idle long enough."""
+    """A daemon thread that unloads each ResidentModel once it has been idle long enough."""
 
-    def __init__(self, model: ResidentModel) -> None:
-        self._model = model
+    def __init__(self, *models: ResidentModel) -> None:
+        self._models = [m for m in models if m.unload_after is not None]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._model.unload_after is None:
+        if not self._models:
             return
-        period = min(max(self._model.unload_after / 4, 0.05), 5.0)
+        period = min(max(min(m.unload_after or 0.0 for m in self._models) / 4, 0.05), 5.0)
 
         def loop() -> None:
             while not self._stop.wait(period):
-                self._model.unload_if_idle()
+                for model in self._models:
+                    model.unload_if_idle()
 
         self._thread = threading.Thread(target=loop, name="idle-unloader", daemon=True)
         self._thread.start()

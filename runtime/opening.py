@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.clip import VOCAB_DIR, ClipRuntime
+from runtime.clip import TEXT_UNLOAD_AFTER_S, VOCAB_DIR, ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
 from runtime.npu import NpuLock
@@ -22,6 +22,7 @@ class OpenOptions:
     unload_after: float | None = None  # idle seconds before the image encoder leaves the NPU
     verify_hashes: bool = False  # every file's sha256 against the manifest (sizes: always)
     fidelity: Fidelity = Fidelity.FAST
+    text_unload_after: float | None = TEXT_UNLOAD_AFTER_S  # idle seconds before the text encoder leaves
 
 
 def open_interrogator(models_dir: Path, options: OpenOptions | None = None, tables: Path | None = None) -> Interrogator:
@@ -36,5 +37,6 @@ def open_interrogator(models_dir: Path, options: OpenOptions | None = None, tabl
         unload_after=options.unload_after,
         verify_hashes=options.verify_hashes,
         fidelity=options.fidelity,
+        text_unload_after=options.text_unload_after,
     )
     return Interrogator(clip, LabelTables.load(tables or clip.models_dir / VOCAB_DIR))

@@ -55,3 +55,9 @@ class TextTokenizer:
         ids = np.array([encoding.ids for encoding in encodings], dtype=dtype).reshape(len(texts), self.context_length)
         truncated = np.array([bool(encoding.overflowing) for encoding in encodings], dtype=bool)
         return ids, truncated
+
+    def fills_context(self, texts: list[str]) -> np.ndarray:
+        """Whether each text's tokens (with the specials) take every position: clip-interrogator's
+        `_prompt_at_max_len`, which stops a prompt growing."""
+        encodings = self._tokenizer.encode_batch(texts)
+        return np.array([sum(encoding.attention_mask) >= self.context_length for encoding in encodings], dtype=bool)

@@ -16,11 +16,13 @@ from pathlib import Path
 import uvicorn
 
 from common.errors import UserError
+from runtime.clip import TEXT_UNLOAD_AFTER_S
 from runtime.errors import SettingsError
 from runtime.images import ImagePolicy
 from runtime.npu import NpuLock
 from runtime.opening import OpenOptions, open_interrogator
 from runtime.preprocess import Fidelity
+from runtime.prompt_modes import PromptSettings
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.connections import ConnectionLimits, uvicorn_config
 
@@ -42,8 +44,46 @@ def parse_credentials(text: str) -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime.server", description=__doc__.splitlines()[0])
     _add_model_arguments(parser)
+    _add_prompt_arguments(parser)
     _add_limit_arguments(parser)
     return parser
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """clip-interrogator's modes (/interrogator/*): where a prompt starts, what `best` may cost."""
+    defaults = PromptSettings()
+    parser.add_argument(
+        "--caption-category",
+        default=defaults.caption_category,
+        help="the vocabulary category whose best label starts a prompt (clip-interrogator starts from BLIP)",
+    )
+    parser.add_argument("--max-flavors", type=int, default=defaults.max_flavors, help="clip-interrogator's max_flavors")
+    parser.add_argument(
+        "--chain-candidates",
+        type=int,
+        default=defaults.chain_candidates,
+        help="labels re-encoded at each step of a best/negative chain (those whose own cosine is best)",
+    )
+    parser.add_argument(
+        "--max-text-encodes", type=int, default=defaults.max_text_encodes, help="text encodes per prompt request"
+    )
+    parser.add_argument(
+        "--text-unload-after",
+        type=float,
+        default=TEXT_UNLOAD_AFTER_S,
+        help="seconds without a best/negative prompt after which the text encoder leaves the NPU",
+    )
+    parser.add_argument(
+        "--model-name",
+        action="append",
+        default=[],
+        help="another name the served model answers to in /interrogator/models (e.g. ViT-L-14/openai); repeatable",
+    )
+    parser.add_argument(
+        "--refuse-other-models",
+        action="store_true",
+        help="answer a clip_model_name the server does not serve with 404 (default: the served model answers)",
+    )
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +174,15 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise SettingsError(f"--queue must be 0 or more (got {args.queue})")
     if args.unload_after is not None and args.unload_after <= 0:
         raise SettingsError(f"--unload-after takes a number of seconds above 0 (got {args.unload_after:g})")
+    counts = {
+        "--max-flavors": args.max_flavors,
+        "--chain-candidates": args.chain_candidates,
+        "--max-text-encodes": args.max_text_encodes,
+        "--text-unload-after": args.text_unload_after,
+    }
+    for flag, value in counts.items():
+        if value <= 0:
+            raise SettingsError(f"{flag} must be above 0 (got {value:g})")
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
@@ -162,6 +211,14 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         queue_timeout_s=args.queue_timeout,
         credentials=parse_credentials(auth),
         options_file=args.options_file or args.models.resolve().parent / "server-options.json",
+        prompt=PromptSettings(
+            caption_category=args.caption_category,
+            max_flavors=args.max_flavors,
+            chain_candidates=args.chain_candidates,
+            max_text_encodes=args.max_text_encodes,
+        ),
+        model_names=tuple(args.model_name),
+        refuse_other_models=args.refuse_other_models,
     )
 
 
@@ -192,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             unload_after=args.unload_after,
             verify_hashes=args.verify_models,
             fidelity=Fidelity(args.fidelity),
+            text_unload_after=args.text_unload_after,
         )
         interrogator = open_interrogator(args.models, options)
         app = create_app(interrogator, settings)

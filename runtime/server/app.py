@@ -1,4 +1,5 @@
-"""The FastAPI app: A1111's interrogate and options endpoints, a structured answer, and a health check.
+"""The FastAPI app: A1111's interrogate and options endpoints, clip-interrogator's extension API
+(interrogator_api.py), a structured answer, and a health check.
 
 Blocking work (decoding, preprocessing, the encoder, ranking) runs in worker threads; the interrogator
 lets one encode run at a time (one NPU), and the admission gate bounds how many requests wait for it.
@@ -23,6 +24,7 @@ from runtime.errors import NpuBusy, ServerBusy
 from runtime.images import ImagePolicy, decode_image
 from runtime.interrogator import Interrogation, Interrogator, Scores
 from runtime.npu import IdleUnloader
+from runtime.prompt_modes import PromptBuilder, PromptMode, PromptResult, PromptSettings
 from runtime.server.auth import authenticator
 from runtime.server.errors import install_error_handlers
 from runtime.server.limits import AdmissionGate, BodyBudget, RequestBodyLimits
@@ -50,11 +52,14 @@ class ServerSettings:
     queue_timeout_s: float = 60.0  # longest wait for the encoder before a 503
     credentials: dict[str, str] = field(default_factory=dict)  # user -> password; empty: no auth
     options_file: Path | None = None
+    prompt: PromptSettings = field(default_factory=PromptSettings)  # clip-interrogator's modes
+    model_names: tuple[str, ...] = ()  # more names the served model answers to (/interrogator/models)
+    refuse_other_models: bool = False  # a clip_model_name not served: 404 (else the served model answers)
 
 
 def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
     """The whole service: the endpoints, A1111's error shape, body limits, and the idle unloader."""
-    unloader = IdleUnloader(interrogator.clip.image_model)
+    unloader = IdleUnloader(interrogator.clip.image_model, interrogator.clip.text_model)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -93,8 +98,11 @@ def include_interrogation(app: FastAPI, interrogator: Interrogator, settings: Se
     Fails here, before anything is served, when a setting or the options file cannot be used."""
     service = InterrogationService(interrogator, settings)
     setattr(app.state, SERVICE_STATE, service)
+    from runtime.server.interrogator_api import ci_router  # its endpoints take this module's Service
+
     auth = [Depends(authenticator(settings.credentials))] if settings.credentials else []
     app.include_router(a1111_router, dependencies=auth)
+    app.include_router(ci_router, dependencies=auth)
     app.include_router(detailed_router, dependencies=auth)
     app.include_router(health_router)  # open even with auth: a supervisor's probe has no password
     return service
@@ -114,7 +122,12 @@ class InterrogationService:
             "api_forbid_local_requests": not settings.images.allow_local_urls,
         }
         self.options = OptionsStore(settings.options_file, [c.name for c in interrogator.tables.categories], fixed)
+        self.prompts = PromptBuilder(interrogator, settings.prompt)
         self.started = time.time()
+
+    def model_names(self) -> list[str]:
+        """What /interrogator/models lists: the served model's id, then any names it also answers to."""
+        return list(dict.fromkeys((self.interrogator.clip.info.model, *self.settings.model_names)))
 
     def score(self, image_field: str) -> tuple[Scores, dict[str, float]]:
         """Decode (never an unbounded wait for a slot: slow image URLs may hold them all), preprocess,
@@ -136,6 +149,21 @@ class InterrogationService:
             raise ServerBusy(f"Server busy: {exc}; retry shortly") from exc
         timings.update(decode=(decoded - begin) * 1e3, preprocess=(prepared - decoded) * 1e3)
         return scores, timings
+
+    def prompt(self, image_field: str, mode: PromptMode) -> PromptResult:
+        """clip-interrogator's prompt in `mode`; the text encoder comes onto the NPU when the mode needs it."""
+        self.prompts.require(mode)  # before decoding: a vocabulary without the lists is one clear error
+        scores, timings = self.score(image_field)
+        try:
+            result = self.prompts.prompt(scores, mode, wait=self.settings.queue_timeout_s)
+        except NpuBusy as exc:
+            raise ServerBusy(f"Server busy: {exc}; retry shortly") from exc
+        result.timings_ms = {**timings, **result.timings_ms}
+        return result
+
+    def analyze(self, image_field: str) -> dict[str, dict[str, float]]:
+        self.prompts.require(None)
+        return self.prompts.analyze(self.score(image_field)[0])
 
     def answer(self, request: InterrogateRequest) -> str:
         """A1111's answer: the caption (`clip`) or the tags (`deepdanbooru`)."""
@@ -166,7 +194,7 @@ class InterrogationService:
             model=clip.info.model,
             models={"dir": str(clip.models_dir), "image": clip.files["image"]},
             image_encoder=image,
-            text_encoder="not loaded (labels are precomputed tables)",
+            text_encoder=clip.text_model.state(),
             npu={"lock_file": str(clip.npu.lock_file) if clip.npu.lock_file else None, **clip.npu.stats.to_json()},
             vocabulary={c.name: len(c.labels) for c in categories},
             labels=sum(len(c.labels) for c in categories),

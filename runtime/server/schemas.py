@@ -31,8 +31,8 @@ class QueueHealth(BaseModel):
     refused: int
 
 
-class ImageEncoderHealth(BaseModel):
-    state: str  # loaded | unloaded (see --unload-after)
+class EncoderHealth(BaseModel):
+    state: str  # loaded | unloaded (see --unload-after; the text encoder loads for best and negative prompts)
     loads: int
     unloads: int
     last_load_s: float | None  # how long the last load took
@@ -59,8 +59,8 @@ class Health(BaseModel):
     provider: str | None
     model: str
     models: dict[str, str]  # dir, image: the model set and the image encoder's file in it
-    image_encoder: ImageEncoderHealth
-    text_encoder: str
+    image_encoder: EncoderHealth
+    text_encoder: EncoderHealth
     npu: NpuHealth
     vocabulary: dict[str, int]  # labels per category
     labels: int
