@@ -52,6 +52,8 @@ def status(c: Context, config: str | None = None) -> None:
         "ranks": "write (label:0.123) with each pick, as A1111's 'return ranks'",
         "overwrite": "caption again images that already have a .txt",
         "npu-lock": "hold an exclusive flock on this file around every NPU call (default: device.npu_lock)",
+        "mode": "write clip-interrogator's prompt in this mode instead: fast, classic, best or negative "
+        "(needs tables of vocab/clip-interrogator.yaml)",
     }
 )
 def caption(
@@ -63,10 +65,11 @@ def caption(
     ranks: bool = False,
     overwrite: bool = False,
     npu_lock: str | None = None,
+    mode: str | None = None,
 ) -> None:
     """Caption a folder of images for a training set: a .txt per image and a JSONL; resumable."""
     setup_logging(False)
-    caption_images(config, images, out, models, ranks, overwrite, npu_lock)
+    caption_images(config, images, out, models, ranks, overwrite, npu_lock, mode)
 
 
 @task(

@@ -175,8 +175,10 @@ def caption_images(
     ranks: bool,
     overwrite: bool,
     npu_lock: str | None = None,
+    mode: str | None = None,
 ) -> None:
-    """Caption every image below `images` with the fetched models and vocabulary tables."""
+    """Caption every image below `images` with the fetched models and vocabulary tables (with `mode`,
+    clip-interrogator's prompt in that mode)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from runtime.captioning import caption_folder
@@ -184,17 +186,24 @@ def caption_images(
     from runtime.npu import NpuLock
     from runtime.opening import OpenOptions, open_interrogator
     from runtime.preprocess import Fidelity, find_images
+    from runtime.prompt_modes import PromptBuilder, PromptMode
 
     images_dir = Path(images)
     with user_errors():
         if not images_dir.is_dir():
             raise PipelineError(f"{images_dir} is not a directory", hint="pass --images DIR")
+        modes = [m.value for m in PromptMode]
+        if mode is not None and mode not in modes:
+            raise PipelineError(f"--mode {mode!r} is not a prompt mode", hint=f"pass one of {', '.join(modes)}")
         config = None if models else load(config_path)
         models_dir = device_models_dir(config, models)
         lock = npu_lock or (config.device.npu_lock if config else None)
         fidelity = config.device.fidelity if config else Fidelity.FAST
         options = OpenOptions(npu=NpuLock(Path(lock) if lock else None), fidelity=fidelity)
         interrogator = open_interrogator(models_dir, options)
+        prompts = (PromptBuilder(interrogator), PromptMode(mode)) if mode else None
+        if prompts:
+            prompts[0].require(prompts[1])
     total = len(find_images(images_dir))
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
@@ -206,6 +215,7 @@ def caption_images(
             options=CaptionOptions(ranks=ranks),
             overwrite=overwrite,
             on_image=lambda _: bar.advance(task),
+            prompts=prompts,
         )
     console.print(f"captioned {summary.captioned}, already done {summary.skipped}, unreadable {len(summary.failed)}")
     for path, reason in summary.failed:

@@ -26,6 +26,7 @@ from runtime.answers import InterrogationAnswer
 from runtime.errors import InvalidImage
 from runtime.interrogator import CaptionOptions, Interrogator
 from runtime.preprocess import find_images
+from runtime.prompt_modes import PromptBuilder, PromptMode
 
 JSONL_NAME = "captions.jsonl"
 AHEAD = 2  # prepared images waiting per decode worker
@@ -53,7 +54,11 @@ def caption_folder(
     overwrite: bool = False,
     on_image: Callable[[Path], None] = lambda _: None,
     workers: int | None = None,
+    prompts: tuple[PromptBuilder, PromptMode] | None = None,
 ) -> CaptionSummary:
+    """A caption per image (A1111's `clip` caption), or with `prompts` clip-interrogator's prompt in a mode."""
+    if prompts:
+        prompts[0].require(prompts[1])  # before the first image: a vocabulary without the lists says so
     jsonl = (out_dir or images_dir) / JSONL_NAME
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     summary = CaptionSummary()
@@ -71,7 +76,7 @@ def caption_folder(
 
         def finish_oldest() -> None:
             image_path, target, pixels = prepared.popleft()
-            _caption_one(interrogator, images_dir, image_path, target, pixels, options, log, summary)
+            _caption_one(interrogator, images_dir, image_path, target, pixels, options, log, summary, prompts)
             on_image(image_path)
 
         for image_path, target in todo:
@@ -96,15 +101,23 @@ def _caption_one(
     options: CaptionOptions | None,
     log: TextIO,
     summary: CaptionSummary,
+    prompts: tuple[PromptBuilder, PromptMode] | None,
 ) -> None:
     try:
-        result = interrogator.interrogate(pixels.result(), options)
+        if prompts:
+            builder, mode = prompts
+            made = builder.prompt(interrogator.score(pixels.result())[0], mode)
+            text = made.prompt
+            answer = {"mode": mode.value, "prompt": made.prompt, "text_encodes": made.text_encodes}
+        else:
+            result = interrogator.interrogate(pixels.result(), options)
+            text, answer = result.caption, InterrogationAnswer.of(result).model_dump()
     except (InvalidImage, OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         summary.failed.append((str(image_path), str(exc) or type(exc).__name__))
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(result.caption + "\n", encoding="utf-8")
-    record = {"file": str(image_path.relative_to(images_dir)), **InterrogationAnswer.of(result).model_dump()}
+    target.write_text(text + "\n", encoding="utf-8")
+    record = {"file": str(image_path.relative_to(images_dir)), **answer}
     log.write(json.dumps(record) + "\n")
     log.flush()
     summary.captioned += 1
