@@ -65,7 +65,7 @@ def npu_class(clip: ClipRuntime) -> ClipRuntime:
 def main() -> None:
     args = arguments(__doc__, images=12)
     export = full_size_export()
-    tables = LabelTables.load(write_tables(export.parent.parent / "tables" / f"vocab-{LABELS}", LABELS, 512))
+    tables = LabelTables.load(write_tables(export, LABELS))
     folder, out = photo_folder(args.images), DEFAULT_CACHE / "caption-out"
     rows, figures = [], {"images": args.images}
     for encoder in ("CPU onnxruntime", f"NPU-class ({NPU_FLOOR_MS:g} ms)"):

@@ -39,34 +39,53 @@ def median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1e3, 2)
 
 
-def write_tables(directory: Path, labels: int, dim: int) -> Path:
+def write_tables(export: Path, labels: int) -> Path:
     """Label tables shaped like the default vocabulary (a `one`, a `top` and a `many` category) with
-    random rows, as embed-vocab writes them; returns the directory."""
-    from modeling.rank_model import write_rank_model
-    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
+    random rows, as embed-vocab writes them for `export`'s text model; returns the directory."""
+    from runtime.label_tables import CategoryMode
 
-    if (directory / VocabIndex.FILE).is_file():
-        return directory
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(labels)
     tenth = max(1, labels // 10)
     sizes = {"subject": tenth, "flavors": max(1, labels - 2 * tenth), "tags": tenth}
     modes = {"subject": CategoryMode.ONE, "flavors": CategoryMode.TOP, "tags": CategoryMode.MANY}
-    categories, stored = [], []
-    for name, count in sizes.items():
-        file, rows = write_category(directory, name, rng.standard_normal((count, dim)).astype(np.float32))
+    return write_random_tables(export, f"vocab-{labels}", {n: (modes[n], c) for n, c in sizes.items()})
+
+
+def write_random_tables(export: Path, name: str, categories: dict) -> Path:
+    """Tables of random rows for `categories` (name -> (mode, labels)) as embed-vocab writes them for
+    `export`'s text model, kept beside the export (per text model) and reused; returns the directory."""
+    from modeling.rank_model import write_rank_model
+    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, RankModel, TableModel, VocabIndex, write_category
+    from runtime.model_io import ExportInfo
+
+    info = ExportInfo.read(export)
+    directory = export.parent.parent / "tables" / f"{name}-{info.text.sha256[:12]}"
+    if (directory / VocabIndex.FILE).is_file():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(sum(count for _, count in categories.values()))
+    entries, stored = [], []
+    for category, (mode, count) in categories.items():
+        rows = rng.standard_normal((count, info.projection_dim)).astype(np.float32)
+        file, rows = write_category(directory, category, rows)
         stored.append(rows)
-        names = tuple(f"{name} {i}" for i in range(count))
-        categories.append(CategoryEntry(name, modes[name], file, names, threshold=0.1, tags=name == "tags"))
+        names = tuple(f"{category} {i}" for i in range(count))
+        entries.append(CategoryEntry(category, mode, file, names, threshold=0.1, tags=category == "tags"))
     rank = write_rank_model(directory / RANK_MODEL_FILE, np.concatenate(stored))
-    VocabIndex("bench", dim, tuple(categories), RankModel(RANK_MODEL_FILE, **rank)).write(directory)
+    index = VocabIndex(
+        "bench",
+        info.projection_dim,
+        tuple(entries),
+        RankModel(RANK_MODEL_FILE, **rank),
+        info.text.sha256,
+        TableModel.of(info),
+    )
+    index.write(directory)
     return directory
 
 
 def server_models(labels: int, cache: Path = DEFAULT_CACHE) -> Path:
     """A models dir as fetch lays it out (the float ONNX export plus `labels` in vocab/), for the server."""
     from runtime.clip import VOCAB_DIR
-    from runtime.model_io import ExportInfo
 
     export = full_size_export(cache)
     models = cache / f"server-models-{labels}"
@@ -75,11 +94,12 @@ def server_models(labels: int, cache: Path = DEFAULT_CACHE) -> Path:
         link = models / source.name
         if source.is_file() and not link.exists():
             link.symlink_to(source)
-    dim = ExportInfo.read(export).projection_dim
-    write_tables(cache / "tables" / f"vocab-{labels}", labels, dim)
+    tables = write_tables(export, labels)
     vocab = models / VOCAB_DIR
+    if vocab.is_symlink() and vocab.resolve() != tables.resolve():
+        vocab.unlink()  # tables of an earlier export
     if not vocab.exists():
-        vocab.symlink_to(cache / "tables" / f"vocab-{labels}")
+        vocab.symlink_to(tables)
     return models
 
 

@@ -67,7 +67,7 @@ def main() -> None:
     args = arguments(__doc__, rounds=9)
     export = full_size_export()
     clips = {f: ClipRuntime.load(export, fidelity=f) for f in Fidelity}
-    tables = LabelTables.load(write_tables(export.parent.parent / "tables" / f"vocab-{LABELS}", LABELS, 512))
+    tables = LabelTables.load(write_tables(export, LABELS))
     interrogator = Interrogator(clips[Fidelity.FAST], tables)
     policy = ImagePolicy()
     samples: dict[tuple[str, str], list[float]] = {}

@@ -36,12 +36,8 @@ def main() -> None:
 
     export = full_size_export()
     clip = ClipRuntime.load(export)  # the float ONNX files
-    dim = clip.info.projection_dim
     photo = (REPO / "data/images/grace_hopper.jpg").read_bytes()
-    tables_root = export.parent.parent / "tables"
-    interrogators = {
-        n: Interrogator(clip, LabelTables.load(write_tables(tables_root / f"vocab-{n}", n, dim))) for n in TABLE_SIZES
-    }
+    interrogators = {n: Interrogator(clip, LabelTables.load(write_tables(export, n))) for n in TABLE_SIZES}
     text = open_backend(export / clip.info.encoder("text").file)  # the manual way encodes every label per request
     tokenizer = TextTokenizer.of_export(export, clip.info)
     prompts = [f"a photo of label {i}" for i in range(max(MANUAL_SIZES))]
