@@ -199,21 +199,31 @@ class _Run:
         either). Each step considers the `chain_candidates` remaining phrases whose own cosine ranks best."""
         remaining = dict.fromkeys(phrases)  # its set, in a fixed order
         own = self._own_cosines(list(remaining))
+
+        def rank_top(prefix: str) -> tuple[str, float] | None:
+            """clip-interrogator's rank_top over `prefix` + each candidate: the best (with `reverse`, the
+            furthest) and its signed similarity; None when the budget has no room for the step."""
+            ranked = sorted(remaining, key=lambda p: own[p], reverse=not reverse)[: self.settings.chain_candidates]
+            prompts = [prefix + p for p in ranked]
+            if not prompts or self.encodes + len(prompts) > self.settings.max_text_encodes:
+                return None  # the request's budget: what is chained so far stands
+            sims = np.asarray(self.similarity(prompts))
+            pick = int(np.argmin(sims) if reverse else np.argmax(sims))
+            return ranked[pick], float(-sims[pick] if reverse else sims[pick])
+
         if not best_prompt:
-            best_prompt = max(remaining, key=lambda p: -own[p] if reverse else own[p])
-            best_sim = self.similarity([best_prompt])[0]
+            first = rank_top("")
+            if first is None:
+                return ""
+            best_prompt = first[0]
+            best_sim = self.similarity([best_prompt])[0]  # not negated, as clip-interrogator has it
             del remaining[best_prompt]
         current, current_sim = best_prompt, best_sim
         for index in range(max_count):
-            if not remaining:
+            step = rank_top(f"{current}, ")
+            if step is None:
                 break
-            ranked = sorted(remaining, key=lambda p: own[p], reverse=not reverse)[: self.settings.chain_candidates]
-            prompts = [f"{current}, {p}" for p in ranked]
-            if self.encodes + len(prompts) > self.settings.max_text_encodes:
-                break  # the request's budget: what is chained so far stands
-            sims = np.asarray(self.similarity(prompts))
-            pick = int(np.argmin(sims) if reverse else np.argmax(sims))
-            flavor, sim = ranked[pick], float(-sims[pick] if reverse else sims[pick])
+            flavor, sim = step
             prompt = f"{current}, {flavor}"
             if sim > best_sim:
                 best_prompt, best_sim = prompt, sim
