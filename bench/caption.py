@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import DEFAULT_CACHE, arguments, emit, full_size_export, verdict, write_tables
 from inputs import NPU_FLOOR_MS, camera_like
 
-from common import DEFAULT_CACHE, arguments, emit, full_size_export, verdict, write_tables
 from runtime.captioning import caption_folder
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator

@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 import time
 
-from common import REPO, arguments, emit, full_size_export
+from harness import REPO, arguments, emit, full_size_export
+
 from labels.vocabulary import load_vocabulary
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend

@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from harness import arguments, emit, peak_rss_mb, server_models
 from PIL import Image
 from service import start_server
 
-from common import arguments, emit, peak_rss_mb, server_models
 from tests.hostile_images import ico_hiding, png_bomb
 from tests.loopback import free_port
 

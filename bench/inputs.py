@@ -22,9 +22,9 @@ import random
 import time
 
 import numpy as np
+from harness import DEFAULT_CACHE, REPO, arguments, emit, full_size_export, median_ms, verdict, write_tables
 from PIL import Image
 
-from common import DEFAULT_CACHE, REPO, arguments, emit, full_size_export, median_ms, verdict, write_tables
 from runtime.clip import ClipRuntime
 from runtime.images import ImagePolicy, decode_image
 from runtime.interrogator import Interrogator, Scores, normalize

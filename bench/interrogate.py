@@ -17,7 +17,8 @@ import io
 import random
 import time
 
-from common import REPO, arguments, emit, full_size_export, median_ms, verdict, write_tables
+from harness import REPO, arguments, emit, full_size_export, median_ms, verdict, write_tables
+
 from runtime import model_io
 from runtime.backends import open_backend
 from runtime.clip import ClipRuntime

@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 
 import httpx
+from harness import DEFAULT_CACHE, REPO, arguments, emit, peak_rss_mb, server_models, verdict
 from service import start_server
 
-from common import DEFAULT_CACHE, REPO, arguments, emit, peak_rss_mb, server_models, verdict
 from tests.loopback import free_port
 
 TARGET_RATIO = 0.5

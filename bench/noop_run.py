@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import yaml
-
-from common import REPO, emit
+from harness import REPO, emit
 
 TARGET_SECONDS = 2.0
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from harness import REPO, arguments, emit, full_size_export, median_ms, write_random_tables
 from inputs import NPU_FLOOR_MS
 
-from common import REPO, arguments, emit, full_size_export, median_ms, write_random_tables
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import CategoryMode, LabelTables

@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from harness import REPO, emit, peak_rss_mb, server_models, verdict
 
-from common import REPO, emit, peak_rss_mb, server_models, verdict
 from tests.loopback import free_port
 
 LEVELS = (1, 4, 16)

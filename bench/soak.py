@@ -19,9 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from harness import REPO, arguments, emit, rss_mb, server_models
 from service import start_server
 
-from common import REPO, arguments, emit, rss_mb, server_models
 from tests.hostile_images import png_bomb
 from tests.loopback import free_port
 

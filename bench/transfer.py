@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import arguments, emit, verdict
+from harness import arguments, emit, verdict
+
 from pipeline.hosts.openssh import PREFERRED_CIPHERS
 from pipeline.hosts.ssh import SshTransport
 from pipeline.hosts.sync import upload

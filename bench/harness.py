@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: full-size ViT-B/32 models with random weights, built once and cached."""
+"""Shared by the benchmarks: full-size ViT-B/32 models with random weights, built once and cached. (Not
+`common`: a script's own folder comes first on sys.path, and that name is the project's package.)"""
 
 from __future__ import annotations
 
