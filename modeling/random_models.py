@@ -44,10 +44,11 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(keep, (chr(c) for c in chars), strict=True))
 
 
-def learn_merges(words: Iterable[str], count: int) -> list[tuple[str, str]]:
-    """Plain BPE: repeatedly merge the most frequent adjacent pair (ties broken by the pair itself)."""
+def learn_merges(words: Iterable[str], count: int, word_end: str = "</w>") -> list[tuple[str, str]]:
+    """Plain BPE: repeatedly merge the most frequent adjacent pair (ties broken by the pair itself). CLIP
+    marks a word's last symbol with `</w>`; SentencePiece-style vocabularies (Gemma's) mark nothing."""
     freqs = Counter(words)
-    splits = {word: (*word[:-1], word[-1] + "</w>") for word in freqs}
+    splits = {word: (*word[:-1], word[-1] + word_end) for word in freqs}
     merges: list[tuple[str, str]] = []
     for _ in range(count):
         pairs: Counter[tuple[str, str]] = Counter()
@@ -96,31 +97,13 @@ def write_gemma_style_tokenizer(directory: Path) -> None:
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
     words = ["▁" + w for w in _CORPUS] + _CORPUS
-    merges = learn_merges_plain(words, N_MERGES)
+    merges = learn_merges(words, N_MERGES, word_end="")
     letters = sorted({c for w in words for c in w})
     tokens = specials + byte_tokens + letters + ["".join(m) for m in merges]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     tokenizer = Siglip2Tokenizer(vocab=vocab, merges=merges)
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(directory)
-
-
-def learn_merges_plain(words: Iterable[str], count: int) -> list[tuple[str, str]]:
-    """BPE merges over whole strings (no end-of-word marker), as SentencePiece-style BPE vocabularies have."""
-    freqs = Counter(words)
-    splits = {word: tuple(word) for word in freqs}
-    merges: list[tuple[str, str]] = []
-    for _ in range(count):
-        pairs: Counter[tuple[str, str]] = Counter()
-        for word, symbols in splits.items():
-            for pair in pairwise(symbols):
-                pairs[pair] += freqs[word]
-        if not pairs:
-            break
-        best = max(pairs.items(), key=lambda item: (item[1], item[0]))[0]
-        merges.append(best)
-        splits = {word: _merge(symbols, best) for word, symbols in splits.items()}
-    return merges
 
 
 def write_wordpiece_tokenizer(directory: Path) -> None:
