@@ -165,6 +165,8 @@ class Scores:
     vector: np.ndarray
     coarse: np.ndarray
     bound: float
+    # category start -> (max logit, sum of exp(logit - max)) over its coarse scores: a softmax's normalizer
+    _coarse_sums: dict[int, tuple[float, float]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, tables: LabelTables, embedding: np.ndarray) -> Scores:
@@ -193,11 +195,15 @@ class Scores:
         scale = self.scale
         if scale.sigmoid:
             return 1.0 / (1.0 + np.exp(-(scale.logit_scale * exact.astype(np.float64) + scale.logit_bias)))
-        logits = scale.logit_scale * self.coarse[category.start : category.stop].astype(np.float64)
-        logits[candidates] = scale.logit_scale * exact
-        top = logits.max()
-        log_norm = top + math.log(float(np.exp(logits - top).sum()))
-        return np.exp(logits[candidates] - log_norm)
+        coarse = scale.logit_scale * self.coarse[category.start : category.stop][candidates].astype(np.float64)
+        logits = scale.logit_scale * exact.astype(np.float64)
+        if category.start not in self._coarse_sums:  # once per category, whichever labels are rescored
+            every = scale.logit_scale * self.coarse[category.start : category.stop].astype(np.float64)
+            self._coarse_sums[category.start] = (float(every.max()), float(np.exp(every - every.max()).sum()))
+        top, total = self._coarse_sums[category.start]
+        peak = max(top, float(logits.max(initial=-math.inf)))
+        total = total * math.exp(top - peak) - float(np.exp(coarse - peak).sum()) + float(np.exp(logits - peak).sum())
+        return np.exp(logits - peak) / total
 
 
 def caption(scores: Scores, options: CaptionOptions | None = None) -> tuple[str, tuple[CategoryResult, ...]]:
