@@ -25,6 +25,7 @@ from runtime.label_tables import LabelTables
 from runtime.model_io import ExportInfo, Pooling
 from runtime.preprocess import Fidelity, open_image, preprocess
 from runtime.tokenizer import TextTokenizer
+from stages import ALL_STAGES
 from stages.config import load_config
 from tests.helpers import IMAGES, REPO, STAGES, device_set, tiny_config_dict
 from tests.loopback import app_clients
@@ -44,8 +45,6 @@ PROMPTS = [
 @pytest.fixture(scope="session")
 def family_build(tmp_path_factory: pytest.TempPathFactory, built_artifacts: Path) -> Callable[[str], Path]:
     """family -> its artifacts after every stage (CLIP's are the shared build)."""
-    from stages import ALL_STAGES
-
     built: dict[str, Path] = {"clip": built_artifacts}
 
     def build(family: str) -> Path:
@@ -260,3 +259,39 @@ def test_stretch_resize_decodes_large_jpegs_reduced(family_build: Callable[[str]
     quick = preprocess(fast, config, Fidelity.FAST).ravel()
     assert float(exact @ quick / np.linalg.norm(exact) / np.linalg.norm(quick)) > 0.9995
     assert Image.open(photo).size == (2560, 1600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["siglip", "chinese_clip"])
+def test_each_family_compiles_with_pulsar2_and_runs_on_the_device(
+    family: str,
+    family_build: Callable[[str], Path],
+    ssh_server,
+    standin_pulsar2,
+    docker_engine,
+    build_host_workdir: Path,
+    tmp_path: Path,
+) -> None:
+    """Pulsar2 (the stand-in image on a real Docker Engine, over SSH) takes each family's calibration
+    archives and configs; the device (over SSH) runs the axmodels through axengine with S32 ids."""
+    import shutil
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(family_build(family), artifacts, copy_function=shutil.copy2)
+    data = tiny_config_dict(artifacts)
+    data["model"]["id"] = FAMILIES[family]
+    data["hosts"] = {
+        "mac": ssh_server.host_entry(build_host_workdir, docker_socket=docker_engine.socket),
+        "pi": ssh_server.host_entry(tmp_path / "pi device"),
+    }
+    data["device"] = {"host": "pi"}
+    data["stages"]["compile"].update({"target": "pulsar2", "host": "mac"})
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    outcomes = {o.stage: o for o in run(load_config(path), StageGraph(ALL_STAGES), RunRequest(targets=("smoke-test",)))}
+    assert all(o.outcome.value in ("ran", "up to date") for o in outcomes.values()), outcomes
+    compiled = json.loads((artifacts / "compile/compiled.json").read_text())
+    assert compiled["target"] == "pulsar2" and set(compiled["models"]) == {"image_encoder", "text_encoder"}
+    report = json.loads((artifacts / "smoke-test/measurements.json").read_text())
+    assert report["encoders"]["text"]["input_dtype"] == "int32"
+    assert all(e["backend"] == "axengine" and e["cosine_min"] > 0.9999 for e in report["encoders"].values())
