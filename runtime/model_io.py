@@ -21,7 +21,7 @@ TEXT_MODEL_FILE = "text_encoder.onnx"
 # with causal attention (CLIP) an EOS at position p sees only tokens 0..p, so ids cut after the batch's
 # last EOS give the same embedding as the full context, at a fraction of the work (see TextFacts.cuttable).
 TEXT_BATCH_MODEL_FILE = "text_encoder_batched.onnx"
-IMAGE_INPUT = "pixel_values"  # float32 [1, 3, S, S], CLIP-normalized
+IMAGE_INPUT = "pixel_values"  # float32 [1, 3, S, S], normalized with the model's own mean and std
 IMAGE_OUTPUT = "image_embeds"  # float32 [1, projection_dim]
 TEXT_INPUT = "input_ids"  # int64 [1, context_length] in ONNX; int32 on the NPU (src_dtype S32); a family
 # whose text encoder needs an attention mask computes it in the graph from the ids (`ids != pad_id`)
