@@ -163,9 +163,10 @@ def merge_token_identical(category: Category, tokenize: Tokenize) -> Category:
 
 
 def vocabulary_files(path: Path) -> list[Path]:
-    """The YAML file and every labels file it names (inputs of embed-vocab)."""
+    """The YAML file (none for a folder) and every labels file it names (inputs of embed-vocab)."""
     spec = _read_spec(path)
-    return [path] + [(path.parent / c.labels_file) for c in spec.categories if c.labels_file]
+    own = [path] if path.is_file() else []
+    return own + [(path.parent / c.labels_file) for c in spec.categories if c.labels_file]
 
 
 def load_vocabulary(path: Path) -> tuple[VocabularySpec, list[Category]]:
@@ -213,7 +214,34 @@ def _load_category(path: Path, category: CategorySpec) -> Category:
     return Category(spec=category, labels=unique, stats=stats)
 
 
+# A1111's interrogate folder: `<name>.txt` is a category taking the best label, `<name>.top<N>.txt` the N best.
+_TOP_N = re.compile(r"^(?P<name>.+?)\.top(?P<n>\d+)$")
+
+
+def folder_spec(folder: Path) -> VocabularySpec:
+    """A folder of label lists as a vocabulary, as A1111 reads its `interrogate/` folder (clip-interrogator's
+    `data/` is one too): a category per `.txt` file, in name order, named by the file."""
+    categories = []
+    for file in sorted(folder.glob("*.txt")):
+        match = _TOP_N.match(file.stem)
+        name, top = (match["name"], int(match["n"])) if match else (file.stem, 1)
+        mode = CategoryMode.TOP if top > 1 else CategoryMode.ONE
+        categories.append(
+            CategorySpec(
+                name=re.sub(r"[^A-Za-z0-9_-]", "_", name),
+                mode=mode,
+                k=min(max(top, 1), 100),
+                labels_file=str(file.resolve()),
+            )
+        )
+    if not categories:
+        raise ConfigError(f"{folder}: no .txt label lists in this folder", hint="one label a line, a file a category")
+    return VocabularySpec(name=folder.name, categories=tuple(categories))
+
+
 def _read_spec(path: Path) -> VocabularySpec:
+    if path.is_dir():
+        return folder_spec(path)
     if not path.is_file():
         raise ConfigError(f"{path}: vocabulary file not found", hint="set stages.embed-vocab.vocabulary")
     raw = read_yaml(path, "vocabulary")

@@ -198,3 +198,26 @@ def test_an_alias_bomb_in_a_vocabulary_is_refused_at_once(tmp_path: Path) -> Non
     path.write_text("\n".join(lines) + "\ncategories: [{name: s, labels: *a9}]\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="aliases"):
         load_vocabulary(path)
+
+
+def test_a_folder_of_label_lists_is_a_vocabulary_as_a1111_reads_its_interrogate_folder(tmp_path: Path) -> None:
+    """`<name>.txt` takes the best label, `<name>.top<N>.txt` the N best; names sort the categories."""
+    from labels.vocabulary import load_vocabulary, vocabulary_files
+    from runtime.label_tables import CategoryMode
+
+    folder = tmp_path / "interrogate"
+    folder.mkdir()
+    (folder / "mediums.txt").write_text("a photograph\nan oil painting\n")
+    (folder / "flavors.top3.txt").write_text("highly detailed\nsharp focus\n\nsharp focus\n")
+    (folder / "notes.md").write_text("not a list")
+    spec, categories = load_vocabulary(folder)
+    assert [(c.spec.name, c.spec.mode, c.spec.k) for c in categories] == [
+        ("flavors", CategoryMode.TOP, 3),
+        ("mediums", CategoryMode.ONE, 1),
+    ]
+    assert categories[0].labels == ("highly detailed", "sharp focus") and spec.name == "interrogate"
+    assert vocabulary_files(folder) == [folder / "flavors.top3.txt", folder / "mediums.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"no \.txt label lists in this folder"):
+        load_vocabulary(empty)
