@@ -9,6 +9,8 @@ appends), its image processor (resize, crop, mean, std), its logit scale and bia
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,14 +101,53 @@ def model_facts(family: Family, model: Any, tokenizer: Any, processor: Any) -> M
     )
 
 
+def backend_tokenizer(tokenizer: Any) -> Any:
+    """The `tokenizers` pipeline the device runs (saved as tokenizer.json): a fast tokenizer's own, or for
+    SigLIP's SentencePiece-only tokenizer one made here that gives its ids."""
+    if getattr(tokenizer, "is_fast", False) and getattr(tokenizer, "backend_tokenizer", None) is not None:
+        return tokenizer.backend_tokenizer
+    if type(tokenizer).__name__ == "SiglipTokenizer":
+        return _siglip_sentencepiece(tokenizer)
+    raise ModelLoadError(
+        f"the model's tokenizer ({type(tokenizer).__name__}) has no tokenizer.json, which the device's "
+        "torch-free tokenizer reads",
+        hint="use a checkpoint that ships tokenizer.json",
+    )
+
+
+def _siglip_sentencepiece(tokenizer: Any) -> Any:
+    """SiglipTokenizer (google/siglip-*: spiece.model, no tokenizer.json) as a `tokenizers` pipeline:
+    transformers' SentencePiece converter, after SiglipTokenizer's own `canonicalize_text` (lowercase,
+    punctuation removed, whitespace runs as one space, trimmed) as normalizers, then the `</s>` it appends.
+    One difference is known: a literal `</s>` inside a text (a special token, split out before the rest)
+    is followed by a word-start marker here and not there; verify compares every id of its prompts."""
+    import string
+
+    from tokenizers import AddedToken, Regex, Tokenizer, normalizers, processors
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    converted = SpmConverter(tokenizer).converted()
+    canonical = [normalizers.Lowercase()] if tokenizer.do_lower_case else []
+    canonical += [
+        normalizers.Replace(Regex("[" + re.escape(string.punctuation) + "]"), ""),
+        normalizers.Replace(Regex(r"\s+"), " "),
+        normalizers.Strip(),
+    ]
+    converted.normalizer = normalizers.Sequence([*canonical, converted.normalizer])
+    eos = tokenizer.eos_token
+    converted.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", special_tokens=[(eos, tokenizer.eos_token_id)]
+    )
+    # Only the tokenizer's own special tokens are matched in raw text (the converter adds every control piece).
+    data = json.loads(converted.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in tokenizer.all_special_tokens]
+    rebuilt = Tokenizer.from_str(json.dumps(data))
+    rebuilt.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in tokenizer.all_special_tokens])
+    return rebuilt
+
+
 def _text_facts(family: Family, tokenizer: Any) -> TextFacts:
-    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise ModelLoadError(
-            f"the model's tokenizer ({type(tokenizer).__name__}) has no tokenizer.json, which the device's "
-            "torch-free tokenizer reads",
-            hint="use a checkpoint that ships tokenizer.json (SigLIP: a SigLIP2 checkpoint such as "
-            "google/siglip2-base-patch16-224)",
-        )
+    backend_tokenizer(tokenizer)  # one that the device can run, or the error saying why not
     if tokenizer.pad_token_id is None:
         raise ModelLoadError(
             "the model's tokenizer has no padding token", hint="set pad_token in tokenizer_config.json"

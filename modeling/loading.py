@@ -39,13 +39,13 @@ def resolve_source(model: ModelConfig, cache_dir: Path) -> str:
     if model.id in BUILTIN_MODELS:
         from modeling.random_models import make_random_model
 
-        family, preset = BUILTIN_MODELS[model.id]
+        recipe, preset = BUILTIN_MODELS[model.id]
         target = cache_dir / model.id.removeprefix("builtin:")
         if not target.is_dir():
             cache_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".tmp-{preset}-", dir=cache_dir))
             try:
-                make_random_model(staging, family=family, preset=preset)
+                make_random_model(staging, recipe=recipe, preset=preset)
                 os.replace(staging, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -10,10 +10,11 @@ from pydantic import Field, ValidationInfo, model_validator
 from pipeline.config import Strict
 
 BUILTIN_TINY_CLIP = "builtin:tiny-clip"
-# Built-in models made on the fly with random weights: id -> (family, size preset); see modeling/random_models.py.
+# Built-in models made on the fly with random weights: id -> (recipe, size preset); see modeling/random_models.py.
 BUILTIN_MODELS = {
     BUILTIN_TINY_CLIP: ("clip", "tiny"),
     "builtin:tiny-siglip": ("siglip", "tiny"),
+    "builtin:tiny-siglip-sentencepiece": ("siglip_sentencepiece", "tiny"),
     "builtin:tiny-chinese-clip": ("chinese_clip", "tiny"),
     "builtin:random-vit-b-32": ("clip", "vit-b-32"),
 }

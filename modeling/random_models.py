@@ -106,6 +106,38 @@ def write_gemma_style_tokenizer(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
+def write_sentencepiece_tokenizer(directory: Path) -> None:
+    """The original SigLIP checkpoints' tokenizer: SentencePiece (unigram) only, spiece.model, no tokenizer.json.
+    The model is trained here on the corpus's words, deterministically."""
+    import random
+
+    import sentencepiece
+    from transformers import SiglipTokenizer
+
+    chooser = random.Random(SEED)
+    lines = [" ".join(chooser.sample(_CORPUS, 6)) for _ in range(400)]
+    corpus = directory / "spiece-corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(directory / "spiece"),
+        vocab_size=200,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    corpus.unlink()
+    (directory / "spiece.vocab").unlink()
+    tokenizer = SiglipTokenizer(vocab_file=str(directory / "spiece.model"))
+    tokenizer.save_pretrained(directory)
+
+
 def write_wordpiece_tokenizer(directory: Path) -> None:
     """A BERT WordPiece tokenizer (Chinese-CLIP's): specials, Chinese characters, the English words."""
     from transformers import BertTokenizer
@@ -135,22 +167,27 @@ PRESETS = {
 }
 
 
-def make_random_model(directory: Path, *, family: str = "clip", preset: str = "tiny") -> Path:
-    """Write a complete model directory (config, safetensors weights, tokenizer, image processor)."""
+def make_random_model(directory: Path, *, recipe: str = "clip", preset: str = "tiny") -> Path:
+    """Write a complete model directory (config, safetensors weights, tokenizer, image processor). `recipe` is
+    the family (clip, siglip, chinese_clip), or siglip_sentencepiece: SigLIP with the original checkpoints'
+    SentencePiece-only tokenizer."""
     import torch
     import transformers
 
     directory.mkdir(parents=True, exist_ok=True)
     dims = PRESETS[preset]
     vision = {**dims["vision"], "image_size": IMAGE_SIZE, "patch_size": 32}
-    if family == "clip":
+    if recipe == "clip":
         config = _clip_config(directory, dims, vision)
         model_class, processor = (
             transformers.CLIPModel,
             _processor("CLIPImageProcessor")(size={"shortest_edge": IMAGE_SIZE}, crop_size=IMAGE_SIZE),
         )
-    elif family == "siglip":
-        write_gemma_style_tokenizer(directory)
+    elif recipe in ("siglip", "siglip_sentencepiece"):
+        if recipe == "siglip":
+            write_gemma_style_tokenizer(directory)
+        else:
+            write_sentencepiece_tokenizer(directory)
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
         text = {**dims["text"], "vocab_size": len(tokenizer), "max_position_embeddings": 64}
         text |= {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
@@ -158,7 +195,7 @@ def make_random_model(directory: Path, *, family: str = "clip", preset: str = "t
         config = transformers.SiglipConfig(text_config=text, vision_config=vision)
         model_class = transformers.SiglipModel
         processor = _processor("SiglipImageProcessor")(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    elif family == "chinese_clip":
+    elif recipe == "chinese_clip":
         write_wordpiece_tokenizer(directory)
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
         text = {**dims["text"], "vocab_size": len(tokenizer), "max_position_embeddings": 64, "pad_token_id": 0}
@@ -170,10 +207,10 @@ def make_random_model(directory: Path, *, family: str = "clip", preset: str = "t
             size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=False
         )
     else:
-        raise ValueError(f"no random model for family {family!r}")
+        raise ValueError(f"no random model recipe {recipe!r}")
     torch.manual_seed(SEED)
     model = model_class(config).eval()
-    if family == "siglip":  # a trained SigLIP's scale and bias (so probabilities spread as a real one's do)
+    if hasattr(model, "logit_bias"):  # a trained SigLIP's scale and bias (probabilities spread as a real one's)
         with torch.no_grad():
             model.logit_scale.fill_(4.7)
             model.logit_bias.fill_(-12.0)

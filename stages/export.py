@@ -96,6 +96,7 @@ class ExportStage(Stage):
         import torch
 
         from modeling.encoders import ImageEncoder, TextEncoder
+        from modeling.families import backend_tokenizer
         from modeling.onnx_export import export_onnx
 
         params = ctx.params
@@ -127,6 +128,7 @@ class ExportStage(Stage):
             dynamic_axes={0: "batch", 1: "length"},
         )
         loaded.tokenizer.save_pretrained(ctx.out_dir)
+        backend_tokenizer(loaded.tokenizer).save(str(ctx.out_dir / model_io.TOKENIZER_FILE))
         loaded.image_processor.save_pretrained(ctx.out_dir)
         return counts
 
