@@ -118,6 +118,11 @@ def test_a_vocabulary_without_clip_interrogator_s_lists_is_one_clear_error(inter
         builder.require(PromptMode.BEST)
     with pytest.raises(PromptError, match=r"vocab/clip-interrogator\.yaml"):
         builder.require(None)
+    with app_clients() as start:  # the server answers 501, in A1111's error shape, and keeps serving
+        client = start(interrogator)
+        refused = client.post("/interrogator/prompt", json={"image": _image(), "mode": "best"})
+        assert refused.status_code == 501 and "vocab/clip-interrogator.yaml" in refused.json()["detail"]
+        assert client.post("/sdapi/v1/interrogate", json={"image": _image()}).status_code == 200
 
 
 def test_the_vocabulary_builds_artists_and_trending_as_clip_interrogator_does() -> None:

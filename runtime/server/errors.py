@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import UserError
 from runtime.errors import ImageTooLarge, InvalidImage, NpuBusy, OptionRefused, ServerBusy
+from runtime.prompt_modes import PromptError
 
 log = logging.getLogger("runtime.server")
 
@@ -35,6 +36,7 @@ STATUSES: tuple[tuple[type[UserError], int], ...] = (
     (OptionRefused, 422),
     (ServerBusy, 503),
     (NpuBusy, 503),
+    (PromptError, 501),  # a prompt mode the served vocabulary cannot answer (no clip-interrogator lists)
 )
 
 
