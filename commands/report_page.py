@@ -25,7 +25,7 @@ from common.hashing import sha256_text
 from pipeline.files import canonical_json
 from pipeline.records import StageRecord, read_records
 from pipeline.runner import Outcome, StageOutcome
-from pipeline.stage import report_file
+from pipeline.stage import part_report_file, report_file
 from runtime.agreement import PickAgreement
 from runtime.label_tables import VocabIndex
 from runtime.model_io import CompileReport, ExportInfo
@@ -92,13 +92,17 @@ def write_index(config: PipelineConfig) -> Path:
     reports = config.artifacts / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     records = read_records(config.artifacts)
-    smoke = _read(SmokeReport, report_file(config.artifacts, "smoke-test"))
+    smoke_reports = {
+        device.name: _read(SmokeReport, part_report_file(config.artifacts, "smoke-test", device.name))
+        for device in config.fleet()
+    }
+    smoke = next((r for r in smoke_reports.values() if r), None)
     sections = [
         _run_section(_read(LastRun, reports / LastRun.FILE)),
         _provenance_section(records),
         _verify_section(_read(VerificationReport, report_file(config.artifacts, "verify"))),
         _compile_section(_read(CompileReport, report_file(config.artifacts, "compile"))),
-        _smoke_section(smoke),
+        *[_smoke_section(name, r) for name, r in smoke_reports.items()],
         _cached_captions_section(config, records, smoke.agreement.device_captions if smoke and smoke.agreement else {}),
     ]
     page = (
@@ -249,11 +253,12 @@ def _layer_chart(layers: list[dict[str, Any]], width: int = 1000, height: int = 
     )
 
 
-def _smoke_section(report: SmokeReport | None) -> str:
+def _smoke_section(device: str, report: SmokeReport | None) -> str:
     if not report:
         return _section("smoke test", _missing("smoke-test report"))
+    title = f"smoke test (on {device})"
     if report.error:
-        return _section("smoke test (on the device)", f"<p class=failed>could not run: {_e(report.error)}</p>")
+        return _section(title, f"<p class=failed>could not run: {_e(report.error)}</p>")
     charts = [
         f"<h3>{_e(part)} encoder latency (ms)</h3>{_latency_chart(encoder.latency_ms)}"
         for part, encoder in report.encoders.items()
@@ -261,7 +266,7 @@ def _smoke_section(report: SmokeReport | None) -> str:
     head = f"<p>peak RSS {report.peak_rss_mb:.0f} MB on {_e(report.machine)}</p>"
     table = _table(report.ENCODER_COLUMNS, report.encoder_rows())
     agreement = _agreement(report.agreement) if report.agreement else ""
-    return _section("smoke test (on the device)", head + table + agreement + "".join(charts))
+    return _section(title, head + table + agreement + "".join(charts))
 
 
 def _agreement(agreement: PickAgreement) -> str:

@@ -1,16 +1,15 @@
-"""`device:` in pipeline.yaml, and what the stages that work on the device (fetch, smoke-test) read of it."""
+"""`device:` (one device) or `devices:` (a fleet) in pipeline.yaml, and what the stages that work on devices
+(fetch, smoke-test) read of them."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import HostConfig, Strict
 from pipeline.stage import Stage
 from runtime.preprocess import Fidelity
-
-D = TypeVar("D", bound="DeviceParams")
 
 
 def moved_to_device(data: Any) -> Any:
@@ -47,45 +46,69 @@ class DeviceConfig(Strict):
     # serve and caption: `fast` decodes a JPEG at a reduced DCT scale and box-reduces before the bicubic
     # resize (embedding cosine >= 0.999 of `exact`, which verify measures); `exact` is transformers' own.
     fidelity: Fidelity = Fidelity.FAST
+    # serve: the port its server listens on there (`invoke serve --port` overrides; default 7860, as A1111).
+    # Devices that share an address (several on one machine) need one each.
+    port: int | None = Field(None, ge=1, le=65535)
 
 
-class WithDevice(Protocol):
-    """A config with a `device:` section and its hosts (the pipeline's config)."""
+class NamedDevice(DeviceConfig):
+    """One device of `devices:`: its name is what `--host` selects and what artifacts, the lock file and
+    captions.jsonl call it."""
 
-    device: DeviceConfig
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class WithDevices(Protocol):
+    """A config with devices and their hosts (the pipeline's config)."""
+
+    def fleet(self) -> list[NamedDevice]: ...
 
     def host(self, name: str) -> DeviceHostConfig: ...
 
 
 class DeviceParams(BaseModel):
-    """What a stage working on the device reads: which host, where its models live, and how to reach it.
+    """What a stage working on one device reads: which host, where its models live, and how to reach it.
     Another device or folder means another run; another connect timeout does not."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    name: str
     host: str
     models_dir: str
     address: str | None
     workdir: str
+    npu_lock: str | None = Field(exclude=True)  # taken on the device; changes nothing made or measured
     connection: DeviceHostConfig = Field(exclude=True)
 
+
+class FleetParams(BaseModel):
+    """What a stage working on the selected devices reads: each device's params (one for `device:`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    devices: tuple[DeviceParams, ...]
+
     @classmethod
-    def for_device(cls: type[D], config: WithDevice, **own: Any) -> D:
-        """The params of the config's device, with a deriving stage's `own` fields."""
-        host = config.host(config.device.host)
-        return cls(
-            host=config.device.host,
-            models_dir=config.device.models_dir,
-            address=host.address,
-            workdir=host.workdir,
-            connection=host,
-            **own,
+    def for_fleet(cls, config: WithDevices, **own: Any) -> Any:
+        """The params of the config's selected devices, with a deriving stage's `own` fields."""
+        devices = tuple(
+            DeviceParams(
+                name=device.name,
+                host=device.host,
+                models_dir=device.models_dir,
+                address=config.host(device.host).address,
+                workdir=config.host(device.host).workdir,
+                npu_lock=device.npu_lock,
+                connection=config.host(device.host),
+            )
+            for device in config.fleet()
         )
+        return cls(devices=devices, **own)
 
 
 class DeviceStage(Stage):
-    """A stage that works on `device:` (fetch, smoke-test): the lock records the device, and `--host` on it
-    names another host as the device, for every device stage alike."""
+    """A stage that works on the devices (fetch, smoke-test): the lock records them, and `--host` on it
+    selects devices (or names another host as the one device), for every device stage alike."""
 
-    def host_name(self, config: WithDevice) -> str:
-        return config.device.host
+    def host_name(self, config: WithDevices) -> str:
+        return ",".join(device.host for device in config.fleet())

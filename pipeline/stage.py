@@ -41,6 +41,10 @@ class StageContext(Generic[P]):
         """This stage's human-readable report of this attempt, kept even when it fails."""
         return report_file(self.artifacts, self.stage)
 
+    def part_report_file(self, part: str) -> Path:
+        """The report of one part of this attempt (one device of several), kept even when it fails."""
+        return part_report_file(self.artifacts, self.stage, part)
+
     @property
     def cache_dir(self) -> Path:
         """Shared, stage-independent cache (for example the materialized built-in tiny CLIP)."""
@@ -102,6 +106,11 @@ class Stage(ABC):
 def report_file(artifacts: Path, stage: str) -> Path:
     """Where a stage keeps the report of its last attempt: artifacts/reports/<stage>.json (not tracked)."""
     return artifacts / "reports" / f"{stage}.json"
+
+
+def part_report_file(artifacts: Path, stage: str, part: str) -> Path:
+    """artifacts/reports/<stage>/<part>.json: a stage that works on several devices keeps one per device."""
+    return artifacts / "reports" / stage / f"{part}.json"
 
 
 def digest_values(params: BaseModel) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The whole pipeline.yaml: the engine's part (artifacts, hosts), the model, the device, and `stages:`, whose
+"""The whole pipeline.yaml: the engine's part (artifacts, hosts), the model, the device(s), and `stages:`, whose
 sections are assembled from the registered stages. A stage's settings are declared in its own module
 (`settings = ExportParams`): adding one touches that module only.
 """
@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
-from deploy.device_config import DeviceConfig, DeviceHostConfig, DeviceStage
+from deploy.device_config import DeviceConfig, DeviceHostConfig, DeviceStage, NamedDevice
 from modeling.model_config import ModelConfig
 from pipeline.config import EngineConfig
 from pipeline.config import load_config as load_schema
@@ -54,12 +54,27 @@ class PipelineConfig(EngineConfig):
     hosts: dict[str, Host] = Field(default_factory=lambda: {"local": Host(kind="local")})
 
     model: ModelConfig = ModelConfig()
-    device: DeviceConfig = DeviceConfig()
+    device: DeviceConfig = DeviceConfig()  # one device; or
+    devices: list[NamedDevice] = Field(default_factory=list, max_length=256)  # a fleet
     stages: StagesConfig = StagesConfig()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _hosts_exist(self) -> PipelineConfig:
-        for key, name in (("stages.compile.host", self.stages.compile.host), ("device.host", self.device.host)):
+        if self.devices and "device" in self.model_fields_set:
+            raise ValueError("set `device:` (one device) or `devices:` (a list of named devices), not both")
+        seen: dict[str, str] = {}
+        for index, device in enumerate(self.devices):
+            if device.name in seen.values():
+                raise ValueError(f"devices[{index}]: the name {device.name!r} is taken by another device")
+            if device.host in seen:
+                raise ValueError(
+                    f"devices[{index}] ({device.name}): host {device.host!r} is already device {seen[device.host]!r}; "
+                    "one device per host (its workdir holds the runtime, the server and the worker)"
+                )
+            seen[device.host] = device.name
+        keys = [("stages.compile.host", self.stages.compile.host), ("device.host", self.device.host)]
+        keys += [(f"devices[{i}].host", device.host) for i, device in enumerate(self.devices)]
+        for key, name in keys:
             if name != "local" and name not in self.hosts:
                 known = ", ".join(sorted(self.hosts)) or "none"
                 raise ValueError(f"{key} {name!r} is not in hosts (hosts: {known})")
@@ -68,12 +83,43 @@ class PipelineConfig(EngineConfig):
     def host(self, name: str) -> Host:
         return cast(Host, super().host(name))
 
+    def fleet(self) -> list[NamedDevice]:
+        """The devices the device stages, serve and caption work on: `devices:` as selected, or `device:`
+        named after its host."""
+        if self.devices:
+            return list(self.devices)
+        return [NamedDevice(name=self.device.host, **dict(self.device))]
+
+    def with_devices(self, selection: str) -> PipelineConfig:
+        """`--host` on a device stage, serve or caption: a device name, a comma list of them, or `all`. With
+        one `device:`, a host name (or list) makes those hosts the device(s), with its settings."""
+        names = list(dict.fromkeys(name.strip() for name in selection.split(",") if name.strip()))
+        if not names:
+            raise ConfigError("--host is empty", hint="pass a device name, a comma list of them, or all")
+        if names == ["all"]:
+            return self
+        if not self.devices:
+            for name in names:
+                self.host(name)
+            if len(names) == 1:
+                return self.model_copy(update={"device": self.device.model_copy(update={"host": names[0]})})
+            return self.model_copy(
+                update={"devices": [NamedDevice(name=name, **{**dict(self.device), "host": name}) for name in names]}
+            )
+        by_name = {device.name: device for device in self.devices}
+        unknown = [name for name in names if name not in by_name]
+        if unknown:
+            raise ConfigError(
+                f"--host {', '.join(unknown)}: no such device", hint=f"devices in the config: {', '.join(by_name)}, all"
+            )
+        return self.model_copy(update={"devices": [by_name[name] for name in names]})
+
     def with_host(self, stage: str, host: str) -> PipelineConfig:
-        """This config with the stage's host replaced (what `--host` does): the device for the stages
-        that work on it (every one of them, then), the build host for compile."""
-        self.host(host)
+        """This config with the stage's host replaced (what `--host` does): the device(s) for the stages
+        that work on them (every one of them, then), the build host for compile."""
         if any(s.name == stage and isinstance(s, DeviceStage) for s in ALL_STAGES):
-            return self.model_copy(update={"device": self.device.model_copy(update={"host": host})})
+            return self.with_devices(host)
+        self.host(host)
         params = self.stages.of(stage)
         if params is None or "host" not in type(params).model_fields:
             raise ConfigError(f"stage {stage!r} does not run on a host; drop --host")

@@ -2,7 +2,8 @@
 
 Puts runtime/ and its virtualenv on the device beside the fetched models (stages/device_runtime.py),
 runs `python -m runtime.smoke_test` and brings back its JSON report: per-encoder cosine vs the float
-reference, latency p50/p95, peak RSS, backend, provider.
+reference, latency p50/p95, peak RSS, backend, provider. Every selected device at once (deploy/fleet.py):
+`smoke-test/devices/<name>/smoke-report.json`, and `reports/smoke-test/<name>.json` for each attempt.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BeforeValidator, Field
 
-from deploy.device_config import DeviceParams, DeviceStage, moved_to_device
+from deploy.device_config import DeviceParams, DeviceStage, FleetParams, moved_to_device
 from deploy.device_runtime import install_runtime, runtime_files
+from deploy.fleet import DeviceOutcome, failures, on_each, print_outcomes
 from pipeline.config import Strict
 from pipeline.errors import StageError, ValidationFailed
 from pipeline.hosts import connect
@@ -37,71 +39,104 @@ class SmokeTestParams(Strict):
     min_top1_agreement: float = Field(0.5, ge=0, le=1)
 
 
-class SmokeTestStageParams(SmokeTestParams, DeviceParams):
-    """The smoke test's settings, the device, and the NPU lock it holds there."""
+class SmokeTestStageParams(SmokeTestParams, FleetParams):
+    """The smoke test's settings and the devices."""
 
-    npu_lock: str | None
+
+DEVICES_DIR = "devices"  # smoke-test/devices/<name>/smoke-report.json
 
 
 class SmokeTestStage(DeviceStage):
     name = "smoke-test"
     help = "Run the compiled models on the device (--host) against the float reference; latency and memory."
     after = ("verify", "fetch")
-    outputs = (SmokeReport.FILE,)
+    outputs = (DEVICES_DIR,)
     settings = Annotated[SmokeTestParams, BeforeValidator(moved_to_device)]
 
     def shipped_files(self) -> list[Path]:
         return runtime_files()
 
     def params(self, config: PipelineConfig) -> SmokeTestStageParams:
-        return SmokeTestStageParams.for_device(
-            config, **dict(config.stages.smoke_test), npu_lock=config.device.npu_lock
-        )
+        return SmokeTestStageParams.for_fleet(config, **dict(config.stages.smoke_test))
 
     def run(self, ctx: StageContext[SmokeTestStageParams]) -> StageResult:
         params = ctx.params
-        with connect(params.host, params.connection) as transport:
-            app, python = install_runtime(transport, params.connection.python)
+        outcomes = on_each(params.devices, lambda device: self._test_on(device, ctx))
+        print_outcomes(
+            f"smoke test on {len(outcomes)} devices",
+            outcomes,
+            ("cosine image / text", "p50 image / text ms", "peak RSS MB"),
+            lambda r: (
+                f"{r.figures['cosine']['image']:.5f} / {r.figures['cosine']['text']:.5f}",
+                f"{r.figures['p50_ms']['image']:.1f} / {r.figures['p50_ms']['text']:.1f}",
+                f"{r.figures['peak_rss_mb']:.0f}",
+            ),
+        )
+        failed = failures(outcomes)
+        if failed:
+            raise StageError(self.name, f"{len(failed)} of {len(outcomes)} devices failed: " + "; ".join(failed))
+        return _combined(outcomes)
+
+    def _test_on(self, device: DeviceParams, ctx: StageContext[SmokeTestStageParams]) -> StageResult:
+        params = ctx.params
+        out_dir = ctx.out_dir / DEVICES_DIR / device.name
+        out_dir.mkdir(parents=True)
+        with connect(device.host, device.connection) as transport:
+            app, python = install_runtime(transport, device.connection.python)
             remote_report = transport.path("smoke-test-report.json")
             command = (
                 f"cd {quote(app)} && {quote(python)} -m runtime.smoke_test"
-                f" --models {quote(transport.path(params.models_dir))}"
+                f" --models {quote(transport.path(device.models_dir))}"
                 f" --runs {params.runs} --device-id {params.device_id} --report {quote(remote_report)}"
             )
             if params.provider:
                 command += f" --provider {quote(params.provider)}"
-            if params.npu_lock:
-                command += f" --npu-lock {quote(params.npu_lock)}"
+            if device.npu_lock:
+                command += f" --npu-lock {quote(device.npu_lock)}"
             result = transport.run(
                 command, on_line=lambda line: console.print(f"[{transport.name}] {line}", markup=False)
             )
             if not transport.run(f"test -f {quote(remote_report)}").ok:
                 raise StageError(
                     self.name,
-                    f"the smoke test wrote no report (exit {result.exit_code})",
+                    f"the smoke test wrote no report on {device.name} (exit {result.exit_code})",
                     hint="\n".join(result.tail()),
                 )
-            download(transport, remote_report, ctx.out_dir / SmokeReport.FILE)
-        report = SmokeReport.read(ctx.out_dir)
-        report.write_to(ctx.report_file)
+            download(transport, remote_report, out_dir / SmokeReport.FILE)
+        report = SmokeReport.read(out_dir)
+        report_path = report.write_to(ctx.part_report_file(device.name))
         if report.error:
-            raise StageError(self.name, f"on {params.host}: {report.error}")
-        return _judge(report, params, ctx.report_file)
+            raise StageError(self.name, f"on {device.name}: {report.error}")
+        return _judge(report, params, device.name, report_path)
 
 
-def _judge(report: SmokeReport, params: SmokeTestStageParams, report_path: Path) -> StageResult:
-    min_cosine, host = params.min_cosine, params.host
-    failures = _agreement_failures(report, params.min_top1_agreement)
+def _combined(outcomes: list[DeviceOutcome[StageResult]]) -> StageResult:
+    """One device's summary as it is; several: the worst figures, and each device's in the lock file."""
+    results = {o.device: o.result for o in outcomes if o.result is not None}
+    if len(results) == 1:
+        return next(iter(results.values()))
+    worst = {part: min(r.figures["cosine"][part] for r in results.values()) for part in ("image", "text")}
+    slowest = {part: max(r.figures["p50_ms"][part] for r in results.values()) for part in ("image", "text")}
+    return StageResult(
+        summary=f"{len(results)} devices: worst cosine image {worst['image']:.5f}, text {worst['text']:.5f}; "
+        f"slowest p50 {slowest['image']:.1f} / {slowest['text']:.1f} ms",
+        figures={"devices": {name: r.figures for name, r in results.items()}},
+    )
+
+
+def _judge(report: SmokeReport, params: SmokeTestParams, device: str, report_path: Path) -> StageResult:
+    min_cosine = params.min_cosine
+    failures = _agreement_failures(report, params.min_top1_agreement, device)
     failures += [
         f"{part} encoder cosine {encoder.cosine_min:.5f} < {min_cosine}"
         for part, encoder in report.encoders.items()
         if encoder.cosine_min < min_cosine
     ]
     print_table(
-        f"smoke test on {host} (peak RSS {report.peak_rss_mb:.0f} MB)", report.ENCODER_COLUMNS, report.encoder_rows()
+        f"smoke test on {device} (peak RSS {report.peak_rss_mb:.0f} MB)", report.ENCODER_COLUMNS, report.encoder_rows()
     )
     if failures:
-        raise ValidationFailed("smoke-test", failures, str(report_path))
+        raise ValidationFailed("smoke-test", [f"{device}: {failure}" for failure in failures], str(report_path))
     image, text = report.encoders["image"], report.encoders["text"]
     agreement = report.agreement
     same = f"; picks as float: top-1 {agreement.top1_min:.0%} (worst category)" if agreement else ""
@@ -110,6 +145,8 @@ def _judge(report: SmokeReport, params: SmokeTestStageParams, report_path: Path)
         f"p50 {image.latency_ms.p50:.1f} / {text.latency_ms.p50:.1f} ms; peak RSS {report.peak_rss_mb:.0f} MB",
         figures={
             "top1_agreement_min": agreement.top1_min if agreement else None,
+            "cosine": {part: encoder.cosine_min for part, encoder in report.encoders.items()},
+            "p50_ms": {part: encoder.latency_ms.p50 for part, encoder in report.encoders.items()},
             "encoders": {
                 part: {key: encoder[key] for key in ("cosine_min", "latency_ms", "load_s", "resident_mb")}
                 for part, encoder in report.to_json()["encoders"].items()
@@ -119,13 +156,13 @@ def _judge(report: SmokeReport, params: SmokeTestStageParams, report_path: Path)
     )
 
 
-def _agreement_failures(report: SmokeReport, minimum: float) -> list[str]:
+def _agreement_failures(report: SmokeReport, minimum: float, device: str) -> list[str]:
     """The agreement table in the terminal; a failure per category below the minimum."""
     agreement = report.agreement
     if agreement is None:
         return []
     print_table(
-        f"device picks vs float picks, {agreement.photos} photos ({len(agreement.changed)} captions differ)",
+        f"{device}: device picks vs float picks, {agreement.photos} photos ({len(agreement.changed)} captions differ)",
         agreement.COLUMNS,
         agreement.rows(),
     )

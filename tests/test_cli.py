@@ -198,7 +198,7 @@ def test_the_report_page_says_why_the_smoke_test_could_not_run(tmp_path: Path) -
     config = load_config(tmp_path / "pipeline.yaml")
     reports = config.artifacts / "reports"
     reports.mkdir(parents=True)
-    SmokeReport(error="no AX650 NPU found (axengine: No providers found)").write_to(reports / "smoke-test.json")
+    SmokeReport(error="no AX650 NPU found (axengine: No providers found)").write_to(reports / "smoke-test/local.json")
     (reports / "compile.json").write_text('{"target": "pulsar2"}')  # from an older release: no section, no crash
     page = write_index(config).read_text()
     assert "could not run: no AX650 NPU found (axengine: No providers found)" in page
