@@ -75,13 +75,14 @@ def caption(
 @task(
     help={
         "config": _HELP["config"],
-        "host": "run it on this host of the config, in the background (default: the config's device when it is "
-        "another machine, else here in the foreground; --models: always here)",
+        "host": "run it on these devices, in the background: a device name, a comma list, or all (default: the "
+        "config's devices when they are other machines, else here in the foreground; --models: always here)",
         "models": "models dir as fetch lays it out (default: the local device's, from the config)",
         "listen": "listen on 0.0.0.0 (default: 127.0.0.1 only)",
-        "port": "port (default 7860, as A1111)",
+        "port": "port (default: the device's `port`, else 7860 as A1111; with --print-nginx: nginx's)",
         "api-auth": "user:password[,user:password] for HTTP Basic auth",
         "stop": "stop the server running on --host",
+        "print-nginx": "print an nginx config that balances A1111 clients over the --host devices' servers",
         "status": "show whether the server runs on --host, and its health",
         "allow-image-urls": "accept http(s) image URLs (public addresses only)",
         "npu-lock": "a file on the serving machine: every NPU call holds an exclusive flock on it "
@@ -95,19 +96,29 @@ def serve(
     host: str | None = None,
     models: str | None = None,
     listen: bool = False,
-    port: int = 7860,
+    port: str | None = None,
     api_auth: str | None = None,
     stop: bool = False,
     status: bool = False,
     allow_image_urls: bool = False,
     npu_lock: str | None = None,
     unload_after: str | None = None,
+    print_nginx: bool = False,
 ) -> None:
     """Serve A1111's /sdapi/v1/interrogate with the fetched models (--host: on that host, in the background)."""
     setup_logging(False)
     extra = ("--allow-image-urls",) if allow_image_urls else ()
-    request = ServeRequest(port, listen, api_auth, extra, npu_lock, _seconds("--unload-after", unload_after))
-    serve_command(config, host, models, request, stop=stop, status=status)
+    request = ServeRequest(_port(port), listen, api_auth, extra, npu_lock, _seconds("--unload-after", unload_after))
+    serve_command(config, host, models, request, stop=stop, status=status, print_nginx=print_nginx)
+
+
+def _port(value: str | None) -> int | None:
+    """`--port` as given, or None for the device's own (invoke reads an option without a default as text)."""
+    if value is None:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise Exit(f"error: --port takes a port number 1-65535 (got {value!r})", code=1)
+    return int(value)
 
 
 def _seconds(flag: str, value: str | None) -> float | None:

@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from invoke.exceptions import Exit
@@ -148,6 +147,33 @@ def show_status(config_path: str | None) -> None:
         for stage, d in decisions
     ]
     print_table(f"status ({config.artifacts})", ("stage", "status", "why"), rows)
+    print_table("devices (as the last fetch and smoke-test left them)", DEVICE_COLUMNS, device_rows(config))
+
+
+DEVICE_COLUMNS = ("device", "host", "model set", "smoke test")
+
+
+def device_rows(config: PipelineConfig) -> list[tuple[str, str, str, str]]:
+    """A row per device of the config: the set fetch last put there and what its smoke test measured."""
+    from deploy.fleet import DEVICES_DIR
+    from runtime.smoke_test import SmokeReport
+    from stages.fetch import TransferRecord
+
+    rows = []
+    for device in config.fleet():
+        try:
+            transfer = TransferRecord.read(config.artifacts / "fetch" / DEVICES_DIR / device.name)
+            models = f"{transfer.set.rsplit('/', 1)[-1]} ({transfer.link})"
+        except UserError:
+            models = "[yellow]not fetched[/]"
+        try:
+            report = SmokeReport.read(config.artifacts / "smoke-test" / DEVICES_DIR / device.name)
+            image, text = report.encoders["image"], report.encoders["text"]
+            smoke = f"cosine {image.cosine_min:.4f} / {text.cosine_min:.4f}, p50 {image.latency_ms.p50:.1f} ms"
+        except (UserError, KeyError):
+            smoke = "[yellow]not tested[/]"
+        rows.append((device.name, config.host(device.host).describe(), models, smoke))
+    return rows
 
 
 def device_models_dir(config: PipelineConfig | None, models: str | None) -> Path:
@@ -223,36 +249,41 @@ def caption_images(
 
 
 def serve_command(
-    config_path: str | None, host: str | None, models: str | None, request: ServeRequest, *, stop: bool, status: bool
+    config_path: str | None,
+    host: str | None,
+    models: str | None,
+    request: ServeRequest,
+    *,
+    stop: bool,
+    status: bool,
+    print_nginx: bool = False,
 ) -> None:
-    """Foreground here, or start/stop/inspect the background server on a host: `--host`, else the device
-    when it is another machine (`--models` always means here)."""
+    """Foreground here, or start/stop/inspect the background servers on devices: `--host` (a device, a comma
+    list, all), else every device when they are other machines (`--models` always means here)."""
     from commands import serving
 
     with user_errors():
         config = None if models else load(config_path)
-        if config:
-            request = replace(
-                request,
-                npu_lock=request.npu_lock or config.device.npu_lock,
-                unload_after=request.unload_after if request.unload_after is not None else config.device.unload_after,
-                fidelity=request.fidelity or config.device.fidelity,
-            )
-        if host is None and config is not None and config.host(config.device.host).kind != "local":
-            host = config.device.host  # the device is another machine: serve there, as `--host` would
+        if host is None and config is not None and (config.devices or config.host(config.device.host).kind != "local"):
+            host = "all"  # the devices are other machines: serve there, as `--host` would
         if host is None:
-            if stop or status:
-                raise PipelineError("--stop and --status are for a server on a host", hint="add --host NAME")
-            code = serving.serve_here(device_models_dir(config, models), request)
+            if stop or status or print_nginx:
+                raise PipelineError("--stop, --status and --print-nginx are for servers on hosts", hint="add --host")
+            code = serving.serve_here(
+                device_models_dir(config, models), request.for_device(config.fleet()[0]) if config else request
+            )
             if code:
                 raise Exit(code=1)  # the server printed its one `error:` line
             return
         if config is None:
             raise PipelineError("--models is for a server here; on a host it serves the models fetch put there")
-        if stop:
-            serving.stop_on_host(config, host)
+        devices = config.with_devices(host)
+        if print_nginx:
+            console.print(serving.nginx_for(devices, str(request.port or 7860)), markup=False, soft_wrap=True)
+        elif stop:
+            serving.stop_on_devices(devices)
         elif status:
-            if not serving.status_on_host(config, host):
+            if not serving.status_on_devices(devices):
                 raise Exit(code=1)
         else:
-            serving.start_on_host(config, host, request)
+            serving.start_on_devices(devices, request)

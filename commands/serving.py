@@ -2,17 +2,21 @@
 
 On a host (`--host pi`) the server runs from the device's runtime/ and virtualenv (device_app.py), with
 its log in `serve.log`, its pid in `serve.pid` and its port in `serve.port` under the host's workdir, so
-`--status` and `--stop` find it later from any controller.
+`--status` and `--stop` find it later from any controller. With several devices (`--host all`, or a comma
+list) every one is started, stopped or asked at once, and `nginx_config` writes the load balancer in front.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from deploy.device_config import NamedDevice
 from deploy.device_runtime import install_runtime, venv_python
+from deploy.fleet import DeviceOutcome, failures, on_each
+from deploy.load_balancer import Backend, nginx_config
 from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
@@ -22,6 +26,7 @@ from runtime.preprocess import Fidelity
 from runtime.server.schemas import Health
 from stages.config import PipelineConfig
 
+DEFAULT_PORT = 7860  # A1111's
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 15
 LOG_FILE, PID_FILE, PORT_FILE, AUTH_FILE = "serve.log", "serve.pid", "serve.port", "serve.auth"
@@ -29,7 +34,9 @@ LOG_FILE, PID_FILE, PORT_FILE, AUTH_FILE = "serve.log", "serve.pid", "serve.port
 
 @dataclass(frozen=True)
 class ServeRequest:
-    port: int = 7860
+    """What `invoke serve` was asked; None: the device's own setting (`for_device`)."""
+
+    port: int | None = None
     listen: bool = False
     api_auth: str | None = None  # user:password[,...]; never printed
     extra: tuple[str, ...] = ()  # further runtime.server flags
@@ -37,9 +44,19 @@ class ServeRequest:
     unload_after: float | None = None
     fidelity: Fidelity | None = None
 
+    def for_device(self, device: NamedDevice) -> ServeRequest:
+        """The request with what it leaves open taken from the device's section."""
+        return replace(
+            self,
+            port=self.port or device.port or DEFAULT_PORT,
+            npu_lock=self.npu_lock or device.npu_lock,
+            unload_after=self.unload_after if self.unload_after is not None else device.unload_after,
+            fidelity=self.fidelity or device.fidelity,
+        )
+
 
 def server_argv(models: str, request: ServeRequest, auth_file: str | None = None) -> list[str]:
-    argv = ["--models", models, "--port", str(request.port), *request.extra]
+    argv = ["--models", models, "--port", str(request.port or DEFAULT_PORT), *request.extra]
     if request.listen:
         argv.append("--listen")
     if request.npu_lock:
@@ -62,17 +79,51 @@ def serve_here(models: Path, request: ServeRequest) -> int:
     return main(server_argv(str(models), request))
 
 
-def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest) -> None:
-    host = config.host(host_name)
-    with connect(host_name, host) as transport:
-        models = transport.path(config.device.models_dir)
+def start_on_devices(config: PipelineConfig, request: ServeRequest) -> None:
+    """Start the server on every device of the config, at once; fails naming each device that did not."""
+    _raise_failures("start", on_each(config.fleet(), lambda device: _start(config, device, request)))
+
+
+def stop_on_devices(config: PipelineConfig) -> None:
+    _raise_failures("stop", on_each(config.fleet(), lambda device: _stop(config, device)))
+
+
+def status_on_devices(config: PipelineConfig) -> bool:
+    """Print each device's server state; True when every one is healthy."""
+    outcomes = on_each(config.fleet(), lambda device: _status(config, device))
+    for outcome in outcomes:
+        if outcome.error:
+            console.print(f"{outcome.device}: {outcome.error}", markup=False)
+    return all(outcome.result for outcome in outcomes)
+
+
+def nginx_for(config: PipelineConfig, listen: str) -> str:
+    """The load balancer's config for the config's devices, each at its host's address and its port."""
+    backends = [
+        Backend(device.name, config.host(device.host).address or "127.0.0.1", device.port or DEFAULT_PORT)
+        for device in config.fleet()
+    ]
+    return nginx_config(backends, listen)
+
+
+def _raise_failures(what: str, outcomes: list[DeviceOutcome[None]]) -> None:
+    failed = failures(outcomes)
+    if failed:
+        count = f"{len(failed)} of {len(outcomes)} devices"
+        raise PipelineError(f"could not {what} the server on {count}: " + "; ".join(failed))
+
+
+def _start(config: PipelineConfig, device: NamedDevice, request: ServeRequest) -> None:
+    host, request = config.host(device.host), request.for_device(device)
+    with connect(device.host, host) as transport:
+        models = transport.path(device.models_dir)
         if not transport.run(f"test -f {quote(models)}/{CURRENT_SET}/export.json").ok:
             raise PipelineError(
-                f"no fetched models in {models} on {host_name}", hint=f"run `invoke fetch --host {host_name}` first"
+                f"no fetched models in {models} on {device.name}", hint=f"run `invoke fetch --host {device.name}` first"
             )
         if _running_pid(transport):
             raise PipelineError(
-                f"the server already runs on {host_name}", hint="`invoke serve --host ... --stop` first, or --status"
+                f"the server already runs on {device.name}", hint="`invoke serve --host ... --stop` first, or --status"
             )
         app, python = install_runtime(transport, host.python)
         auth_file = None
@@ -88,45 +139,45 @@ def start_on_host(config: PipelineConfig, host_name: str, request: ServeRequest)
             f"echo $! > {quote(pid_file)}; echo {request.port} > {quote(transport.path(PORT_FILE))}",
             what="starting the server",
         )
-        health = _wait_healthy(transport, python, request.port)
+        health = _wait_healthy(transport, python, request.port or DEFAULT_PORT)
         if health is None:
             tail = transport.run(f"tail -n 20 {quote(log)}").stdout.strip().splitlines()
             transport.run(f"kill $(cat {quote(pid_file)}) 2>/dev/null; rm -f {quote(pid_file)}")
-            raise HostError(host_name, "the server did not come up", hint=f"its log ({log}) ends:", tail=tail)
+            raise HostError(device.name, "the server did not come up", hint=f"its log ({log}) ends:", tail=tail)
     where = "0.0.0.0" if request.listen else "127.0.0.1"
     console.print(
-        f"serving on {host_name} at {where}:{request.port} ({health.backend}, {health.labels:,} labels); log: {log}"
+        f"serving on {device.name} at {where}:{request.port} ({health.backend}, {health.labels:,} labels); log: {log}"
     )
 
 
-def stop_on_host(config: PipelineConfig, host_name: str) -> None:
-    with connect(host_name, config.host(host_name)) as transport:
+def _stop(config: PipelineConfig, device: NamedDevice) -> None:
+    with connect(device.host, config.host(device.host)) as transport:
         pid = _running_pid(transport)
         if pid is None:
-            console.print(f"no server runs on {host_name}")
+            console.print(f"no server runs on {device.name}")
             return
         transport.run(
             f"kill {pid}; for i in $(seq {STOP_TIMEOUT_S * 10}); do kill -0 {pid} 2>/dev/null || break; "
             f"sleep 0.1; done; kill -0 {pid} 2>/dev/null && kill -9 {pid}; rm -f {quote(transport.path(PID_FILE))}"
         )
-    console.print(f"stopped the server on {host_name} (pid {pid})")
+    console.print(f"stopped the server on {device.name} (pid {pid})")
 
 
-def status_on_host(config: PipelineConfig, host_name: str) -> bool:
-    """Print whether the server runs on the host and what /healthz says; True when it is healthy."""
-    with connect(host_name, config.host(host_name)) as transport:
+def _status(config: PipelineConfig, device: NamedDevice) -> bool:
+    """Print whether the server runs on the device and what /healthz says; True when it is healthy."""
+    with connect(device.host, config.host(device.host)) as transport:
         pid = _running_pid(transport)
         if pid is None:
-            console.print(f"no server runs on {host_name}")
+            console.print(f"no server runs on {device.name}")
             return False
         port = transport.run(f"cat {quote(transport.path(PORT_FILE))}").stdout.strip()
         python = venv_python(transport)
         health = _health(transport, python, int(port)) if port.isdigit() else None
     if health is None:
-        console.print(f"the server on {host_name} (pid {pid}) runs but does not answer /healthz on port {port}")
+        console.print(f"the server on {device.name} (pid {pid}) runs but does not answer /healthz on port {port}")
         return False
     console.print(
-        f"serving on {host_name} port {port} (pid {pid}): {health.backend} ({health.provider}), "
+        f"serving on {device.name} port {port} (pid {pid}): {health.backend} ({health.provider}), "
         f"{health.labels:,} labels, {health.queue.served} served, {health.queue.refused} refused, "
         f"up {health.uptime_s:.0f} s"
     )

@@ -14,6 +14,7 @@ from pipeline.errors import is_user_error, user_message
 from pipeline.terminal import print_table
 
 MAX_THREADS = 32  # devices worked on at once; each holds one SSH connection
+DEVICES_DIR = "devices"  # a device stage's outputs: <stage>/devices/<name>/
 
 
 class Named(Protocol):

@@ -29,7 +29,7 @@ from common.contract import JsonFile
 from common.errors import ModelFilesError
 from common.hashing import sha256_file
 from deploy.device_config import DeviceParams, DeviceStage, FleetParams, moved_to_device
-from deploy.fleet import failures, on_each, print_outcomes
+from deploy.fleet import DEVICES_DIR, failures, on_each, print_outcomes
 from pipeline.config import Strict
 from pipeline.errors import PipelineError, StageError
 from pipeline.hosts import Transport, connect
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from stages.config import PipelineConfig
 
 _BAR_THRESHOLD = 8 * 1024 * 1024  # show a progress bar for sets above this size
-DEVICES_DIR = "devices"  # fetch/devices/<name>/transfer.json
 SWITCH_WAIT_S = 600  # how long a fetch waits for another controller's fetch to the same device
 
 

@@ -15,7 +15,7 @@ from pydantic import BeforeValidator, Field
 
 from deploy.device_config import DeviceParams, DeviceStage, FleetParams, moved_to_device
 from deploy.device_runtime import install_runtime, runtime_files
-from deploy.fleet import DeviceOutcome, failures, on_each, print_outcomes
+from deploy.fleet import DEVICES_DIR, DeviceOutcome, failures, on_each, print_outcomes
 from pipeline.config import Strict
 from pipeline.errors import StageError, ValidationFailed
 from pipeline.hosts import connect
@@ -41,9 +41,6 @@ class SmokeTestParams(Strict):
 
 class SmokeTestStageParams(SmokeTestParams, FleetParams):
     """The smoke test's settings and the devices."""
-
-
-DEVICES_DIR = "devices"  # smoke-test/devices/<name>/smoke-report.json
 
 
 class SmokeTestStage(DeviceStage):

@@ -295,6 +295,6 @@ def test_each_family_compiles_with_pulsar2_and_runs_on_the_device(
     assert all(o.outcome.value in ("ran", "up to date") for o in outcomes.values()), outcomes
     compiled = json.loads((artifacts / "compile/compiled.json").read_text())
     assert compiled["target"] == "pulsar2" and set(compiled["models"]) == {"image_encoder", "text_encoder"}
-    report = json.loads((artifacts / "smoke-test/measurements.json").read_text())
+    report = json.loads((artifacts / "smoke-test/devices/pi/measurements.json").read_text())
     assert report["encoders"]["text"]["input_dtype"] == "int32"
     assert all(e["backend"] == "axengine" and e["cosine_min"] > 0.9999 for e in report["encoders"].values())

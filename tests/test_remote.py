@@ -317,7 +317,7 @@ def test_smoke_test_on_the_device_runs_the_axmodels_through_axengine(remote, tmp
     config = remote(device={"npu_lock": str(lock_file)}, **{"smoke-test": {"runs": 3}})
     outcome = _run(config, "smoke-test")
     assert outcome.outcome is Outcome.RAN, outcome.summary
-    report = json.loads((config.artifacts / "smoke-test/measurements.json").read_text())
+    report = json.loads((config.artifacts / "smoke-test/devices/pi/measurements.json").read_text())
     assert report["npu_lock"] == str(lock_file) and lock_file.is_file()  # held while on the NPU
     for part in ("image", "text"):
         encoder = report["encoders"][part]
@@ -350,22 +350,22 @@ def test_serve_on_the_device_in_the_background_then_status_and_stop(remote, caps
 
     import httpx
 
-    from commands.serving import ServeRequest, start_on_host, status_on_host, stop_on_host
+    from commands.serving import ServeRequest, start_on_devices, status_on_devices, stop_on_devices
     from pipeline.errors import PipelineError
     from tests.loopback import free_port
 
     config = remote()
     with pytest.raises(PipelineError, match="invoke fetch --host pi"):
-        start_on_host(config, "pi", ServeRequest(port=free_port()))
+        start_on_devices(config, ServeRequest(port=free_port()))
     assert _run(config, "fetch").outcome is Outcome.RAN
     port = free_port()
     lock_file = str(Path(config.host("pi").workdir) / "ax650.lock")
     request = ServeRequest(port=port, api_auth="sd:pa ss$(id)", npu_lock=lock_file, unload_after=600)
-    start_on_host(config, "pi", request)
+    start_on_devices(config, request)
     try:
-        assert status_on_host(config, "pi")
+        assert status_on_devices(config)
         with pytest.raises(PipelineError, match="already runs"):
-            start_on_host(config, "pi", ServeRequest(port=port))
+            start_on_devices(config, ServeRequest(port=port))
         url = f"http://127.0.0.1:{port}"
         health = httpx.get(f"{url}/healthz").json()
         assert health["backend"] == "axengine"  # the .axmodel files, via axengine
@@ -378,8 +378,8 @@ def test_serve_on_the_device_in_the_background_then_status_and_stop(remote, caps
         pid = (Path(config.host("pi").workdir) / "serve.pid").read_text().strip()
         assert "pa ss" not in Path(f"/proc/{pid}/cmdline").read_text()  # the password is not on a command line
     finally:
-        stop_on_host(config, "pi")
-    assert not status_on_host(config, "pi")
+        stop_on_devices(config)
+    assert not status_on_devices(config)
     assert "pa ss" not in capsys.readouterr().out
 
 
