@@ -54,6 +54,8 @@ def status(c: Context, config: str | None = None) -> None:
         "npu-lock": "hold an exclusive flock on this file around every NPU call (default: device.npu_lock)",
         "mode": "write clip-interrogator's prompt in this mode instead: fast, classic, best or negative "
         "(needs tables of vocab/clip-interrogator.yaml)",
+        "host": "caption on these devices with Dask: a device name, a comma list, or all (default: all, when the "
+        "devices are other machines; else here)",
     }
 )
 def caption(
@@ -66,10 +68,11 @@ def caption(
     overwrite: bool = False,
     npu_lock: str | None = None,
     mode: str | None = None,
+    host: str | None = None,
 ) -> None:
     """Caption a folder of images for a training set: a .txt per image and a JSONL; resumable."""
     setup_logging(False)
-    caption_images(config, images, out, models, ranks, overwrite, npu_lock, mode)
+    caption_images(config, images, out, models, ranks, overwrite, npu_lock, mode, host)
 
 
 @task(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoke.exceptions import Exit
 from rich.logging import RichHandler
@@ -19,6 +20,9 @@ from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, StageOutcome, plan, run
 from pipeline.terminal import console, print_table
 from stages.config import PipelineConfig, load_config
+
+if TYPE_CHECKING:
+    from runtime.captioning import CaptionSummary
 
 DEFAULT_CONFIG = "pipeline.yaml"
 _STYLE = {
@@ -202,17 +206,12 @@ def caption_images(
     overwrite: bool,
     npu_lock: str | None = None,
     mode: str | None = None,
+    host: str | None = None,
 ) -> None:
     """Caption every image below `images` with the fetched models and vocabulary tables (with `mode`,
-    clip-interrogator's prompt in that mode)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from runtime.captioning import caption_folder
-    from runtime.interrogator import CaptionOptions
-    from runtime.npu import NpuLock
-    from runtime.opening import OpenOptions, open_interrogator
-    from runtime.preprocess import Fidelity, find_images
-    from runtime.prompt_modes import PromptBuilder, PromptMode
+    clip-interrogator's prompt in that mode): here, or across the devices (`--host`, or whenever the devices
+    are other machines) with Dask."""
+    from runtime.prompt_modes import PromptMode
 
     images_dir = Path(images)
     with user_errors():
@@ -222,6 +221,56 @@ def caption_images(
         if mode is not None and mode not in modes:
             raise PipelineError(f"--mode {mode!r} is not a prompt mode", hint=f"pass one of {', '.join(modes)}")
         config = None if models else load(config_path)
+        if config is not None and (
+            host is not None or config.devices or config.host(config.device.host).kind != "local"
+        ):
+            if npu_lock:
+                raise PipelineError("--npu-lock is for captioning here; on devices set device.npu_lock")
+            _caption_on_devices(config.with_devices(host or "all"), images_dir, out, ranks, overwrite, mode)
+            return
+        _caption_here(config, images_dir, out, models, ranks, overwrite, npu_lock, mode)
+
+
+def _caption_on_devices(
+    config: PipelineConfig, images_dir: Path, out: str | None, ranks: bool, overwrite: bool, mode: str | None
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from deploy.fleet_caption import FleetCaptionJob, FleetProgress, caption_on_fleet
+    from runtime.preprocess import find_images
+
+    job = FleetCaptionJob(images_dir, Path(out) if out else None, ranks, overwrite, mode)
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("caption", total=len(find_images(images_dir)))
+
+        def advance(_: Path, progress: FleetProgress) -> None:
+            bar.update(task, advance=1, description=f"caption {progress.rates()}")
+
+        summary = caption_on_fleet(config, job, advance)
+    _print_caption_summary(summary)
+
+
+def _caption_here(
+    config: PipelineConfig | None,
+    images_dir: Path,
+    out: str | None,
+    models: str | None,
+    ranks: bool,
+    overwrite: bool,
+    npu_lock: str | None,
+    mode: str | None,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from runtime.captioning import caption_folder
+    from runtime.interrogator import CaptionOptions
+    from runtime.npu import NpuLock
+    from runtime.opening import OpenOptions, open_interrogator
+    from runtime.preprocess import Fidelity, find_images
+    from runtime.prompt_modes import PromptBuilder, PromptMode
+
+    with user_errors():
         models_dir = device_models_dir(config, models)
         lock = npu_lock or (config.device.npu_lock if config else None)
         fidelity = config.device.fidelity if config else Fidelity.FAST
@@ -243,6 +292,10 @@ def caption_images(
             on_image=lambda _: bar.advance(task),
             prompts=prompts,
         )
+    _print_caption_summary(summary)
+
+
+def _print_caption_summary(summary: CaptionSummary) -> None:
     console.print(f"captioned {summary.captioned}, already done {summary.skipped}, unreadable {len(summary.failed)}")
     for path, reason in summary.failed:
         console.print(f"  skipped {path}: {reason}", markup=False)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -45,6 +46,66 @@ def caption_path(image: Path, images_dir: Path, out_dir: Path | None) -> Path:
     return (out_dir / image.relative_to(images_dir)).with_suffix(".txt")
 
 
+@dataclass(frozen=True)
+class CaptionTask:
+    """What a caption is made of, the same here and on a fleet's worker."""
+
+    options: CaptionOptions | None = None
+    prompts: tuple[PromptBuilder, PromptMode] | None = None
+
+    def answer(self, interrogator: Interrogator, pixels: np.ndarray) -> tuple[str, dict[str, object]]:
+        """The caption text and its JSONL record (A1111's answer, or the prompt in its mode)."""
+        if self.prompts:
+            builder, mode = self.prompts
+            made = builder.prompt(interrogator.score(pixels)[0], mode)
+            return made.prompt, {"mode": mode.value, "prompt": made.prompt, "text_encodes": made.text_encodes}
+        result = interrogator.interrogate(pixels, self.options)
+        return result.caption, InterrogationAnswer.of(result).model_dump()
+
+
+# An image that cannot be captioned: reported and skipped, never the end of the run.
+UNREADABLE = (InvalidImage, OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+class CaptionWriter:
+    """Each image's .txt and its captions.jsonl line, written as they come; which images are still to do."""
+
+    def __init__(self, images_dir: Path, out_dir: Path | None, log: TextIO) -> None:
+        self.images_dir, self.out_dir, self.log = images_dir, out_dir, log
+        self.summary = CaptionSummary()
+
+    @staticmethod
+    @contextmanager
+    def open(images_dir: Path, out_dir: Path | None) -> Iterator[CaptionWriter]:
+        jsonl = (out_dir or images_dir) / JSONL_NAME
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with jsonl.open("a", encoding="utf-8") as log:
+            yield CaptionWriter(images_dir, out_dir, log)
+
+    def todo(self, overwrite: bool, on_image: Callable[[Path], None]) -> list[tuple[Path, Path]]:
+        """(image, its .txt) for every image without a caption (all with `overwrite`); the rest are counted
+        as skipped."""
+        todo = []
+        for image_path in find_images(self.images_dir):
+            target = caption_path(image_path, self.images_dir, self.out_dir)
+            if target.exists() and target.stat().st_size and not overwrite:
+                self.summary.skipped += 1
+                on_image(image_path)
+            else:
+                todo.append((image_path, target))
+        return todo
+
+    def write(self, image_path: Path, target: Path, text: str, record: dict[str, object]) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n", encoding="utf-8")
+        self.log.write(json.dumps({"file": str(image_path.relative_to(self.images_dir)), **record}) + "\n")
+        self.log.flush()
+        self.summary.captioned += 1
+
+    def failed(self, image_path: Path, reason: str) -> None:
+        self.summary.failed.append((str(image_path), reason))
+
+
 def caption_folder(
     interrogator: Interrogator,
     images_dir: Path,
@@ -59,65 +120,27 @@ def caption_folder(
     """A caption per image (A1111's `clip` caption), or with `prompts` clip-interrogator's prompt in a mode."""
     if prompts:
         prompts[0].require(prompts[1])  # before the first image: a vocabulary without the lists says so
-    jsonl = (out_dir or images_dir) / JSONL_NAME
-    jsonl.parent.mkdir(parents=True, exist_ok=True)
-    summary = CaptionSummary()
-    todo = []
-    for image_path in find_images(images_dir):
-        target = caption_path(image_path, images_dir, out_dir)
-        if target.exists() and target.stat().st_size and not overwrite:
-            summary.skipped += 1
-            on_image(image_path)
-        else:
-            todo.append((image_path, target))
+    task = CaptionTask(options, prompts)
     workers = workers or os.cpu_count() or 2
-    with jsonl.open("a", encoding="utf-8") as log, ThreadPoolExecutor(workers, "caption-decode") as pool:
+    with CaptionWriter.open(images_dir, out_dir) as writer, ThreadPoolExecutor(workers, "caption-decode") as pool:
         prepared: deque[tuple[Path, Path, Future[np.ndarray]]] = deque()
 
         def finish_oldest() -> None:
             image_path, target, pixels = prepared.popleft()
-            _caption_one(interrogator, images_dir, image_path, target, pixels, options, log, summary, prompts)
+            try:
+                writer.write(image_path, target, *task.answer(interrogator, pixels.result()))
+            except UNREADABLE as exc:
+                writer.failed(image_path, str(exc) or type(exc).__name__)
             on_image(image_path)
 
-        for image_path, target in todo:
+        for image_path, target in writer.todo(overwrite, on_image):
             prepared.append((image_path, target, pool.submit(_pixels, interrogator, image_path)))
             if len(prepared) > AHEAD * workers:
                 finish_oldest()
         while prepared:
             finish_oldest()
-    return summary
+    return writer.summary
 
 
 def _pixels(interrogator: Interrogator, image_path: Path) -> np.ndarray:
     return interrogator.clip.preprocess(interrogator.clip.open(image_path))
-
-
-def _caption_one(
-    interrogator: Interrogator,
-    images_dir: Path,
-    image_path: Path,
-    target: Path,
-    pixels: Future[np.ndarray],
-    options: CaptionOptions | None,
-    log: TextIO,
-    summary: CaptionSummary,
-    prompts: tuple[PromptBuilder, PromptMode] | None,
-) -> None:
-    try:
-        if prompts:
-            builder, mode = prompts
-            made = builder.prompt(interrogator.score(pixels.result())[0], mode)
-            text = made.prompt
-            answer = {"mode": mode.value, "prompt": made.prompt, "text_encodes": made.text_encodes}
-        else:
-            result = interrogator.interrogate(pixels.result(), options)
-            text, answer = result.caption, InterrogationAnswer.of(result).model_dump()
-    except (InvalidImage, OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        summary.failed.append((str(image_path), str(exc) or type(exc).__name__))
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text + "\n", encoding="utf-8")
-    record = {"file": str(image_path.relative_to(images_dir)), **answer}
-    log.write(json.dumps(record) + "\n")
-    log.flush()
-    summary.captioned += 1

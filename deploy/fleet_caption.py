@@ -1,0 +1,329 @@
+"""`invoke caption` across the fleet, on Dask distributed: the scheduler runs here, one worker per device is
+started over SSH in the device's runtime virtualenv (resource NPU=1, the interrogator opened once by a worker
+plugin: runtime/fleet_worker.py), images are read here and sent as bytes, and each caption is written here as
+it completes (a .txt per image and captions.jsonl naming the device, resumable as ever).
+
+A worker lost mid-run (unplugged, killed) costs only its in-flight images: Dask's scheduler runs them again on
+another worker, and since each image is one future written when it completes, every image is captioned
+once. All traffic is TLS with a certificate made for this run (distributed's Security.temporary): the
+scheduler unpickles what its peers send, so nobody without the certificate may talk to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.device_config import NamedDevice
+from deploy.device_runtime import install_runtime
+from deploy.fleet import failures, on_each
+from pipeline.errors import HostError, PipelineError
+from pipeline.hosts import Transport, connect
+from pipeline.hosts.base import quote
+from pipeline.terminal import console
+from runtime.captioning import CaptionSummary, CaptionWriter
+from runtime.manifest import CURRENT_SET
+from runtime.fleet_worker import DeviceSettings, InterrogatorPlugin, plugin_error
+from stages.config import PipelineConfig
+
+WORKER_LOG, WORKER_PID, TLS_DIR = "caption-worker.log", "caption-worker.pid", ".caption-tls"
+JOIN_TIMEOUT_S = 120  # from starting the workers to every one having joined (a first venv build is earlier)
+NO_WORKER_TIMEOUT_S = 60  # with no worker left, how long to wait for one before giving up
+IN_FLIGHT_PER_WORKER = 4  # images sent ahead per worker: bounds the controller's memory on any folder
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a file larger than this is reported, not sent
+
+
+@dataclass(frozen=True)
+class FleetCaptionJob:
+    images_dir: Path
+    out_dir: Path | None
+    ranks: bool = False
+    overwrite: bool = False
+    mode: str | None = None
+
+
+@dataclass
+class FleetProgress:
+    """Images captioned per device since the start: what the progress bar shows as images/s."""
+
+    started: float = field(default_factory=time.perf_counter)
+    per_device: dict[str, int] = field(default_factory=dict)
+
+    def add(self, device: str) -> None:
+        self.per_device[device] = self.per_device.get(device, 0) + 1
+
+    def rates(self) -> str:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return "  ".join(f"{name} {count / elapsed:.1f}/s" for name, count in sorted(self.per_device.items()))
+
+
+def caption_on_fleet(
+    config: PipelineConfig, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]
+) -> CaptionSummary:
+    """Caption every image of the job on the config's devices; workers stopped at the end, whatever happens."""
+    from distributed import Client, LocalCluster
+    from distributed.security import Security
+
+    devices = config.fleet()
+    security = Security.temporary()
+    loopback = all(_is_loopback(config, device) for device in devices)
+    cluster = LocalCluster(
+        n_workers=0,
+        processes=False,
+        protocol="tls://",
+        host="127.0.0.1" if loopback else "0.0.0.0",
+        scheduler_port=0,
+        security=security,
+        dashboard_address=":0" if _has_dashboard() else None,
+    )
+    with cluster, Client(cluster, security=security) as client:
+        port = int(cluster.scheduler_address.rsplit(":", 1)[1])
+        if _has_dashboard():
+            console.print(f"Dask dashboard: {client.dashboard_link}", markup=False)
+        started = on_each(devices, lambda device: _start_worker(config, device, port, security))
+        try:
+            _raise_if_none_started(started, len(devices))
+            _wait_for_workers(client, [o.device for o in started if o.ok])
+            plugin = InterrogatorPlugin(
+                {
+                    device.name: DeviceSettings(str(o.result), device.fidelity.value, device.npu_lock)
+                    for device, o in zip(devices, started, strict=True)
+                    if o.result is not None
+                },
+                job.ranks,
+                job.mode,
+            )
+            _set_up(client, plugin)
+            return _caption(client, job, on_image)
+        finally:
+            on_each(devices, lambda device: _stop_worker(config, device))
+
+
+def _caption(client: object, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]) -> CaptionSummary:
+    from distributed import Client, wait
+
+    from runtime.fleet_worker import NPU, caption_image
+
+    assert isinstance(client, Client)
+    progress = FleetProgress()
+    with CaptionWriter.open(job.images_dir, job.out_dir) as writer:
+        todo = iter(writer.todo(job.overwrite, lambda path: on_image(path, progress)))
+        in_flight: dict[object, tuple[Path, Path]] = {}
+
+        def send_next() -> bool:
+            for image_path, target in todo:
+                if image_path.stat().st_size > MAX_IMAGE_BYTES:
+                    writer.failed(image_path, f"larger than {MAX_IMAGE_BYTES // 2**20} MB")
+                    on_image(image_path, progress)
+                    continue
+                data = image_path.read_bytes()
+                future = client.submit(caption_image, data, resources={NPU: 1}, pure=False)
+                in_flight[future] = (image_path, target)
+                return True
+            return False
+
+        workers = max(len(client.scheduler_info()["workers"]), 1)
+        while len(in_flight) < IN_FLIGHT_PER_WORKER * workers and send_next():
+            pass
+        idle_since: float | None = None
+        while in_flight:
+            done = wait(list(in_flight), timeout=5, return_when="FIRST_COMPLETED").done
+            if not done:
+                idle_since = _check_workers_left(client, idle_since)
+                continue
+            idle_since = None
+            for future in done:
+                image_path, target = in_flight.pop(future)
+                _finish(writer, image_path, target, future, progress)
+                on_image(image_path, progress)
+                send_next()
+        return writer.summary
+
+
+def _finish(writer: CaptionWriter, image_path: Path, target: Path, future: object, progress: FleetProgress) -> None:
+    from distributed import Future
+    from distributed.scheduler import KilledWorker
+
+    assert isinstance(future, Future)
+    try:
+        answer = future.result()
+    except KilledWorker as exc:  # the image brought down worker after worker: it is the problem, not them
+        writer.failed(image_path, f"every worker that took it died ({exc})")
+        return
+    if "error" in answer:
+        writer.failed(image_path, answer["error"])
+        return
+    writer.write(image_path, target, answer["text"], {**answer["record"], "device": answer["device"]})
+    progress.add(answer["device"])
+
+
+def _check_workers_left(client: object, idle_since: float | None) -> float:
+    """Nothing finished for a while: fine while workers remain; with none for NO_WORKER_TIMEOUT_S, stop."""
+    from distributed import Client
+
+    assert isinstance(client, Client)
+    now = time.monotonic()
+    if client.scheduler_info()["workers"]:
+        return now
+    if idle_since is not None and now - idle_since > NO_WORKER_TIMEOUT_S:
+        raise PipelineError(
+            f"no device's worker has been left for {NO_WORKER_TIMEOUT_S} s; the captions made so far are written",
+            hint=f"see {WORKER_LOG} in each device's workdir, then run the same command again to go on",
+        )
+    return idle_since if idle_since is not None else now
+
+
+def _set_up(client: object, plugin: InterrogatorPlugin) -> None:
+    """Every worker opens its interrogator; one that cannot is retired (its device named), none: the end."""
+    from distributed import Client
+
+    assert isinstance(client, Client)
+    client.register_plugin(plugin)
+    names = {address: w["name"] for address, w in client.scheduler_info()["workers"].items()}
+    errors = {address: e for address, e in client.run(plugin_error).items() if e}
+    for address, error in errors.items():
+        console.print(f"no worker on {names.get(address, address)}: {error}", markup=False)
+    if errors and len(errors) == len(names):
+        raise PipelineError("no device could open its models: " + "; ".join(errors.values()))
+    if errors:
+        client.retire_workers(list(errors), close_workers=True)
+
+
+def _raise_if_none_started(started: list, count: int) -> None:
+    failed = failures(started)
+    for line in failed:
+        console.print(f"no worker on {line}", markup=False)
+    if len(failed) == count:
+        raise PipelineError("no device could start a caption worker: " + "; ".join(failed))
+
+
+def _wait_for_workers(client: object, names: list[str]) -> None:
+    """Until every started worker has joined the scheduler and set up its interrogator (bounded)."""
+    from distributed import Client
+
+    assert isinstance(client, Client)
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        joined = {w["name"] for w in client.scheduler_info()["workers"].values()}
+        if set(names) <= joined:
+            return
+        time.sleep(0.2)
+    missing = sorted(set(names) - joined)
+    if len(missing) == len(names):
+        raise PipelineError(
+            f"no worker joined within {JOIN_TIMEOUT_S} s ({', '.join(missing)})",
+            hint=f"see {WORKER_LOG} in each device's workdir; the devices must reach this machine's address",
+        )
+    console.print(f"going on without {', '.join(missing)}: its worker did not join within {JOIN_TIMEOUT_S} s")
+
+
+def _start_worker(config: PipelineConfig, device: NamedDevice, port: int, security: object) -> str:
+    """A Dask worker on the device, in the background; returns the device's models dir for its plugin."""
+    host = config.host(device.host)
+    with connect(device.host, host) as transport:
+        models = transport.path(device.models_dir)
+        if not transport.run(f"test -f {quote(models)}/{CURRENT_SET}/export.json").ok:
+            raise PipelineError(
+                f"no fetched models in {models} on {device.name}", hint=f"run `invoke fetch --host {device.name}`"
+            )
+        _stop_running(transport)
+        app, python = install_runtime(transport, host.python)
+        controller, own = _addresses(transport, host.kind == "local")
+        tls = _put_certificates(transport, security)
+        args = [
+            f"tls://{controller}:{port}",
+            "--name",
+            device.name,
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--resources",
+            "NPU=1",
+            "--death-timeout",
+            "60",
+            "--no-dashboard",
+            "--host",
+            own,
+            "--tls-ca-file",
+            f"{tls}/ca.pem",
+            "--tls-cert",
+            f"{tls}/cert.pem",
+            "--tls-key",
+            f"{tls}/key.pem",
+        ]
+        log, pid_file = transport.path(WORKER_LOG), transport.path(WORKER_PID)
+        result = transport.check(
+            f"cd {quote(app)} && (command -v setsid >/dev/null && S=setsid || S=); "
+            f"$S nohup {quote(python)} -m distributed.cli.dask_worker {' '.join(quote(a) for a in args)} "
+            f"> {quote(log)} 2>&1 < /dev/null & echo $! > {quote(pid_file)}; cat {quote(pid_file)}",
+            what="starting the caption worker",
+        )
+        pid = int(result.stdout.strip().splitlines()[-1])
+        # A worker that cannot start (a model set it cannot open) exits at once: say so here, with its log.
+        if not transport.run(f"sleep 1; kill -0 {pid}").ok:
+            tail = transport.run(f"tail -n 15 {quote(log)}").stdout.strip().splitlines()
+            raise HostError(device.name, "the caption worker exited at start", hint=f"{log} ends:", tail=tail)
+    return models
+
+
+def _stop_worker(config: PipelineConfig, device: NamedDevice) -> None:
+    with connect(device.host, config.host(device.host)) as transport:
+        _stop_running(transport)
+
+
+def _stop_running(transport: Transport) -> None:
+    """Stop the worker an earlier run left (it would also leave on its own, 60 s after its scheduler)."""
+    pid_file = quote(transport.path(WORKER_PID))
+    transport.run(
+        f"if [ -f {pid_file} ]; then p=$(cat {pid_file}); kill $p 2>/dev/null && for i in $(seq 50); do "
+        f"kill -0 $p 2>/dev/null || break; sleep 0.1; done; kill -9 $p 2>/dev/null; rm -f {pid_file}; fi; "
+        f"rm -rf {quote(transport.path(TLS_DIR))}"
+    )
+
+
+def _addresses(transport: Transport, local: bool) -> tuple[str, str]:
+    """(this machine's address as the device sees it, the device's own on that link): from the SSH session
+    (`SSH_CONNECTION`: client address, client port, server address, server port), so the worker reaches the
+    scheduler the way SSH reached the device."""
+    if local:
+        return "127.0.0.1", "127.0.0.1"
+    fields = transport.run("echo $SSH_CONNECTION").stdout.split()
+    if len(fields) != 4:
+        raise HostError(transport.name, "cannot tell this machine's address from the device (no SSH_CONNECTION)")
+    client, server = fields[0], fields[2]
+    return (f"[{client}]" if ":" in client else client), server
+
+
+def _put_certificates(transport: Transport, security: object) -> str:
+    """The run's CA, certificate and key in a 0700 folder on the device (the key never on a command line)."""
+    tls = transport.path(TLS_DIR)
+    transport.check(f"rm -rf {quote(tls)} && umask 077 && mkdir {quote(tls)}", what="making the TLS folder")
+    pem = {
+        "ca.pem": security.tls_ca_file,  # type: ignore[attr-defined]
+        "cert.pem": security.tls_worker_cert,  # type: ignore[attr-defined]
+        "key.pem": security.tls_worker_key,  # type: ignore[attr-defined]
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in pem.items():
+            local = Path(tmp) / name
+            local.touch(mode=0o600)
+            local.write_text(text, encoding="utf-8")
+            transport.put(local, f"{tls}/{name}")
+    return tls
+
+
+def _is_loopback(config: PipelineConfig, device: NamedDevice) -> bool:
+    host = config.host(device.host)
+    return host.kind == "local" or (host.address or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _has_dashboard() -> bool:
+    with contextlib.suppress(ImportError):
+        import bokeh  # noqa: F401
+
+        return True
+    return False

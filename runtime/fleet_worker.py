@@ -1,0 +1,87 @@
+"""A device's part in captioning across a fleet: a Dask worker plugin that opens the interrogator once per
+worker, and the task that captions one image sent as bytes (no shared filesystem: the controller reads the
+files). The worker is started with the resource NPU=1 and every task asks for it, so one encode runs per
+NPU at a time. Runs in the device's runtime virtualenv: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distributed import WorkerPlugin, get_worker
+
+from common.errors import UserError
+from runtime.captioning import UNREADABLE, CaptionTask
+from runtime.interrogator import CaptionOptions, Interrogator
+from runtime.npu import NpuLock
+from runtime.opening import OpenOptions, open_interrogator
+from runtime.preprocess import Fidelity
+from runtime.prompt_modes import PromptBuilder, PromptMode
+
+PLUGIN_NAME = "clip-axera-interrogator"
+NPU = "NPU"  # the worker resource: one per device
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Where a device's fetched set is and how to open it (its `device:` section's settings)."""
+
+    models: str
+    fidelity: str
+    npu_lock: str | None
+
+
+class InterrogatorPlugin(WorkerPlugin):
+    """Sent by the controller (pickled with every device's settings), set up on every worker: the interrogator
+    of its device's fetched set, opened once. A set that cannot be opened is kept as `error` for the
+    controller to read (`plugin_error`) and name the device, instead of an exception without one."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, devices: dict[str, DeviceSettings], ranks: bool, mode: str | None) -> None:
+        self.devices, self.ranks, self.mode = devices, ranks, mode
+        self.interrogator: Interrogator | None = None
+        self.task = CaptionTask()
+        self.device = ""
+        self.error: str | None = None
+
+    def setup(self, worker: Any) -> None:
+        self.device = str(worker.name)
+        settings = self.devices[self.device]
+        options = OpenOptions(
+            npu=NpuLock(Path(settings.npu_lock) if settings.npu_lock else None), fidelity=Fidelity(settings.fidelity)
+        )
+        try:
+            self.interrogator = open_interrogator(Path(settings.models), options)
+            prompts = None
+            if self.mode:
+                prompts = (PromptBuilder(self.interrogator), PromptMode(self.mode))
+                prompts[0].require(prompts[1])
+        except UserError as exc:
+            self.error = str(exc)
+            return
+        self.task = CaptionTask(CaptionOptions(ranks=self.ranks), prompts)
+
+    def caption(self, data: bytes) -> dict[str, Any]:
+        """{'text', 'record', 'device'}, or {'error', 'device'} for an image that cannot be captioned."""
+        if self.interrogator is None:
+            raise RuntimeError(f"{self.device} could not open its models: {self.error}")
+        clip = self.interrogator.clip
+        try:
+            text, record = self.task.answer(self.interrogator, clip.preprocess(clip.open(data)))
+        except UNREADABLE as exc:
+            return {"error": str(exc) or type(exc).__name__, "device": self.device}
+        return {"text": text, "record": record, "device": self.device}
+
+
+def plugin_error(dask_worker: Any) -> str | None:
+    """Run on each worker by the controller (`Client.run` hands it the worker): why its interrogator could
+    not be opened, if it could not."""
+    return dask_worker.plugins[PLUGIN_NAME].error
+
+
+def caption_image(data: bytes) -> dict[str, Any]:
+    """The task: one image's caption on this worker's NPU."""
+    return get_worker().plugins[PLUGIN_NAME].caption(data)

@@ -1,0 +1,258 @@
+"""A fleet: `devices:` in the config, deploy and smoke-test on every device at once, captioning across them
+with Dask distributed, and nginx in front of their servers.
+
+The devices are separate hosts on this machine: each its own real sshd on 127.0.0.1 (its own port, host key
+and workdir), reached over the same transport as a Pi; a third points at a port where nothing listens (a
+device unplugged). Captioning starts real Dask workers on them over SSH, in the device's runtime virtualenv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.graph import StageGraph
+from pipeline.records import read_records
+from pipeline.runner import Outcome, RunRequest, run
+from stages import ALL_STAGES
+from stages.config import PipelineConfig, load_config
+from tests.helpers import IMAGES, REPO, tiny_config_dict
+from tests.loopback import free_port
+from tests.sshd import SshServer, start_sshd
+
+GRAPH = StageGraph(ALL_STAGES)
+
+
+def _devices_config(write_config, devices: list[dict], hosts: dict | None = None) -> PipelineConfig:
+    data = {"hosts": {"a": {"address": "a.local"}, "b": {"address": "b.local"}, **(hosts or {})}, "devices": devices}
+    return load_config(write_config(data))
+
+
+def test_devices_select_by_name_list_or_all(write_config) -> None:
+    config = _devices_config(
+        write_config, [{"name": "pi1", "host": "a"}, {"name": "pi2", "host": "b", "models_dir": "/srv/sd/models"}]
+    )
+    assert [d.name for d in config.fleet()] == ["pi1", "pi2"]
+    assert [d.name for d in config.with_devices("all").fleet()] == ["pi1", "pi2"]
+    assert [d.name for d in config.with_devices("pi2").fleet()] == ["pi2"]
+    assert [d.name for d in config.with_devices("pi2, pi1").fleet()] == ["pi2", "pi1"]
+    with pytest.raises(ConfigError, match=r"--host pi9: no such device.*pi1, pi2, all"):
+        config.with_devices("pi1,pi9")
+    fetch = next(s for s in ALL_STAGES if s.name == "fetch")
+    params = fetch.params(config)
+    assert [(d.name, d.host, d.models_dir) for d in params.devices] == [
+        ("pi1", "a", "models"),
+        ("pi2", "b", "/srv/sd/models"),
+    ]
+    assert fetch.host_name(config) == "a,b"
+    assert fetch.params(config.with_devices("pi1")) != params  # another selection: another run
+
+
+def test_one_device_is_a_fleet_of_one_and_a_host_list_makes_more(write_config) -> None:
+    config = load_config(write_config({"hosts": {"pi": {"address": "pi.local"}}, "device": {"host": "pi"}}))
+    assert [(d.name, d.host) for d in config.fleet()] == [("pi", "pi")]
+    two = load_config(
+        write_config({"hosts": {"a": {"address": "a"}, "b": {"address": "b"}}, "device": {"models_dir": "m"}})
+    ).with_devices("a,b")
+    assert [(d.name, d.host, d.models_dir) for d in two.fleet()] == [("a", "a", "m"), ("b", "b", "m")]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"device": {"host": "a"}, "devices": [{"name": "x", "host": "b"}]}, "not both"),
+        ({"devices": [{"name": "x", "host": "a"}, {"name": "x", "host": "b"}]}, "name 'x' is taken"),
+        ({"devices": [{"name": "x", "host": "a"}, {"name": "y", "host": "a"}]}, "one device per host"),
+        ({"devices": [{"name": "x", "host": "nas"}]}, r"devices\[0\]\.host 'nas' is not in hosts"),
+        ({"devices": [{"name": "../x", "host": "a"}]}, r"devices\.0\.name"),
+        ({"devices": [{"host": "a"}]}, r"devices\.0\.name: required key is missing"),
+    ],
+)
+def test_a_wrong_devices_section_is_one_clear_error(write_config, data: dict, message: str) -> None:
+    data["hosts"] = {"a": {"address": "a.local"}, "b": {"address": "b.local"}}
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(data))
+
+
+def test_the_nginx_config_balances_over_every_device(write_config) -> None:
+    from commands.serving import nginx_for
+
+    config = _devices_config(write_config, [{"name": "pi1", "host": "a"}, {"name": "pi2", "host": "b", "port": 7861}])
+    text = nginx_for(config, "8080")
+    assert "least_conn;" in text and "listen 8080;" in text
+    assert "server a.local:7860 max_fails=2 fail_timeout=10s;  # pi1" in text
+    assert "server b.local:7861 max_fails=2 fail_timeout=10s;  # pi2" in text
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;" in text
+
+
+# ---- real hosts: separate sshds on loopback, real nginx, real Dask workers ----
+
+
+@pytest.fixture(scope="module")
+def device_sshds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshServer]]:
+    started = [start_sshd(tmp_path_factory.mktemp(f"sshd-pi{i}")) for i in (1, 2)]
+    try:
+        yield [server for _, server in started]
+    finally:
+        for process, _ in started:
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture
+def fleet(built_artifacts: Path, device_sshds: list[SshServer], tmp_path: Path) -> Callable[..., PipelineConfig]:
+    """fleet(unreachable=False) -> a config with devices pi1 and pi2 (own sshd and workdir each), and pi3
+    on a port where nothing listens when asked; the built tiny-CLIP artifacts copied."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(built_artifacts, artifacts, copy_function=shutil.copy2)
+
+    def make(unreachable: bool = False) -> PipelineConfig:
+        data = tiny_config_dict(artifacts)
+        names = ["pi1", "pi2"]
+        for name, server in zip(names, device_sshds, strict=True):
+            data["hosts"][name] = server.host_entry(tmp_path / f"{name} workdir")
+        if unreachable:
+            down = device_sshds[0].host_entry(tmp_path / "pi3 workdir", port=free_port(), connect_timeout=3)
+            data["hosts"]["pi3"] = down
+            names.append("pi3")
+        data["devices"] = [{"name": name, "host": name, "port": free_port()} for name in names]
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        return load_config(path)
+
+    return make
+
+
+@pytest.mark.slow
+def test_deploy_to_every_device_at_once_and_one_unreachable_stops_none(fleet, tmp_path: Path) -> None:
+    config = fleet(unreachable=True)
+    outcomes = {o.stage: o for o in run(config, GRAPH, RunRequest(targets=("smoke-test",)))}
+    fetch = outcomes["fetch"]
+    assert fetch.outcome is Outcome.FAILED
+    assert "1 of 3 devices failed: pi3:" in fetch.summary and "--host pi1,pi2" in fetch.summary
+    for name in ("pi1", "pi2"):  # the reachable devices got the set all the same
+        assert (tmp_path / f"{name} workdir/models/clip-axera/current/manifest.json").is_file()
+    assert outcomes["smoke-test"].outcome is Outcome.SKIPPED
+
+    reachable = config.with_host("smoke-test", "pi1,pi2")
+    outcomes = {o.stage: o for o in run(reachable, GRAPH, RunRequest(targets=("smoke-test",)))}
+    assert outcomes["fetch"].outcome is Outcome.RAN, outcomes["fetch"].summary
+    assert "0 sent" in outcomes["fetch"].summary  # already there: only checked
+    assert outcomes["smoke-test"].outcome is Outcome.RAN, outcomes["smoke-test"].summary
+    records = read_records(config.artifacts)
+    assert set(records["fetch"].figures["devices"]) == set(records["smoke-test"].figures["devices"]) == {"pi1", "pi2"}
+    assert records["smoke-test"].host == "pi1,pi2"
+    for name in ("pi1", "pi2"):
+        report = json.loads((config.artifacts / f"smoke-test/devices/{name}/measurements.json").read_text())
+        assert report["encoders"]["image"]["cosine_min"] > 0.98
+        assert (config.artifacts / f"fetch/devices/{name}/transfer.json").is_file()
+    assert run(reachable, GRAPH, RunRequest(targets=("smoke-test",)))[-1].outcome is Outcome.UP_TO_DATE
+
+    from commands.cli import device_rows
+
+    rows = {row[0]: row for row in device_rows(config)}
+    assert "not fetched" in rows["pi3"][2] and "cosine" in rows["pi1"][3] and "cosine" in rows["pi2"][3]
+
+
+def _photos(folder: Path, copies: int) -> list[Path]:
+    folder.mkdir()
+    photos = sorted(IMAGES.glob("*.jpg"))
+    for index in range(copies):
+        for photo in photos:
+            shutil.copy(photo, folder / f"{index}-{photo.name}")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    return sorted(folder.glob("*.jpg"))
+
+
+def _fetched(config: PipelineConfig) -> None:
+    outcome = run(config, GRAPH, RunRequest(targets=("fetch",)))[-1]
+    assert outcome.outcome is Outcome.RAN, outcome.summary
+
+
+@pytest.mark.slow
+def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_path: Path) -> None:
+    from deploy.fleet_caption import WORKER_PID, FleetCaptionJob, caption_on_fleet
+
+    config = fleet()
+    _fetched(config)
+    photos = _photos(tmp_path / "photos", copies=4)
+    killed: list[str] = []
+
+    def on_image(path: Path, progress) -> None:
+        if sum(progress.per_device.values()) == 20 and not killed:
+            pid = int((tmp_path / "pi2 workdir" / WORKER_PID).read_text())
+            os.kill(pid, signal.SIGKILL)  # as a device unplugged mid-run, from the scheduler's side
+            killed.append(str(pid))
+
+    summary = caption_on_fleet(config, FleetCaptionJob(tmp_path / "photos", tmp_path / "out"), on_image)
+    assert killed
+    assert summary.captioned == len(photos) - 1 and [Path(p).name for p, _ in summary.failed] == ["broken.jpg"]
+    lines = [json.loads(line) for line in (tmp_path / "out/captions.jsonl").read_text().splitlines()]
+    files = [line["file"] for line in lines]
+    assert sorted(files) == sorted(p.name for p in photos if p.name != "broken.jpg")  # each exactly once
+    assert {line["device"] for line in lines} == {"pi1", "pi2"}
+    assert all((tmp_path / "out" / Path(f).with_suffix(".txt")).read_text().strip() for f in files)
+    for name in ("pi1", "pi2"):  # every worker stopped at the end
+        assert not (tmp_path / f"{name} workdir" / WORKER_PID).exists()
+
+    again = caption_on_fleet(config, FleetCaptionJob(tmp_path / "photos", tmp_path / "out"), lambda *_: None)
+    assert again.captioned == 0 and again.skipped == len(photos) - 1  # resumable: nothing twice
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@pytest.mark.slow
+def test_nginx_in_front_of_the_fleet_serves_a1111_clients_and_skips_a_dead_device(fleet, tmp_path: Path) -> None:
+    import base64
+
+    from commands.serving import ServeRequest, nginx_for, start_on_devices, stop_on_devices
+
+    config = fleet()
+    _fetched(config)
+    start_on_devices(config, ServeRequest())
+    nginx_dir = tmp_path / "nginx"
+    nginx_dir.mkdir()
+    port = free_port()
+    (nginx_dir / "nginx.conf").write_text(
+        f"pid {nginx_dir}/nginx.pid;\nerror_log {nginx_dir}/error.log;\nevents {{}}\nhttp {{\n"
+        f"access_log off;\nclient_body_temp_path {nginx_dir}/body;\nproxy_temp_path {nginx_dir}/proxy;\n"
+        f"{nginx_for(config, f'127.0.0.1:{port}')}\n}}\n"
+    )
+    process = subprocess.Popen([NGINX, "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf"), "-g", "daemon off;"])
+    try:
+        url = f"http://127.0.0.1:{port}/sdapi/v1/interrogate"
+        body = {"image": base64.b64encode((REPO / "data/images/cat.jpg").read_bytes()).decode(), "model": "clip"}
+        for _ in range(50):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        for _ in range(6):
+            answer = httpx.post(url, json=body, timeout=60)
+            assert answer.status_code == 200 and answer.json()["caption"]
+        health = [
+            httpx.get(f"http://127.0.0.1:{d.port}/healthz").json()["queue"]["served"] for d in config.fleet()
+        ]
+        assert all(served > 0 for served in health)  # least_conn spread the requests over both
+
+        stop_on_devices(config.with_devices("pi2"))  # a device gone: its port refuses
+        for _ in range(4):
+            answer = httpx.post(url, json=body, timeout=60)
+            assert answer.status_code == 200 and answer.json()["caption"]
+    finally:
+        process.terminate()
+        process.wait(10)
+        stop_on_devices(config)
