@@ -26,8 +26,8 @@ from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.terminal import console
 from runtime.captioning import CaptionSummary, CaptionWriter
-from runtime.manifest import CURRENT_SET
 from runtime.fleet_worker import DeviceSettings, InterrogatorPlugin, plugin_error
+from runtime.manifest import CURRENT_SET
 from stages.config import PipelineConfig
 
 WORKER_LOG, WORKER_PID, TLS_DIR = "caption-worker.log", "caption-worker.pid", ".caption-tls"

@@ -8,6 +8,7 @@ device unplugged). Captioning starts real Dask workers on them over SSH, in the 
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -226,7 +227,7 @@ def test_nginx_in_front_of_the_fleet_serves_a1111_clients_and_skips_a_dead_devic
     nginx_dir.mkdir()
     port = free_port()
     (nginx_dir / "nginx.conf").write_text(
-        f"pid {nginx_dir}/nginx.pid;\nerror_log {nginx_dir}/error.log;\nevents {{}}\nhttp {{\n"
+        f"user {getpass.getuser()};\npid {nginx_dir}/nginx.pid;\nerror_log {nginx_dir}/error.log;\nevents {{}}\nhttp {{\n"
         f"access_log off;\nclient_body_temp_path {nginx_dir}/body;\nproxy_temp_path {nginx_dir}/proxy;\n"
         f"{nginx_for(config, f'127.0.0.1:{port}')}\n}}\n"
     )
