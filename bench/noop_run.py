@@ -34,8 +34,7 @@ def _config(artifacts: Path) -> Path:
         "stages": {
             "verify": {"images": str(REPO / "data/images"), "min_cosine": 0.999, "max_abs_diff": 1.0},
             "compile": {"target": "onnxruntime", "min_cosine": 0.9},
-            "fetch": {"host": "local"},
-            "smoke-test": {"host": "local", "runs": 3, "min_cosine": 0.9},
+            "smoke-test": {"runs": 3, "min_cosine": 0.9},
         },
     }
     path.write_text(yaml.safe_dump(data), encoding="utf-8")

@@ -44,6 +44,7 @@ class FleetCaptionJob:
     ranks: bool = False
     overwrite: bool = False
     mode: str | None = None
+    preload: tuple[str, ...] = ()  # Dask `--preload` modules or files for every worker (bench/fleet.py's stand-in)
 
 
 @dataclass
@@ -78,13 +79,13 @@ def caption_on_fleet(
         host="127.0.0.1" if loopback else "0.0.0.0",
         scheduler_port=0,
         security=security,
-        dashboard_address=":0" if _has_dashboard() else None,
+        dashboard_address="127.0.0.1:0",  # plain HTTP: this machine only
     )
     with cluster, Client(cluster, security=security) as client:
         port = int(cluster.scheduler_address.rsplit(":", 1)[1])
         if _has_dashboard():
             console.print(f"Dask dashboard: {client.dashboard_link}", markup=False)
-        started = on_each(devices, lambda device: _start_worker(config, device, port, security))
+        started = on_each(devices, lambda device: _start_worker(config, device, port, security, job.preload))
         try:
             _raise_if_none_started(started, len(devices))
             _wait_for_workers(client, [o.device for o in started if o.ok])
@@ -221,7 +222,9 @@ def _wait_for_workers(client: object, names: list[str]) -> None:
     console.print(f"going on without {', '.join(missing)}: its worker did not join within {JOIN_TIMEOUT_S} s")
 
 
-def _start_worker(config: PipelineConfig, device: NamedDevice, port: int, security: object) -> str:
+def _start_worker(
+    config: PipelineConfig, device: NamedDevice, port: int, security: object, preload: tuple[str, ...]
+) -> str:
     """A Dask worker on the device, in the background; returns the device's models dir for its plugin."""
     host = config.host(device.host)
     with connect(device.host, host) as transport:
@@ -254,6 +257,7 @@ def _start_worker(config: PipelineConfig, device: NamedDevice, port: int, securi
             f"{tls}/cert.pem",
             "--tls-key",
             f"{tls}/key.pem",
+            *[arg for module in preload for arg in ("--preload", module)],
         ]
         log, pid_file = transport.path(WORKER_LOG), transport.path(WORKER_PID)
         result = transport.check(

@@ -135,7 +135,12 @@ class FetchStage(DeviceStage):
                 "sent": sent,
                 "bytes": total_bytes,
                 "devices": {
-                    o.device: {"sent": len(o.result.sent), "bytes": o.result.bytes, "seconds": round(o.seconds, 3)}
+                    o.device: {
+                        "set": manifest.set_id,
+                        "sent": len(o.result.sent),
+                        "bytes": o.result.bytes,
+                        "seconds": round(o.seconds, 3),
+                    }
                     for o in outcomes
                     if o.result is not None
                 },

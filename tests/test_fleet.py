@@ -97,6 +97,31 @@ def test_the_nginx_config_balances_over_every_device(write_config) -> None:
     assert "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;" in text
 
 
+def test_the_commands_take_a_device_list(tmp_path: Path) -> None:
+    from tests.test_cli import _assert_one_line_error, invoke
+
+    config = tmp_path / "pipeline.yaml"
+    hosts = {"a": {"address": "a.example"}, "b": {"address": "b.example"}}
+    devices = [{"name": "pi1", "host": "a"}, {"name": "pi2", "host": "b", "port": 7870}]
+    config.write_text(yaml.safe_dump({"artifacts": str(tmp_path / "artifacts"), "hosts": hosts, "devices": devices}))
+    printed = invoke("serve", "--config", str(config), "--print-nginx", "--port", "8080")
+    assert printed.returncode == 0, printed.stderr
+    assert "server a.example:7860" in printed.stdout and "server b.example:7870" in printed.stdout
+    assert "listen 8080;" in printed.stdout
+    one = invoke("serve", "--config", str(config), "--host", "pi2", "--print-nginx")
+    assert "a.example" not in one.stdout and "b.example:7870" in one.stdout
+    _assert_one_line_error(
+        invoke("caption", "--config", str(config), "--images", str(tmp_path), "--host", "pi7"),
+        "--host pi7: no such device",
+        "pi1, pi2, all",
+    )
+    _assert_one_line_error(invoke("fetch", "--config", str(config), "--host", "pi1,nas"), "--host nas: no such device")
+    _assert_one_line_error(invoke("serve", "--config", str(config), "--port", "http"), "--port takes a port number")
+    status = invoke("status", "--config", str(config))
+    assert status.returncode == 0, status.stderr
+    assert "pi1" in status.stdout and "pi2" in status.stdout and "not fetched" in status.stdout
+
+
 # ---- real hosts: separate sshds on loopback, real nginx, real Dask workers ----
 
 
@@ -227,7 +252,8 @@ def test_nginx_in_front_of_the_fleet_serves_a1111_clients_and_skips_a_dead_devic
     nginx_dir.mkdir()
     port = free_port()
     (nginx_dir / "nginx.conf").write_text(
-        f"user {getpass.getuser()};\npid {nginx_dir}/nginx.pid;\nerror_log {nginx_dir}/error.log;\nevents {{}}\nhttp {{\n"
+        f"user {getpass.getuser()};\npid {nginx_dir}/nginx.pid;\nerror_log {nginx_dir}/error.log;\n"
+        "events {}\nhttp {\n"
         f"access_log off;\nclient_body_temp_path {nginx_dir}/body;\nproxy_temp_path {nginx_dir}/proxy;\n"
         f"{nginx_for(config, f'127.0.0.1:{port}')}\n}}\n"
     )
@@ -244,9 +270,7 @@ def test_nginx_in_front_of_the_fleet_serves_a1111_clients_and_skips_a_dead_devic
         for _ in range(6):
             answer = httpx.post(url, json=body, timeout=60)
             assert answer.status_code == 200 and answer.json()["caption"]
-        health = [
-            httpx.get(f"http://127.0.0.1:{d.port}/healthz").json()["queue"]["served"] for d in config.fleet()
-        ]
+        health = [httpx.get(f"http://127.0.0.1:{d.port}/healthz").json()["queue"]["served"] for d in config.fleet()]
         assert all(served > 0 for served in health)  # least_conn spread the requests over both
 
         stop_on_devices(config.with_devices("pi2"))  # a device gone: its port refuses

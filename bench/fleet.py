@@ -1,0 +1,133 @@
+"""A fleet on one machine: caption throughput with 1, 2 and 3 devices on Dask, and deploy time to 3 devices
+vs 1.
+
+The devices are hosts of kind `local`, each its own workdir (its own models, runtime venv and Dask worker
+process), so what is measured is the fleet's machinery: the scheduler here, a worker per device, images
+sent as bytes, results written here. Each worker's encoder is the NPU-class stand-in of bench/caption.py (a
+wait of NPU_FLOOR_MS that holds no core: bench/npu_class_worker.py, a Dask `--preload`); decoding, preprocess
+and ranking run for real on the workers. Models: ViT-B/32 shapes, random weights, onnxruntime compile.
+Targets (issue 28): >= 2.6x the images/s of one device with three; deploy to 3 <= 1.3x the time of 1.
+
+    python bench/fleet.py [--images 150] [--rounds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+from harness import DEFAULT_CACHE, REPO, arguments, emit, verdict
+from inputs import NPU_FLOOR_MS, camera_like
+
+from deploy.fleet_caption import FleetCaptionJob, FleetProgress, caption_on_fleet
+from pipeline.graph import StageGraph
+from pipeline.runner import Outcome, RunRequest, run
+from stages import ALL_STAGES
+from stages.config import PipelineConfig, load_config
+
+THROUGHPUT_TARGET = 2.6
+DEPLOY_TARGET = 1.3
+DEVICES = ("dev1", "dev2", "dev3")
+ROOT = DEFAULT_CACHE / "fleet"
+PRELOAD = Path(__file__).resolve().parent / "npu_class_worker.py"
+
+
+def fleet_config() -> PipelineConfig:
+    """Full-size artifacts (built once, cached) and three local devices."""
+    ROOT.mkdir(parents=True, exist_ok=True)
+    data = {
+        "model": {"id": "builtin:random-vit-b-32"},
+        "artifacts": str(ROOT / "artifacts"),
+        "hosts": {name: {"kind": "local", "workdir": str(ROOT / name)} for name in DEVICES},
+        "devices": [{"name": name, "host": name} for name in DEVICES],
+        # Speed does not depend on the weights: loose thresholds keep random weights passing.
+        "stages": {
+            "verify": {"images": str(REPO / "data/images"), "min_cosine": 0.999, "max_abs_diff": 1.0},
+            "compile": {"target": "onnxruntime", "min_cosine": 0.9},
+            "smoke-test": {"runs": 3, "min_cosine": 0.9, "min_top1_agreement": 0},
+        },
+    }
+    path = ROOT / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return load_config(path)
+
+
+def fetch(config: PipelineConfig, devices: tuple[str, ...]) -> float:
+    """Seconds of a fetch of the whole set to `devices`, from empty models dirs (the bench's own)."""
+    for name in devices:
+        shutil.rmtree(ROOT / name / "models", ignore_errors=True)
+    started = time.perf_counter()
+    outcome = run(config.with_devices(",".join(devices)), StageGraph(ALL_STAGES), RunRequest(targets=("fetch",)))[-1]
+    if outcome.outcome is not Outcome.RAN:
+        raise SystemExit(f"fetch failed: {outcome.summary}")
+    return time.perf_counter() - started
+
+
+def photo_folder(count: int) -> Path:
+    """LoRA-set-like photos: 1024x768 JPEGs."""
+    folder = ROOT / f"photos-{count}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        path = folder / f"photo-{index:04d}.jpg"
+        if not path.exists():
+            path.write_bytes(camera_like((1024, 768), "JPEG", seed=index))
+    return folder
+
+
+def throughput(config: PipelineConfig, devices: tuple[str, ...], photos: Path) -> float:
+    """Images/s from the first caption written to the last (the workers' start-up is not throughput)."""
+    out = ROOT / "captions"
+    shutil.rmtree(out, ignore_errors=True)
+    stamps: list[float] = []
+
+    def on_image(_: Path, progress: FleetProgress) -> None:
+        stamps.append(time.perf_counter())
+
+    job = FleetCaptionJob(photos, out, preload=(str(PRELOAD),))
+    summary = caption_on_fleet(config.with_devices(",".join(devices)), job, on_image)
+    if summary.failed or summary.captioned != len(stamps):
+        raise SystemExit(f"captioning failed: {summary.failed[:3]}")
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def main() -> None:
+    args = arguments(__doc__, images=150, rounds=3)
+    os.environ["NPU_CLASS_MS"] = f"{NPU_FLOOR_MS:g}"  # read by the preload, in the workers (local hosts)
+    config = fleet_config()
+    fetch(config, DEVICES)  # builds every upstream stage once
+    deploy = {n: statistics.median(fetch(config, DEVICES[:n]) for _ in range(args.rounds)) for n in (1, 3)}
+    photos = photo_folder(args.images)
+    rates = {
+        n: statistics.median(throughput(config, DEVICES[:n], photos) for _ in range(args.rounds)) for n in (1, 2, 3)
+    }
+    figures = {
+        "images": args.images,
+        "npu_floor_ms": NPU_FLOOR_MS,
+        "images_per_s": {n: round(rate, 1) for n, rate in rates.items()},
+        "throughput_ratio_3": round(rates[3] / rates[1], 2),
+        "deploy_s": {n: round(seconds, 2) for n, seconds in deploy.items()},
+        "deploy_ratio_3": round(deploy[3] / deploy[1], 2),
+    }
+    figures["meets_target"] = (
+        figures["throughput_ratio_3"] >= THROUGHPUT_TARGET and figures["deploy_ratio_3"] <= DEPLOY_TARGET
+    )
+    rows = [(f"caption, {n} device(s)", f"{rates[n]:.1f} img/s", f"{rates[n] / rates[1]:.2f}x") for n in (1, 2, 3)]
+    rows += [(f"deploy (fetch), {n} device(s)", f"{deploy[n]:.2f} s", f"{deploy[n] / deploy[1]:.2f}x") for n in (1, 3)]
+    emit(
+        figures,
+        args.json,
+        f"fleet on one machine ({os.cpu_count()} cores): {args.images} JPEGs of 1024x768, NPU-class encoder "
+        f"({NPU_FLOOR_MS:g} ms), medians of {args.rounds}",
+        ("what", "figure", "vs 1 device"),
+        rows,
+        f"targets: 3 devices >= {THROUGHPUT_TARGET}x images/s, deploy to 3 <= {DEPLOY_TARGET}x: "
+        f"{verdict(figures['meets_target'])}",
+    )
+
+
+if __name__ == "__main__":
+    main()
