@@ -91,19 +91,19 @@ class FleetParams(BaseModel):
     @classmethod
     def for_fleet(cls, config: WithDevices, **own: Any) -> Any:
         """The params of the config's selected devices, with a deriving stage's `own` fields."""
-        devices = tuple(
-            DeviceParams(
-                name=device.name,
-                host=device.host,
-                models_dir=device.models_dir,
-                address=config.host(device.host).address,
-                workdir=config.host(device.host).workdir,
-                npu_lock=device.npu_lock,
-                connection=config.host(device.host),
-            )
-            for device in config.fleet()
-        )
-        return cls(devices=devices, **own)
+        return cls(devices=tuple(_params(device, config.host(device.host)) for device in config.fleet()), **own)
+
+
+def _params(device: NamedDevice, host: DeviceHostConfig) -> DeviceParams:
+    return DeviceParams(
+        name=device.name,
+        host=device.host,
+        models_dir=device.models_dir,
+        address=host.address,
+        workdir=host.workdir,
+        npu_lock=device.npu_lock,
+        connection=host,
+    )
 
 
 class DeviceStage(Stage):

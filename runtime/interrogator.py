@@ -182,9 +182,13 @@ class Scores:
         exact = self.tables.exact_scores(category, candidates, self.vector)
         probabilities = self.probabilities(category, candidates, exact)
         order = np.argsort(-exact, kind="stable")
+        labels = category.labels
+        # Whole arrays to Python numbers at once: per-element numpy scalars cost more than the ranking.
         return [
-            Pick(category.labels[candidates[i]], float(exact[i]), int(candidates[i]), float(probabilities[i]))
-            for i in order
+            Pick(labels[row], score, row, probability)
+            for row, score, probability in zip(
+                candidates[order].tolist(), exact[order].tolist(), probabilities[order].tolist(), strict=True
+            )
         ]
 
     def probabilities(self, category: CategoryTable, candidates: np.ndarray, exact: np.ndarray) -> np.ndarray:
@@ -253,11 +257,11 @@ def _rank(
     if category.mode is CategoryMode.MANY:
         cutoff = min(cutoff, threshold - scores.bound)
     ranked = scores.exact(category, np.flatnonzero(block >= cutoff))
-    free = [pick for pick in ranked if _same_label(pick.label) not in taken]
+    free = [pick for pick in ranked if _same_label(pick.label) not in taken] if taken else ranked
     if category.mode is CategoryMode.ONE:
         picks = free[:1]
     elif category.mode is CategoryMode.TOP:
-        picks = _distinct(free, category)[: category.k]
+        picks = _distinct(free, category, category.k)
     else:
         picks = _distinct([p for p in free if p.score >= threshold], category)
     top = tuple(ranked[:STRUCTURED_TOP])
@@ -269,15 +273,21 @@ def _same_label(label: str) -> str:
     return " ".join(label.lower().split())
 
 
-def _distinct(ranked: list[Pick], category: CategoryTable) -> list[Pick]:
-    """Picks whose embeddings differ: two spellings with one embedding would repeat a word in the caption."""
+def _distinct(ranked: list[Pick], category: CategoryTable, limit: int | None = None) -> list[Pick]:
+    """Picks whose embeddings differ (the first `limit` of them): two spellings with one embedding would
+    repeat a word in the caption."""
+    if not ranked or limit == 0:
+        return []
+    rows = np.asarray(category.rows[np.array([pick.row for pick in ranked])])  # one read of the table
     seen: set[bytes] = set()
-    kept = []
-    for pick in ranked:
-        key = np.asarray(category.rows[pick.row]).tobytes()
+    kept: list[Pick] = []
+    for pick, row in zip(ranked, rows, strict=True):
+        key = row.tobytes()
         if key not in seen:
             seen.add(key)
             kept.append(pick)
+            if len(kept) == limit:
+                break
     return kept
 
 

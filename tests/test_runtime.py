@@ -432,6 +432,6 @@ def test_pick_agreement_is_whole_for_the_float_embeddings_and_low_for_a_damaged_
     damaged = pick_agreement(tables, photos, reference, reference + 3 * noise / np.sqrt(reference.shape[1]))
     assert damaged.top1_min == 0.0 and damaged.changed
     assert all(c.float_caption != c.device_caption for c in damaged.changed)
-    failures = _agreement_failures(SmokeReport(agreement=damaged), minimum=0.5)
+    failures = _agreement_failures(SmokeReport(agreement=damaged), minimum=0.5, device="pi")
     assert failures and "min_top1_agreement 0.5" in failures[0]
-    assert _agreement_failures(SmokeReport(agreement=same), minimum=1.0) == []
+    assert _agreement_failures(SmokeReport(agreement=same), minimum=1.0, device="pi") == []
