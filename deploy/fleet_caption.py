@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from deploy.device_config import NamedDevice
 from deploy.device_runtime import install_runtime
@@ -33,7 +34,9 @@ from stages.config import PipelineConfig
 WORKER_LOG, WORKER_PID, TLS_DIR = "caption-worker.log", "caption-worker.pid", ".caption-tls"
 JOIN_TIMEOUT_S = 120  # from starting the workers to every one having joined (a first venv build is earlier)
 NO_WORKER_TIMEOUT_S = 60  # with no worker left, how long to wait for one before giving up
-IN_FLIGHT_PER_WORKER = 4  # images sent ahead per worker: bounds the controller's memory on any folder
+BATCH_IMAGES = 4  # images per Dask task, at most
+BATCH_BYTES = 32 * 1024 * 1024  # and at most this many bytes of them
+IN_FLIGHT_PER_WORKER = 2  # batches sent ahead per worker: one runs while the next waits; bounds memory
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a file larger than this is reported, not sent
 
 
@@ -104,32 +107,29 @@ def caption_on_fleet(
             on_each(devices, lambda device: _stop_worker(config, device))
 
 
+Batch = list[tuple[Path, Path, bytes]]  # (image, its .txt, its bytes)
+
+
 def _caption(client: object, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]) -> CaptionSummary:
     from distributed import Client, wait
 
-    from runtime.fleet_worker import NPU, caption_image
+    from runtime.fleet_worker import NPU, caption_batch
 
     assert isinstance(client, Client)
     progress = FleetProgress()
     with CaptionWriter.open(job.images_dir, job.out_dir) as writer:
-        todo = iter(writer.todo(job.overwrite, lambda path: on_image(path, progress)))
-        in_flight: dict[object, tuple[Path, Path]] = {}
+        todo = writer.todo(job.overwrite, lambda path: on_image(path, progress))
+        batches = _batches(todo, writer, lambda path: on_image(path, progress))
+        in_flight: dict[object, Batch] = {}
 
-        def send_next() -> bool:
-            for image_path, target in todo:
-                if image_path.stat().st_size > MAX_IMAGE_BYTES:
-                    writer.failed(image_path, f"larger than {MAX_IMAGE_BYTES // 2**20} MB")
-                    on_image(image_path, progress)
-                    continue
-                data = image_path.read_bytes()
-                future = client.submit(caption_image, data, resources={NPU: 1}, pure=False)
-                in_flight[future] = (image_path, target)
-                return True
-            return False
+        def send_next() -> None:
+            batch = next(batches, None)
+            if batch:
+                future = client.submit(caption_batch, [data for *_, data in batch], resources={NPU: 1}, pure=False)
+                in_flight[future] = batch
 
-        workers = max(len(client.scheduler_info()["workers"]), 1)
-        while len(in_flight) < IN_FLIGHT_PER_WORKER * workers and send_next():
-            pass
+        for _ in range(IN_FLIGHT_PER_WORKER * max(len(client.scheduler_info()["workers"]), 1)):
+            send_next()
         idle_since: float | None = None
         while in_flight:
             done = wait(list(in_flight), timeout=5, return_when="FIRST_COMPLETED").done
@@ -138,23 +138,53 @@ def _caption(client: object, job: FleetCaptionJob, on_image: Callable[[Path, Fle
                 continue
             idle_since = None
             for future in done:
-                image_path, target = in_flight.pop(future)
-                _finish(writer, image_path, target, future, progress)
-                on_image(image_path, progress)
+                batch = in_flight.pop(future)
+                for (image_path, target, _), answer in zip(batch, _answers(future, len(batch)), strict=True):
+                    _write(writer, image_path, target, answer, progress)
+                    on_image(image_path, progress)
                 send_next()
         return writer.summary
 
 
-def _finish(writer: CaptionWriter, image_path: Path, target: Path, future: object, progress: FleetProgress) -> None:
+def _batches(todo: list[tuple[Path, Path]], writer: CaptionWriter, skipped: Callable[[Path], None]) -> Iterator[Batch]:
+    """The images to send, read as they are needed (so memory stays bounded on any folder), a few per task:
+    every Dask task costs the scheduler, the worker and this process some milliseconds of CPU."""
+    batch: Batch = []
+    size = 0
+    for image_path, target in todo:
+        if image_path.stat().st_size > MAX_IMAGE_BYTES:
+            writer.failed(image_path, f"larger than {MAX_IMAGE_BYTES // 2**20} MB")
+            skipped(image_path)
+            continue
+        data = image_path.read_bytes()
+        batch.append((image_path, target, data))
+        size += len(data)
+        if len(batch) == BATCH_IMAGES or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _answers(future: object, count: int) -> list[dict[str, Any]]:
+    """A finished batch's answers; a batch that brought down worker after worker (Dask gives up after
+    `distributed.scheduler.allowed-failures`) is an error for each of its images, not the end of the run."""
     from distributed import Future
     from distributed.scheduler import KilledWorker
 
     assert isinstance(future, Future)
     try:
-        answer = future.result()
-    except KilledWorker as exc:  # the image brought down worker after worker: it is the problem, not them
-        writer.failed(image_path, f"every worker that took it died ({exc})")
-        return
+        answers = future.result()
+    except KilledWorker as exc:
+        return [{"error": f"every worker that took it died ({exc})"}] * count
+    finally:
+        future.release()  # its result is written: the scheduler need not keep it, nor rerun it on a lost worker
+    return answers
+
+
+def _write(
+    writer: CaptionWriter, image_path: Path, target: Path, answer: dict[str, Any], progress: FleetProgress
+) -> None:
     if "error" in answer:
         writer.failed(image_path, answer["error"])
         return

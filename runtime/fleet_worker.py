@@ -82,6 +82,7 @@ def plugin_error(dask_worker: Any) -> str | None:
     return dask_worker.plugins[PLUGIN_NAME].error
 
 
-def caption_image(data: bytes) -> dict[str, Any]:
-    """The task: one image's caption on this worker's NPU."""
-    return get_worker().plugins[PLUGIN_NAME].caption(data)
+def caption_batch(images: list[bytes]) -> list[dict[str, Any]]:
+    """The task: a few images' captions on this worker's NPU, one after another."""
+    plugin = get_worker().plugins[PLUGIN_NAME]
+    return [plugin.caption(data) for data in images]
