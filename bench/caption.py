@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from harness import DEFAULT_CACHE, arguments, emit, full_size_export, verdict, write_tables
-from inputs import NPU_FLOOR_MS, camera_like
+from inputs import NPU_FLOOR_MS, photo_folder
 
 from runtime.captioning import caption_folder
 from runtime.clip import ClipRuntime
@@ -27,16 +27,6 @@ from runtime.preprocess import Fidelity, open_image, preprocess
 
 TARGET = 4.0
 LABELS = 10_000
-
-
-def photo_folder(count: int) -> Path:
-    folder = DEFAULT_CACHE / f"caption-photos-{count}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        path = folder / f"photo-{index:03d}.jpg"
-        if not path.exists():
-            path.write_bytes(camera_like((4032, 3024), "JPEG", seed=index))
-    return folder
 
 
 def before(interrogator: Interrogator, folder: Path) -> None:
@@ -66,7 +56,7 @@ def main() -> None:
     args = arguments(__doc__, images=12)
     export = full_size_export()
     tables = LabelTables.load(write_tables(export, LABELS))
-    folder, out = photo_folder(args.images), DEFAULT_CACHE / "caption-out"
+    folder, out = photo_folder((4032, 3024), args.images), DEFAULT_CACHE / "caption-out"
     rows, figures = [], {"images": args.images}
     for encoder in ("CPU onnxruntime", f"NPU-class ({NPU_FLOOR_MS:g} ms)"):
         clip = ClipRuntime.load(export, fidelity=Fidelity.FAST)

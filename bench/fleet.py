@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 from harness import DEFAULT_CACHE, REPO, arguments, emit, verdict
-from inputs import NPU_FLOOR_MS, camera_like
+from inputs import NPU_FLOOR_MS, photo_folder
 
 from deploy.fleet_caption import WORKER_PID, FleetCaptionJob, FleetProgress, caption_on_fleet
 from pipeline.graph import StageGraph
@@ -72,17 +72,6 @@ def fetch(config: PipelineConfig, devices: tuple[str, ...]) -> float:
     return time.perf_counter() - started
 
 
-def photo_folder(count: int) -> Path:
-    """LoRA-set-like photos: 1024x768 JPEGs."""
-    folder = ROOT / f"photos-{count}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        path = folder / f"photo-{index:04d}.jpg"
-        if not path.exists():
-            path.write_bytes(camera_like((1024, 768), "JPEG", seed=index))
-    return folder
-
-
 @dataclass
 class Rate:
     """A captioning run from its first caption written to its last: images/s and CPU per image."""
@@ -127,7 +116,7 @@ def main() -> None:
     config = fleet_config()
     fetch(config, DEVICES)  # builds every upstream stage once
     deploy = {n: statistics.median(fetch(config, DEVICES[:n]) for _ in range(args.rounds)) for n in (1, 3)}
-    photos = photo_folder(args.images)
+    photos = photo_folder((1024, 768), args.images)
     classes = {
         f"ViT-B/32 class ({NPU_FLOOR_MS:g} ms)": NPU_FLOOR_MS,
         f"ViT-L/14@336 class ({VIT_L14_336_MS:g} ms)": VIT_L14_336_MS,

@@ -20,6 +20,7 @@ import base64
 import io
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 from harness import DEFAULT_CACHE, REPO, arguments, emit, full_size_export, median_ms, verdict, write_tables
@@ -44,6 +45,17 @@ def camera_like(size: tuple[int, int], fmt: str, seed: int = 0) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
     return out.getvalue()
+
+
+def photo_folder(size: tuple[int, int], count: int) -> Path:
+    """`count` camera-like JPEGs of `size`, made once and cached."""
+    folder = DEFAULT_CACHE / f"photos-{size[0]}x{size[1]}-{count}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        path = folder / f"photo-{index:04d}.jpg"
+        if not path.exists():
+            path.write_bytes(camera_like(size, "JPEG", seed=index))
+    return folder
 
 
 def inputs() -> dict[str, bytes]:
