@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.device_config import NamedDevice
+from deploy.device_config import NamedDevice, WithDevices
 from deploy.device_runtime import install_runtime
 from deploy.fleet import failures, on_each
 from pipeline.errors import HostError, PipelineError
@@ -29,7 +29,6 @@ from pipeline.terminal import console
 from runtime.captioning import CaptionSummary, CaptionWriter
 from runtime.fleet_worker import DeviceSettings, InterrogatorPlugin, plugin_error
 from runtime.manifest import CURRENT_SET
-from stages.config import PipelineConfig
 
 WORKER_LOG, WORKER_PID, TLS_DIR = "caption-worker.log", "caption-worker.pid", ".caption-tls"
 JOIN_TIMEOUT_S = 120  # from starting the workers to every one having joined (a first venv build is earlier)
@@ -66,7 +65,7 @@ class FleetProgress:
 
 
 def caption_on_fleet(
-    config: PipelineConfig, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]
+    config: WithDevices, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]
 ) -> CaptionSummary:
     """Caption every image of the job on the config's devices; workers stopped at the end, whatever happens."""
     from distributed import Client, LocalCluster
@@ -253,7 +252,7 @@ def _wait_for_workers(client: object, names: list[str]) -> None:
 
 
 def _start_worker(
-    config: PipelineConfig, device: NamedDevice, port: int, security: object, preload: tuple[str, ...]
+    config: WithDevices, device: NamedDevice, port: int, security: object, preload: tuple[str, ...]
 ) -> str:
     """A Dask worker on the device, in the background; returns the device's models dir for its plugin."""
     host = config.host(device.host)
@@ -304,7 +303,7 @@ def _start_worker(
     return models
 
 
-def _stop_worker(config: PipelineConfig, device: NamedDevice) -> None:
+def _stop_worker(config: WithDevices, device: NamedDevice) -> None:
     with connect(device.host, config.host(device.host)) as transport:
         _stop_running(transport)
 
@@ -350,7 +349,7 @@ def _put_certificates(transport: Transport, security: object) -> str:
     return tls
 
 
-def _is_loopback(config: PipelineConfig, device: NamedDevice) -> bool:
+def _is_loopback(config: WithDevices, device: NamedDevice) -> bool:
     host = config.host(device.host)
     return host.kind == "local" or (host.address or "") in ("127.0.0.1", "localhost", "::1")
 
