@@ -51,11 +51,14 @@ class DeviceConfig(Strict):
     port: int | None = Field(None, ge=1, le=65535)
 
 
+DEVICE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"  # it names a folder in artifacts/ and on the command line
+
+
 class NamedDevice(DeviceConfig):
     """One device of `devices:`: its name is what `--host` selects and what artifacts, the lock file and
     captions.jsonl call it."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    name: str = Field(pattern=DEVICE_NAME)
 
 
 class WithDevices(Protocol):

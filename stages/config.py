@@ -5,12 +5,13 @@ sections are assembled from the registered stages. A stage's settings are declar
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
-from deploy.device_config import DeviceConfig, DeviceHostConfig, DeviceStage, NamedDevice
+from deploy.device_config import DEVICE_NAME, DeviceConfig, DeviceHostConfig, DeviceStage, NamedDevice
 from modeling.model_config import ModelConfig
 from pipeline.config import EngineConfig
 from pipeline.config import load_config as load_schema
@@ -72,6 +73,8 @@ class PipelineConfig(EngineConfig):
                     "one device per host (its workdir holds the runtime, the server and the worker)"
                 )
             seen[device.host] = device.name
+        if not self.devices:
+            _check_device_name("device.host", self.device.host)
         keys = [("stages.compile.host", self.stages.compile.host), ("device.host", self.device.host)]
         keys += [(f"devices[{i}].host", device.host) for i, device in enumerate(self.devices)]
         for key, name in keys:
@@ -101,6 +104,7 @@ class PipelineConfig(EngineConfig):
         if not self.devices:
             for name in names:
                 self.host(name)
+                _check_device_name("--host", name, ConfigError)
             if len(names) == 1:
                 return self.model_copy(update={"device": self.device.model_copy(update={"host": names[0]})})
             return self.model_copy(
@@ -125,6 +129,15 @@ class PipelineConfig(EngineConfig):
             raise ConfigError(f"stage {stage!r} does not run on a host; drop --host")
         stages = self.stages.model_copy(update={params_field(stage): params.model_copy(update={"host": host})})
         return self.model_copy(update={"stages": stages})
+
+
+def _check_device_name(key: str, host: str, error: type[Exception] = ValueError) -> None:
+    """With one `device:`, the device is named after its host: a name that can be a folder's."""
+    if not re.fullmatch(DEVICE_NAME, host):
+        raise error(
+            f"{key} {host!r}: the device is named after its host, so the host's name must be letters, digits, "
+            "'.', '_' or '-' (rename the host, or use `devices:` with a `name`)"
+        )
 
 
 def load_config(path: Path | str) -> PipelineConfig:
