@@ -112,9 +112,19 @@ def _param_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
         before, after = old.get(key, "<unset>"), new.get(key, "<unset>")
         if isinstance(before, dict) and isinstance(after, dict):
             changes += _param_changes(before, after, prefix=f"{path}.")
+        elif _named(before) and _named(after):  # a list of named sections (devices): by name
+            old_items, new_items = ({item["name"]: item for item in items} for items in (before, after))
+            changes += [f"param {path}: {name} removed" for name in old_items if name not in new_items]
+            changes += [f"param {path}: {name} added" for name in new_items if name not in old_items]
+            for name in old_items.keys() & new_items.keys():
+                changes += _param_changes(old_items[name], new_items[name], prefix=f"{path}[{name}].")
         elif canonical_json(before) != canonical_json(after):
             changes.append(f"param {path}: {_short(before)} -> {_short(after)}")
     return changes
+
+
+def _named(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) and "name" in item for item in value)
 
 
 def _short(value: Any) -> str:

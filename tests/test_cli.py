@@ -118,7 +118,8 @@ def test_serve_flags_that_need_a_host_say_so(tmp_path: Path) -> None:
     config = tmp_path / "local.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "artifacts")))
     _assert_one_line_error(
-        invoke("serve", "--status", "--config", str(config)), "--stop and --status are for a server on a host"
+        invoke("serve", "--status", "--config", str(config)),
+        "--stop, --status and --print-nginx are for servers on hosts",
     )
     _assert_one_line_error(invoke("serve", "--models", str(tmp_path)), "run `invoke fetch` first")
 

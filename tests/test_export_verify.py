@@ -78,7 +78,7 @@ def test_rerun_reports_every_stage_up_to_date(tiny_pipeline) -> None:
     assert set(outcomes.values()) == {Outcome.UP_TO_DATE} and len(outcomes) == 4
     # This copy's device folder is elsewhere: fetch says so, and runs.
     reasons = dict((s.name, d.reasons) for s, d in plan(config, GRAPH, RunRequest()))
-    assert len(reasons["fetch"]) == 1 and reasons["fetch"][0].startswith("param workdir: ")
+    assert len(reasons["fetch"]) == 1 and reasons["fetch"][0].startswith("param devices[local].workdir: ")
 
 
 def test_verify_param_change_reruns_verify_only(tiny_pipeline) -> None:
