@@ -27,7 +27,7 @@ import yaml
 from harness import DEFAULT_CACHE, REPO, arguments, emit, verdict
 from inputs import NPU_FLOOR_MS, photo_folder
 
-from deploy.fleet_caption import WORKER_PID, FleetCaptionJob, FleetProgress, caption_on_fleet
+from deploy.fleet_caption import WORKER, FleetCaptionJob, FleetProgress, caption_on_fleet
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, run
 from stages import ALL_STAGES
@@ -91,7 +91,7 @@ def throughput(config: PipelineConfig, devices: tuple[str, ...], photos: Path) -
     def on_image(_: Path, progress: FleetProgress) -> None:
         stamps.append(time.perf_counter())
         if len(stamps) in (1, total):
-            cpu.append((sum(_cpu_seconds(ROOT / name / WORKER_PID) for name in devices), time.process_time()))
+            cpu.append((sum(_cpu_seconds(ROOT / name / WORKER.pid_name) for name in devices), time.process_time()))
 
     job = FleetCaptionJob(photos, out, preload=(str(PRELOAD),))
     summary = caption_on_fleet(config.with_devices(",".join(devices)), job, on_image)

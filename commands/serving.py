@@ -9,10 +9,10 @@ list) every one is started, stopped or asked at once, and `nginx_config` writes 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from deploy.background import Background, put_private
 from deploy.device_config import NamedDevice
 from deploy.device_runtime import install_runtime, venv_python
 from deploy.fleet import DeviceOutcome, failures, on_each
@@ -28,8 +28,8 @@ from stages.config import PipelineConfig
 
 DEFAULT_PORT = 7860  # A1111's
 START_TIMEOUT_S = 90
-STOP_TIMEOUT_S = 15
-LOG_FILE, PID_FILE, PORT_FILE, AUTH_FILE = "serve.log", "serve.pid", "serve.port", "serve.auth"
+SERVER = Background("serve")  # serve.log, serve.pid in the host's workdir
+PORT_FILE, AUTH_FILE = "serve.port", "serve.auth"
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _start(config: PipelineConfig, device: NamedDevice, request: ServeRequest) -
             raise PipelineError(
                 f"no fetched models in {models} on {device.name}", hint=f"run `invoke fetch --host {device.name}` first"
             )
-        if _running_pid(transport):
+        if SERVER.running_pid(transport):
             raise PipelineError(
                 f"the server already runs on {device.name}", hint="`invoke serve --host ... --stop` first, or --status"
             )
@@ -131,18 +131,13 @@ def _start(config: PipelineConfig, device: NamedDevice, request: ServeRequest) -
             auth_file = _put_auth(transport, request.api_auth)
         else:
             transport.run(f"rm -f {quote(transport.path(AUTH_FILE))}")  # no stale credentials
-        args = " ".join(quote(a) for a in server_argv(models, request, auth_file))
-        log, pid_file = transport.path(LOG_FILE), transport.path(PID_FILE)
-        transport.check(
-            f"cd {quote(app)} && (command -v setsid >/dev/null && S=setsid || S=); "
-            f"$S nohup {quote(python)} -m runtime.server {args} > {quote(log)} 2>&1 < /dev/null & "
-            f"echo $! > {quote(pid_file)}; echo {request.port} > {quote(transport.path(PORT_FILE))}",
-            what="starting the server",
-        )
+        SERVER.start(transport, app, python, "runtime.server", server_argv(models, request, auth_file))
+        transport.check(f"echo {request.port} > {quote(transport.path(PORT_FILE))}", what="recording the port")
+        log = SERVER.log(transport)
         health = _wait_healthy(transport, python, request.port or DEFAULT_PORT)
         if health is None:
-            tail = transport.run(f"tail -n 20 {quote(log)}").stdout.strip().splitlines()
-            transport.run(f"kill $(cat {quote(pid_file)}) 2>/dev/null; rm -f {quote(pid_file)}")
+            tail = SERVER.log_tail(transport)
+            SERVER.stop(transport)
             raise HostError(device.name, "the server did not come up", hint=f"its log ({log}) ends:", tail=tail)
     where = "0.0.0.0" if request.listen else "127.0.0.1"
     console.print(
@@ -152,21 +147,14 @@ def _start(config: PipelineConfig, device: NamedDevice, request: ServeRequest) -
 
 def _stop(config: PipelineConfig, device: NamedDevice) -> None:
     with connect(device.host, config.host(device.host)) as transport:
-        pid = _running_pid(transport)
-        if pid is None:
-            console.print(f"no server runs on {device.name}")
-            return
-        transport.run(
-            f"kill {pid}; for i in $(seq {STOP_TIMEOUT_S * 10}); do kill -0 {pid} 2>/dev/null || break; "
-            f"sleep 0.1; done; kill -0 {pid} 2>/dev/null && kill -9 {pid}; rm -f {quote(transport.path(PID_FILE))}"
-        )
-    console.print(f"stopped the server on {device.name} (pid {pid})")
+        pid = SERVER.stop(transport)
+    console.print(f"stopped the server on {device.name} (pid {pid})" if pid else f"no server runs on {device.name}")
 
 
 def _status(config: PipelineConfig, device: NamedDevice) -> bool:
     """Print whether the server runs on the device and what /healthz says; True when it is healthy."""
     with connect(device.host, config.host(device.host)) as transport:
-        pid = _running_pid(transport)
+        pid = SERVER.running_pid(transport)
         if pid is None:
             console.print(f"no server runs on {device.name}")
             return False
@@ -184,12 +172,6 @@ def _status(config: PipelineConfig, device: NamedDevice) -> bool:
     return True
 
 
-def _running_pid(transport: Transport) -> int | None:
-    pid_file = quote(transport.path(PID_FILE))
-    out = transport.run(f"test -f {pid_file} && kill -0 $(cat {pid_file}) 2>/dev/null && cat {pid_file}").stdout
-    return int(out.strip()) if out.strip().isdigit() else None
-
-
 def _put_auth(transport: Transport, api_auth: str) -> str:
     """The credentials as a 0600 file on the host: never on a command line, where `ps` would show them, and
     never readable by others, not even for a moment: uploaded into a fresh 0700 folder, then moved in place."""
@@ -197,14 +179,9 @@ def _put_auth(transport: Transport, api_auth: str) -> str:
     private = transport.check(
         f"umask 077 && mktemp -d {quote(transport.path('.credentials-XXXXXX'))}", what="making a private folder"
     ).stdout.strip()
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / AUTH_FILE
-        local.touch(mode=0o600)
-        local.write_text(api_auth.replace(",", "\n") + "\n", encoding="utf-8")
-        transport.put(local, f"{private}/{AUTH_FILE}")
+    put_private(transport, {AUTH_FILE: api_auth.replace(",", "\n") + "\n"}, private)
     transport.check(
-        f"chmod 600 {quote(private)}/{AUTH_FILE} && mv -f {quote(private)}/{AUTH_FILE} {quote(remote)} "
-        f"&& rmdir {quote(private)}",
+        f"mv -f {quote(private)}/{AUTH_FILE} {quote(remote)} && rmdir {quote(private)}",
         what="putting the credentials file in place",
     )
     return remote
@@ -228,7 +205,7 @@ def _health(transport: Transport, python: str, port: int) -> Health | None:
 
 def _wait_healthy(transport: Transport, python: str, port: int) -> Health | None:
     """Poll /healthz on the host (in one remote loop, bounded) while the process lives."""
-    pid_file = quote(transport.path(PID_FILE))
+    pid_file = quote(SERVER.pid_file(transport))
     probe = _probe(python, port)
     result = transport.run(
         f"for i in $(seq {START_TIMEOUT_S * 2}); do {probe} 2>/dev/null && exit 0; "

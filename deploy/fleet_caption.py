@@ -12,13 +12,17 @@ scheduler unpickles what its peers send, so nobody without the certificate may t
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distributed import Client, Future, LocalCluster, wait
+from distributed.scheduler import KilledWorker
+from distributed.security import Security
+
+from deploy.background import Background, put_private
 from deploy.device_config import NamedDevice, WithDevices
 from deploy.device_runtime import install_runtime
 from deploy.fleet import failures, on_each
@@ -27,10 +31,11 @@ from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.terminal import console
 from runtime.captioning import CaptionSummary, CaptionWriter
-from runtime.fleet_worker import DeviceSettings, InterrogatorPlugin, plugin_error
+from runtime.fleet_worker import NPU, DeviceSettings, InterrogatorPlugin, caption_batch, plugin_error
 from runtime.manifest import CURRENT_SET
 
-WORKER_LOG, WORKER_PID, TLS_DIR = "caption-worker.log", "caption-worker.pid", ".caption-tls"
+WORKER = Background("caption-worker")  # caption-worker.log, caption-worker.pid in the device's workdir
+TLS_DIR = ".caption-tls"
 JOIN_TIMEOUT_S = 120  # from starting the workers to every one having joined (a first venv build is earlier)
 NO_WORKER_TIMEOUT_S = 60  # with no worker left, how long to wait for one before giving up
 BATCH_IMAGES = 4  # images per Dask task, at most
@@ -68,9 +73,6 @@ def caption_on_fleet(
     config: WithDevices, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]
 ) -> CaptionSummary:
     """Caption every image of the job on the config's devices; workers stopped at the end, whatever happens."""
-    from distributed import Client, LocalCluster
-    from distributed.security import Security
-
     devices = config.fleet()
     security = Security.temporary()
     loopback = all(_is_loopback(config, device) for device in devices)
@@ -109,17 +111,12 @@ def caption_on_fleet(
 Batch = list[tuple[Path, Path, bytes]]  # (image, its .txt, its bytes)
 
 
-def _caption(client: object, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]) -> CaptionSummary:
-    from distributed import Client, wait
-
-    from runtime.fleet_worker import NPU, caption_batch
-
-    assert isinstance(client, Client)
+def _caption(client: Client, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]) -> CaptionSummary:
     progress = FleetProgress()
     with CaptionWriter.open(job.images_dir, job.out_dir) as writer:
         todo = writer.todo(job.overwrite, lambda path: on_image(path, progress))
         batches = _batches(todo, writer, lambda path: on_image(path, progress))
-        in_flight: dict[object, Batch] = {}
+        in_flight: dict[Future, Batch] = {}
 
         def send_next() -> None:
             batch = next(batches, None)
@@ -165,13 +162,9 @@ def _batches(todo: list[tuple[Path, Path]], writer: CaptionWriter, skipped: Call
         yield batch
 
 
-def _answers(future: object, count: int) -> list[dict[str, Any]]:
+def _answers(future: Future, count: int) -> list[dict[str, Any]]:
     """A finished batch's answers; a batch that brought down worker after worker (Dask gives up after
     `distributed.scheduler.allowed-failures`) is an error for each of its images, not the end of the run."""
-    from distributed import Future
-    from distributed.scheduler import KilledWorker
-
-    assert isinstance(future, Future)
     try:
         answers = future.result()
     except KilledWorker as exc:
@@ -191,27 +184,21 @@ def _write(
     progress.add(answer["device"])
 
 
-def _check_workers_left(client: object, idle_since: float | None) -> float:
+def _check_workers_left(client: Client, idle_since: float | None) -> float:
     """Nothing finished for a while: fine while workers remain; with none for NO_WORKER_TIMEOUT_S, stop."""
-    from distributed import Client
-
-    assert isinstance(client, Client)
     now = time.monotonic()
     if client.scheduler_info()["workers"]:
         return now
     if idle_since is not None and now - idle_since > NO_WORKER_TIMEOUT_S:
         raise PipelineError(
             f"no device's worker has been left for {NO_WORKER_TIMEOUT_S} s; the captions made so far are written",
-            hint=f"see {WORKER_LOG} in each device's workdir, then run the same command again to go on",
+            hint=f"see {WORKER.name}.log in each device's workdir, then run the same command again to go on",
         )
     return idle_since if idle_since is not None else now
 
 
-def _set_up(client: object, plugin: InterrogatorPlugin) -> None:
+def _set_up(client: Client, plugin: InterrogatorPlugin) -> None:
     """Every worker opens its interrogator; one that cannot is retired (its device named), none: the end."""
-    from distributed import Client
-
-    assert isinstance(client, Client)
     client.register_plugin(plugin)
     names = {address: w["name"] for address, w in client.scheduler_info()["workers"].items()}
     errors = {address: e for address, e in client.run(plugin_error).items() if e}
@@ -231,11 +218,8 @@ def _raise_if_none_started(started: list, count: int) -> None:
         raise PipelineError("no device could start a caption worker: " + "; ".join(failed))
 
 
-def _wait_for_workers(client: object, names: list[str]) -> None:
+def _wait_for_workers(client: Client, names: list[str]) -> None:
     """Until every started worker has joined the scheduler and set up its interrogator (bounded)."""
-    from distributed import Client
-
-    assert isinstance(client, Client)
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     while time.monotonic() < deadline:
         joined = {w["name"] for w in client.scheduler_info()["workers"].values()}
@@ -246,13 +230,13 @@ def _wait_for_workers(client: object, names: list[str]) -> None:
     if len(missing) == len(names):
         raise PipelineError(
             f"no worker joined within {JOIN_TIMEOUT_S} s ({', '.join(missing)})",
-            hint=f"see {WORKER_LOG} in each device's workdir; the devices must reach this machine's address",
+            hint=f"see {WORKER.name}.log in each device's workdir; the devices must reach this machine's address",
         )
     console.print(f"going on without {', '.join(missing)}: its worker did not join within {JOIN_TIMEOUT_S} s")
 
 
 def _start_worker(
-    config: WithDevices, device: NamedDevice, port: int, security: object, preload: tuple[str, ...]
+    config: WithDevices, device: NamedDevice, port: int, security: Security, preload: tuple[str, ...]
 ) -> str:
     """A Dask worker on the device, in the background; returns the device's models dir for its plugin."""
     host = config.host(device.host)
@@ -288,18 +272,13 @@ def _start_worker(
             f"{tls}/key.pem",
             *[arg for module in preload for arg in ("--preload", module)],
         ]
-        log, pid_file = transport.path(WORKER_LOG), transport.path(WORKER_PID)
-        result = transport.check(
-            f"cd {quote(app)} && (command -v setsid >/dev/null && S=setsid || S=); "
-            f"$S nohup {quote(python)} -m distributed.cli.dask_worker {' '.join(quote(a) for a in args)} "
-            f"> {quote(log)} 2>&1 < /dev/null & echo $! > {quote(pid_file)}; cat {quote(pid_file)}",
-            what="starting the caption worker",
-        )
-        pid = int(result.stdout.strip().splitlines()[-1])
+        pid = WORKER.start(transport, app, python, "distributed.cli.dask_worker", args)
         # A worker that cannot start (a model set it cannot open) exits at once: say so here, with its log.
         if not transport.run(f"sleep 1; kill -0 {pid}").ok:
-            tail = transport.run(f"tail -n 15 {quote(log)}").stdout.strip().splitlines()
-            raise HostError(device.name, "the caption worker exited at start", hint=f"{log} ends:", tail=tail)
+            log = WORKER.log(transport)
+            raise HostError(
+                device.name, "the caption worker exited at start", hint=f"{log} ends:", tail=WORKER.log_tail(transport)
+            )
     return models
 
 
@@ -310,12 +289,8 @@ def _stop_worker(config: WithDevices, device: NamedDevice) -> None:
 
 def _stop_running(transport: Transport) -> None:
     """Stop the worker an earlier run left (it would also leave on its own, 60 s after its scheduler)."""
-    pid_file = quote(transport.path(WORKER_PID))
-    transport.run(
-        f"if [ -f {pid_file} ]; then p=$(cat {pid_file}); kill $p 2>/dev/null && for i in $(seq 50); do "
-        f"kill -0 $p 2>/dev/null || break; sleep 0.1; done; kill -9 $p 2>/dev/null; rm -f {pid_file}; fi; "
-        f"rm -rf {quote(transport.path(TLS_DIR))}"
-    )
+    WORKER.stop(transport)
+    transport.run(f"rm -rf {quote(transport.path(TLS_DIR))}")
 
 
 def _addresses(transport: Transport, local: bool) -> tuple[str, str]:
@@ -331,21 +306,12 @@ def _addresses(transport: Transport, local: bool) -> tuple[str, str]:
     return (f"[{client}]" if ":" in client else client), server
 
 
-def _put_certificates(transport: Transport, security: object) -> str:
+def _put_certificates(transport: Transport, security: Security) -> str:
     """The run's CA, certificate and key in a 0700 folder on the device (the key never on a command line)."""
     tls = transport.path(TLS_DIR)
     transport.check(f"rm -rf {quote(tls)} && umask 077 && mkdir {quote(tls)}", what="making the TLS folder")
-    pem = {
-        "ca.pem": security.tls_ca_file,  # type: ignore[attr-defined]
-        "cert.pem": security.tls_worker_cert,  # type: ignore[attr-defined]
-        "key.pem": security.tls_worker_key,  # type: ignore[attr-defined]
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, text in pem.items():
-            local = Path(tmp) / name
-            local.touch(mode=0o600)
-            local.write_text(text, encoding="utf-8")
-            transport.put(local, f"{tls}/{name}")
+    pem = {"ca.pem": security.tls_ca_file, "cert.pem": security.tls_worker_cert, "key.pem": security.tls_worker_key}
+    put_private(transport, {name: text or "" for name, text in pem.items()}, tls)
     return tls
 
 

@@ -208,7 +208,7 @@ def _fetched(config: PipelineConfig) -> None:
 
 @pytest.mark.slow
 def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_path: Path) -> None:
-    from deploy.fleet_caption import WORKER_PID, FleetCaptionJob, caption_on_fleet
+    from deploy.fleet_caption import WORKER, FleetCaptionJob, caption_on_fleet
 
     config = fleet()
     _fetched(config)
@@ -217,7 +217,7 @@ def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_pa
 
     def on_image(path: Path, progress) -> None:
         if sum(progress.per_device.values()) == 20 and not killed:
-            pid = int((tmp_path / "pi2 workdir" / WORKER_PID).read_text())
+            pid = int((tmp_path / "pi2 workdir" / WORKER.pid_name).read_text())
             os.kill(pid, signal.SIGKILL)  # as a device unplugged mid-run, from the scheduler's side
             killed.append(str(pid))
 
@@ -230,7 +230,7 @@ def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_pa
     assert {line["device"] for line in lines} == {"pi1", "pi2"}
     assert all((tmp_path / "out" / Path(f).with_suffix(".txt")).read_text().strip() for f in files)
     for name in ("pi1", "pi2"):  # every worker stopped at the end
-        assert not (tmp_path / f"{name} workdir" / WORKER_PID).exists()
+        assert not (tmp_path / f"{name} workdir" / WORKER.pid_name).exists()
 
     again = caption_on_fleet(config, FleetCaptionJob(tmp_path / "photos", tmp_path / "out"), lambda *_: None)
     assert again.captioned == 0 and again.skipped == len(photos) - 1  # resumable: nothing twice
