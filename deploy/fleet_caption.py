@@ -36,6 +36,7 @@ from runtime.manifest import CURRENT_SET
 
 WORKER = Background("caption-worker")  # caption-worker.log, caption-worker.pid in the device's workdir
 TLS_DIR = ".caption-tls"
+TLS_FILES = ("ca.pem", "cert.pem", "key.pem")  # what the run puts there, and all it removes
 JOIN_TIMEOUT_S = 120  # from starting the workers to every one having joined (a first venv build is earlier)
 NO_WORKER_TIMEOUT_S = 60  # with no worker left, how long to wait for one before giving up
 BATCH_IMAGES = 4  # images per Dask task, at most
@@ -265,11 +266,11 @@ def _start_worker(
             "--host",
             own,
             "--tls-ca-file",
-            f"{tls}/ca.pem",
+            f"{tls}/{TLS_FILES[0]}",
             "--tls-cert",
-            f"{tls}/cert.pem",
+            f"{tls}/{TLS_FILES[1]}",
             "--tls-key",
-            f"{tls}/key.pem",
+            f"{tls}/{TLS_FILES[2]}",
             *[arg for module in preload for arg in ("--preload", module)],
         ]
         pid = WORKER.start(transport, app, python, "distributed.cli.dask_worker", args)
@@ -290,7 +291,14 @@ def _stop_worker(config: WithDevices, device: NamedDevice) -> None:
 def _stop_running(transport: Transport) -> None:
     """Stop the worker an earlier run left (it would also leave on its own, 60 s after its scheduler)."""
     WORKER.stop(transport)
-    transport.run(f"rm -rf {quote(transport.path(TLS_DIR))}")
+    _remove_certificates(transport)
+
+
+def _remove_certificates(transport: Transport) -> None:
+    """Our files in the TLS folder, then the folder if that left it empty: never anything else there."""
+    tls = transport.path(TLS_DIR)
+    files = " ".join(quote(f"{tls}/{name}") for name in TLS_FILES)
+    transport.run(f"rm -f {files}; rmdir {quote(tls)} 2>/dev/null")
 
 
 def _addresses(transport: Transport, local: bool) -> tuple[str, str]:
@@ -307,11 +315,17 @@ def _addresses(transport: Transport, local: bool) -> tuple[str, str]:
 
 
 def _put_certificates(transport: Transport, security: Security) -> str:
-    """The run's CA, certificate and key in a 0700 folder on the device (the key never on a command line)."""
+    """The run's CA, certificate and key in a fresh 0700 folder on the device (the key never on a command
+    line); a folder of that name the run did not make stops it rather than being emptied."""
     tls = transport.path(TLS_DIR)
-    transport.check(f"rm -rf {quote(tls)} && umask 077 && mkdir {quote(tls)}", what="making the TLS folder")
-    pem = {"ca.pem": security.tls_ca_file, "cert.pem": security.tls_worker_cert, "key.pem": security.tls_worker_key}
-    put_private(transport, {name: text or "" for name, text in pem.items()}, tls)
+    _remove_certificates(transport)
+    transport.check(
+        f"umask 077 && mkdir {quote(tls)}",
+        what=f"making the TLS folder {tls}",
+        hint="something else made a folder of that name there: move it away",
+    )
+    pem = (security.tls_ca_file, security.tls_worker_cert, security.tls_worker_key)
+    put_private(transport, {name: text or "" for name, text in zip(TLS_FILES, pem, strict=True)}, tls)
     return tls
 
 

@@ -208,7 +208,7 @@ def _fetched(config: PipelineConfig) -> None:
 
 @pytest.mark.slow
 def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_path: Path) -> None:
-    from deploy.fleet_caption import WORKER, FleetCaptionJob, caption_on_fleet
+    from deploy.fleet_caption import TLS_DIR, WORKER, FleetCaptionJob, caption_on_fleet
 
     config = fleet()
     _fetched(config)
@@ -231,6 +231,7 @@ def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_pa
     assert all((tmp_path / "out" / Path(f).with_suffix(".txt")).read_text().strip() for f in files)
     for name in ("pi1", "pi2"):  # every worker stopped at the end
         assert not (tmp_path / f"{name} workdir" / WORKER.pid_name).exists()
+        assert not (tmp_path / f"{name} workdir" / TLS_DIR).exists()  # the run's key is gone with it
 
     again = caption_on_fleet(config, FleetCaptionJob(tmp_path / "photos", tmp_path / "out"), lambda *_: None)
     assert again.captioned == 0 and again.skipped == len(photos) - 1  # resumable: nothing twice
