@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config import is_host_address
+from pipeline.errors import PipelineError
 from runtime.server.app import ServerSettings
 
 UPSTREAM = "clip_axera"
@@ -35,6 +37,17 @@ class Backend:
     address: str
     port: int
 
+    def server(self) -> str:
+        """`address:port` as nginx reads it (an IPv6 address bracketed); nothing but a host name or an IP
+        address gets into the file, whatever an ssh_config's HostName says."""
+        if not is_host_address(self.address):
+            raise PipelineError(
+                f"device {self.device}: {self.address[:100]!r} is not a host name or IP address nginx can use",
+                hint="set the device's host address (or its ssh_config HostName) to the device's IP address",
+            )
+        bare = self.address.strip("[]")
+        return f"[{bare}]:{self.port}" if ":" in bare else f"{self.address}:{self.port}"
+
 
 def nginx_config(backends: list[Backend], listen: str) -> str:
     """An nginx `http`-context snippet (for /etc/nginx/conf.d/): the upstream and a server on `listen`
@@ -42,9 +55,7 @@ def nginx_config(backends: list[Backend], listen: str) -> str:
     defaults = ServerSettings()
     max_body_mb = -(-defaults.max_body_bytes // (1024 * 1024))
     read_timeout_s = int(defaults.queue_timeout_s) + 60  # a request may wait that long, then be interrogated
-    servers = "\n".join(
-        f"    server {b.address}:{b.port} max_fails=2 fail_timeout=10s;  # {b.device}" for b in backends
-    )
+    servers = "\n".join(f"    server {b.server()} max_fails=2 fail_timeout=10s;  # {b.device}" for b in backends)
     return f"""# clip-axera: one address for the fleet's A1111 interrogation servers (`invoke serve --host all
 # --print-nginx`). The servers must listen beyond loopback for nginx on another machine: `invoke serve
 # --host all --listen`.

@@ -221,18 +221,20 @@ _TOP_N = re.compile(r"^(?P<name>.+?)\.top(?P<n>\d+)$")
 def folder_spec(folder: Path) -> VocabularySpec:
     """A folder of label lists as a vocabulary, as A1111 reads its `interrogate/` folder (clip-interrogator's
     `data/` is one too): a category per `.txt` file, in name order, named by the file."""
-    categories = []
+    categories, sources = [], {}
     for file in sorted(folder.glob("*.txt")):
         match = _TOP_N.match(file.stem)
         name, top = (match["name"], int(match["n"])) if match else (file.stem, 1)
         mode = CategoryMode.TOP if top > 1 else CategoryMode.ONE
-        categories.append(
-            CategorySpec(
-                name=re.sub(r"[^A-Za-z0-9_-]", "_", name),
-                mode=mode,
-                k=min(max(top, 1), 100),
-                labels_file=str(file.resolve()),
+        category_name = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+        if category_name in sources:  # `a b.txt` and `a_b.txt`, or two names of other scripts: both `__`
+            raise ConfigError(
+                f"{folder}: {sources[category_name].name} and {file.name} are both category {category_name!r}",
+                hint="rename one of them (a category's name keeps only A-Z, a-z, 0-9, _ and - of the file's)",
             )
+        sources[category_name] = file
+        categories.append(
+            CategorySpec(name=category_name, mode=mode, k=min(max(top, 1), 100), labels_file=str(file.resolve()))
         )
     if not categories:
         raise ConfigError(f"{folder}: no .txt label lists in this folder", hint="one label a line, a file a category")

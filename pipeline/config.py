@@ -10,6 +10,8 @@ the code only ever sees absolute paths.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -21,6 +23,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -38,6 +41,20 @@ def _as_path(value: Any) -> Any:
 
 
 ConfigPath = Annotated[Path, BeforeValidator(_as_path), AfterValidator(_resolve_path)]
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")  # a DNS name, or an ssh_config Host alias
+
+
+def is_host_address(text: str) -> bool:
+    """A host name (or ssh_config alias) or an IP address (IPv6 bracketed or not): what may reach an SSH
+    client, a URL or the nginx config we write, where a space, `;` or `}` would be syntax."""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        return _HOST_NAME.fullmatch(text) is not None
+    return True
 
 
 class Strict(BaseModel):
@@ -66,10 +83,21 @@ class HostConfig(Strict):
     command_timeout: float = Field(3 * 3600.0, gt=0, le=7 * 24 * 3600)
     retries: int = Field(3, ge=0, le=10)  # reconnect attempts on connection errors (never on auth errors)
 
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not is_host_address(value):
+            raise ValueError(
+                f"{value[:100]!r} is not a host name, IP address or ssh_config alias (letters, digits, '.', '-', "
+                "'_'; or an IP address)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> HostConfig:
         if self.kind == "ssh" and not self.address:
             raise ValueError("an ssh host needs 'address' (a hostname, IP or ssh_config alias)")
+
         if self.kind == "local" and not self.workdir.startswith(("/", "~")):
             base = Path((info.context or {}).get("base_dir", "."))
             object.__setattr__(self, "workdir", str((base / self.workdir).resolve()))

@@ -1,7 +1,8 @@
 """Batch captioning for training sets: a .txt beside each image (or in an output dir) and a JSONL.
 
-Resumable: an image whose caption file exists is skipped. An unreadable file is reported and skipped,
-never fatal. Works on the device or on the controller, with whatever backend the models need.
+Resumable: an image whose caption file exists is skipped. Two images named alike but for the extension
+(`a.jpg`, `a.png`) get `a.jpg.txt` and `a.png.txt`. An unreadable file is reported and skipped, never
+fatal. Works on the device or on the controller, with whatever backend the models need.
 
 Images are decoded and preprocessed by a pool of threads (Pillow and numpy release the GIL) while the
 one encoder runs; at most AHEAD images per worker wait prepared, so memory stays bounded on any folder,
@@ -40,10 +41,30 @@ class CaptionSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def caption_path(image: Path, images_dir: Path, out_dir: Path | None) -> Path:
-    if out_dir is None:
-        return image.with_suffix(".txt")
-    return (out_dir / image.relative_to(images_dir)).with_suffix(".txt")
+class CaptionInterrupted(KeyboardInterrupt):
+    """Ctrl+C during a run, carrying what was written before it: each caption file is whole (written in one
+    go after its image was answered), so a rerun resumes where this one stopped."""
+
+    def __init__(self, summary: CaptionSummary) -> None:
+        super().__init__()
+        self.summary = summary
+
+
+def caption_path(image: Path, images_dir: Path, out_dir: Path | None, shared_stem: bool = False) -> Path:
+    """`a.txt` for `a.jpg`, beside it or at the same place below `out_dir`; `a.jpg.txt` when another image
+    of the folder has the same name but for its extension (`a.png`), so neither caption replaces the other."""
+    name = f"{image.name}.txt" if shared_stem else f"{image.stem}.txt"
+    folder = image.parent if out_dir is None else (out_dir / image.relative_to(images_dir)).parent
+    return folder / name
+
+
+def shared_stems(images: list[Path]) -> set[Path]:
+    """The images whose folder holds another image of the same name but for the extension (compared
+    without case: on a Mac's file system `A.txt` and `a.txt` are one file)."""
+    seen: dict[tuple[Path, str], list[Path]] = {}
+    for image in images:
+        seen.setdefault((image.parent, image.stem.lower()), []).append(image)
+    return {image for group in seen.values() if len(group) > 1 for image in group}
 
 
 @dataclass(frozen=True)
@@ -86,8 +107,10 @@ class CaptionWriter:
         """(image, its .txt) for every image without a caption (all with `overwrite`); the rest are counted
         as skipped."""
         todo = []
-        for image_path in find_images(self.images_dir):
-            target = caption_path(image_path, self.images_dir, self.out_dir)
+        images = find_images(self.images_dir)
+        shared = shared_stems(images)
+        for image_path in images:
+            target = caption_path(image_path, self.images_dir, self.out_dir, image_path in shared)
             if target.exists() and target.stat().st_size and not overwrite:
                 self.summary.skipped += 1
                 on_image(image_path)
@@ -123,23 +146,40 @@ def caption_folder(
     task = CaptionTask(options, prompts)
     workers = workers or os.cpu_count() or 2
     with CaptionWriter.open(images_dir, out_dir) as writer, ThreadPoolExecutor(workers, "caption-decode") as pool:
-        prepared: deque[tuple[Path, Path, Future[np.ndarray]]] = deque()
-
-        def finish_oldest() -> None:
-            image_path, target, pixels = prepared.popleft()
-            try:
-                writer.write(image_path, target, *task.answer(interrogator, pixels.result()))
-            except UNREADABLE as exc:
-                writer.failed(image_path, str(exc) or type(exc).__name__)
-            on_image(image_path)
-
-        for image_path, target in writer.todo(overwrite, on_image):
-            prepared.append((image_path, target, pool.submit(_pixels, interrogator, image_path)))
-            if len(prepared) > AHEAD * workers:
-                finish_oldest()
-        while prepared:
-            finish_oldest()
+        try:
+            _caption_all(interrogator, writer, pool, task, overwrite, on_image, workers)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)  # the decodes queued are dropped, not run
+            raise CaptionInterrupted(writer.summary) from None
     return writer.summary
+
+
+def _caption_all(
+    interrogator: Interrogator,
+    writer: CaptionWriter,
+    pool: ThreadPoolExecutor,
+    task: CaptionTask,
+    overwrite: bool,
+    on_image: Callable[[Path], None],
+    workers: int,
+) -> None:
+    """Decodes run ahead in the pool while the encoder answers the oldest; results written in order."""
+    prepared: deque[tuple[Path, Path, Future[np.ndarray]]] = deque()
+
+    def finish_oldest() -> None:
+        image_path, target, pixels = prepared.popleft()
+        try:
+            writer.write(image_path, target, *task.answer(interrogator, pixels.result()))
+        except UNREADABLE as exc:
+            writer.failed(image_path, str(exc) or type(exc).__name__)
+        on_image(image_path)
+
+    for image_path, target in writer.todo(overwrite, on_image):
+        prepared.append((image_path, target, pool.submit(_pixels, interrogator, image_path)))
+        if len(prepared) > AHEAD * workers:
+            finish_oldest()
+    while prepared:
+        finish_oldest()
 
 
 def _pixels(interrogator: Interrogator, image_path: Path) -> np.ndarray:

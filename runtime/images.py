@@ -27,7 +27,7 @@ import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from runtime.errors import ImageTooLarge, InvalidImage
-from runtime.preprocess import to_rgb
+from runtime.preprocess import MAX_IMAGE_PIXELS, to_rgb
 
 INVALID_IMAGE = "Invalid encoded image"
 URL_READ_TIMEOUT_S = 5  # the longest a URL may leave one read waiting
@@ -39,7 +39,7 @@ REFUSED_FORMATS = frozenset({"ICNS", "EPS"})
 
 @dataclass(frozen=True)
 class ImagePolicy:
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_IMAGE_PIXELS
     max_url_bytes: int = 32 * 1024 * 1024
     allow_urls: bool = False  # A1111's api_enable_requests (there on by default; here off)
     allow_local_urls: bool = False  # the inverse of A1111's api_forbid_local_requests

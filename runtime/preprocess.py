@@ -81,21 +81,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# The most pixels an image may have, for every path that decodes a user's image (the server's requests, a
+# caption folder, a fleet worker, verify's and calibrate's photos): a 20 KB PNG can declare 169 MP and
+# take 1.7 GB to decode. The server's --max-megapixels sets its own.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
 def open_image(
-    source: Path | bytes, config: PreprocessConfig | None = None, fidelity: Fidelity = Fidelity.EXACT
+    source: Path | bytes,
+    config: PreprocessConfig | None = None,
+    fidelity: Fidelity = Fidelity.EXACT,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Image.Image:
-    """An image as RGB. A file that cannot be decoded (a photo folder's broken or non-image file) is one
-    InvalidImage naming it; bytes (a request's) raise Pillow's own errors for the caller to map."""
+    """An image as RGB. A file that cannot be decoded (a photo folder's broken or non-image file) or that
+    has more than `max_pixels` is one InvalidImage naming it; bytes (a request's, a fleet worker's) raise
+    Pillow's own errors, or ValueError for the size, for the caller to map."""
     if isinstance(source, bytes):
-        return _decode(io.BytesIO(source), config, fidelity)
+        return _decode(io.BytesIO(source), config, fidelity, max_pixels)
     try:
-        return _decode(source, config, fidelity)
+        return _decode(source, config, fidelity, max_pixels)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidImage(f"{source}: not a readable image ({exc}); remove or replace it") from exc
 
 
-def _decode(data: Path | io.BytesIO, config: PreprocessConfig | None, fidelity: Fidelity) -> Image.Image:
+def _decode(
+    data: Path | io.BytesIO, config: PreprocessConfig | None, fidelity: Fidelity, max_pixels: int
+) -> Image.Image:
     with Image.open(data) as image:
+        width, height = image.size
+        if width * height > max_pixels:  # checked from the header, before a byte of pixels is decoded
+            raise ValueError(f"{width}x{height} is {width * height / 1e6:.0f} MP, more than {max_pixels / 1e6:g} MP")
         if config is not None and fidelity is Fidelity.FAST:
             draft(image, config)
         image.load()

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,18 @@ def test_another_model_is_answered_by_the_served_one_unless_refused(ci: Interrog
         assert "Model not found" in refused.json()["detail"]
 
 
+def test_a_huge_mode_or_model_name_is_quoted_back_cut_to_a_hundred_characters(ci: Interrogator) -> None:
+    """A 10 MB `mode` once came back twice in the 422 (a 21 MB answer)."""
+    huge = "m" * 1_000_000
+    with app_clients() as start:
+        client = start(ci, refuse_other_models=True)
+        served = ci.clip.info.model
+        for body, status in (({"mode": huge, "clip_model_name": served}, 422), ({"clip_model_name": huge}, 404)):
+            answer = client.post("/interrogator/prompt", json={"image": _image(), **body})
+            assert answer.status_code == status and len(answer.content) < 2_000, len(answer.content)
+            assert "1,000,000 characters" in answer.json()["detail"]
+
+
 def test_the_text_encoder_loads_for_best_only_and_unload_frees_both(ci: Interrogator) -> None:
     clip = ci.clip
     clip.text_model.unload()
@@ -186,11 +199,36 @@ def test_the_text_encoder_loads_for_best_only_and_unload_frees_both(ci: Interrog
         best = client.post("/interrogator/prompt", json={"image": _image(), "mode": "best"}).json()
         assert best["text_encodes"] > 0 and best["timings_ms"]["text_encode"] > 0
         assert client.get("/healthz").json()["text_encoder"]["state"] == "loaded" and clip.text_model.loads == loads + 1
-        assert client.post("/interrogator/unload").json() == {"image_encoder": "unloaded", "text_encoder": "unloaded"}
+        freed = client.post("/interrogator/unload").json()
+        assert freed["image_encoder"] == freed["text_encoder"] == "unloaded" and freed["waited_for"] == 0
         health = client.get("/healthz").json()
         assert health["image_encoder"]["state"] == health["text_encoder"]["state"] == "unloaded"
         client.post("/interrogator/prompt", json={"image": _image(), "mode": "negative"}).raise_for_status()
         assert clip.image_model.loaded and clip.text_model.loaded
+
+
+def test_unload_waits_for_a_running_best_prompt_and_nothing_loads_again_after_it(ci: Interrogator) -> None:
+    """Unload answered at once while a best prompt ran, and the prompt's next step loaded the text encoder
+    again (15 of 15 tries): an SD client was told the NPU was free when it was not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clip = ci.clip
+    with app_clients() as start, ThreadPoolExecutor(1) as pool:
+        client = start(ci)
+        for _ in range(5):
+            prompt = pool.submit(client.post, "/interrogator/prompt", json={"image": _image(), "mode": "best"})
+            deadline = time.monotonic() + 30
+            while client.get("/healthz").json()["queue"]["inside"] == 0 and not prompt.done():
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            freed = client.post("/interrogator/unload").json()
+            assert prompt.done(), "unload answered while the prompt still ran"
+            assert prompt.result().status_code == 200
+            assert freed["waited_for"] == 1 and freed["text_encoder"] == freed["image_encoder"] == "unloaded"
+            loads = clip.text_model.loads
+            assert not clip.text_model.loaded and not clip.image_model.loaded
+            time.sleep(0.1)
+            assert not clip.text_model.loaded and clip.text_model.loads == loads  # nothing came back
 
 
 def test_the_extension_api_asks_for_the_same_auth(ci: Interrogator) -> None:

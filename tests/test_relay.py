@@ -42,3 +42,23 @@ def test_what_a_failing_command_says_is_kept_for_the_error_message(tmp_path: Pat
         while not relay.problems and time.monotonic() < deadline:
             time.sleep(0.05)
         assert relay.problems == ["Cannot connect to the Docker daemon"]
+
+
+def test_connections_still_open_when_the_relay_ends_are_cut_and_their_commands_end(tmp_path: Path) -> None:
+    """Eight `cat` runs outlived the relay, and a held connection still echoed."""
+    transport = LocalTransport("local", str(tmp_path))
+    clients = []
+    with transport.relay('echo $$ > "pid-$$"; exec cat') as relay:
+        for _ in range(3):
+            client = socket.socket(socket.AF_UNIX)
+            client.settimeout(10)
+            client.connect(relay.path)
+            client.sendall(b"x")
+            assert client.recv(1) == b"x"
+            clients.append(client)
+        pids = [int(path.read_text()) for path in tmp_path.glob("pid-*")]
+    assert len(pids) == 3
+    for client in clients:
+        with client:
+            assert client.recv(1) == b""  # cut: the held connection echoes no more
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]

@@ -127,6 +127,20 @@ def test_pyaxengine_without_a_driver_names_the_driver(
     with pytest.raises(BackendUnavailable, match=r"installed but found no AX driver.*No providers found") as caught:
         open_backend(model)
     assert "not installed" not in str(caught.value)
+    assert "libaxcl_rt" in str(caught.value)  # this machine has no AXCL: the package to install is named
+
+
+def test_an_axcl_runtime_a_non_login_shell_cannot_find_is_named_with_the_ldconfig_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AXCL's guide says `source /etc/profile`; our commands run in shells that never read it."""
+    from runtime import axera_libraries
+
+    (tmp_path / "libaxcl_rt.so.1").write_bytes(b"")
+    monkeypatch.setattr(axera_libraries, "AXCL_LIB_DIR", str(tmp_path))
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    found = axera_libraries.diagnose()
+    assert f"libaxcl_rt.so is in {tmp_path}" in found and "/etc/ld.so.conf.d/axcl.conf && sudo ldconfig" in found
 
 
 def test_inputs_are_checked_against_the_model() -> None:
@@ -237,6 +251,44 @@ def test_batch_captioning_is_resumable_and_skips_unreadable_files(interrogator: 
     assert second.captioned == 0 and second.skipped == 3
     beside = caption_folder(interrogator, images)
     assert beside.captioned == 3 and (images / "cat.txt").is_file()
+
+
+def test_two_images_named_alike_but_for_the_extension_get_a_caption_each(
+    interrogator: Interrogator, tmp_path: Path
+) -> None:
+    """`a.jpg` and `a.png` both wrote `a.txt`: one caption was lost and a rerun counted both as done."""
+    from PIL import Image
+
+    images = tmp_path / "set"
+    images.mkdir()
+    (images / "a.jpg").write_bytes((REPO / "data/images/cat.jpg").read_bytes())
+    Image.open(REPO / "data/images/rocket.jpg").save(images / "A.png")  # one file with a.txt on a Mac's disk
+    (images / "b.jpg").write_bytes((REPO / "data/images/coffee.jpg").read_bytes())
+    first = caption_folder(interrogator, images)
+    assert first.captioned == 3
+    assert sorted(p.name for p in images.glob("*.txt")) == ["A.png.txt", "a.jpg.txt", "b.txt"]
+    expected = interrogator.interrogate(interrogator.clip.open(images / "A.png")).caption
+    assert (images / "A.png.txt").read_text().strip() == expected
+    again = caption_folder(interrogator, images)
+    assert again.captioned == 0 and again.skipped == 3
+
+
+def test_an_image_of_too_many_pixels_is_unreadable_in_a_caption_run_before_it_is_decoded(
+    interrogator: Interrogator, tmp_path: Path
+) -> None:
+    """Four 20 KB PNGs of 169 MP took `invoke caption` to 1.7 GB; the server refused them (> 40 MP)."""
+    from PIL import Image
+
+    images = tmp_path / "set"
+    images.mkdir()
+    Image.new("1", (13_000, 13_000)).save(images / "bomb.png")  # 169 MP in a small file
+    (images / "cat.jpg").write_bytes((REPO / "data/images/cat.jpg").read_bytes())
+    assert (images / "bomb.png").stat().st_size < 100_000
+    summary = caption_folder(interrogator, images)
+    assert summary.captioned == 1 and [Path(path).name for path, _ in summary.failed] == ["bomb.png"]
+    assert "13000x13000 is 169 MP, more than 40 MP" in summary.failed[0][1]
+    with pytest.raises(ValueError, match="169 MP"):  # a fleet worker's bytes, the same bound
+        interrogator.clip.open((images / "bomb.png").read_bytes())
 
 
 def test_captioning_a_folder_with_a_pool_gives_what_one_image_at_a_time_gives(

@@ -218,6 +218,19 @@ def test_basic_auth(serve) -> None:
     assert client.get("/healthz").status_code == 200
 
 
+def test_a_non_ascii_password_authenticates_from_utf8_and_latin1_clients(serve) -> None:
+    """httpx and curl send UTF-8 credentials; requests sends latin-1 (both were refused: FastAPI's own
+    HTTPBasic decodes ASCII only)."""
+    client = serve(credentials={"jürgen": "pässwörd ✓", "zoë": "crème"})
+    body = {"image": photo()}
+    assert client.post(INTERROGATE, json=body, auth=("jürgen", "pässwörd ✓")).status_code == 200
+    latin1 = base64.b64encode("zoë:crème".encode("latin-1")).decode()
+    assert client.get(OPTIONS, headers={"Authorization": f"Basic {latin1}"}).status_code == 200
+    assert client.post(INTERROGATE, json=body, auth=("jürgen", "passwörd ✓")).status_code == 401
+    broken = base64.b64encode(b"\xff\xfe").decode()  # no ':' whatever the encoding: refused, not a 500
+    assert client.get(OPTIONS, headers={"Authorization": f"Basic {broken}"}).status_code == 401
+
+
 def test_options_change_the_answers(serve, interrogator: Interrogator, expected: dict[str, str]) -> None:
     client = serve()
     from runtime.preprocess import open_image

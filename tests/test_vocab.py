@@ -221,3 +221,17 @@ def test_a_folder_of_label_lists_is_a_vocabulary_as_a1111_reads_its_interrogate_
     empty.mkdir()
     with pytest.raises(ConfigError, match=r"no \.txt label lists in this folder"):
         load_vocabulary(empty)
+
+
+@pytest.mark.parametrize("names", [("a b.txt", "a_b.txt"), ("日本.txt", "中文.txt"), ("x.top3.txt", "x.txt")])
+def test_two_label_files_of_one_category_name_are_one_error_naming_both(tmp_path: Path, names: tuple[str, str]) -> None:
+    """Both once made a 55-line pydantic traceback (the category names were repeated)."""
+    from labels.vocabulary import load_vocabulary
+
+    for name in names:
+        (tmp_path / name).write_text("a label\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_vocabulary(tmp_path)
+    message = str(raised.value)
+    assert all(name in message for name in names) and "rename one of them" in message
+    assert "\n" not in message and "Traceback" not in message

@@ -44,11 +44,36 @@ class Relay:
     problems: list[str] = field(default_factory=list)  # the last few runs' stderr, for error messages
 
 
+@dataclass(eq=False)
+class _Connection:
+    """One client and the run of the command it is piped to."""
+
+    client: socket.socket
+    pipe: Pipe
+    relay: Relay
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ended: bool = False
+
+    def end(self) -> None:
+        """Cut the client and end the command's run, once: from its own thread when either side is done,
+        or from the relay's end, whichever comes first."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        with contextlib.suppress(OSError):
+            self.client.shutdown(socket.SHUT_RDWR)
+        _remember(self.relay, self.pipe.close())
+        self.client.close()
+
+
 @contextlib.contextmanager
 def relay_socket(open_pipe: Callable[[], Pipe]) -> Iterator[Relay]:
-    """Serve the socket while the block runs; connections still open at its end are cut."""
+    """Serve the socket while the block runs; connections still open at its end are cut and their
+    commands ended."""
     folder = tempfile.mkdtemp(prefix="clip-axera-relay-")
     relay = Relay(str(Path(folder) / "socket"))
+    connections: set[_Connection] = set()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(relay.path)
     server.listen(MAX_CONNECTIONS)
@@ -67,7 +92,7 @@ def relay_socket(open_pipe: Callable[[], Pipe]) -> Iterator[Relay]:
             if not slots.acquire(blocking=False):
                 client.close()
                 continue
-            threading.Thread(target=_serve, args=(client, open_pipe, relay, slots), daemon=True).start()
+            threading.Thread(target=_serve, args=(client, open_pipe, relay, slots, connections), daemon=True).start()
 
     acceptor = threading.Thread(target=accept, daemon=True)
     acceptor.start()
@@ -77,11 +102,17 @@ def relay_socket(open_pipe: Callable[[], Pipe]) -> Iterator[Relay]:
         stop.set()
         acceptor.join()
         server.close()
+        for connection in list(connections):
+            connection.end()
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _serve(
-    client: socket.socket, open_pipe: Callable[[], Pipe], relay: Relay, slots: threading.BoundedSemaphore
+    client: socket.socket,
+    open_pipe: Callable[[], Pipe],
+    relay: Relay,
+    slots: threading.BoundedSemaphore,
+    connections: set[_Connection],
 ) -> None:
     try:
         pipe = open_pipe()
@@ -90,18 +121,20 @@ def _serve(
         client.close()
         slots.release()
         return
+    connection = _Connection(client, pipe, relay)
+    connections.add(connection)
     upstream = threading.Thread(target=_client_to_pipe, args=(client, pipe), daemon=True)
     upstream.start()
     try:
         while data := pipe.read(CHUNK):
             client.sendall(data)
         client.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass  # the client left: the run ends below
+    except (OSError, ValueError):
+        pass  # the client left, or the relay ended and cut both: the run ends below
     finally:
         upstream.join(timeout=5)
-        _remember(relay, pipe.close())
-        client.close()
+        connection.end()
+        connections.discard(connection)
         slots.release()
 
 
@@ -110,7 +143,7 @@ def _client_to_pipe(client: socket.socket, pipe: Pipe) -> None:
         while data := client.recv(CHUNK):
             pipe.write(data)
         pipe.end_input()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: the relay's end closed the pipe under us
         pass
 
 

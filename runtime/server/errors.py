@@ -24,6 +24,16 @@ from runtime.prompt_modes import PromptError
 log = logging.getLogger("runtime.server")
 
 
+QUOTED_CHARS = 100  # of a client's value quoted back in an error: a 10 MB `mode` must not come back twice
+
+
+def quoted(value: str) -> str:
+    """A client's value for an error message: its repr, cut after QUOTED_CHARS characters."""
+    if len(value) <= QUOTED_CHARS:
+        return repr(value)
+    return f"{value[:QUOTED_CHARS]!r}... ({len(value):,} characters)"
+
+
 def error_body(error: str, detail: Any, errors: Any) -> dict[str, Any]:
     # `body` stays empty: echoing a request back could return megabytes of base64.
     return {"error": error, "detail": detail, "body": "", "errors": errors}

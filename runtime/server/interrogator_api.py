@@ -9,12 +9,15 @@ error shape like every other refusal here. Auth, body limits and the admission g
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from runtime.prompt_modes import PromptMode
 from runtime.server.app import Service
+from runtime.server.errors import quoted
 
 # What the extension's requests default to, and so what most clients send.
 EXTENSION_DEFAULT_MODEL = "ViT-L-14/openai"
@@ -49,19 +52,23 @@ class InterrogatorAnalyzeResponse(BaseModel):
 class UnloadResponse(BaseModel):
     image_encoder: str  # unloaded, or what it is now when a running request kept it
     text_encoder: str
+    waited_for: int = 0  # requests that were running when the unload came, each waited for to its end
+    waited_ms: float = 0.0
 
 
 def _check_model(service: Service, name: str) -> None:
     """A request for another model is answered by the served one, unless the server refuses them."""
     if service.settings.refuse_other_models and name not in service.model_names():
-        raise HTTPException(404, f"Model not found: {name!r}; this server serves {', '.join(service.model_names())}")
+        raise HTTPException(
+            404, f"Model not found: {quoted(name)}; this server serves {', '.join(service.model_names())}"
+        )
 
 
 def _mode(name: str) -> PromptMode:
     try:
         return PromptMode(name)
     except ValueError:
-        raise HTTPException(422, f"Unknown mode {name!r}: one of best, fast, classic, negative") from None
+        raise HTTPException(422, f"Unknown mode {quoted(name)}: one of best, fast, classic, negative") from None
 
 
 @ci_router.get("/interrogator/models", response_model=list[str])
@@ -93,11 +100,16 @@ async def analyze(request: InterrogatorAnalyzeRequest, service: Service) -> Inte
 
 @ci_router.post("/interrogator/unload", response_model=UnloadResponse)
 async def unload(service: Service) -> UnloadResponse:
-    """Frees the NPU: both encoders leave it (after a running request) and load again on the next one."""
+    """Frees the NPU: every request running when it came ends first (a best prompt's chain would load the
+    text encoder again between its steps), then both encoders leave; the next request loads them again."""
     clip = service.interrogator.clip
-    wait = service.settings.queue_timeout_s
+    started = time.monotonic()
+    waited_for, _ = await service.gate.finish_running(service.settings.queue_timeout_s)
+    wait = max(service.settings.queue_timeout_s - (time.monotonic() - started), 0.0)
     image, text = await run_in_threadpool(lambda: (clip.image_model.unload(wait), clip.text_model.unload(wait)))
     return UnloadResponse(
         image_encoder="unloaded" if image or not clip.image_model.loaded else "loaded",
         text_encoder="unloaded" if text or not clip.text_model.loaded else "loaded",
+        waited_for=waited_for,
+        waited_ms=round((time.monotonic() - started) * 1e3, 1),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -152,6 +153,9 @@ async def answer_error(send: Send, status: int, detail: str, headers: list[tuple
     await send({"type": "http.response.body", "body": body})
 
 
+DRAIN_POLL_S = 0.01  # how often an unload looks whether the requests it waits for have ended
+
+
 class AdmissionGate:
     """At most `capacity` requests inside (one encoding, the rest queued); the next one gets a 503."""
 
@@ -160,6 +164,8 @@ class AdmissionGate:
         self.inside = 0
         self.served = 0
         self.refused = 0
+        self._admitted = 0  # requests admitted so far: each one's number
+        self._running: set[int] = set()
 
     @contextmanager
     def admitted(self) -> Iterator[None]:
@@ -168,8 +174,21 @@ class AdmissionGate:
             self.refused += 1
             raise ServerBusy(f"Server busy: {self.inside} requests in progress or queued; retry shortly")
         self.inside += 1
+        self._admitted += 1
+        number = self._admitted
+        self._running.add(number)
         try:
             yield
         finally:
+            self._running.discard(number)
             self.inside -= 1
             self.served += 1
+
+    async def finish_running(self, timeout: float) -> tuple[int, bool]:
+        """Wait (at most `timeout` s) until every request inside now has ended; requests that arrive
+        meanwhile are not waited for. (How many were waited for, whether all ended in time.)"""
+        waiting = set(self._running)
+        deadline = time.monotonic() + timeout
+        while waiting & self._running and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        return len(waiting), not waiting & self._running

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.errors import OptionRefused, SettingsError
 from runtime.interrogator import CaptionOptions, TagOptions
+from runtime.server.errors import quoted
 
 # Bounds on every option: a POST must not be able to grow the saved file or slow every request. (Strings
 # that UTF-8 cannot hold, such as a lone surrogate from JSON's \ud800, pydantic refuses as it parses.)
@@ -103,8 +104,9 @@ class OptionsStore:
                 raise OptionRefused(detail) from exc
             unknown = sorted(set(updated.interrogate_clip_skip_categories) - set(self.categories))
             if unknown:
+                more = f" and {len(unknown) - 5:,} more" if len(unknown) > 5 else ""
                 raise OptionRefused(
-                    f"interrogate_clip_skip_categories: unknown {', '.join(unknown)}; "
+                    f"interrogate_clip_skip_categories: unknown {', '.join(map(quoted, unknown[:5]))}{more}; "
                     f"the categories are {', '.join(self.categories)}",
                 )
             if self.path:  # saved first: a change that cannot be kept is not applied either
