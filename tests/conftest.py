@@ -13,16 +13,25 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.graph import StageGraph
-from pipeline.runner import RunRequest, run
+from deploy.device_runtime import VENV, install_runtime
+from pipeline.hosts import connect
 from runtime.clip import VOCAB_DIR, ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
-from stages.config import PipelineConfig, load_config
-from tests.dockerd import DockerEngine, DockerUnavailable, import_standin_image, running_dockerd
-from tests.helpers import STAGES, device_set, tiny_config_dict
+from stages.config import Host, PipelineConfig, load_config
+from tests.dockerd import (
+    DockerEngine,
+    DockerUnavailable,
+    build_standin_rootfs,
+    import_standin_image,
+    running_dockerd,
+)
+from tests.helpers import build_every_stage, device_set, tiny_config_dict
 from tests.loopback import app_clients
+from tests.once import hardlinked_copy, made_once
 from tests.sshd import SshServer, start_sshd
+
+DEVICE_PYTHON = "/usr/bin/python3"  # Debian's, as on a Raspberry Pi (tests/run.sh installs python3-venv)
 
 
 @pytest.fixture
@@ -39,15 +48,8 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def built_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every stage run once on the tiny CLIP; tests copy the result rather than rebuild it."""
-    from stages import ALL_STAGES
-
-    root = tmp_path_factory.mktemp("built")
-    path = root / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(tiny_config_dict(root / "artifacts")), encoding="utf-8")
-    outcomes = run(load_config(path), StageGraph(ALL_STAGES), RunRequest())
-    assert [o.outcome.value for o in outcomes] == ["ran"] * len(STAGES), outcomes
-    return root / "artifacts"
+    """Every stage run once per test run on the tiny CLIP; tests copy the result rather than rebuild it."""
+    return made_once(tmp_path_factory, "built", build_every_stage) / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +99,58 @@ def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
 
 
 @pytest.fixture(scope="session")
+def zsh_ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real sshd on 127.0.0.1 whose user's login shell is zsh, as on a Mac (see tests/sshd.py)."""
+    process, server = start_sshd(tmp_path_factory.mktemp("sshd-zsh"), login_shell=shutil.which("zsh") or "zsh")
+    try:
+        yield server
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def login_shell() -> str:
+    """The login shell of the hosts a test reaches over SSH; tests of the remote core are parametrized
+    over bash and zsh (`@pytest.mark.parametrize("login_shell", LOGIN_SHELLS)`)."""
+    return "bash"
+
+
+@pytest.fixture
+def ssh_host(login_shell: str, request: pytest.FixtureRequest) -> SshServer:
+    """The sshd whose login shell is `login_shell`."""
+    return request.getfixturevalue({"bash": "ssh_server", "zsh": "zsh_ssh_server"}[login_shell])
+
+
+@pytest.fixture(scope="session")
+def device_venv(tmp_path_factory: pytest.TempPathFactory, ssh_server: SshServer) -> Path:
+    """A device's runtime venv, installed once per test run over SSH by the product's own install_runtime:
+    the fresh install proven end to end, with Debian 12's own Python where it is there (Raspberry Pi OS
+    bookworm's: 3.11, no packages of ours), so every pinned package comes from the registry. Device
+    workdirs get hard-linked copies of it (see `device_workdir`)."""
+
+    def install(workdir: Path) -> None:
+        with connect("device", Host(**ssh_server.host_entry(workdir))) as transport:
+            install_runtime(transport, DEVICE_PYTHON if Path(DEVICE_PYTHON).exists() else "python3")
+
+    return made_once(tmp_path_factory, "device-venv", install) / VENV
+
+
+@pytest.fixture
+def device_workdir(device_venv: Path) -> Callable[[Path], Path]:
+    """device_workdir(folder) -> folder, holding a copy of the installed runtime venv, as a device that
+    ran the pipeline before has one (its pip install is what made device tests take a minute each)."""
+
+    def seed(workdir: Path) -> Path:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not (workdir / VENV).exists():
+            hardlinked_copy(device_venv, workdir / VENV)
+        return workdir
+
+    return seed
+
+
+@pytest.fixture(scope="session")
 def docker_engine() -> Iterator[DockerEngine]:
     """A private dockerd for the session (see tests/dockerd.py); its tests are skipped, saying why, where
     none can start."""
@@ -108,9 +162,11 @@ def docker_engine() -> Iterator[DockerEngine]:
 
 
 @pytest.fixture(scope="session")
-def pulsar2_image(docker_engine: DockerEngine) -> str:
-    """The Pulsar2 stand-in image, loaded as `pulsar2:5.1` as Axera's archive names it; its id."""
-    return import_standin_image(docker_engine, "pulsar2:5.1")
+def pulsar2_image(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The Pulsar2 stand-in image, loaded as `pulsar2:5.1` as Axera's archive names it; its id. Its rootfs
+    is made once per test run, then imported into each worker's engine."""
+    rootfs = made_once(tmp_path_factory, "pulsar2-rootfs", build_standin_rootfs) / "rootfs.tar"
+    return import_standin_image(docker_engine, "pulsar2:5.1", rootfs)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from runtime.manifest import CURRENT_SET
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,3 +40,19 @@ def tiny_config_dict(artifacts: Path) -> dict:
             "smoke-test": {"runs": 3},
         },
     }
+
+
+def build_every_stage(root: Path, model: str = "builtin:tiny-clip") -> Path:
+    """Every stage of the tiny pipeline run on `model` in `root`; its artifacts folder."""
+    from pipeline.graph import StageGraph
+    from pipeline.runner import RunRequest, run
+    from stages import ALL_STAGES
+    from stages.config import load_config
+
+    data = tiny_config_dict(root / "artifacts")
+    data["model"]["id"] = model
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    outcomes = run(load_config(path), StageGraph(ALL_STAGES), RunRequest())
+    assert [o.outcome.value for o in outcomes] == ["ran"] * len(STAGES), outcomes
+    return root / "artifacts"

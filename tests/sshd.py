@@ -49,7 +49,23 @@ def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
-def start_sshd(root: Path) -> tuple[subprocess.Popen, SshServer]:
+def _with_login_shell(command: list[str], root: Path, shell: str) -> list[str]:
+    """`command` in a private mount namespace whose /etc/passwd gives this user `shell` as login shell:
+    sshd runs every command as `<login shell> -c '<command>'`, as a Mac's sshd does with zsh."""
+    if not Path(shell).exists():
+        raise RuntimeError(f"{shell} not found: install it (tests/run.sh installs Debian's zsh)")
+    user = getpass.getuser()
+    lines = Path("/etc/passwd").read_text().splitlines()
+    passwd = root / "passwd"
+    passwd.write_text(
+        "\n".join(":".join([*f.split(":")[:6], shell]) if f.split(":")[0] == user else f for f in lines) + "\n"
+    )
+    bind = 'mount --bind "$0" /etc/passwd && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, str(passwd), *command]
+
+
+def start_sshd(root: Path, login_shell: str | None = None) -> tuple[subprocess.Popen, SshServer]:
+    """An sshd on a free loopback port; with `login_shell`, the user's login shell is that one for it."""
     if not Path(SSHD).exists():
         raise RuntimeError("sshd not found: install openssh-server (.ci/run does)")
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)
@@ -83,7 +99,10 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen, SshServer]:
         )
         + "\n"
     )
-    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+    command = [SSHD, "-D", "-e", "-f", str(config)]
+    if login_shell:
+        command = _with_login_shell(command, root, login_shell)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -27,8 +27,9 @@ from runtime.preprocess import Fidelity, open_image, preprocess
 from runtime.tokenizer import TextTokenizer
 from stages import ALL_STAGES
 from stages.config import load_config
-from tests.helpers import IMAGES, REPO, STAGES, device_set, tiny_config_dict
+from tests.helpers import IMAGES, REPO, build_every_stage, device_set, tiny_config_dict
 from tests.loopback import app_clients
+from tests.once import made_once
 
 FAMILIES = {"clip": "builtin:tiny-clip", "siglip": "builtin:tiny-siglip", "chinese_clip": "builtin:tiny-chinese-clip"}
 # The original SigLIP checkpoints' tokenizer: SentencePiece only, converted to tokenizer.json at export.
@@ -46,20 +47,13 @@ PROMPTS = [
 
 @pytest.fixture(scope="session")
 def family_build(tmp_path_factory: pytest.TempPathFactory, built_artifacts: Path) -> Callable[[str], Path]:
-    """family -> its artifacts after every stage (CLIP's are the shared build)."""
-    built: dict[str, Path] = {"clip": built_artifacts}
+    """family -> its artifacts after every stage, built once per test run (CLIP's are the shared build)."""
 
     def build(family: str) -> Path:
-        if family not in built:
-            root = tmp_path_factory.mktemp(family)
-            data = tiny_config_dict(root / "artifacts")
-            data["model"]["id"] = MODELS[family]
-            path = root / "pipeline.yaml"
-            path.write_text(yaml.safe_dump(data), encoding="utf-8")
-            outcomes = run(load_config(path), StageGraph(ALL_STAGES), RunRequest())
-            assert [o.outcome.value for o in outcomes] == ["ran"] * len(STAGES), outcomes
-            built[family] = root / "artifacts"
-        return built[family]
+        if family == "clip":
+            return built_artifacts
+        made = made_once(tmp_path_factory, f"built-{family}", lambda root: build_every_stage(root, MODELS[family]))
+        return made / "artifacts"
 
     return build
 
@@ -273,6 +267,7 @@ def test_each_family_compiles_with_pulsar2_and_runs_on_the_device(
     standin_pulsar2,
     docker_engine,
     build_host_workdir: Path,
+    device_workdir: Callable[[Path], Path],
     tmp_path: Path,
 ) -> None:
     """Pulsar2 (the stand-in image on a real Docker Engine, over SSH) takes each family's calibration
@@ -285,7 +280,7 @@ def test_each_family_compiles_with_pulsar2_and_runs_on_the_device(
     data["model"]["id"] = FAMILIES[family]
     data["hosts"] = {
         "mac": ssh_server.host_entry(build_host_workdir, docker_socket=docker_engine.socket),
-        "pi": ssh_server.host_entry(tmp_path / "pi device"),
+        "pi": ssh_server.host_entry(device_workdir(tmp_path / "pi device")),
     }
     data["device"] = {"host": "pi"}
     data["stages"]["compile"].update({"target": "pulsar2", "host": "mac"})
