@@ -107,12 +107,16 @@ def serve(
     npu_lock: str | None = None,
     unload_after: str | None = None,
     print_nginx: bool = False,
+    install: bool = False,
+    uninstall: bool = False,
 ) -> None:
-    """Serve A1111's /sdapi/v1/interrogate with the fetched models (--host: on that host, in the background)."""
+    """Serve A1111's /sdapi/v1/interrogate with the fetched models (--host: on that host, in the background;
+    --install: as a systemd service there, started at boot)."""
     setup_logging(False)
     extra = ("--allow-image-urls",) if allow_image_urls else ()
     request = ServeRequest(_port(port), listen, api_auth, extra, npu_lock, _seconds("--unload-after", unload_after))
-    serve_command(config, host, models, request, stop=stop, status=status, print_nginx=print_nginx)
+    flags = {"stop": stop, "status": status, "print_nginx": print_nginx, "install": install, "uninstall": uninstall}
+    serve_command(config, host, models, request, flags)
 
 
 def _port(value: str | None) -> int | None:

@@ -154,11 +154,12 @@ def show_status(config_path: str | None) -> None:
     print_table("devices (as the last fetch and smoke-test left them)", DEVICE_COLUMNS, device_rows(config))
 
 
-DEVICE_COLUMNS = ("device", "host", "model set", "smoke test")
+DEVICE_COLUMNS = ("device", "host", "model set", "smoke test", "runtime there")
 
 
-def device_rows(config: PipelineConfig) -> list[tuple[str, str, str, str]]:
-    """A row per device of the config: the set fetch last put there and what its smoke test measured."""
+def device_rows(config: PipelineConfig) -> list[tuple[str, str, str, str, str]]:
+    """A row per device of the config: the set fetch last put there, what its smoke test measured and the
+    Python and packages it ran with."""
     from deploy.fleet import DEVICES_DIR
     from runtime.smoke_test import SmokeReport
     from stages.fetch import TransferRecord
@@ -174,9 +175,11 @@ def device_rows(config: PipelineConfig) -> list[tuple[str, str, str, str]]:
             report = SmokeReport.read(config.artifacts / "smoke-test" / DEVICES_DIR / device.name)
             image, text = report.encoders["image"], report.encoders["text"]
             smoke = f"cosine {image.cosine_min:.4f} / {text.cosine_min:.4f}, p50 {image.latency_ms.p50:.1f} ms"
+            packages = ", ".join(f"{name} {version}" for name, version in report.packages.items())
+            runtime = f"Python {report.python}" + (f": {packages}" if packages else "")
         except (UserError, KeyError):
-            smoke = "[yellow]not tested[/]"
-        rows.append((device.name, config.host(device.host).describe(), models, smoke))
+            smoke = runtime = "[yellow]not tested[/]"
+        rows.append((device.name, config.host(device.host).describe(), models, smoke, runtime))
     return rows
 
 
@@ -226,9 +229,26 @@ def caption_images(
         ):
             if npu_lock:
                 raise PipelineError("--npu-lock is for captioning here; on devices set device.npu_lock")
-            _caption_on_devices(config.with_devices(host or "all"), images_dir, out, ranks, overwrite, mode)
+            with _interrupted_caption("the devices' caption workers were stopped"):
+                _caption_on_devices(config.with_devices(host or "all"), images_dir, out, ranks, overwrite, mode)
             return
-        _caption_here(config, images_dir, out, models, ranks, overwrite, npu_lock, mode)
+        with _interrupted_caption("nothing is left running"):
+            _caption_here(config, images_dir, out, models, ranks, overwrite, npu_lock, mode)
+
+
+@contextmanager
+def _interrupted_caption(cleaned: str) -> Iterator[None]:
+    """Ctrl+C: exit 130 with one line saying what was written and cleaned up, and how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        summary = getattr(exc, "summary", None)
+        written = f"{summary.captioned} captions written this run" if summary else "no caption written yet"
+        raise Exit(
+            f"interrupted: {written} (each caption file whole, and in captions.jsonl); {cleaned}. Run the same "
+            "command again to resume: images with a caption are skipped.",
+            code=130,
+        ) from None
 
 
 def _caption_on_devices(
@@ -306,22 +326,20 @@ def serve_command(
     host: str | None,
     models: str | None,
     request: ServeRequest,
-    *,
-    stop: bool,
-    status: bool,
-    print_nginx: bool = False,
+    flags: dict[str, bool] | None = None,
 ) -> None:
     """Foreground here, or start/stop/inspect the background servers on devices: `--host` (a device, a comma
     list, all), else every device when they are other machines (`--models` always means here)."""
     from commands import serving
 
     with user_errors():
+        action = serving.ServeAction.of(**(flags or {}))
         config = None if models else load(config_path)
         if host is None and config is not None and (config.devices or config.host(config.device.host).kind != "local"):
             host = "all"  # the devices are other machines: serve there, as `--host` would
         if host is None:
-            if stop or status or print_nginx:
-                raise PipelineError("--stop, --status and --print-nginx are for servers on hosts", hint="add --host")
+            if action is not serving.ServeAction.START:
+                raise PipelineError(f"--{action.value} is for servers on hosts", hint="add --host")
             code = serving.serve_here(
                 device_models_dir(config, models), request.for_device(config.fleet()[0]) if config else request
             )
@@ -331,12 +349,14 @@ def serve_command(
         if config is None:
             raise PipelineError("--models is for a server here; on a host it serves the models fetch put there")
         devices = config.with_devices(host)
-        if print_nginx:
+        if action is serving.ServeAction.PRINT_NGINX:
             console.print(serving.nginx_for(devices, str(request.port or 7860)), markup=False, soft_wrap=True)
-        elif stop:
+        elif action is serving.ServeAction.STOP:
             serving.stop_on_devices(devices)
-        elif status:
+        elif action is serving.ServeAction.STATUS:
             if not serving.status_on_devices(devices):
                 raise Exit(code=1)
+        elif action is serving.ServeAction.UNINSTALL:
+            serving.uninstall_on_devices(devices)
         else:
-            serving.start_on_devices(devices, request)
+            serving.start_on_devices(devices, request, as_service=action is serving.ServeAction.INSTALL)

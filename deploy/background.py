@@ -1,7 +1,12 @@
 """A program of the device runtime kept running in the background on a host (the server, a fleet's Dask
-worker): started from the runtime's folder and detached from the SSH session, its pid and log in the
-host's workdir (`<name>.pid`, `<name>.log`), so that any controller finds and stops it later. And files
-only the host's user may read (credentials, a TLS key), which never pass through a command line.
+worker): started from the runtime's folder and detached from the SSH session (setsid: its own session, so
+the session's end sends it no SIGHUP), its pid and log in the host's workdir (`<name>.pid`, `<name>.log`,
+the previous start's log kept as `<name>.log.1`), so that any controller finds and stops it later.
+
+A pid file outlives a reboot, and the pid it names may then belong to any process: a pid counts as ours
+only while that process's command line is the one we started (`<venv python> -m <module>`), and nothing
+else is ever signalled. And files only the host's user may read (credentials, a TLS key), which never
+pass through a command line.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.device_runtime import venv_python
 from pipeline.hosts import Transport
 from pipeline.hosts.base import quote
 
@@ -19,6 +25,7 @@ STOP_TIMEOUT_S = 15  # after SIGTERM, then SIGKILL
 @dataclass(frozen=True)
 class Background:
     name: str
+    module: str  # what runs: `<venv python> -m <module> <args>`
 
     @property
     def pid_name(self) -> str:
@@ -30,29 +37,40 @@ class Background:
     def pid_file(self, transport: Transport) -> str:
         return transport.path(self.pid_name)
 
-    def start(self, transport: Transport, app: str, python: str, module: str, args: list[str]) -> int:
-        """`python -m module args` in `app`, detached (setsid where there is one); returns its pid."""
+    def command_line(self, transport: Transport) -> str:
+        """The start of our process's command line as `ps -o args=` shows it."""
+        return f"{venv_python(transport)} -m {self.module}"
+
+    def start(self, transport: Transport, app: str, args: list[str]) -> int:
+        """`<venv python> -m module args` in `app`, detached; returns its pid. The last start's log is kept
+        as `.log.1`, so the log holds one start and never grows across restarts."""
         log, pid_file = quote(self.log(transport)), quote(self.pid_file(transport))
         result = transport.check(
-            f"cd {quote(app)} && (command -v setsid >/dev/null && S=setsid || S=); "
-            f"$S nohup {quote(python)} -m {module} {' '.join(quote(a) for a in args)} > {log} 2>&1 < /dev/null & "
+            f"cd {quote(app)} && if [ -f {log} ]; then mv -f {log} {log}.1; fi; "
+            "S=; if command -v setsid >/dev/null 2>&1; then S=setsid; fi; "
+            f"$S nohup {quote(venv_python(transport))} -m {self.module} {' '.join(quote(a) for a in args)}"
+            f" > {log} 2>&1 < /dev/null & "
             f"echo $! > {pid_file}; cat {pid_file}",
             what=f"starting {self.name}",
         )
         return int(result.stdout.split()[-1])
 
     def running_pid(self, transport: Transport) -> int | None:
-        pid_file = quote(self.pid_file(transport))
-        out = transport.run(f"test -f {pid_file} && kill -0 $(cat {pid_file}) 2>/dev/null && cat {pid_file}").stdout
-        return int(out.strip()) if out.strip().isdigit() else None
+        """The pid in the pid file while that process lives and is ours (see the module's docstring)."""
+        pid = transport.run(f"cat {quote(self.pid_file(transport))} 2>/dev/null").stdout.strip()
+        if not pid.isdigit():
+            return None
+        args = transport.run(f"ps -ww -o args= -p {pid}").stdout.strip()  # -ww: never cut at a width
+        return int(pid) if args.startswith(self.command_line(transport)) else None
 
     def stop(self, transport: Transport) -> int | None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; the pid it stopped, None when none ran."""
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S, to our process only; the pid it stopped, None when
+        none of ours ran. The pid file goes either way (a stale one names no process of ours)."""
         pid = self.running_pid(transport)
         if pid is not None:
             transport.run(
-                f"kill {pid}; for i in $(seq {STOP_TIMEOUT_S * 10}); do kill -0 {pid} 2>/dev/null || break; "
-                f"sleep 0.1; done; kill -0 {pid} 2>/dev/null && kill -9 {pid}"
+                f"kill {pid}; i=0; while [ $i -lt {STOP_TIMEOUT_S * 10} ] && kill -0 {pid} 2>/dev/null; do "
+                f"sleep 0.1; i=$((i + 1)); done; kill -0 {pid} 2>/dev/null && kill -9 {pid}"
             )
         transport.run(f"rm -f {quote(self.pid_file(transport))}")
         return pid

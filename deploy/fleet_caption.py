@@ -30,11 +30,12 @@ from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.terminal import console
-from runtime.captioning import CaptionSummary, CaptionWriter
+from runtime.captioning import CaptionInterrupted, CaptionSummary, CaptionWriter
 from runtime.fleet_worker import NPU, DeviceSettings, InterrogatorPlugin, caption_batch, plugin_error
 from runtime.manifest import CURRENT_SET
 
-WORKER = Background("caption-worker")  # caption-worker.log, caption-worker.pid in the device's workdir
+# caption-worker.log, caption-worker.pid in the device's workdir
+WORKER = Background("caption-worker", "distributed.cli.dask_worker")
 TLS_DIR = ".caption-tls"
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")  # what the run puts there, and all it removes
 JOIN_TIMEOUT_S = 120  # from starting the workers to every one having joined (a first venv build is earlier)
@@ -95,11 +96,7 @@ def caption_on_fleet(
             _raise_if_none_started(started, len(devices))
             _wait_for_workers(client, [o.device for o in started if o.ok])
             plugin = InterrogatorPlugin(
-                {
-                    device.name: DeviceSettings(str(o.result), device.fidelity.value, device.npu_lock)
-                    for device, o in zip(devices, started, strict=True)
-                    if o.result is not None
-                },
+                {device.name: o.result for device, o in zip(devices, started, strict=True) if o.result is not None},
                 job.ranks,
                 job.mode,
             )
@@ -115,32 +112,46 @@ Batch = list[tuple[Path, Path, bytes]]  # (image, its .txt, its bytes)
 def _caption(client: Client, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]) -> CaptionSummary:
     progress = FleetProgress()
     with CaptionWriter.open(job.images_dir, job.out_dir) as writer:
-        todo = writer.todo(job.overwrite, lambda path: on_image(path, progress))
-        batches = _batches(todo, writer, lambda path: on_image(path, progress))
-        in_flight: dict[Future, Batch] = {}
-
-        def send_next() -> None:
-            batch = next(batches, None)
-            if batch:
-                future = client.submit(caption_batch, [data for *_, data in batch], resources={NPU: 1}, pure=False)
-                in_flight[future] = batch
-
-        for _ in range(IN_FLIGHT_PER_WORKER * max(len(client.scheduler_info()["workers"]), 1)):
-            send_next()
-        idle_since: float | None = None
-        while in_flight:
-            done = wait(list(in_flight), timeout=5, return_when="FIRST_COMPLETED").done
-            if not done:
-                idle_since = _check_workers_left(client, idle_since)
-                continue
-            idle_since = None
-            for future in done:
-                batch = in_flight.pop(future)
-                for (image_path, target, _), answer in zip(batch, _answers(future, len(batch)), strict=True):
-                    _write(writer, image_path, target, answer, progress)
-                    on_image(image_path, progress)
-                send_next()
+        try:
+            _caption_batches(client, writer, job, lambda path: on_image(path, progress), progress)
+        except KeyboardInterrupt:
+            raise CaptionInterrupted(writer.summary) from None
         return writer.summary
+
+
+def _caption_batches(
+    client: Client,
+    writer: CaptionWriter,
+    job: FleetCaptionJob,
+    on_image: Callable[[Path], None],
+    progress: FleetProgress,
+) -> None:
+    """Batches sent as workers take them, answers written as they come (two batches in flight a worker)."""
+    todo = writer.todo(job.overwrite, on_image)
+    batches = _batches(todo, writer, on_image)
+    in_flight: dict[Future, Batch] = {}
+
+    def send_next() -> None:
+        batch = next(batches, None)
+        if batch:
+            future = client.submit(caption_batch, [data for *_, data in batch], resources={NPU: 1}, pure=False)
+            in_flight[future] = batch
+
+    for _ in range(IN_FLIGHT_PER_WORKER * max(len(client.scheduler_info()["workers"]), 1)):
+        send_next()
+    idle_since: float | None = None
+    while in_flight:
+        done = wait(list(in_flight), timeout=5, return_when="FIRST_COMPLETED").done
+        if not done:
+            idle_since = _check_workers_left(client, idle_since)
+            continue
+        idle_since = None
+        for future in done:
+            batch = in_flight.pop(future)
+            for (image_path, target, _), answer in zip(batch, _answers(future, len(batch)), strict=True):
+                _write(writer, image_path, target, answer, progress)
+                on_image(image_path)
+            send_next()
 
 
 def _batches(todo: list[tuple[Path, Path]], writer: CaptionWriter, skipped: Callable[[Path], None]) -> Iterator[Batch]:
@@ -149,11 +160,14 @@ def _batches(todo: list[tuple[Path, Path]], writer: CaptionWriter, skipped: Call
     batch: Batch = []
     size = 0
     for image_path, target in todo:
-        if image_path.stat().st_size > MAX_IMAGE_BYTES:
-            writer.failed(image_path, f"larger than {MAX_IMAGE_BYTES // 2**20} MB")
+        try:  # a file may go away or change while the run goes on: unreadable, as local captioning says
+            if image_path.stat().st_size > MAX_IMAGE_BYTES:
+                raise ValueError(f"larger than {MAX_IMAGE_BYTES // 2**20} MB")
+            data = image_path.read_bytes()
+        except (OSError, ValueError) as exc:
+            writer.failed(image_path, str(exc) or type(exc).__name__)
             skipped(image_path)
             continue
-        data = image_path.read_bytes()
         batch.append((image_path, target, data))
         size += len(data)
         if len(batch) == BATCH_IMAGES or size >= BATCH_BYTES:
@@ -238,8 +252,9 @@ def _wait_for_workers(client: Client, names: list[str]) -> None:
 
 def _start_worker(
     config: WithDevices, device: NamedDevice, port: int, security: Security, preload: tuple[str, ...]
-) -> str:
-    """A Dask worker on the device, in the background; returns the device's models dir for its plugin."""
+) -> DeviceSettings:
+    """A Dask worker on the device, in the background; returns where its plugin finds the device's models
+    and NPU lock (paths as the device sees them)."""
     host = config.host(device.host)
     with connect(device.host, host) as transport:
         models = transport.path(device.models_dir)
@@ -248,7 +263,7 @@ def _start_worker(
                 f"no fetched models in {models} on {device.name}", hint=f"run `invoke fetch --host {device.name}`"
             )
         _stop_running(transport)
-        app, python = install_runtime(transport, host.python)
+        app, _ = install_runtime(transport, host.python)
         controller, own = _addresses(transport, host.kind == "local")
         tls = _put_certificates(transport, security)
         args = [
@@ -263,6 +278,8 @@ def _start_worker(
             "--death-timeout",
             "60",
             "--no-dashboard",
+            "--dashboard-address",  # its HTTP server (health, metrics) runs even without the dashboard:
+            "127.0.0.1:0",  # this device only, not every interface (the CLI's default)
             "--host",
             own,
             "--tls-ca-file",
@@ -273,14 +290,15 @@ def _start_worker(
             f"{tls}/{TLS_FILES[2]}",
             *[arg for module in preload for arg in ("--preload", module)],
         ]
-        pid = WORKER.start(transport, app, python, "distributed.cli.dask_worker", args)
+        pid = WORKER.start(transport, app, args)
         # A worker that cannot start (a model set it cannot open) exits at once: say so here, with its log.
         if not transport.run(f"sleep 1; kill -0 {pid}").ok:
             log = WORKER.log(transport)
             raise HostError(
                 device.name, "the caption worker exited at start", hint=f"{log} ends:", tail=WORKER.log_tail(transport)
             )
-    return models
+    npu_lock = transport.path(device.npu_lock) if device.npu_lock else None
+    return DeviceSettings(models, device.fidelity.value, npu_lock)
 
 
 def _stop_worker(config: WithDevices, device: NamedDevice) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.errors import ModelFilesError
+from runtime import axera_libraries
 from runtime.errors import BackendUnavailable
 
 AXENGINE_PROVIDER = "AxEngineExecutionProvider"
@@ -118,10 +119,10 @@ def _import_axengine(path: Path) -> Any:
         import axengine
     except ImportError as exc:
         if NO_PROVIDERS in str(exc):
+            found = axera_libraries.diagnose() or "check the driver install and `axcl-smi` or /dev/ax_* on the device"
             raise BackendUnavailable(
                 f"cannot run {path.name}: pyaxengine is installed but found no AX driver/runtime (AXCL on a "
-                f"PCIe/M.2 card, libax_engine on the board); check the driver install and `axcl-smi` or "
-                f"/dev/ax_* on the device. pyaxengine said: {exc}"
+                f"PCIe/M.2 card, libax_engine on the board): {found}. pyaxengine said: {exc}"
             ) from exc
         raise BackendUnavailable(f"cannot run {path.name}: axengine is not installed ({AXENGINE_INSTALL})") from exc
     return axengine

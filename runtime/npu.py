@@ -52,6 +52,20 @@ class LockStats:
         }
 
 
+def open_shared_lock(path: Path) -> int:
+    """A descriptor to flock `path` with, that every user's process can get: flock needs only a read-only
+    open, so an existing file (made by an SD server running as another user) is opened read-only; a new one
+    is created 0666 whatever the umask (a 0644 file would refuse another user's read-write open)."""
+    with contextlib.suppress(FileNotFoundError):
+        return os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # another process made it just now
+        return os.open(path, os.O_RDONLY)
+    os.fchmod(fd, 0o666)
+    return fd
+
+
 class NpuLock:
     def __init__(self, lock_file: Path | None = None, host_lock: HostLock | None = None) -> None:
         self.lock_file = lock_file
@@ -60,7 +74,7 @@ class NpuLock:
         self.stats = LockStats()
         if lock_file is not None:
             try:
-                self._fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+                self._fd = open_shared_lock(lock_file)
             except OSError as exc:
                 raise SettingsError(
                     f"cannot open the NPU lock file {lock_file}: {exc.strerror} (its folder must exist and be "

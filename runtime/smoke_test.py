@@ -9,6 +9,8 @@ report was written (thresholds are judged by the controller), 2 when the models 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import platform
 import resource
 import sys
@@ -56,6 +58,11 @@ class EncoderCheck:
     latency_ms: Latency
 
 
+# What the smoke report names of the device's venv (installed from runtime/constraints.txt; axengine from
+# Axera's wheel): the versions that ran the models.
+RUNTIME_PACKAGES = ("numpy", "pillow", "tokenizers", "onnxruntime", "axengine", "fastapi", "uvicorn", "distributed")
+
+
 @dataclass(frozen=True)
 class SmokeReport(JsonFile, file="measurements.json", made_by="invoke smoke-test"):
     """What the device measured, or why it could not (`error`); the controller judges it."""
@@ -67,6 +74,7 @@ class SmokeReport(JsonFile, file="measurements.json", made_by="invoke smoke-test
     python: str = ""
     machine: str = ""
     npu_lock: str | None = None
+    packages: dict[str, str] = field(default_factory=dict)  # what the device's venv ran with (runtime lock's)
     agreement: PickAgreement | None = None  # the device's picks against the float model's, on verify's photos
 
     ENCODER_COLUMNS = ("encoder", "backend", "cosine vs float (min)", "p50 ms", "p95 ms", "load, host memory")
@@ -127,7 +135,17 @@ def run_smoke_test(
         python=platform.python_version(),
         machine=platform.machine(),
         npu_lock=str(npu.lock_file) if npu.lock_file else None,
+        packages=_package_versions(),
     )
+
+
+def _package_versions() -> dict[str, str]:
+    """The versions of the runtime's own packages this process imports (those installed)."""
+    found = {}
+    for name in RUNTIME_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
 
 
 def _check_encoder(

@@ -89,7 +89,7 @@ class SmokeTestStage(DeviceStage):
             if params.provider:
                 command += f" --provider {quote(params.provider)}"
             if device.npu_lock:
-                command += f" --npu-lock {quote(device.npu_lock)}"
+                command += f" --npu-lock {quote(transport.path(device.npu_lock))}"
             result = transport.run(
                 command, on_line=lambda line: console.print(f"[{transport.name}] {line}", markup=False)
             )
@@ -149,6 +149,8 @@ def _judge(report: SmokeReport, params: SmokeTestParams, device: str, report_pat
                 for part, encoder in report.to_json()["encoders"].items()
             },
             "peak_rss_mb": report.peak_rss_mb,
+            "python": report.python,
+            "packages": report.packages,
         },
     )
 

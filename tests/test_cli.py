@@ -117,9 +117,11 @@ def test_all_runs_then_reports_up_to_date_and_status_explains_changes(tmp_path: 
 def test_serve_flags_that_need_a_host_say_so(tmp_path: Path) -> None:
     config = tmp_path / "local.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "artifacts")))
+    _assert_one_line_error(invoke("serve", "--status", "--config", str(config)), "--status is for servers on hosts")
+    _assert_one_line_error(invoke("serve", "--install", "--config", str(config)), "--install is for servers on hosts")
     _assert_one_line_error(
-        invoke("serve", "--status", "--config", str(config)),
-        "--stop, --status and --print-nginx are for servers on hosts",
+        invoke("serve", "--stop", "--install", "--host", "local", "--config", str(config)),
+        "--stop and --install cannot be combined: pick one",
     )
     _assert_one_line_error(invoke("serve", "--models", str(tmp_path)), "run `invoke fetch` first")
 
@@ -241,3 +243,43 @@ def test_readme_first_run_works_pasted_as_written(tmp_path: Path) -> None:
     assert shell.returncode == 0, err[-2000:]
     caption = json.loads(out.strip().splitlines()[-1])["caption"]
     assert caption and ", " in caption
+
+
+def test_ctrl_c_on_caption_exits_130_saying_what_was_written_and_how_to_resume(
+    built_artifacts: Path, tmp_path: Path
+) -> None:
+    """It exited 1 with no message (README promises 130 and a line)."""
+    images = tmp_path / "set"
+    images.mkdir()
+    photos = sorted((REPO / "data/images").glob("*.jpg"))
+    for index in range(400):
+        photo = photos[index % len(photos)]
+        (images / f"{index:03d}-{photo.name}").write_bytes(photo.read_bytes())
+    out = tmp_path / "captions"
+    models = str(built_artifacts.parent / "device" / "models")
+    command = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "caption",
+        "--models",
+        models,
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jsonl = out / "captions.jsonl"
+    deadline = time.monotonic() + 120
+    while not (jsonl.is_file() and jsonl.read_text().count("\n") >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, "captioning did not start"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: ") and "captions written this run" in last and "resume" in last, last
+    assert "Traceback" not in stderr
+    written = len(list(out.glob("*.txt")))
+    assert 3 <= written < 400 and f"interrupted: {written} captions written" in last

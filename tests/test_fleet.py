@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -97,6 +98,30 @@ def test_the_nginx_config_balances_over_every_device(write_config) -> None:
     assert "proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;" in text
 
 
+@pytest.mark.parametrize(
+    "address", ["pi.local\n} server { listen 81; root /; autoindex on; }", "a b", "pi;", "host}", "", "'pi'"]
+)
+def test_an_address_that_is_not_a_host_name_or_ip_is_refused_at_load(write_config, address: str) -> None:
+    """It went into --print-nginx as it was: a newline, `;` and `}` added a server block nginx accepted."""
+    with pytest.raises(ConfigError, match=r"hosts\.a\.address|hosts\.a: an ssh host needs"):
+        _devices_config(write_config, [{"name": "pi1", "host": "a"}], hosts={"a": {"address": address}})
+
+
+def test_the_nginx_config_brackets_ipv6_and_resolves_ssh_config_aliases(
+    write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from commands.serving import nginx_for
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh/config").write_text("Host garden-pi\n    HostName 192.168.1.23\n    User pi\n")
+    hosts = {"a": {"address": "::1"}, "b": {"address": "garden-pi"}, "c": {"address": "[fe80::2]"}}
+    devices = [{"name": "pi1", "host": "a"}, {"name": "pi2", "host": "b"}, {"name": "pi3", "host": "c"}]
+    text = nginx_for(_devices_config(write_config, devices, hosts=hosts), "8080")
+    assert "server [::1]:7860 max_fails" in text and "server [fe80::2]:7860 max_fails" in text
+    assert "server 192.168.1.23:7860 max_fails=2 fail_timeout=10s;  # pi2" in text
+
+
 def test_the_commands_take_a_device_list(tmp_path: Path) -> None:
     from tests.test_cli import _assert_one_line_error, invoke
 
@@ -137,7 +162,9 @@ def device_sshds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshS
 
 
 @pytest.fixture
-def fleet(built_artifacts: Path, device_sshds: list[SshServer], tmp_path: Path) -> Callable[..., PipelineConfig]:
+def fleet(
+    built_artifacts: Path, device_sshds: list[SshServer], device_workdir: Callable[[Path], Path], tmp_path: Path
+) -> Callable[..., PipelineConfig]:
     """fleet(unreachable=False) -> a config with devices pi1 and pi2 (own sshd and workdir each), and pi3
     on a port where nothing listens when asked; the built tiny-CLIP artifacts copied."""
     artifacts = tmp_path / "artifacts"
@@ -147,7 +174,7 @@ def fleet(built_artifacts: Path, device_sshds: list[SshServer], tmp_path: Path) 
         data = tiny_config_dict(artifacts)
         names = ["pi1", "pi2"]
         for name, server in zip(names, device_sshds, strict=True):
-            data["hosts"][name] = server.host_entry(tmp_path / f"{name} workdir")
+            data["hosts"][name] = server.host_entry(device_workdir(tmp_path / f"{name} workdir"))
         if unreachable:
             down = device_sshds[0].host_entry(tmp_path / "pi3 workdir", port=free_port(), connect_timeout=3)
             data["hosts"]["pi3"] = down
@@ -161,6 +188,7 @@ def fleet(built_artifacts: Path, device_sshds: list[SshServer], tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fleet")  # the module's two device sshds, started once
 def test_deploy_to_every_device_at_once_and_one_unreachable_stops_none(fleet, tmp_path: Path) -> None:
     config = fleet(unreachable=True)
     outcomes = {o.stage: o for o in run(config, GRAPH, RunRequest(targets=("smoke-test",)))}
@@ -186,9 +214,11 @@ def test_deploy_to_every_device_at_once_and_one_unreachable_stops_none(fleet, tm
     assert run(reachable, GRAPH, RunRequest(targets=("smoke-test",)))[-1].outcome is Outcome.UP_TO_DATE
 
     from commands.cli import device_rows
+    from deploy.device_runtime import locked_versions
 
     rows = {row[0]: row for row in device_rows(config)}
     assert "not fetched" in rows["pi3"][2] and "cosine" in rows["pi1"][3] and "cosine" in rows["pi2"][3]
+    assert f"onnxruntime {locked_versions()['onnxruntime']}" in rows["pi1"][4]  # what the device's venv ran
 
 
 def _photos(folder: Path, copies: int) -> list[Path]:
@@ -207,6 +237,7 @@ def _fetched(config: PipelineConfig) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fleet")  # the module's two device sshds, started once
 def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_path: Path) -> None:
     from deploy.fleet_caption import TLS_DIR, WORKER, FleetCaptionJob, caption_on_fleet
 
@@ -215,7 +246,13 @@ def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_pa
     photos = _photos(tmp_path / "photos", copies=4)
     killed: list[str] = []
 
+    listening: set[tuple[str, int]] = set()
+
     def on_image(path: Path, progress) -> None:
+        if sum(progress.per_device.values()) == 10 and not listening:
+            for name in ("pi1", "pi2"):  # what each worker listens on, its HTTP port included
+                worker = psutil.Process(int((tmp_path / f"{name} workdir" / WORKER.pid_name).read_text()))
+                listening.update(c.laddr for c in worker.net_connections("inet") if c.status == psutil.CONN_LISTEN)
         if sum(progress.per_device.values()) == 20 and not killed:
             pid = int((tmp_path / "pi2 workdir" / WORKER.pid_name).read_text())
             os.kill(pid, signal.SIGKILL)  # as a device unplugged mid-run, from the scheduler's side
@@ -223,6 +260,7 @@ def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_pa
 
     summary = caption_on_fleet(config, FleetCaptionJob(tmp_path / "photos", tmp_path / "out"), on_image)
     assert killed
+    assert listening and {ip for ip, _ in listening} == {"127.0.0.1"}  # --no-dashboard still bound 0.0.0.0
     assert summary.captioned == len(photos) - 1 and [Path(p).name for p, _ in summary.failed] == ["broken.jpg"]
     lines = [json.loads(line) for line in (tmp_path / "out/captions.jsonl").read_text().splitlines()]
     files = [line["file"] for line in lines]
@@ -241,6 +279,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fleet")  # the module's two device sshds, started once
 def test_nginx_in_front_of_the_fleet_serves_a1111_clients_and_skips_a_dead_device(fleet, tmp_path: Path) -> None:
     import base64
 
@@ -282,3 +321,19 @@ def test_nginx_in_front_of_the_fleet_serves_a1111_clients_and_skips_a_dead_devic
         process.terminate()
         process.wait(10)
         stop_on_devices(config)
+
+
+def test_an_image_removed_while_the_fleet_captions_is_unreadable_not_the_end_of_the_run(tmp_path: Path) -> None:
+    """It ended the run with a FileNotFoundError traceback from reading the images to send."""
+    from deploy.fleet_caption import _batches
+    from runtime.captioning import CaptionWriter
+
+    photos = _photos(tmp_path / "set", 1)
+    photos[1].unlink()  # gone between listing the folder and sending it
+    todo = [(photo, photo.with_suffix(".txt")) for photo in photos]
+    skipped: list[Path] = []
+    with CaptionWriter.open(tmp_path / "set", None) as writer:
+        sent = [image for batch in _batches(todo, writer, skipped.append) for image, _, _ in batch]
+    assert sent == [photos[0], *photos[2:]] and skipped == [photos[1]]
+    assert [Path(path).name for path, _ in writer.summary.failed] == [photos[1].name]
+    assert "No such file" in writer.summary.failed[0][1]

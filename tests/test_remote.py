@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import docker
 import paramiko
 import pytest
 
+from deploy.device_runtime import locked_versions
 from pipeline.graph import StageGraph
 from pipeline.hosts import openssh
 from pipeline.hosts.ssh import SshTransport
@@ -35,18 +37,22 @@ from toolchains import pulsar2_build
 pytestmark = pytest.mark.slow  # minutes of sshd, docker stand-in and device runs: `-m 'not slow'` skips
 
 GRAPH = StageGraph(ALL_STAGES)
+# The remote core runs under both: zsh is a Mac's login shell, and sshd hands it every command we send.
+BOTH_SHELLS = pytest.mark.parametrize("login_shell", ["bash", "zsh"])
 
 
 @pytest.fixture
-def remote(tiny_pipeline, ssh_server: SshServer, standin_pulsar2, docker_engine, build_host_workdir, tmp_path: Path):
+def remote(
+    tiny_pipeline, ssh_host: SshServer, standin_pulsar2, docker_engine, build_host_workdir, device_workdir, tmp_path
+):
     """A config whose compile runs with Pulsar2 on `mac` (sshd) and whose fetch goes to `pi` (sshd)."""
 
     def make(
         mac: dict | None = None, pi: dict | None = None, device: dict | None = None, **stage_overrides: dict
     ) -> PipelineConfig:
         hosts = {
-            "mac": ssh_server.host_entry(build_host_workdir, **{"docker_socket": docker_engine.socket, **(mac or {})}),
-            "pi": ssh_server.host_entry(tmp_path / "pi device", **(pi or {})),
+            "mac": ssh_host.host_entry(build_host_workdir, **{"docker_socket": docker_engine.socket, **(mac or {})}),
+            "pi": ssh_host.host_entry(device_workdir(tmp_path / "pi device"), **(pi or {})),
         }
         stages = {"compile": {"target": "pulsar2", "host": "mac"}}
         for stage, values in stage_overrides.items():
@@ -65,6 +71,7 @@ def _report(config: PipelineConfig) -> dict:
     return json.loads((config.artifacts / "compile/compiled.json").read_text())
 
 
+@BOTH_SHELLS
 def test_compile_on_the_build_host_downloads_verified_axmodels(remote, tmp_path: Path) -> None:
     config = remote()
     outcome = _run(config, "compile")
@@ -108,6 +115,7 @@ def test_second_run_transfers_nothing(remote) -> None:
     assert len(_report(config)["transfers"]["unchanged"]) == 6
 
 
+@BOTH_SHELLS
 def test_fetch_to_the_device_over_ssh_then_nothing_to_send(remote, tmp_path: Path) -> None:
     config = remote()
     first = _run(config, "fetch")
@@ -264,6 +272,7 @@ def test_corrupted_upload_is_caught_by_checksum(remote, monkeypatch: pytest.Monk
     _assert_failed_and_kept(remote(), "compile", "arrived corrupted", "sha256")
 
 
+@BOTH_SHELLS
 def test_uploads_stream_through_the_ssh_client_hashing_both_ends(remote, monkeypatch, tmp_path: Path) -> None:
     calls = []
     real_stream = openssh.stream_put
@@ -312,6 +321,7 @@ def test_host_flag_overrides_the_configured_build_host(remote) -> None:
         config.with_host("compile", "nas")
 
 
+@BOTH_SHELLS
 def test_smoke_test_on_the_device_runs_the_axmodels_through_axengine(remote, tmp_path: Path) -> None:
     lock_file = tmp_path / "pi device" / "ax650.lock"
     config = remote(device={"npu_lock": str(lock_file)}, **{"smoke-test": {"runs": 3}})
@@ -328,6 +338,10 @@ def test_smoke_test_on_the_device_runs_the_axmodels_through_axengine(remote, tmp
         assert encoder["latency_ms"]["runs"] == 3 and encoder["latency_ms"]["p95"] >= encoder["latency_ms"]["p50"]
     assert report["encoders"]["text"]["input_dtype"] == "int32"
     assert report["peak_rss_mb"] > 0
+    locked = locked_versions()  # the device venv runs exactly the runtime lock's versions
+    assert {name: report["packages"][name] for name in ("numpy", "onnxruntime", "tokenizers")} == {
+        name: locked[name] for name in ("numpy", "onnxruntime", "tokenizers")
+    }
     again = _run(config, "smoke-test", force=True, only=True)
     assert again.outcome is Outcome.RAN  # the device virtualenv is reused
 
@@ -345,6 +359,7 @@ def test_smoke_test_fails_below_the_cosine_bar(remote) -> None:
     assert outcome.outcome is Outcome.FAILED and "encoder cosine" in outcome.summary
 
 
+@BOTH_SHELLS
 def test_serve_on_the_device_in_the_background_then_status_and_stop(remote, capsys) -> None:
     import base64
 
@@ -377,10 +392,42 @@ def test_serve_on_the_device_in_the_background_then_status_and_stop(remote, caps
         assert answer.status_code == 200 and answer.json()["caption"]
         pid = (Path(config.host("pi").workdir) / "serve.pid").read_text().strip()
         assert "pa ss" not in Path(f"/proc/{pid}/cmdline").read_text()  # the password is not on a command line
+        assert os.getsid(int(pid)) == int(pid)  # setsid: its own session, no SIGHUP when SSH's ends
     finally:
         stop_on_devices(config)
     assert not status_on_devices(config)
     assert "pa ss" not in capsys.readouterr().out
+    with pytest.raises(PipelineError, match="systemd does not run on this host"):  # this machine has no systemd
+        start_on_devices(config, ServeRequest(port=free_port()), as_service=True)
+
+
+def test_a_server_that_dies_at_start_fails_the_start_though_another_answers_on_its_port(remote, serve) -> None:
+    """Another server holds the port: ours exits at bind, and the one answering /healthz is not ours."""
+    from commands.serving import ServeRequest, start_on_devices, status_on_devices
+    from pipeline.errors import PipelineError
+
+    port = serve().base_url.port
+    config = remote()
+    assert _run(config, "fetch").outcome is Outcome.RAN
+    with pytest.raises(PipelineError, match="the server did not come up") as raised:
+        start_on_devices(config, ServeRequest(port=port))
+    assert f"cannot listen on 127.0.0.1:{port}" in str(raised.value)
+    assert not status_on_devices(config)
+
+
+@pytest.mark.parametrize("login_shell", ["zsh"])
+def test_no_engine_on_a_mac_names_docker_desktop_s_user_and_login(remote, ssh_host: SshServer, tmp_path: Path) -> None:
+    """Docker Desktop serves only the user logged in at the Mac: the SSH user must be that one."""
+    uname = ssh_host.bin_dir / "uname"  # this host answers as macOS does
+    uname.write_text('#!/bin/sh\n[ "$1" = -s ] && echo Darwin || exec /bin/uname "$@"\n')
+    uname.chmod(0o755)
+    try:
+        config = remote(mac={"docker_socket": str(tmp_path / "no-engine.sock")})
+        _assert_failed_and_kept(
+            config, "compile", "is Docker Desktop running", f"log in at the Mac as {ssh_host.user}", "hosts.mac.user"
+        )
+    finally:
+        uname.unlink()
 
 
 def test_a_port_that_is_not_sshd_is_one_quiet_line(remote, tmp_path: Path) -> None:

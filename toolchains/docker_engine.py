@@ -24,6 +24,7 @@ from pydantic import Field
 from pipeline.config import HostConfig
 from pipeline.errors import HostError
 from pipeline.hosts.base import Transport, quote
+from toolchains import docker_desktop
 
 # Linux's engine, then Docker Desktop's own socket on a Mac (the first exists only when Desktop's
 # "Allow the default Docker socket" setting is on).
@@ -33,6 +34,7 @@ DOCKER_FALLBACKS = (
     "/usr/local/bin/docker",
     "/opt/homebrew/bin/docker",
     "/Applications/Docker.app/Contents/Resources/bin/docker",
+    "~/Applications/Docker.app/Contents/Resources/bin/docker",  # Docker.app installed for one user
 )
 API_TIMEOUT_S = 120  # one API call; a build's log stream and wait have none
 # Connections kept open to the engine. Over SSH each is a session channel, and sshd allows 10 per
@@ -93,7 +95,7 @@ def open_engine(transport: Transport, host: BuildHostConfig) -> Iterator[Engine]
             yield engine
         except ENGINE_ERRORS as exc:
             said = f": {problems[-1]}" if problems else ""
-            raise HostError(transport.name, f"Docker's engine failed a request ({_first_line(exc)}){said}") from None
+            raise HostError(transport.name, f"Docker's engine failed a request ({first_line(exc)}){said}") from None
 
 
 def _connected(transport: Transport, url: str | None, problems: list[str]) -> Engine:
@@ -104,9 +106,8 @@ def _connected(transport: Transport, url: str | None, problems: list[str]) -> En
         said = f": {problems[-1]}" if problems else ""
         raise HostError(
             transport.name,
-            f"Docker's engine is not reachable ({_first_line(exc)}){said}",
-            hint="start Docker (Docker Desktop on a Mac) on the build host, or name its socket in "
-            f"hosts.{transport.name}.docker_socket",
+            f"Docker's engine is not reachable ({first_line(exc)}){said}",
+            hint=docker_desktop.unreachable_hint(transport),
         ) from None
     facts = EngineFacts(
         version=str(version.get("Version", "?")),
@@ -146,22 +147,20 @@ def _dial_stdio(transport: Transport, host: BuildHostConfig) -> str:
     command = f"{quote(_docker_cli(transport, host))} system dial-stdio"
     if not host.docker_socket:
         return command
-    socket = host.docker_socket
-    if socket.startswith("~/"):
-        return f'DOCKER_HOST="unix://$HOME/"{quote(socket[2:])} {command}'
-    return f"DOCKER_HOST={quote('unix://' + socket)} {command}"
+    return f"DOCKER_HOST={quote('unix://' + transport.expand(host.docker_socket))} {command}"
 
 
 def _docker_cli(transport: Transport, host: BuildHostConfig) -> str:
     if host.docker:
-        if not transport.run(f"test -x {quote(host.docker)}").ok:
+        docker_cli = transport.expand(host.docker)
+        if not transport.run(f"test -x {quote(docker_cli)}").ok:
             raise HostError(
                 transport.name,
-                f"docker CLI {host.docker} not found or not executable",
+                f"docker CLI {docker_cli} not found or not executable",
                 hint=f"fix hosts.{transport.name}.docker",
             )
-        return host.docker
-    candidates = " ".join(quote(p) for p in DOCKER_FALLBACKS)
+        return docker_cli
+    candidates = " ".join(quote(transport.expand(p)) for p in DOCKER_FALLBACKS)
     found = transport.run(
         f'command -v docker || for p in {candidates}; do if [ -x "$p" ]; then echo "$p"; break; fi; done'
     ).stdout.split()
@@ -174,5 +173,5 @@ def _docker_cli(transport: Transport, host: BuildHostConfig) -> str:
     return found[0]
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

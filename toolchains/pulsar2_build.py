@@ -31,8 +31,9 @@ from pipeline.hosts.base import Transport, quote
 from pipeline.hosts.sync import TransferSummary, download, upload
 from pipeline.terminal import console
 from runtime.model_io import Toolchain
+from toolchains import docker_desktop
 from toolchains.compile_params import CompileParams
-from toolchains.docker_engine import ENGINE_ERRORS, BuildHostConfig, Engine
+from toolchains.docker_engine import ENGINE_ERRORS, BuildHostConfig, Engine, first_line
 from toolchains.encoder_specs import EncoderSpec
 from toolchains.precision_table import PrecisionTable, find_precision_table
 from toolchains.pulsar2_config import pulsar2_build_args, pulsar2_config, remote_paths
@@ -82,14 +83,9 @@ def preflight(transport: Transport, engine: Engine, host: BuildHostConfig, param
     """Enough memory in the engine, the image there (loaded from the archive when named), enough disk:
     each with its own clear error, before anything is uploaded."""
     pulsar2, facts = params.pulsar2, engine.facts
-    if facts.memory_gb < pulsar2.min_memory_gb:
-        raise HostError(
-            transport.name,
-            f"Docker's engine has {facts.memory_gb:.1f} GB of memory, a Pulsar2 build needs about "
-            f"{pulsar2.min_memory_gb:g} GB",
-            hint="Docker Desktop > Settings > Resources > Memory, then Apply & restart (or lower "
-            "stages.compile.pulsar2.min_memory_gb)",
-        )
+    docker_desktop.check_memory(transport, facts.memory_gb, pulsar2.min_memory_gb, facts.is_desktop)
+    if facts.is_desktop:
+        docker_desktop.check_shared(transport, transport.workdir)
     image = _image(transport, engine, params)
     platform = pulsar2.platform
     image_arch = str(image.attrs.get("Architecture", ""))
@@ -305,7 +301,12 @@ def _start(transport: Transport, env: BuildEnvironment, command: list[str], **op
             **options,
         )
     except ENGINE_ERRORS as exc:
-        raise HostError(transport.name, f"Docker could not start a container of {env.image}: {exc}") from None
+        hint = ""
+        if "mounts denied" in str(exc).lower():  # Docker Desktop: the workdir is not a shared folder
+            hint = f"add {transport.workdir} in {docker_desktop.FILE_SHARING_FIX}, or use a workdir under /Users"
+        raise HostError(
+            transport.name, f"Docker could not start a container of {env.image}: {first_line(exc)}", hint=hint
+        ) from None
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[str]:

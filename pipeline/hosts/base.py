@@ -24,6 +24,12 @@ SHA_COMMAND = f'H={SHA_TOOL}; for f in {{files}}; do if [ -f "$f" ]; then $H "$f
 # wc -c takes a regular file's size from stat (GNU and BSD alike); printf keeps names with spaces whole
 SIZE_COMMAND = 'for f in {files}; do if [ -f "$f" ]; then printf "%s\\t%s\\n" "$(wc -c < "$f")" "$f"; fi; done'
 
+# The shell every command is written for. zsh, macOS's login shell since 10.15, does not split `$VAR` into
+# words and fails a glob that matches nothing (`no matches found`); sh does neither. Build-host commands
+# use only what macOS's /bin/sh (bash 3.2 in POSIX mode) and BSD userland offer: sh, cat, ls, mkdir, mv,
+# rm, test, wc, tr, df, tee, uname, kill, openssl or shasum; devices add python3 (Debian's).
+POSIX_SHELL = "sh"
+
 LineHandler = Callable[[str], None]
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 TAIL_LINES = 20
@@ -129,10 +135,20 @@ class Transport(ABC):
             )
         return result
 
+    home = "~"  # the host user's home folder, found when connecting
+
+    def expand(self, path: str) -> str:
+        """A host path setting with a leading `~` (`~/x`) made absolute on the host's side."""
+        if path == "~" or path.startswith("~/"):
+            return self.home.rstrip("/") + path[1:]
+        return path
+
     def path(self, *parts: str) -> str:
-        """A path below the workdir (absolute parts are kept as they are)."""
+        """A path below the workdir; a single absolute or `~` part is kept as it is, `~` expanded."""
+        if len(parts) == 1 and self.expand(parts[0]).startswith("/"):
+            return self.expand(parts[0])
         joined = "/".join(p.strip("/") for p in parts if p)
-        return parts[0] if len(parts) == 1 and parts[0].startswith("/") else f"{self.workdir}/{joined}"
+        return f"{self.workdir}/{joined}"
 
     def __enter__(self) -> Transport:
         return self
@@ -156,3 +172,14 @@ def _size_line(line: str) -> tuple[str, int] | None:
 
 def quote(value: str) -> str:
     return shlex.quote(value)
+
+
+def shell_argv(command: str) -> list[str]:
+    """How every command runs on every host: POSIX sh parses it, never the user's login shell."""
+    return [POSIX_SHELL, "-c", command]
+
+
+def over_ssh(command: str) -> str:
+    """The string sent to sshd, which hands it to the user's login shell as `<shell> -c <string>`: quoted
+    once for that shell (zsh, bash, fish all read single quotes alike), so only sh parses the command."""
+    return shlex.join(shell_argv(command))

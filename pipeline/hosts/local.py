@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.errors import HostError
-from pipeline.hosts.base import Background, CommandResult, LineHandler, Progress, Transport
+from pipeline.hosts.base import Background, CommandResult, LineHandler, Progress, Transport, shell_argv
 from pipeline.hosts.relay import Pipe
 
 TAIL_BYTES = 4096  # of a piped command's stderr, for error messages
@@ -21,12 +21,13 @@ TAIL_BYTES = 4096  # of a piped command's stderr, for error messages
 class LocalTransport(Transport):
     def __init__(self, name: str, workdir: str) -> None:
         self.name = name
+        self.home = os.path.expanduser("~")
         self.workdir = str(Path(os.path.expanduser(workdir)).resolve())
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
 
     def run(self, command: str, *, timeout: float | None = None, on_line: LineHandler | None = None) -> CommandResult:
         process = subprocess.Popen(
-            ["bash", "-c", command], cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            shell_argv(command), cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
 
@@ -56,14 +57,14 @@ class LocalTransport(Transport):
 
     def start(self, command: str) -> Background:
         process = subprocess.Popen(
-            ["bash", "-c", command], cwd=self.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            shell_argv(command), cwd=self.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         return _LocalBackground(process)
 
     def open_pipe(self, command: str) -> Pipe:
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the pipe when the run ends
         process = subprocess.Popen(
-            ["bash", "-c", command], cwd=self.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
+            shell_argv(command), cwd=self.workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
         )
         return _ProcessPipe(process, stderr)
 

@@ -18,7 +18,7 @@ from typing import BinaryIO
 from common.hashing import sha256_file
 from pipeline.config import HostConfig
 from pipeline.errors import PipelineError
-from pipeline.hosts.base import SHA_TOOL, Progress, quote
+from pipeline.hosts.base import SHA_TOOL, Progress, over_ssh, quote
 
 PROGRESS_INTERVAL_S = 0.2
 # Below this, a new ssh process (a key exchange, ~0.3 s) costs more than SFTP's slower stream saves.
@@ -78,7 +78,7 @@ def stream_put(host: HostConfig, local: Path, remote: str, progress: Progress | 
     hasher.start()
     with local.open("rb") as source:
         process = subprocess.Popen(
-            [*ssh_command(host), remote_command], stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [*ssh_command(host), over_ssh(remote_command)], stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         try:
             out, err = _communicate(process, source, size, progress)

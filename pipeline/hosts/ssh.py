@@ -34,7 +34,7 @@ from paramiko.ssh_exception import (
 from pipeline.config import HostConfig
 from pipeline.errors import ConnectionLost, HostError
 from pipeline.hosts import openssh
-from pipeline.hosts.base import Background, CommandResult, LineHandler, Progress, Transport, quote
+from pipeline.hosts.base import Background, CommandResult, LineHandler, Progress, Transport, over_ssh, quote
 from pipeline.hosts.relay import Pipe
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,12 @@ class _LineWriter(io.TextIOBase):
 
 
 class SshTransport(Transport):
-    def __init__(self, name: str, host: HostConfig, connection: Connection, workdir: str) -> None:
+    def __init__(self, name: str, host: HostConfig, connection: Connection, home: str) -> None:
         self.name = name
         self.host = host
         self._conn = connection
-        self.workdir = workdir
+        self.home = home
+        self.workdir = self.expand(host.workdir).rstrip("/") or "/"
         self._stream = True  # until the system's ssh fails once
 
     @property
@@ -95,10 +96,7 @@ class SshTransport(Transport):
     def connect(cls, name: str, host: HostConfig) -> SshTransport:
         connection = _connection(name, host)
         _open(name, host, connection)
-        sftp = connection.sftp()
-        home = sftp.normalize(".")
-        workdir = host.workdir.replace("~", home, 1) if host.workdir.startswith("~") else host.workdir
-        transport = cls(name, host, connection, workdir.rstrip("/") or "/")
+        transport = cls(name, host, connection, connection.sftp().normalize("."))
         transport.check(f"mkdir -p {quote(transport.workdir)}", what=f"creating workdir {transport.workdir}")
         return transport
 
@@ -108,7 +106,7 @@ class SshTransport(Transport):
             streams = {"out_stream": _LineWriter(on_line), "err_stream": _LineWriter(on_line)}
         try:
             promise = self._conn.run(
-                command,
+                over_ssh(command),
                 hide=on_line is None,
                 warn=True,
                 in_stream=False,
@@ -136,7 +134,7 @@ class SshTransport(Transport):
         """A session channel running `command`, for callers that talk to it themselves."""
         try:
             channel = self._conn.client.get_transport().open_session()
-            channel.exec_command(command)
+            channel.exec_command(over_ssh(command))
         except (SSHException, *_CONNECTION_ERRORS) as exc:
             raise ConnectionLost(self.name, f"connection lost starting a command ({exc})", command=command) from exc
         return channel
@@ -303,6 +301,12 @@ def _known_hosts(name: str, host: HostConfig) -> Path:
             "or remove the key to use ~/.ssh/known_hosts",
         )
     return known
+
+
+def resolved_address(host: HostConfig) -> str:
+    """The address an ssh_config alias stands for (its HostName), as the connection resolves it; the
+    address itself when ~/.ssh/config has no such Host."""
+    return str(Connection(host=host.address or "").host)
 
 
 def _connection(name: str, host: HostConfig) -> Connection:

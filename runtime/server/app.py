@@ -200,6 +200,7 @@ class InterrogationService:
             labels=sum(len(c.labels) for c in categories),
             queue=QueueHealth(inside=gate.inside, capacity=gate.capacity, served=gate.served, refused=gate.refused),
             uptime_s=round(time.time() - self.started, 1),
+            pid=os.getpid(),
         )
 
 

@@ -66,3 +66,4 @@ class Health(BaseModel):
     labels: int
     queue: QueueHealth
     uptime_s: float
+    pid: int | None = None  # the serving process: a starter tells its own server from another on the port
