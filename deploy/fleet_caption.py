@@ -30,7 +30,7 @@ from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.terminal import console
-from runtime.captioning import CaptionInterrupted, CaptionSummary, CaptionWriter
+from runtime.captioning import CaptionSummary, CaptionWriter
 from runtime.fleet_worker import NPU, DeviceSettings, InterrogatorPlugin, caption_batch, plugin_error
 from runtime.manifest import CURRENT_SET
 
@@ -112,10 +112,7 @@ Batch = list[tuple[Path, Path, bytes]]  # (image, its .txt, its bytes)
 def _caption(client: Client, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]) -> CaptionSummary:
     progress = FleetProgress()
     with CaptionWriter.open(job.images_dir, job.out_dir) as writer:
-        try:
-            _caption_batches(client, writer, job, lambda path: on_image(path, progress), progress)
-        except KeyboardInterrupt:
-            raise CaptionInterrupted(writer.summary) from None
+        _caption_batches(client, writer, job, lambda path: on_image(path, progress), progress)
         return writer.summary
 
 

@@ -13,6 +13,7 @@ way to the tables is counted, never silent (LabelStats).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -74,6 +75,7 @@ class VocabularySpec(BaseModel):
 
 
 SHOWN = 5  # labels named in a warning
+MERGE_CHUNK = 8192  # labels tokenized at a time when looking for token-identical ones
 MAX_LABEL_CHARS = 1000  # far past any text encoder's context; longer is a file that is not a label list
 # Terminal escape sequences first (whole), then single control characters: C0/C1 (NUL, ESC, DEL, NEL ...) and
 # the bidi controls that make a label display as another (U+202E). Line and paragraph separators become spaces.
@@ -147,18 +149,21 @@ Tokenize = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]  # prompts -> (i
 def merge_token_identical(category: Category, tokenize: Tokenize) -> Category:
     """Labels whose prompts tokenize to the same ids get the same embedding (`8k` / `8 k`, and two long
     labels that differ only past the context): keep the first spelling, count the rest."""
-    ids, cut = tokenize([category.prompt(label) for label in category.labels])
-    first: dict[bytes, str] = {}
-    kept, merges = [], []
-    for label, row in zip(category.labels, ids, strict=True):
-        key = row.tobytes()
-        if key in first:
-            merges.append((label, first[key]))
-        else:
-            first[key] = label
-            kept.append(label)
-    truncated = tuple(label for label, was_cut in zip(category.labels, cut, strict=True) if was_cut)
-    stats = replace(category.stats, token_merges=tuple(merges), truncated=truncated)
+    first: dict[bytes, str] = {}  # a digest of the ids: 16 bytes a label, not the 616 of its ids
+    kept, merges, truncated = [], [], []
+    for start in range(0, len(category.labels), MERGE_CHUNK):
+        labels = category.labels[start : start + MERGE_CHUNK]
+        ids, cut = tokenize([category.prompt(label) for label in labels])
+        for label, row, was_cut in zip(labels, ids, cut, strict=True):
+            key = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+            if key in first:
+                merges.append((label, first[key]))
+            else:
+                first[key] = label
+                kept.append(label)
+            if was_cut:
+                truncated.append(label)
+    stats = replace(category.stats, token_merges=tuple(merges), truncated=tuple(truncated))
     return Category(spec=category.spec, labels=tuple(kept), stats=stats)
 
 

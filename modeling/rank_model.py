@@ -24,38 +24,70 @@ LABEL_LEVELS = 127  # symmetric: -127..127, stored as uint8 around LABEL_ZERO
 LABEL_ZERO = 128
 
 
+CHUNK_ROWS = 65_536  # labels quantized at a time: the float copies stay a few hundred MB whatever the vocabulary
+
+
+class RankModelBuilder:
+    """The coarse model's 8-bit label matrix filled a chunk of rows at a time (embed-vocab streams a
+    vocabulary's categories through it), then written; memory is the 8-bit matrix and one chunk."""
+
+    def __init__(self, labels: int, dim: int) -> None:
+        self.labels_t = np.empty((dim, labels), dtype=np.uint8)  # transposed: the MatMulInteger operand
+        self.scales = np.empty(labels, dtype=np.float32)
+        self.filled = 0
+        self.figures = {"max_label_scale": 0.0, "max_label_error_l2": 0.0, "max_label_norm": 0.0}
+
+    def add(self, rows: np.ndarray) -> None:
+        """The next normalized rows (any float dtype), in chunks of CHUNK_ROWS."""
+        for start in range(0, len(rows), CHUNK_ROWS):
+            chunk = np.asarray(rows[start : start + CHUNK_ROWS], dtype=np.float32)
+            scales = np.maximum(np.abs(chunk).max(axis=1), 1e-12) / LABEL_LEVELS
+            quantized = np.clip(np.round(chunk / scales[:, None]), -LABEL_LEVELS, LABEL_LEVELS)
+            end = self.filled + len(chunk)
+            self.labels_t[:, self.filled : end] = (quantized + LABEL_ZERO).astype(np.uint8).T
+            self.scales[self.filled : end] = scales
+            self.filled = end
+            dequantized = quantized * scales[:, None]
+            self._keep_max("max_label_scale", scales.max())
+            self._keep_max("max_label_error_l2", np.linalg.norm(dequantized - chunk, axis=1).max())
+            self._keep_max("max_label_norm", np.linalg.norm(dequantized, axis=1).max())
+
+    def _keep_max(self, name: str, value: float) -> None:
+        self.figures[name] = max(self.figures[name], float(value))
+
+    def write(self, path: Path) -> dict[str, float]:
+        """The model file (its 8-bit rows as external data); the figures the runtime's error bound needs."""
+        dim, labels = self.labels_t.shape
+        if self.filled != labels:
+            raise ValueError(f"the rank model got {self.filled} of {labels} labels")
+        nodes = [
+            helper.make_node("DynamicQuantizeLinear", ["embedding"], ["q", "q_scale", "q_zero"]),
+            helper.make_node("MatMulInteger", ["q", "labels_t", "q_zero", "labels_zero"], ["acc"]),
+            helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["q_scale", "label_scales"], ["scale"]),
+            helper.make_node("Mul", ["acc_f", "scale"], ["scores"]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "coarse_rank",
+            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, dim])],
+            [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, labels])],
+            initializer=[
+                numpy_helper.from_array(self.labels_t, "labels_t"),
+                numpy_helper.from_array(np.array(LABEL_ZERO, np.uint8), "labels_zero"),
+                numpy_helper.from_array(self.scales, "label_scales"),
+            ],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", RANK_OPSET)])
+        model.ir_version = 8
+        # The int8 rows as external data: onnxruntime maps them instead of holding a protobuf copy while it
+        # builds the session (half the peak memory of a 100k-label vocabulary).
+        onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data", size_threshold=1024)
+        return dict(self.figures)
+
+
 def write_rank_model(path: Path, rows: np.ndarray) -> dict[str, float]:
     """rows: [labels, dim] normalized embeddings. Returns the figures the runtime's error bound needs."""
-    rows = rows.astype(np.float32)
-    scales = np.maximum(np.abs(rows).max(axis=1), 1e-12) / LABEL_LEVELS
-    quantized = np.clip(np.round(rows / scales[:, None]), -LABEL_LEVELS, LABEL_LEVELS).astype(np.int16)
-    labels, dim = rows.shape
-    nodes = [
-        helper.make_node("DynamicQuantizeLinear", ["embedding"], ["q", "q_scale", "q_zero"]),
-        helper.make_node("MatMulInteger", ["q", "labels_t", "q_zero", "labels_zero"], ["acc"]),
-        helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["q_scale", "label_scales"], ["scale"]),
-        helper.make_node("Mul", ["acc_f", "scale"], ["scores"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "coarse_rank",
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, dim])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, labels])],
-        initializer=[
-            numpy_helper.from_array(np.ascontiguousarray((quantized + LABEL_ZERO).astype(np.uint8).T), "labels_t"),
-            numpy_helper.from_array(np.array(LABEL_ZERO, np.uint8), "labels_zero"),
-            numpy_helper.from_array(scales.astype(np.float32), "label_scales"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", RANK_OPSET)])
-    model.ir_version = 8
-    # The int8 rows as external data: onnxruntime maps them instead of holding a protobuf copy while it
-    # builds the session (half the peak memory of a 100k-label vocabulary).
-    onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data", size_threshold=1024)
-    dequantized = quantized.astype(np.float32) * scales[:, None]
-    return {
-        "max_label_scale": float(scales.max()),
-        "max_label_error_l2": float(np.linalg.norm(dequantized - rows, axis=1).max()),
-        "max_label_norm": float(np.linalg.norm(dequantized, axis=1).max()),
-    }
+    builder = RankModelBuilder(*rows.shape)
+    builder.add(rows)
+    return builder.write(path)

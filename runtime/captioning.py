@@ -101,7 +101,11 @@ class CaptionWriter:
         jsonl = (out_dir or images_dir) / JSONL_NAME
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         with jsonl.open("a", encoding="utf-8") as log:
-            yield CaptionWriter(images_dir, out_dir, log)
+            writer = CaptionWriter(images_dir, out_dir, log)
+            try:
+                yield writer
+            except KeyboardInterrupt:  # Ctrl+C: the run's summary goes with it, for the command's last line
+                raise CaptionInterrupted(writer.summary) from None
 
     def todo(self, overwrite: bool, on_image: Callable[[Path], None]) -> list[tuple[Path, Path]]:
         """(image, its .txt) for every image without a caption (all with `overwrite`); the rest are counted
@@ -146,11 +150,7 @@ def caption_folder(
     task = CaptionTask(options, prompts)
     workers = workers or os.cpu_count() or 2
     with CaptionWriter.open(images_dir, out_dir) as writer, ThreadPoolExecutor(workers, "caption-decode") as pool:
-        try:
-            _caption_all(interrogator, writer, pool, task, overwrite, on_image, workers)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)  # the decodes queued are dropped, not run
-            raise CaptionInterrupted(writer.summary) from None
+        _caption_all(interrogator, writer, pool, task, overwrite, on_image, workers)
     return writer.summary
 
 

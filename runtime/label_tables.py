@@ -11,6 +11,7 @@ bounded analytically (`coarse_error_bound`), so the final picks equal those of a
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,10 +193,45 @@ def coarse_error_bound(vector: np.ndarray, rank: RankModel) -> float:
     return image_error * rank.max_label_norm + label_side + 1e-5
 
 
+NORMALIZE_ROWS = 65_536  # rows normalized at a time (in float32), so a big table never has a float32 copy
+
+
+def normalized_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Unit-length float16 rows, as the tables store them."""
+    rows = np.empty(embeddings.shape, dtype=np.float16)
+    for start in range(0, len(embeddings), NORMALIZE_ROWS):
+        chunk = np.asarray(embeddings[start : start + NORMALIZE_ROWS], dtype=np.float32)
+        rows[start : start + len(chunk)] = chunk / (np.linalg.norm(chunk, axis=1, keepdims=True) + 1e-12)
+    return rows
+
+
 def write_category(directory: Path, name: str, embeddings: np.ndarray) -> tuple[str, np.ndarray]:
     """Save one category's normalized embeddings as float16; returns the file name and the stored rows."""
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True) + 1e-12
-    rows = (embeddings / norms).astype(np.float16)
+    rows = normalized_rows(embeddings)
     file = f"{name}.npy"
     np.save(directory / file, rows)
     return file, rows
+
+
+def write_category_chunks(
+    directory: Path,
+    name: str,
+    shape: tuple[int, int],
+    chunks: Iterable[np.ndarray],
+    on_rows: Callable[[np.ndarray], None] = lambda rows: None,
+) -> str:
+    """A category's table written as its chunks of embeddings come (normalized as write_category does),
+    without ever holding the whole table; `on_rows` sees each chunk's stored rows. Returns the file name."""
+    file = f"{name}.npy"
+    written = 0
+    with (directory / file).open("wb") as handle:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(handle, header)
+        for chunk in chunks:
+            rows = normalized_rows(chunk)
+            handle.write(rows.tobytes())
+            on_rows(rows)
+            written += len(rows)
+    if written != shape[0]:
+        raise ValueError(f"{file}: {written} rows written for a table of {shape[0]}")
+    return file

@@ -12,6 +12,8 @@ from tokenizers import Tokenizer
 from common.errors import ModelFilesError
 from runtime import model_io
 
+ENCODE_CHUNK = 4096  # texts tokenized at once (see encode_batch)
+
 
 class TextTokenizer:
     """Encodes prompts into [n, context_length] ids: the tokenizer's own specials (CLIP's BOS/EOS,
@@ -50,14 +52,22 @@ class TextTokenizer:
         return self.encode_batch([text], dtype)[0]
 
     def encode_batch(self, texts: list[str], dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
-        """[len(texts), context_length] ids, and for each text whether it was cut to fit."""
-        encodings = self._tokenizer.encode_batch(texts)
-        ids = np.array([encoding.ids for encoding in encodings], dtype=dtype).reshape(len(texts), self.context_length)
-        truncated = np.array([bool(encoding.overflowing) for encoding in encodings], dtype=bool)
+        """[len(texts), context_length] ids, and for each text whether it was cut to fit. Tokenized
+        ENCODE_CHUNK texts at a time: each text's Encoding (ids, tokens, offsets, masks) costs kilobytes,
+        a million of them gigabytes."""
+        ids = np.empty((len(texts), self.context_length), dtype=dtype)
+        truncated = np.empty(len(texts), dtype=bool)
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            encodings = self._tokenizer.encode_batch(texts[start : start + ENCODE_CHUNK])
+            ids[start : start + len(encodings)] = [encoding.ids for encoding in encodings]
+            truncated[start : start + len(encodings)] = [bool(encoding.overflowing) for encoding in encodings]
         return ids, truncated
 
     def fills_context(self, texts: list[str]) -> np.ndarray:
         """Whether each text's tokens (with the specials) take every position: clip-interrogator's
         `_prompt_at_max_len`, which stops a prompt growing."""
-        encodings = self._tokenizer.encode_batch(texts)
-        return np.array([sum(encoding.attention_mask) >= self.context_length for encoding in encodings], dtype=bool)
+        full = np.empty(len(texts), dtype=bool)
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            encodings = self._tokenizer.encode_batch(texts[start : start + ENCODE_CHUNK])
+            full[start : start + len(encodings)] = [sum(e.attention_mask) >= self.context_length for e in encodings]
+        return full

@@ -10,9 +10,10 @@ so editing one category of a 100,000-label vocabulary encodes only what changed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -21,7 +22,7 @@ from common.contract import JsonFile
 from common.errors import ModelFilesError
 from common.hashing import sha256_text
 from labels.vocabulary import Category, load_vocabulary, merge_token_identical, vocabulary_files
-from modeling.rank_model import write_rank_model
+from modeling.rank_model import RankModelBuilder
 from pipeline.config import ConfigPath, Strict
 from pipeline.errors import StageError
 from pipeline.stage import Stage, StageContext, StageResult
@@ -35,7 +36,8 @@ from runtime.label_tables import (
     RankModel,
     TableModel,
     VocabIndex,
-    write_category,
+    normalized_rows,
+    write_category_chunks,
 )
 from runtime.similarity import cosine
 from runtime.tokenizer import TextTokenizer
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 64
 MIN_AGREEMENT = 0.99999
+TOKENIZE_CHUNK = 16_384  # prompts tokenized and sorted by length at a time (batches stay length-sorted)
+TABLE_CHUNK = 65_536  # rows of a table gathered, normalized and written at a time
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,14 @@ class EmbedVocabStage(Stage):
         )
         if missing:
             cache.update(encode_prompts(missing, export, info))
-        entries, stored = [], []
-        for category in categories:
-            vectors = np.stack([cache[category.prompt(label)] for label in category.labels])
-            file, rows = write_category(ctx.out_dir, category.spec.name, vectors)
-            stored.append(rows)
+        dim = info.projection_dim
+        ranks = RankModelBuilder(sum(len(c.labels) for c in categories), dim)
+        entries = []
+        for category in categories:  # each table streamed to its file and into the rank model: no whole copy
+            shape = (len(category.labels), dim)
+            file = write_category_chunks(ctx.out_dir, category.spec.name, shape, _rows(category, cache), ranks.add)
             entries.append(_index_entry(category, file))
-        rank = write_rank_model(ctx.out_dir / RANK_MODEL_FILE, np.concatenate(stored))
-        rank_model = RankModel(RANK_MODEL_FILE, **rank)
+        rank_model = RankModel(RANK_MODEL_FILE, **ranks.write(ctx.out_dir / RANK_MODEL_FILE))
         VocabIndex(spec.name, info.projection_dim, tuple(entries), rank_model, model_sha, TableModel.of(info)).write(
             ctx.out_dir
         )
@@ -138,8 +142,15 @@ def _warn_about_changed_labels(categories: list[Category]) -> None:
             log.warning("embed-vocab: %s: %s", category.spec.name, "; ".join(problems))
 
 
+def _rows(category: Category, cache: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
+    """The category's embeddings in order, TABLE_CHUNK rows at a time."""
+    for start in range(0, len(category.labels), TABLE_CHUNK):
+        yield np.stack([cache[category.prompt(label)] for label in category.labels[start : start + TABLE_CHUNK]])
+
+
 def _previous_embeddings(previous: Path, model_sha: str) -> dict[str, np.ndarray]:
-    """prompt -> embedding from the last good tables, when they came from the same text model."""
+    """prompt -> embedding from the last good tables, when they came from the same text model: rows of
+    the tables mapped from disk, not read into memory."""
     if not (previous / VocabIndex.FILE).is_file():
         return {}
     try:
@@ -150,38 +161,49 @@ def _previous_embeddings(previous: Path, model_sha: str) -> dict[str, np.ndarray
         return {}
     cache = {}
     for entry in index.categories:
-        vectors = np.load(previous / entry.file).astype(np.float32)
+        vectors = np.asarray(np.load(previous / entry.file, mmap_mode="r"))
         for label, vector in zip(entry.labels, vectors, strict=True):
             cache[entry.prompt(label)] = vector
     return cache
 
 
 def encode_prompts(prompts: list[str], export: Path, info: model_io.ExportInfo) -> dict[str, np.ndarray]:
-    """Every prompt's embedding from the batched text model. Where attention is causal (CLIP), prompts are
-    sorted by token count, batched, and cut after each batch's last EOS (the same numbers as the full
-    context; see model_io); other families see their full context, as the device's model does. Checked
-    against the fixed-shape model the device runs on the first prompt."""
+    """Every prompt's embedding from the batched text model, as the normalized float16 rows the tables
+    store. Where attention is causal (CLIP), prompts are sorted by token count, batched, and cut after
+    each batch's last EOS (the same numbers as the full context; see model_io); other families see their
+    full context, as the device's model does. TOKENIZE_CHUNK prompts are tokenized and sorted at a time,
+    so memory holds their ids and the float16 rows, whatever the vocabulary. Checked against the
+    fixed-shape model the device runs on the first prompt."""
     import onnxruntime as ort
 
     tokenizer = TextTokenizer.of_export(export, info)
     session = ort.InferenceSession(str(export / model_io.TEXT_BATCH_MODEL_FILE), providers=["CPUExecutionProvider"])
-    ids, _ = tokenizer.encode_batch(prompts)
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    rows = np.empty((len(prompts), info.projection_dim), dtype=np.float16)
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("embed-vocab", total=len(prompts))
+        for first in range(0, len(prompts), TOKENIZE_CHUNK):
+            ids, _ = tokenizer.encode_batch(prompts[first : first + TOKENIZE_CHUNK])
+            vectors = _encode_sorted(session, ids, info)
+            if first == 0:
+                _check_against_fixed_model(vectors[0], ids[:1], export / model_io.TEXT_MODEL_FILE)
+            rows[first : first + len(ids)] = normalized_rows(vectors)
+            bar.advance(task, len(ids))
+    return dict(zip(prompts, rows, strict=True))
+
+
+def _encode_sorted(session: Any, ids: np.ndarray, info: model_io.ExportInfo) -> np.ndarray:
+    """[len(ids), dim] float32 embeddings, BATCH prompts of similar token counts at a time."""
     if info.facts.text.cuttable:
         lengths = (ids == info.facts.text.eos_id).argmax(axis=1) + 1  # through the first EOS
     else:
-        lengths = np.full(len(prompts), info.context_length)
+        lengths = np.full(len(ids), info.context_length)
     order = np.argsort(lengths, kind="stable")
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    vectors = np.empty((len(prompts), info.projection_dim), dtype=np.float32)
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("embed-vocab", total=len(prompts))
-        for start in range(0, len(order), BATCH):
-            rows = order[start : start + BATCH]
-            cut = int(lengths[rows].max())
-            vectors[rows] = session.run(None, {model_io.TEXT_INPUT: ids[rows, :cut]})[0]
-            bar.advance(task, len(rows))
-    _check_against_fixed_model(vectors[0], ids[:1], export / model_io.TEXT_MODEL_FILE)
-    return dict(zip(prompts, vectors, strict=True))
+    vectors = np.empty((len(ids), info.projection_dim), dtype=np.float32)
+    for start in range(0, len(order), BATCH):
+        batch = order[start : start + BATCH]
+        vectors[batch] = session.run(None, {model_io.TEXT_INPUT: ids[batch, : int(lengths[batch].max())]})[0]
+    return vectors
 
 
 def _check_against_fixed_model(vector: np.ndarray, ids: np.ndarray, model: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -56,3 +58,14 @@ def build_every_stage(root: Path, model: str = "builtin:tiny-clip") -> Path:
     outcomes = run(load_config(path), StageGraph(ALL_STAGES), RunRequest())
     assert [o.outcome.value for o in outcomes] == ["ran"] * len(STAGES), outcomes
     return root / "artifacts"
+
+
+def interruptible(command: list[str], **options: object) -> subprocess.Popen:
+    """A process a test will Ctrl+C (SIGINT). pytest-xdist's workers ignore SIGINT, and an ignored signal
+    stays ignored across exec: Python would then never raise KeyboardInterrupt in the child. So the child
+    is started while SIGINT has its default handler here."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, **options)  # type: ignore[call-overload]
+    finally:
+        signal.signal(signal.SIGINT, previous)

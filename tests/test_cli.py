@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, STAGES, tiny_config_dict
+from tests.helpers import REPO, STAGES, interruptible, tiny_config_dict
 
 
 def invoke(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -269,7 +269,7 @@ def test_ctrl_c_on_caption_exits_130_saying_what_was_written_and_how_to_resume(
         "--out",
         str(out),
     ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = interruptible(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     jsonl = out / "captions.jsonl"
     deadline = time.monotonic() + 120
     while not (jsonl.is_file() and jsonl.read_text().count("\n") >= 3):

@@ -35,7 +35,7 @@ from pipeline.runner import Outcome, RunRequest, run
 from stages import ALL_STAGES
 from stages.config import PipelineConfig, load_config
 from tests.dockerd import DockerEngine
-from tests.helpers import REPO, device_set, tiny_config_dict
+from tests.helpers import REPO, device_set, interruptible, tiny_config_dict
 from tests.sshd import SshServer
 
 pytestmark = pytest.mark.slow  # minutes of sshd, docker stand-in and device runs: `-m 'not slow'` skips
@@ -59,7 +59,7 @@ def remote_config(
 
 
 def _invoke_all(config_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+    return interruptible(
         [sys.executable, "-m", "invoke", "all", "--config", str(config_path)],
         cwd=REPO,
         stdout=subprocess.PIPE,
