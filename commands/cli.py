@@ -245,8 +245,8 @@ def _interrupted_caption(cleaned: str) -> Iterator[None]:
         summary = getattr(exc, "summary", None)
         written = f"{summary.captioned} captions written this run" if summary else "no caption written yet"
         raise Exit(
-            f"interrupted: {written} (each caption file whole, and in captions.jsonl); {cleaned}. Run the same "
-            "command again to resume: images with a caption are skipped.",
+            f"interrupted: {written} (each caption file is whole); {cleaned}. Run the same command again to "
+            "resume: images with a caption are skipped.",
             code=130,
         ) from None
 

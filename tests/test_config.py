@@ -145,7 +145,7 @@ def test_an_alias_bomb_is_refused_at_once_without_expanding(write_config) -> Non
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"more than 200,000 values once its aliases"):
         load_config(path)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # not the ~70 s of expanding it, even on a loaded machine
 
 
 def test_deep_nesting_is_one_error_not_a_recursion_traceback(write_config) -> None:

@@ -321,7 +321,7 @@ def test_a_lock_left_without_a_pid_is_reported_at_once_with_the_command_that_cle
     started = time.monotonic()
     with pytest.raises(HostError, match=r"held by no process.*rm -rf .*\.lock"), exclusive(transport, ".lock", 600):
         pass
-    assert time.monotonic() - started < 15 and lock.is_dir()
+    assert time.monotonic() - started < 60 and lock.is_dir()  # not the 600 s wait, even on a loaded machine
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to run as another user")
