@@ -6,7 +6,6 @@ Started the way ansible/pylibssh's test suite does: a free loopback port, a priv
 from __future__ import annotations
 
 import getpass
-import pwd
 import shutil
 import socket
 import subprocess
@@ -50,38 +49,38 @@ def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
-def _as_fresh_account(command: list[str], root: Path, shell: str) -> list[str]:
-    """`command` in a private mount namespace whose /etc/passwd gives this user `shell` as login shell and
-    an empty home folder below `root`: sshd runs every command as `<login shell> -c '<command>'` (as a Mac's
-    does with zsh), and bash run by sshd sources ~/.bashrc, which on this machine runs `pyenv init` (about
-    a third of a second) for each of the hundreds of commands a remote test sends. A device's account
-    has a home of its own; the machine's root does not lend it its shell setup."""
+def _with_login_shell(command: list[str], root: Path, shell: str) -> list[str]:
+    """`command` in a private mount namespace whose /etc/passwd gives this user `shell` as login shell:
+    sshd runs every command as `<login shell> -c '<command>'`, as a Mac's sshd does with zsh. (Mounts made
+    later outside, such as a test's tmpfs, are not seen inside: / is a private mount here.)"""
     if not Path(shell).exists():
         raise RuntimeError(f"{shell} not found: install it (tests/run.sh installs Debian's zsh)")
     user = getpass.getuser()
-    home = root / "home"
-    home.mkdir()
     lines = Path("/etc/passwd").read_text().splitlines()
     passwd = root / "passwd"
     passwd.write_text(
-        "\n".join(":".join([*f.split(":")[:5], str(home), shell]) if f.split(":")[0] == user else f for f in lines)
-        + "\n"
+        "\n".join(":".join([*f.split(":")[:6], shell]) if f.split(":")[0] == user else f for f in lines) + "\n"
     )
     bind = 'mount --bind "$0" /etc/passwd && exec "$@"'
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, str(passwd), *command]
 
 
 def start_sshd(root: Path, login_shell: str | None = None) -> tuple[subprocess.Popen, SshServer]:
-    """An sshd on a free loopback port for a fresh account of this user (see _as_fresh_account): its login
-    shell `login_shell`, else the user's own."""
+    """An sshd on a free loopback port; with `login_shell`, the user's login shell is that one for it.
+
+    Sessions get an empty HOME of their own (sshd's SetEnv overrides the account's): bash run by sshd
+    sources ~/.bashrc, which on this machine runs `pyenv init` (about a third of a second) for each of the
+    hundreds of commands a remote test sends; a device's account has a home of its own, and the machine's
+    root does not lend it its shell setup."""
     if not Path(SSHD).exists():
         raise RuntimeError("sshd not found: install openssh-server (.ci/run does)")
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)
     for name in ("host_key", "client_key", "other_key"):
         _keygen(root / name)
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
-    bin_dir = root / "bin"
+    bin_dir, home = root / "bin", root / "home"
     bin_dir.mkdir()
+    home.mkdir()
     port = free_port()
     sftp = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server") if Path(p).exists()), None)
     config = root / "sshd_config"
@@ -102,13 +101,14 @@ def start_sshd(root: Path, login_shell: str | None = None) -> tuple[subprocess.P
                 "MaxStartups 50",
                 "LogLevel ERROR",
                 f"Subsystem sftp {sftp or 'internal-sftp'}",
-                f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin PYTHONPATH={STANDINS / 'python'}",
+                f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin PYTHONPATH={STANDINS / 'python'} HOME={home}",
             ]
         )
         + "\n"
     )
-    shell = login_shell or pwd.getpwnam(getpass.getuser()).pw_shell
-    command = _as_fresh_account([SSHD, "-D", "-e", "-f", str(config)], root, shell)
+    command = [SSHD, "-D", "-e", "-f", str(config)]
+    if login_shell:
+        command = _with_login_shell(command, root, login_shell)
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
