@@ -22,13 +22,10 @@ PROJECT = Path(__file__).resolve().parent.parent
 RUNTIME_DIR = PROJECT / "runtime"
 SHIPPED_PACKAGES = ("runtime", "common")  # the device runtime and the bottom package it imports
 VENV = "venv"  # in the host's workdir
-
-
 REQUIREMENTS = RUNTIME_DIR / "requirements.txt"
 LOCK = RUNTIME_DIR / "constraints.txt"  # made by deploy/runtime_lock.py from the project's constraints.txt
 MARKER = ".requirements.sha256"  # in the venv: the digest of the requirements it was built from
-# What pip needs a minute for: one download and install of the runtime's wheels on a Pi.
-INSTALL_TIMEOUT_S = 1800
+INSTALL_TIMEOUT_S = 1800  # the longest pip may take: one download and install of the runtime's wheels on a Pi
 
 
 def install_runtime(transport: Transport, python: str) -> tuple[str, str]:
