@@ -172,8 +172,8 @@ def _start(config: PipelineConfig, device: NamedDevice, request: ServeRequest, a
             pid, log = SERVER.start(transport, app, argv), SERVER.log(transport)
         else:
             _install_service(transport, manager, app, argv)
-            pid, log = manager.main_pid(transport) or 0, f"journalctl {_journal(manager)}"
-        health = _wait_healthy(transport, python, request.port or DEFAULT_PORT, pid)
+            pid, log = manager.main_pid(transport), f"journalctl {_journal(manager)}"
+        health = _wait_healthy(transport, python, request.port or DEFAULT_PORT, pid) if pid else None
         if health is None:
             tail = SERVER.log_tail(transport) if manager is None else _journal_tail(transport, manager)
             _stop_server(transport, manager)
