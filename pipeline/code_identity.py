@@ -5,7 +5,12 @@ was missing from it, so editing it left compile up to date). The closure is comp
 `ast`, imports inside functions included, without importing anything (a no-op run never pays for torch).
 Importing `a.b.c` runs `a/__init__.py` and `a/b/__init__.py` too: their own text is part of it, but what
 they import is followed only when the code takes a name from the package itself (`from a import f`), so a
-registry such as stages/__init__.py does not make every stage part of every other.
+registry such as stages/__init__.py does not make every stage part of every other. Imports under
+`if TYPE_CHECKING:` are for the type checker and never run, so they are not followed.
+
+A Python file counts by its syntax tree with docstrings and `TYPE_CHECKING` blocks left out, so a comment,
+a reworded docstring or a reformat leaves every stage up to date: a tool upgrade that changes no behaviour
+must not rerun a Pulsar2 compile of hours. Other files (what a stage ships) count by their bytes.
 """
 
 from __future__ import annotations
@@ -46,8 +51,53 @@ def import_closure(start: Path, root: Path = PROJECT_ROOT) -> list[Path]:
 
 
 def code_digest(files: list[Path]) -> str:
-    """One digest of the files' paths (relative to the project) and contents."""
-    return sha256_text("\n".join(f"{_relative(path)}:{sha256_file(path)}" for path in sorted(set(files))))
+    """One digest of the files' paths (relative to the project) and code (see the module's docstring)."""
+    return sha256_text("\n".join(f"{_relative(path)}:{_file_digest(path)}" for path in sorted(set(files))))
+
+
+def _file_digest(path: Path) -> str:
+    if path.suffix != ".py":
+        return sha256_file(path)
+    stat = path.stat()
+    return _code_digest(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _code_digest(path: Path, mtime_ns: int, size: int) -> str:
+    """The digest of what the file runs; read once per version of the file (mtime and size are the key)."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    return sha256_text(ast.dump(_WithoutDocsOrTypeChecking().visit(tree), include_attributes=False))
+
+
+class _WithoutDocsOrTypeChecking(ast.NodeTransformer):
+    """Drops docstrings and `if TYPE_CHECKING:` bodies (an `else:` runs, so it stays)."""
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        body = getattr(node, "body", None)
+        documented = isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        if documented and body and _is_docstring(body[0]):
+            node.body = body[1:] or [ast.Pass()]
+        return super().generic_visit(node)
+
+    def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt] | None:
+        if _is_type_checking(node.test):
+            return [self.visit(statement) for statement in node.orelse] or None
+        return self.generic_visit(node)
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -76,15 +126,17 @@ def _imported_names(path: Path, root: Path) -> list[tuple[str, bool]]:
 
 
 def _statements(tree: ast.Module) -> list[ast.AST]:
-    """Every statement, nested ones too (imports sit in function, class, if and try bodies); expressions,
-    most of a tree, are not walked."""
+    """Every statement that can run, nested ones too (imports sit in function, class, if and try bodies);
+    expressions, most of a tree, are not walked, nor are `if TYPE_CHECKING:` bodies."""
     found: list[ast.AST] = []
     pending: list[ast.AST] = [tree]
     while pending:
         node = pending.pop()
         found.append(node)
+        skip_body = isinstance(node, ast.If) and _is_type_checking(node.test)
         for body in ("body", "orelse", "finalbody", "handlers", "cases"):
-            pending.extend(getattr(node, body, None) or [])
+            if not (skip_body and body == "body"):
+                pending.extend(getattr(node, body, None) or [])
     return found
 
 

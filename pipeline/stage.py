@@ -97,10 +97,14 @@ class Stage(ABC):
         """Files this stage puts on another machine and runs there (the device runtime): its code too."""
         return []
 
+    def code_files(self) -> list[Path]:
+        """This stage's module, every project module it imports (computed, see code_identity), and what
+        it ships."""
+        return import_closure(Path(inspect.getfile(type(self)))) + self.shipped_files()
+
     def code_version(self) -> str:
-        """Digest of this stage's module, every project module it imports (computed, see code_identity),
-        and what it ships: changed code reruns it."""
-        return code_digest(import_closure(Path(inspect.getfile(type(self)))) + self.shipped_files())
+        """Digest of `code_files`: changed code reruns the stage; a changed comment does not."""
+        return code_digest(self.code_files())
 
 
 def report_file(artifacts: Path, stage: str) -> Path:
