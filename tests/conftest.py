@@ -26,7 +26,7 @@ from tests.dockerd import (
     import_standin_image,
     running_dockerd,
 )
-from tests.helpers import build_every_stage, device_set, tiny_config_dict
+from tests.helpers import MODELS, build_every_stage, device_set, tiny_config_dict
 from tests.loopback import app_clients
 from tests.once import hardlinked_copy, made_once
 from tests.sshd import SshServer, start_sshd
@@ -50,6 +50,19 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 def built_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every stage run once per test run on the tiny CLIP; tests copy the result rather than rebuild it."""
     return made_once(tmp_path_factory, "built", build_every_stage) / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def family_build(tmp_path_factory: pytest.TempPathFactory, built_artifacts: Path) -> Callable[[str], Path]:
+    """family -> its artifacts after every stage, built once per test run (CLIP's are the shared build)."""
+
+    def build(family: str) -> Path:
+        if family == "clip":
+            return built_artifacts
+        made = made_once(tmp_path_factory, f"built-{family}", lambda root: build_every_stage(root, MODELS[family]))
+        return made / "artifacts"
+
+    return build
 
 
 @pytest.fixture(scope="module")

@@ -69,3 +69,17 @@ def interruptible(command: list[str], **options: object) -> subprocess.Popen:
         return subprocess.Popen(command, **options)  # type: ignore[call-overload]
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+FAMILIES = {"clip": "builtin:tiny-clip", "siglip": "builtin:tiny-siglip", "chinese_clip": "builtin:tiny-chinese-clip"}
+# The original SigLIP checkpoints' tokenizer: SentencePiece only, converted to tokenizer.json at export.
+MODELS = {**FAMILIES, "siglip_sentencepiece": "builtin:tiny-siglip-sentencepiece"}
+
+
+def transformers_reference(export: Path) -> tuple:
+    """transformers' own model, tokenizer and image processor for the model export loaded."""
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    source = next((export.parent / "cache").rglob("config.json")).parent
+    model = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
+    return model, AutoTokenizer.from_pretrained(source), AutoImageProcessor.from_pretrained(source)

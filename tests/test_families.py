@@ -27,13 +27,9 @@ from runtime.preprocess import Fidelity, open_image, preprocess
 from runtime.tokenizer import TextTokenizer
 from stages import ALL_STAGES
 from stages.config import load_config
-from tests.helpers import IMAGES, REPO, build_every_stage, device_set, tiny_config_dict
+from tests.helpers import FAMILIES, IMAGES, MODELS, REPO, device_set, tiny_config_dict, transformers_reference
 from tests.loopback import app_clients
-from tests.once import made_once
 
-FAMILIES = {"clip": "builtin:tiny-clip", "siglip": "builtin:tiny-siglip", "chinese_clip": "builtin:tiny-chinese-clip"}
-# The original SigLIP checkpoints' tokenizer: SentencePiece only, converted to tokenizer.json at export.
-MODELS = {**FAMILIES, "siglip_sentencepiece": "builtin:tiny-siglip-sentencepiece"}
 PROMPTS = [
     "a photo of a cat",
     "A Photo Of A CAT, oil painting!",
@@ -43,28 +39,6 @@ PROMPTS = [
     "",
     "word " * 100,
 ]
-
-
-@pytest.fixture(scope="session")
-def family_build(tmp_path_factory: pytest.TempPathFactory, built_artifacts: Path) -> Callable[[str], Path]:
-    """family -> its artifacts after every stage, built once per test run (CLIP's are the shared build)."""
-
-    def build(family: str) -> Path:
-        if family == "clip":
-            return built_artifacts
-        made = made_once(tmp_path_factory, f"built-{family}", lambda root: build_every_stage(root, MODELS[family]))
-        return made / "artifacts"
-
-    return build
-
-
-def _reference(export: Path) -> tuple:
-    """transformers' own model, tokenizer and image processor for the model export loaded."""
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-
-    source = next((export.parent / "cache").rglob("config.json")).parent
-    model = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
-    return model, AutoTokenizer.from_pretrained(source), AutoImageProcessor.from_pretrained(source)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -98,7 +72,7 @@ def test_token_ids_are_transformers_own(family: str, family_build: Callable[[str
     export = family_build(family) / "export"
     info = ExportInfo.read(export)
     assert info.facts.family == family.removesuffix("_sentencepiece")
-    _, tokenizer, _ = _reference(export)
+    _, tokenizer, _ = transformers_reference(export)
     ours, cut = TextTokenizer.of_export(export, info).encode_batch(PROMPTS)
     expected = tokenizer(PROMPTS, padding="max_length", max_length=info.context_length, truncation=True)
     assert ours.tolist() == expected["input_ids"]
@@ -109,7 +83,7 @@ def test_token_ids_are_transformers_own(family: str, family_build: Callable[[str
 def test_pixels_are_transformers_own_on_non_square_photos(family: str, family_build: Callable[[str], Path]) -> None:
     export = family_build(family) / "export"
     config = ExportInfo.read(export).facts.preprocess
-    _, _, processor = _reference(export)
+    _, _, processor = transformers_reference(export)
     photos = [open_image(p) for p in sorted(IMAGES.glob("*.jpg"))[:2]]
     photos += [photos[0].resize((300, 171)), photos[0].resize((90, 333))]
     for photo in photos:
@@ -130,7 +104,7 @@ def test_device_embeddings_and_probabilities_are_the_model_s(family: str, family
     models = device_set(artifacts.parent / "device" / "models")
     runtime = ClipRuntime.load(models, fidelity=Fidelity.EXACT)
     interrogator = Interrogator(runtime, LabelTables.load(models / VOCAB_DIR))
-    model, tokenizer, processor = _reference(export)
+    model, tokenizer, processor = transformers_reference(export)
     photo = open_image(IMAGES / "cat.jpg")
     with torch.no_grad():
         reference = _features(model.get_image_features(**processor(images=photo, return_tensors="pt")))[0]

@@ -10,19 +10,23 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from runtime.classify import Classifier, ClassifyAnswer, ClassifyLimits, Question
 from runtime.errors import NpuBusy, ServerBusy
 from runtime.images import ImagePolicy, decode_image
 from runtime.interrogator import Interrogation, Interrogator, Scores
+from runtime.label_cache import CacheSettings
+from runtime.label_tables import normalize
 from runtime.npu import IdleUnloader
 from runtime.prompt_modes import PromptBuilder, PromptMode, PromptResult, PromptSettings
 from runtime.server.auth import authenticator
@@ -30,6 +34,7 @@ from runtime.server.errors import install_error_handlers
 from runtime.server.limits import AdmissionGate, BodyBudget, RequestBodyLimits
 from runtime.server.options import Options, OptionsStore
 from runtime.server.schemas import (
+    ClassifyRequest,
     DetailedResponse,
     Health,
     InterrogateRequest,
@@ -55,6 +60,8 @@ class ServerSettings:
     prompt: PromptSettings = field(default_factory=PromptSettings)  # clip-interrogator's modes
     model_names: tuple[str, ...] = ()  # more names the served model answers to (/interrogator/models)
     refuse_other_models: bool = False  # a clip_model_name not served: 404 (else the served model answers)
+    classify: ClassifyLimits = field(default_factory=ClassifyLimits)  # /clip/v1/classify's bounds
+    label_cache: CacheSettings = field(default_factory=CacheSettings)  # its labels' embeddings kept
 
 
 def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
@@ -123,15 +130,15 @@ class InterrogationService:
         }
         self.options = OptionsStore(settings.options_file, [c.name for c in interrogator.tables.categories], fixed)
         self.prompts = PromptBuilder(interrogator, settings.prompt)
+        self.classifier = Classifier.open(interrogator, settings.classify, settings.label_cache)
         self.started = time.time()
 
     def model_names(self) -> list[str]:
         """What /interrogator/models lists: the served model's id, then any names it also answers to."""
         return list(dict.fromkeys((self.interrogator.clip.info.model, *self.settings.model_names)))
 
-    def score(self, image_field: str) -> tuple[Scores, dict[str, float]]:
-        """Decode (never an unbounded wait for a slot: slow image URLs may hold them all), preprocess,
-        then encode and the coarse rank."""
+    def pixels(self, image_field: str) -> tuple[np.ndarray, dict[str, float]]:
+        """Decode (never an unbounded wait for a slot: slow image URLs may hold them all) and preprocess."""
         begin, wait = time.perf_counter(), self.settings.queue_timeout_s
         if not self.decoders.acquire(timeout=wait):
             raise ServerBusy(f"Server busy: every image decoder stayed busy for {wait:g} s")
@@ -142,22 +149,32 @@ class InterrogationService:
             del image
         finally:
             self.decoders.release()
-        prepared = time.perf_counter()
-        try:
-            scores, timings = self.interrogator.score(pixels, wait=wait)
-        except NpuBusy as exc:
-            raise ServerBusy(f"Server busy: {exc}; retry shortly") from exc
-        timings.update(decode=(decoded - begin) * 1e3, preprocess=(prepared - decoded) * 1e3)
-        return scores, timings
+        return pixels, {"decode": (decoded - begin) * 1e3, "preprocess": (time.perf_counter() - decoded) * 1e3}
+
+    def score(self, image_field: str) -> tuple[Scores, dict[str, float]]:
+        """The image against every label: encode and the coarse rank."""
+        pixels, prepared = self.pixels(image_field)
+        with _busy_is_503():
+            scores, timings = self.interrogator.score(pixels, wait=self.settings.queue_timeout_s)
+        return scores, {**timings, **prepared}
+
+    def classify(self, image_field: str, question: Question) -> ClassifyAnswer:
+        """The image against the labels the question names (runtime/classify.py)."""
+        self.classifier.check(question)  # before decoding: a question over the bounds is refused at once
+        pixels, prepared = self.pixels(image_field)
+        wait = self.settings.queue_timeout_s
+        with _busy_is_503():
+            embedding, timings = self.interrogator.embed(pixels, wait=wait)
+            answer = self.classifier.classify(normalize(embedding), question, wait=wait)
+        answer.timings_ms = {**{k: round(v, 2) for k, v in {**timings, **prepared}.items()}, **answer.timings_ms}
+        return answer
 
     def prompt(self, image_field: str, mode: PromptMode) -> PromptResult:
         """clip-interrogator's prompt in `mode`; the text encoder comes onto the NPU when the mode needs it."""
         self.prompts.require(mode)  # before decoding: a vocabulary without the lists is one clear error
         scores, timings = self.score(image_field)
-        try:
+        with _busy_is_503():
             result = self.prompts.prompt(scores, mode, wait=self.settings.queue_timeout_s)
-        except NpuBusy as exc:
-            raise ServerBusy(f"Server busy: {exc}; retry shortly") from exc
         result.timings_ms = {**timings, **result.timings_ms}
         return result
 
@@ -204,6 +221,15 @@ class InterrogationService:
         )
 
 
+@contextmanager
+def _busy_is_503() -> Iterator[None]:
+    """The NPU busy past the queue's wait (another program holds it): a 503 to retry, as a full queue."""
+    try:
+        yield
+    except NpuBusy as exc:
+        raise ServerBusy(f"Server busy: {exc}; retry shortly") from exc
+
+
 def current_service(request: Request) -> InterrogationService:
     """What every endpoint is given: the service `include_interrogation` put on the app."""
     return getattr(request.app.state, SERVICE_STATE)
@@ -241,6 +267,14 @@ async def interrogate_detailed(request: InterrogateRequest, service: Service) ->
     """Every category's picks and best labels with their cosines, the tags, and where the time went."""
     with service.gate.admitted():
         return await run_in_threadpool(service.detailed, request)
+
+
+@detailed_router.post("/clip/v1/classify", response_model=ClassifyAnswer)
+async def classify(request: ClassifyRequest, service: Service) -> ClassifyAnswer:
+    """The image against labels named in the request: `categories`, or the shorthand `labels` (one
+    category, every label ranked). New labels are encoded on the NPU once, then cached."""
+    with service.gate.admitted():
+        return await run_in_threadpool(service.classify, request.image, request.question())
 
 
 @health_router.get("/healthz", response_model=Health)

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import UserError
+from runtime.classify import QuestionRefused
 from runtime.errors import ImageTooLarge, InvalidImage, NpuBusy, OptionRefused, ServerBusy
 from runtime.prompt_modes import PromptError
 
@@ -47,6 +48,7 @@ STATUSES: tuple[tuple[type[UserError], int], ...] = (
     (ServerBusy, 503),
     (NpuBusy, 503),
     (PromptError, 501),  # a prompt mode the served vocabulary cannot answer (no clip-interrogator lists)
+    (QuestionRefused, 422),  # a classify question over the service's bounds
 )
 
 

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from runtime.answers import InterrogationAnswer
+from runtime.classify import Question, QuestionCategory
 
 
 class InterrogateRequest(BaseModel):
@@ -13,6 +14,38 @@ class InterrogateRequest(BaseModel):
 
     image: str = Field("", description="the image: base64, or a data:image/...;base64, URL")
     model: str = Field("clip", description="clip (caption) or deepdanbooru (tags)")
+
+
+class ClassifyRequest(BaseModel):
+    """`categories`, or the shorthand `labels` (with a `template`): one category, every label ranked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field("", description="the image: base64, or a data:image/...;base64, URL")
+    categories: list[QuestionCategory] | None = None
+    labels: list[str] | None = None
+    template: str = Field("{}", description="with `labels`: each label is put in it at {}")
+
+    _question: Question | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _one_question(self) -> ClassifyRequest:
+        if (self.categories is None) == (self.labels is None):
+            raise ValueError("send `categories` (a list of {name, labels, ...}) or `labels` (a list of strings)")
+        if self.categories is not None and self.template != "{}":
+            raise ValueError("`template` goes with `labels`; each category has its own")
+        try:
+            if self.labels is not None:
+                self._question = Question.of_labels(self.labels, self.template)
+            else:
+                self._question = Question(categories=self.categories or [])
+        except ValidationError as exc:  # the shorthand's one category, or the whole question, as a request error
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        return self
+
+    def question(self) -> Question:
+        assert self._question is not None  # set by the validator
+        return self._question
 
 
 class InterrogateResponse(BaseModel):
