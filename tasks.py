@@ -8,7 +8,7 @@ from __future__ import annotations
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from commands.cli import caption_images, run_stages, serve_command, setup_logging, show_status
+from commands.cli import caption_images, classify_images, run_stages, serve_command, setup_logging, show_status
 from commands.serving import ServeRequest
 from pipeline.runner import RunRequest
 
@@ -73,6 +73,39 @@ def caption(
     """Caption a folder of images for a training set: a .txt per image and a JSONL; resumable."""
     setup_logging(False)
     caption_images(config, images, out, models, ranks, overwrite, npu_lock, mode, host)
+
+
+@task(
+    help={
+        "images": "folder of images (searched recursively)",
+        "labels": 'labels to score, comma-separated: "a photo of text,a photo"',
+        "template": "with --labels: each label is put in it at {}, e.g. 'a photo of {}'",
+        "question": "a YAML file of categories: [{name, labels, mode: one|top|many, k, threshold, template}, ...]",
+        "out": "write classify.jsonl and classify.csv here instead of beside the images",
+        "models": "models dir as fetch lays it out (default: the local device's, from the config)",
+        "config": _HELP["config"],
+        "overwrite": "answer again every image (else images already in classify.jsonl are skipped)",
+        "npu-lock": "hold an exclusive flock on this file around every NPU call (default: device.npu_lock)",
+        "host": "classify on these devices with Dask: a device name, a comma list, or all (default: all, when "
+        "the devices are other machines; else here)",
+    }
+)
+def classify(
+    c: Context,
+    images: str,
+    labels: str | None = None,
+    template: str | None = None,
+    question: str | None = None,
+    out: str | None = None,
+    models: str | None = None,
+    config: str | None = None,
+    overwrite: bool = False,
+    npu_lock: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Answer a question about each image of a folder (labels, or categories): classify.jsonl and a CSV table."""
+    setup_logging(False)
+    classify_images(config, images, labels, question, template, out, models, overwrite, npu_lock, host)
 
 
 @task(
@@ -161,7 +194,7 @@ def _stage_task(name: str, doc: str) -> object:
 def _collection() -> Collection:
     from stages import ALL_STAGES
 
-    namespace = Collection(all, status, caption, serve)
+    namespace = Collection(all, status, caption, classify, serve)
     for stage in ALL_STAGES:
         namespace.add_task(_stage_task(stage.name, stage.help))
     return namespace

@@ -23,6 +23,7 @@ from stages.config import PipelineConfig, load_config
 
 if TYPE_CHECKING:
     from runtime.captioning import CaptionSummary
+    from runtime.classify import Question
 
 DEFAULT_CONFIG = "pipeline.yaml"
 _STYLE = {
@@ -210,10 +211,11 @@ def caption_images(
     npu_lock: str | None = None,
     mode: str | None = None,
     host: str | None = None,
+    question: Question | None = None,
 ) -> None:
     """Caption every image below `images` with the fetched models and vocabulary tables (with `mode`,
-    clip-interrogator's prompt in that mode): here, or across the devices (`--host`, or whenever the devices
-    are other machines) with Dask."""
+    clip-interrogator's prompt in that mode; with `question`, its answer): here, or across the devices
+    (`--host`, or whenever the devices are other machines) with Dask."""
     from runtime.prompt_modes import PromptMode
 
     images_dir = Path(images)
@@ -230,10 +232,59 @@ def caption_images(
             if npu_lock:
                 raise PipelineError("--npu-lock is for captioning here; on devices set device.npu_lock")
             with _interrupted_caption("the devices' caption workers were stopped"):
-                _caption_on_devices(config.with_devices(host or "all"), images_dir, out, ranks, overwrite, mode)
+                devices = config.with_devices(host or "all")
+                _caption_on_devices(devices, images_dir, out, ranks, overwrite, mode, question)
             return
         with _interrupted_caption("nothing is left running"):
-            _caption_here(config, images_dir, out, models, ranks, overwrite, npu_lock, mode)
+            _caption_here(config, images_dir, out, models, ranks, overwrite, npu_lock, mode, question)
+
+
+def classify_images(
+    config_path: str | None,
+    images: str,
+    labels: str | None,
+    question_file: str | None,
+    template: str | None,
+    out: str | None = None,
+    models: str | None = None,
+    overwrite: bool = False,
+    npu_lock: str | None = None,
+    host: str | None = None,
+) -> None:
+    """Every image below `images` against the labels, or the question file's categories: classify.jsonl and
+    classify.csv, here or across the devices as `invoke caption` runs."""
+    with user_errors():
+        question = read_question(labels, question_file, template)
+    caption_images(config_path, images, out, models, False, overwrite, npu_lock, host=host, question=question)
+
+
+def read_question(labels: str | None, question_file: str | None, template: str | None) -> Question:
+    """--labels "a,b,c" (with --template) or --question FILE.yaml (the request's `categories`), checked as the
+    service checks a request."""
+    import yaml
+    from pydantic import ValidationError
+
+    from runtime.classify import Question
+
+    if (labels is None) == (question_file is None):
+        raise PipelineError('pass --labels "a,b,c" or --question FILE.yaml', hint="one of them, not both")
+    where = "--labels" if labels is not None else question_file
+    try:
+        if labels is not None:
+            return Question.of_labels(labels.split(","), template or "{}")
+        if template:
+            raise PipelineError("--template goes with --labels", hint="a question file gives each category its own")
+        text = Path(str(question_file)).read_text(encoding="utf-8")
+        return Question.model_validate(yaml.safe_load(text))
+    except OSError as exc:
+        raise PipelineError(f"--question {question_file}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{question_file}: not YAML ({exc})".replace("\n", " ")) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in exc.errors())
+        raise PipelineError(
+            f"{where}: {problems}", hint="see README: classify (categories: [{name, labels, mode}, ...])"
+        ) from None
 
 
 @contextmanager
@@ -252,23 +303,30 @@ def _interrupted_caption(cleaned: str) -> Iterator[None]:
 
 
 def _caption_on_devices(
-    config: PipelineConfig, images_dir: Path, out: str | None, ranks: bool, overwrite: bool, mode: str | None
+    config: PipelineConfig,
+    images_dir: Path,
+    out: str | None,
+    ranks: bool,
+    overwrite: bool,
+    mode: str | None,
+    question: Question | None,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from deploy.fleet_caption import FleetCaptionJob, FleetProgress, caption_on_fleet
     from runtime.preprocess import find_images
 
-    job = FleetCaptionJob(images_dir, Path(out) if out else None, ranks, overwrite, mode)
+    job = FleetCaptionJob(images_dir, Path(out) if out else None, ranks, overwrite, mode, question=question)
+    verb = "classify" if question else "caption"
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("caption", total=len(find_images(images_dir)))
+        task = bar.add_task(verb, total=len(find_images(images_dir)))
 
         def advance(_: Path, progress: FleetProgress) -> None:
-            bar.update(task, advance=1, description=f"caption {progress.rates()}")
+            bar.update(task, advance=1, description=f"{verb} {progress.rates()}")
 
         summary = caption_on_fleet(config, job, advance)
-    _print_caption_summary(summary)
+    _print_caption_summary(summary, out or images_dir, question)
 
 
 def _caption_here(
@@ -280,10 +338,12 @@ def _caption_here(
     overwrite: bool,
     npu_lock: str | None,
     mode: str | None,
+    question: Question | None,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from runtime.captioning import caption_folder
+    from runtime.classify import BATCH_LIMITS, Classifier
     from runtime.interrogator import CaptionOptions
     from runtime.npu import NpuLock
     from runtime.opening import OpenOptions, open_interrogator
@@ -299,26 +359,33 @@ def _caption_here(
         prompts = (PromptBuilder(interrogator), PromptMode(mode)) if mode else None
         if prompts:
             prompts[0].require(prompts[1])
-    total = len(find_images(images_dir))
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("caption", total=total)
-        summary = caption_folder(
-            interrogator,
-            images_dir,
-            Path(out) if out else None,
-            options=CaptionOptions(ranks=ranks),
-            overwrite=overwrite,
-            on_image=lambda _: bar.advance(task),
-            prompts=prompts,
-        )
-    _print_caption_summary(summary)
+        classify = (Classifier.open(interrogator, BATCH_LIMITS), question) if question else None
+        total = len(find_images(images_dir))
+        columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("classify" if question else "caption", total=total)
+            summary = caption_folder(
+                interrogator,
+                images_dir,
+                Path(out) if out else None,
+                options=CaptionOptions(ranks=ranks),
+                overwrite=overwrite,
+                on_image=lambda _: bar.advance(task),
+                prompts=prompts,
+                classify=classify,
+            )
+    _print_caption_summary(summary, out or images_dir, question)
 
 
-def _print_caption_summary(summary: CaptionSummary) -> None:
-    console.print(f"captioned {summary.captioned}, already done {summary.skipped}, unreadable {len(summary.failed)}")
+def _print_caption_summary(summary: CaptionSummary, folder: str | Path, question: Question | None) -> None:
+    done = "classified" if question else "captioned"
+    console.print(f"{done} {summary.captioned}, already done {summary.skipped}, unreadable {len(summary.failed)}")
     for path, reason in summary.failed:
         console.print(f"  skipped {path}: {reason}", markup=False)
+    if question:
+        from runtime.captioning import CLASSIFY_CSV, CLASSIFY_JSONL
+
+        console.print(f"answers: {Path(folder) / CLASSIFY_JSONL}; table: {Path(folder) / CLASSIFY_CSV}", markup=False)
 
 
 def serve_command(

@@ -31,6 +31,7 @@ from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.terminal import console
 from runtime.captioning import CaptionSummary, CaptionWriter
+from runtime.classify import Question
 from runtime.fleet_worker import NPU, DeviceSettings, InterrogatorPlugin, caption_batch, plugin_error
 from runtime.manifest import CURRENT_SET
 
@@ -54,6 +55,7 @@ class FleetCaptionJob:
     overwrite: bool = False
     mode: str | None = None
     preload: tuple[str, ...] = ()  # Dask `--preload` modules or files for every worker (bench/fleet.py's stand-in)
+    question: Question | None = None  # `invoke classify`: each image's answer instead of a caption
 
 
 @dataclass
@@ -99,6 +101,7 @@ def caption_on_fleet(
                 {device.name: o.result for device, o in zip(devices, started, strict=True) if o.result is not None},
                 job.ranks,
                 job.mode,
+                job.question,
             )
             _set_up(client, plugin)
             return _caption(client, job, on_image)
@@ -111,7 +114,7 @@ Batch = list[tuple[Path, Path, bytes]]  # (image, its .txt, its bytes)
 
 def _caption(client: Client, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]) -> CaptionSummary:
     progress = FleetProgress()
-    with CaptionWriter.open(job.images_dir, job.out_dir) as writer:
+    with CaptionWriter.open(job.images_dir, job.out_dir, job.question, job.overwrite) as writer:
         _caption_batches(client, writer, job, lambda path: on_image(path, progress), progress)
         return writer.summary
 

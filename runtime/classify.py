@@ -106,6 +106,10 @@ class ClassifyLimits:
     max_text_encodes: int = 256  # labels neither in the tables nor in the cache (a few ms each on the NPU)
 
 
+# A folder's run (`invoke classify`) encodes every new label of its question once, for the first image.
+BATCH_LIMITS = ClassifyLimits(max_text_encodes=ClassifyLimits.max_labels)
+
+
 class ClassifyAnswer(BaseModel):
     categories: list[CategoryAnswer]
     text_encodes: int  # labels this request encoded (the rest came from the tables or the cache)

@@ -14,6 +14,7 @@ from distributed import WorkerPlugin, get_worker
 
 from common.errors import UserError
 from runtime.captioning import UNREADABLE, CaptionTask
+from runtime.classify import BATCH_LIMITS, Classifier, Question
 from runtime.interrogator import CaptionOptions, Interrogator
 from runtime.npu import NpuLock
 from runtime.opening import OpenOptions, open_interrogator
@@ -40,8 +41,10 @@ class InterrogatorPlugin(WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, devices: dict[str, DeviceSettings], ranks: bool, mode: str | None) -> None:
-        self.devices, self.ranks, self.mode = devices, ranks, mode
+    def __init__(
+        self, devices: dict[str, DeviceSettings], ranks: bool, mode: str | None, question: Question | None = None
+    ) -> None:
+        self.devices, self.ranks, self.mode, self.question = devices, ranks, mode, question
         self.interrogator: Interrogator | None = None
         self.task = CaptionTask()
         self.device = ""
@@ -55,14 +58,17 @@ class InterrogatorPlugin(WorkerPlugin):
         )
         try:
             self.interrogator = open_interrogator(Path(settings.models), options)
-            prompts = None
+            prompts = classify = None
             if self.mode:
                 prompts = (PromptBuilder(self.interrogator), PromptMode(self.mode))
                 prompts[0].require(prompts[1])
+            if self.question:  # the label cache beside the device's set: a second run encodes nothing
+                classify = (Classifier.open(self.interrogator, BATCH_LIMITS), self.question)
+                classify[0].check(self.question)
         except UserError as exc:
             self.error = str(exc)
             return
-        self.task = CaptionTask(CaptionOptions(ranks=self.ranks), prompts)
+        self.task = CaptionTask(CaptionOptions(ranks=self.ranks), prompts, classify)
 
     def caption(self, data: bytes) -> dict[str, Any]:
         """{'text', 'record', 'device'}, or {'error', 'device'} for an image that cannot be captioned."""

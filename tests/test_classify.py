@@ -3,12 +3,18 @@ held to transformers' own zero-shot answer for the same tiny model."""
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from runtime.classify import Classifier, ClassifyLimits, Question, QuestionCategory
 from runtime.clip import ClipRuntime
@@ -17,7 +23,8 @@ from runtime.label_cache import CacheSettings, LabelCache
 from runtime.label_tables import LabelTables, normalize
 from runtime.model_io import ExportInfo
 from runtime.preprocess import Fidelity, open_image
-from tests.helpers import IMAGES, device_set, transformers_reference
+from tests.helpers import IMAGES, REPO, device_set, transformers_reference
+from tests.once import hardlinked_copy
 from tests.test_server import photo
 
 CLASSIFY = "/clip/v1/classify"
@@ -213,3 +220,68 @@ def test_a_question_file_validates_as_the_request_does() -> None:
     )
     assert question.categories[0] == QuestionCategory(name="screen", labels=["a photo of text", "a photo"], mode="one")
     assert question.digest() != Question.of_labels(["a photo of text", "a photo"]).digest()
+
+
+def _invoke_classify(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "invoke", "classify", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
+
+
+def test_invoke_classify_answers_a_folder_in_jsonl_and_a_table_and_resumes(
+    built_artifacts: Path, tmp_path: Path
+) -> None:
+    models = hardlinked_copy(built_artifacts.parent / "device" / "models", tmp_path / "models")
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for image in sorted(IMAGES.glob("*.jpg"))[:3]:
+        shutil.copy(image, photos / image.name)
+    shutil.copy(IMAGES / "cat.jpg", photos / "sub" / "cat.jpg")
+    out = tmp_path / "out"
+    common = ("--images", str(photos), "--models", str(models), "--out", str(out))
+
+    first = _invoke_classify(*common, "--labels", "a photo of text, a photo")
+    assert first.returncode == 0, first.stderr
+    assert "classified 4, already done 0" in first.stdout and str(out / "classify.csv") in first.stdout
+    lines = [json.loads(line) for line in (out / "classify.jsonl").read_text().splitlines()]
+    assert sorted(line["file"] for line in lines) == sorted(["sub/cat.jpg", *(p.name for p in photos.glob("*.jpg"))])
+    assert lines[0]["text_encodes"] == 2 and all(line["text_encodes"] == 0 for line in lines[1:])
+    table = list(csv.reader((out / "classify.csv").open(encoding="utf-8")))
+    assert table[0] == ["image", "labels"] and len(table) == 5
+    by_file = {line["file"]: line for line in lines}
+    for file, picks in table[1:]:
+        assert picks == ", ".join(p["label"] for p in by_file[file]["categories"][0]["picks"])
+    assert list((models / "clip-axera" / "label-cache").glob("*.npz"))  # beside the set, for the next run
+
+    again = _invoke_classify(*common, "--labels", "a photo of text, a photo")
+    assert again.returncode == 0 and "classified 0, already done 4" in again.stdout
+
+    question = tmp_path / "question.yaml"
+    question.write_text(
+        yaml.safe_dump(
+            {
+                "categories": [
+                    {"name": "age", "labels": ["a child", "an adult", "an elderly person"], "mode": "one"},
+                    {"name": "screen", "labels": ["a photo of text", "a photo"], "mode": "one"},
+                ]
+            }
+        )
+    )
+    other = _invoke_classify(*common, "--question", str(question))
+    assert other.returncode == 1 and "holds answers to another question" in other.stderr.strip().splitlines()[-1]
+    replaced = _invoke_classify(*common, "--question", str(question), "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    table = list(csv.reader((out / "classify.csv").open(encoding="utf-8")))
+    assert table[0] == ["image", "age", "screen"] and len(table) == 5
+    assert all(row[1] in {"a child", "an adult", "an elderly person"} for row in table[1:])
+
+    question.write_text("categories:\n  - name: age\n    labels: []\n")
+    bad = _invoke_classify(*common, "--question", str(question))
+    last = bad.stderr.strip().splitlines()[-1]
+    assert (
+        bad.returncode == 1
+        and last.startswith("error: ")
+        and "categories.0.labels" in last
+        and "Traceback" not in bad.stderr
+    )
+    neither = _invoke_classify(*common)
+    assert neither.returncode == 1 and "pass --labels" in neither.stderr

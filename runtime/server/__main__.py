@@ -16,9 +16,11 @@ from pathlib import Path
 import uvicorn
 
 from common.errors import UserError
+from runtime.classify import ClassifyLimits
 from runtime.clip import TEXT_UNLOAD_AFTER_S
 from runtime.errors import SettingsError
 from runtime.images import ImagePolicy
+from runtime.label_cache import CacheSettings
 from runtime.npu import NpuLock
 from runtime.opening import OpenOptions, open_interrogator
 from runtime.preprocess import Fidelity
@@ -45,8 +47,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime.server", description=__doc__.splitlines()[0])
     _add_model_arguments(parser)
     _add_prompt_arguments(parser)
+    _add_classify_arguments(parser)
     _add_limit_arguments(parser)
     return parser
+
+
+def _add_classify_arguments(parser: argparse.ArgumentParser) -> None:
+    """/clip/v1/classify: the bounds of one question, and the cache of the labels it encodes."""
+    limits, cache = ClassifyLimits(), CacheSettings()
+    parser.add_argument(
+        "--classify-max-categories", type=int, default=limits.max_categories, help="categories per classify request"
+    )
+    parser.add_argument(
+        "--classify-max-labels", type=int, default=limits.max_labels, help="labels per classify request, all categories"
+    )
+    parser.add_argument(
+        "--classify-max-label-chars", type=int, default=limits.max_label_chars, help="characters per label"
+    )
+    parser.add_argument(
+        "--classify-max-encodes",
+        type=int,
+        default=limits.max_text_encodes,
+        help="labels new to the server (not in its tables or cache) one classify request may encode",
+    )
+    parser.add_argument(
+        "--label-cache-entries", type=int, default=cache.entries, help="encoded labels kept (least recent leave first)"
+    )
+    parser.add_argument(
+        "--label-cache-mb", type=float, default=cache.bytes / MB, help="and at most this many MB of them"
+    )
+    parser.add_argument(
+        "--label-cache-dir",
+        type=Path,
+        help="where the label cache is saved (default: beside the model set, in fetch's clip-axera folder)",
+    )
 
 
 def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,6 +213,12 @@ def _check_limits(args: argparse.Namespace) -> None:
         "--chain-candidates": args.chain_candidates,
         "--max-text-encodes": args.max_text_encodes,
         "--text-unload-after": args.text_unload_after,
+        "--classify-max-categories": args.classify_max_categories,
+        "--classify-max-labels": args.classify_max_labels,
+        "--classify-max-label-chars": args.classify_max_label_chars,
+        "--classify-max-encodes": args.classify_max_encodes,
+        "--label-cache-entries": args.label_cache_entries,
+        "--label-cache-mb": args.label_cache_mb,
     }
     for flag, value in counts.items():
         if value <= 0:
@@ -219,6 +259,15 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         ),
         model_names=tuple(args.model_name),
         refuse_other_models=args.refuse_other_models,
+        classify=ClassifyLimits(
+            max_categories=args.classify_max_categories,
+            max_labels=args.classify_max_labels,
+            max_label_chars=args.classify_max_label_chars,
+            max_text_encodes=args.classify_max_encodes,
+        ),
+        label_cache=CacheSettings(
+            entries=args.label_cache_entries, bytes=int(args.label_cache_mb * MB), folder=args.label_cache_dir
+        ),
     )
 
 
