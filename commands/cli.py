@@ -385,7 +385,8 @@ def _print_caption_summary(summary: CaptionSummary, folder: str | Path, question
     if question:
         from runtime.captioning import CLASSIFY_CSV, CLASSIFY_JSONL
 
-        console.print(f"answers: {Path(folder) / CLASSIFY_JSONL}; table: {Path(folder) / CLASSIFY_CSV}", markup=False)
+        for name, file in (("answers", CLASSIFY_JSONL), ("table", CLASSIFY_CSV)):  # whole paths, to paste
+            console.print(f"{name}: {Path(folder) / file}", markup=False, soft_wrap=True)
 
 
 def serve_command(
