@@ -67,6 +67,10 @@ class LabelCache:
     def size_bytes(self) -> int:
         return self._bytes
 
+    def health(self) -> dict[str, object]:
+        """What /healthz shows of it."""
+        return {"entries": len(self), "bytes": self._bytes, "file": str(self.file) if self.file else None}
+
     def get(self, text: str) -> np.ndarray | None:
         with self._lock:
             row = self._rows.get(text)

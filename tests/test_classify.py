@@ -115,6 +115,8 @@ def test_a_repeated_request_encodes_nothing_and_a_restart_keeps_the_cache(
     restarted = serve(label_cache=CacheSettings(folder=tmp_path))
     second = restarted.post(CLASSIFY, json=question).json()
     assert (second["text_encodes"], second["from_cache"]) == (0, 6)
+    cache = restarted.get("/healthz").json()["label_cache"]
+    assert cache["entries"] == 6 and cache["file"].startswith(str(tmp_path))
     assert second["categories"] == first["categories"]
     assert interrogator.clip.npu.stats.holds == holds + 1  # the image encode only
 

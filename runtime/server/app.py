@@ -216,6 +216,7 @@ class InterrogationService:
             vocabulary={c.name: len(c.labels) for c in categories},
             labels=sum(len(c.labels) for c in categories),
             queue=QueueHealth(inside=gate.inside, capacity=gate.capacity, served=gate.served, refused=gate.refused),
+            label_cache=self.classifier.cache.health(),
             uptime_s=round(time.time() - self.started, 1),
             pid=os.getpid(),
         )

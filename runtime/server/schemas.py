@@ -84,6 +84,12 @@ class NpuHealth(BaseModel):
     timeouts: int
 
 
+class LabelCacheHealth(BaseModel):
+    entries: int
+    bytes: int
+    file: str | None  # where it is saved (None: kept in memory only)
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="allow")  # a newer server may say more; an older client reads what it knows
 
@@ -98,5 +104,6 @@ class Health(BaseModel):
     vocabulary: dict[str, int]  # labels per category
     labels: int
     queue: QueueHealth
+    label_cache: LabelCacheHealth | None = None  # /clip/v1/classify's encoded labels
     uptime_s: float
     pid: int | None = None  # the serving process: a starter tells its own server from another on the port
