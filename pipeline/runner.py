@@ -106,7 +106,7 @@ def run(
         for outcome in outcomes:
             reporter.stage_finished(outcome)
         return outcomes
-    with run_lock(config.artifacts):
+    with run_lock(config.artifacts, frozenset(graph.stages)):
         try:
             return _run_locked(config, graph, request, reporter)
         finally:

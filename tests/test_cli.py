@@ -209,7 +209,8 @@ def test_the_report_page_says_why_the_smoke_test_could_not_run(tmp_path: Path) -
 @pytest.mark.slow
 def test_readme_first_run_works_pasted_as_written(tmp_path: Path) -> None:
     """README's first commands in a clone of the repository: `invoke all` on the built-in example, then the
-    serve-and-curl block as a user pastes it (the pip installs aside: this machine has them)."""
+    serve-and-curl block as a user pastes it (the pip installs aside: this machine has them), then the real
+    pipeline's `invoke all`, offline here: it fails on the model download, not on the preview's folder."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"\n\n((?:    .*\S.*\n)+)", readme)  # indented code blocks
     install = next(b for b in blocks if "invoke all --config examples/local.yaml" in b)
@@ -239,8 +240,14 @@ def test_readme_first_run_works_pasted_as_written(tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(shell.pid, signal.SIGKILL)  # the server too, whatever the script left
     assert shell.returncode == 0, err[-2000:]
-    caption = json.loads(out.strip().splitlines()[-1])["caption"]
-    assert caption and ", " in caption
+    answer = next(line for line in out.splitlines() if line.startswith('{"caption"'))  # a line of its own
+    assert json.loads(answer)["caption"] and ", " in json.loads(answer)["caption"]
+
+    real = next(b for b in blocks if b.strip() == "invoke all")  # the real pipeline, after the preview
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(["bash", "-c", real], cwd=clone, env=offline, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "already holds files" not in done.stdout + done.stderr
+    assert "HF_HUB_OFFLINE is set" in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
 
 
 def test_ctrl_c_on_caption_exits_130_saying_what_was_written_and_how_to_resume(

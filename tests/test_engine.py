@@ -19,7 +19,7 @@ from pipeline import files
 from pipeline.errors import ConfigError, GraphError, RunLockedError, StageError, is_user_error, user_message
 from pipeline.files import OWNER_MARKER
 from pipeline.graph import StageGraph
-from pipeline.runlock import run_lock
+from pipeline.runlock import claim_artifacts, run_lock
 from pipeline.runner import Outcome, RunRequest, plan, run
 from pipeline.stage import Stage, StageContext, StageResult
 from stages.config import PipelineConfig, load_config
@@ -329,6 +329,26 @@ def test_an_artifacts_folder_holding_foreign_files_is_refused_and_left_as_it_is(
     assert {
         p.relative_to(config.artifacts).as_posix(): p.read_text() for p in config.artifacts.rglob("*") if p.is_file()
     } == theirs
+
+
+def test_another_pipeline_s_artifacts_inside_are_left_alone_unless_where_a_stage_writes(tmp_path: Path) -> None:
+    """README's preview writes artifacts/local inside the default pipeline's artifacts/: both run, in either
+    order; one in a stage's folder would be replaced by that stage, and is refused."""
+    config = _config(tmp_path)
+    preview = config.artifacts / "local"
+    preview.mkdir(parents=True)
+    claim_artifacts(preview)
+    (preview / "export").mkdir()
+    (preview / "export" / "model.onnx").write_text("the preview's")
+    assert run(config, GRAPH, RunRequest())[-1].outcome is Outcome.RAN
+    assert (preview / "export" / "model.onnx").read_text() == "the preview's"
+    claim_artifacts(preview)  # and the preview runs again inside the default's folder
+
+    (tmp_path / "other").mkdir()
+    other = _config(tmp_path / "other")
+    claim_artifacts(other.artifacts / "produce")
+    with pytest.raises(ConfigError, match=r"produce is another pipeline's artifacts folder, where this pipeline"):
+        run(other, GRAPH, RunRequest())
 
 
 def test_an_empty_or_earlier_artifacts_folder_is_taken_and_marked(tmp_path: Path) -> None:
