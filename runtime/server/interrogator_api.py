@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from runtime.prompt_modes import PromptMode
-from runtime.server.app import Service
 from runtime.server.errors import quoted
+from runtime.server.service import Service
 
 # What the extension's requests default to, and so what most clients send.
 EXTENSION_DEFAULT_MODEL = "ViT-L-14/openai"
