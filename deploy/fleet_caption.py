@@ -12,8 +12,10 @@ scheduler unpickles what its peers send, so nobody without the certificate may t
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,8 @@ BATCH_IMAGES = 4  # images per Dask task, at most
 BATCH_BYTES = 32 * 1024 * 1024  # and at most this many bytes of them
 IN_FLIGHT_PER_WORKER = 2  # batches sent ahead per worker: one runs while the next waits; bounds memory
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a file larger than this is reported, not sent
+DASK_LOG = "fleet-dask.log"  # beside captions.jsonl: Dask's own log records of the last run
+_DASK = {"distributed", "tornado", "bokeh"}  # the top-level loggers Dask configures handlers on
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,46 @@ class FleetProgress:
 def caption_on_fleet(
     config: WithDevices, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]
 ) -> CaptionSummary:
-    """Caption every image of the job on the config's devices; workers stopped at the end, whatever happens."""
+    """Caption every image of the job on the config's devices; workers stopped at the end, whatever happens.
+    Dask's own log records (the scheduler's and the client's: workers joining and leaving, connections) go
+    to DASK_LOG beside the answers, not between the progress bar and the summary; its path is printed when
+    the run fails."""
+    log = (job.out_dir or job.images_dir) / DASK_LOG
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with _dask_logs_to(log):
+        try:
+            return _caption_on_fleet(config, job, on_image)
+        except Exception:
+            console.print(f"Dask's log of this run: {log}", markup=False, soft_wrap=True)
+            raise
+
+
+@contextmanager
+def _dask_logs_to(file: Path) -> Iterator[None]:
+    """Dask's loggers (distributed, tornado, bokeh and theirs) write to `file` while the block runs: their
+    terminal handlers set aside, and no record passed on to the root logger's (the command's own)."""
+    handler = logging.FileHandler(file, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    names = set(_DASK) | {name for name in list(logging.root.manager.loggerDict) if name.split(".")[0] in _DASK}
+    loggers = [logging.getLogger(name) for name in sorted(names)]
+    saved = {logger: (logger.handlers[:], logger.propagate) for logger in loggers}
+    for logger in loggers:
+        terminal = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+        logger.handlers = [h for h in logger.handlers if h not in terminal]
+        if logger.name in _DASK or terminal:
+            logger.handlers.append(handler)
+            logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, (handlers, propagate) in saved.items():
+            logger.handlers, logger.propagate = handlers, propagate
+        handler.close()
+
+
+def _caption_on_fleet(
+    config: WithDevices, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]
+) -> CaptionSummary:
     devices = config.fleet()
     security = Security.temporary()
     loopback = all(_is_loopback(config, device) for device in devices)

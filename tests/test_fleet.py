@@ -277,31 +277,42 @@ def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("fleet")  # the module's two device sshds, started once
-def test_classify_across_the_fleet_answers_each_image_once_and_the_devices_keep_the_labels(
+def test_invoke_classify_across_the_fleet_answers_each_image_once_and_prints_no_log_records(
     fleet, tmp_path: Path
 ) -> None:
-    from deploy.fleet_caption import FleetCaptionJob, caption_on_fleet
-    from runtime.classify import Question
+    """`invoke classify` where the devices are other machines: Dask on every device, quietly (its own
+    records go to a file beside the answers), each device keeping the labels it encoded."""
+    from tests.test_cli import invoke
 
     config = fleet()
     _fetched(config)
     photos = _photos(tmp_path / "photos", copies=2)
-    question = Question.of_labels(["a photo of text", "a photo"])
-    job = FleetCaptionJob(tmp_path / "photos", tmp_path / "out", question=question)
-    summary = caption_on_fleet(config, job, lambda *_: None)
-    assert summary.captioned == len(photos) - 1
-    lines = [json.loads(line) for line in (tmp_path / "out/classify.jsonl").read_text().splitlines()]
+    out = tmp_path / "out"
+    command = [
+        "classify",
+        "--config",
+        str(tmp_path / "pipeline.yaml"),
+        "--images",
+        str(tmp_path / "photos"),
+        "--out",
+        str(out),
+    ]
+    done = invoke(*command, "--labels", "a photo of text,a photo")
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = (done.stdout + done.stderr).splitlines()
+    assert not [line for line in printed if "distributed." in line or " INFO " in line or "- INFO -" in line], printed
+    assert f"classified {len(photos) - 1}, already done 0, unreadable 1" in done.stdout
+    assert (out / "fleet-dask.log").is_file()
+    lines = [json.loads(line) for line in (out / "classify.jsonl").read_text().splitlines()]
     assert sorted(line["file"] for line in lines) == sorted(p.name for p in photos if p.name != "broken.jpg")
     assert {line["device"] for line in lines} == {"pi1", "pi2"}
     assert sum(line["text_encodes"] for line in lines) == 4  # each device encodes the two labels once
-    assert len((tmp_path / "out/classify.csv").read_text().splitlines()) == len(lines) + 1
-    assert not list((tmp_path / "out").glob("*.txt"))
+    assert len((out / "classify.csv").read_text().splitlines()) == len(lines) + 1
+    assert not list(out.glob("*.txt"))
     for name in ("pi1", "pi2"):  # each device keeps them beside its set, for the next run
         assert list((tmp_path / f"{name} workdir/models/clip-axera/label-cache").glob("*.npz"))
-    again = caption_on_fleet(
-        config, FleetCaptionJob(tmp_path / "photos", tmp_path / "out", question=question), lambda *_: None
-    )
-    assert again.captioned == 0 and again.skipped == len(photos) - 1
+    again = invoke(*command, "--labels", "a photo of text,a photo")
+    assert f"classified 0, already done {len(photos) - 1}" in again.stdout
 
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
