@@ -80,7 +80,8 @@ class PromptBuilder:
             raise PromptError(
                 f"the label tables have no {', '.join(missing)} categor{'y' if len(missing) == 1 else 'ies'}, "
                 f"which {'analyze' if mode is None else f'the {mode.value} mode'} needs: run embed-vocab with "
-                "vocab/clip-interrogator.yaml (stages.embed-vocab.vocabulary) and fetch"
+                "a vocabulary that has them (vocab/default.yaml, vocab/clip-interrogator.yaml: "
+                "stages.embed-vocab.vocabulary) and fetch"
             )
 
     def prompt(self, scores: Scores, mode: PromptMode, wait: float | None = None) -> PromptResult:

@@ -113,11 +113,31 @@ def test_a_chain_stays_within_the_text_encode_budget(ci: Interrogator) -> None:
     assert 1 < roomy.text_encodes <= 1 + 32 * (8 + 1) + 4
 
 
-def test_a_vocabulary_without_clip_interrogator_s_lists_is_one_clear_error(interrogator: Interrogator) -> None:
+@pytest.fixture(scope="module")
+def caption_only(built_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Interrogator:
+    """The tiny CLIP with tables of the default vocabulary's caption and tag categories only."""
+    from stages import ALL_STAGES
+
+    root = tmp_path_factory.mktemp("caption-only")
+    shutil.copytree(built_artifacts, root / "artifacts", copy_function=shutil.copy2)
+    spec = yaml.safe_load((REPO / "vocab/default.yaml").read_text())
+    spec["categories"] = [c for c in spec["categories"] if c.get("caption", True)]
+    for category in spec["categories"]:
+        category["labels_file"] = str(REPO / "vocab" / category["labels_file"])
+    (root / "vocab.yaml").write_text(yaml.safe_dump(spec))
+    data = tiny_config_dict(root / "artifacts")
+    data["stages"]["embed-vocab"]["vocabulary"] = str(root / "vocab.yaml")
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(data))
+    run(load_config(root / "pipeline.yaml"), StageGraph(ALL_STAGES), RunRequest(targets=("embed-vocab",)))
+    return open_interrogator(root / "artifacts" / "export", tables=root / "artifacts" / "embed-vocab")
+
+
+def test_a_vocabulary_without_clip_interrogator_s_lists_is_one_clear_error(caption_only: Interrogator) -> None:
+    interrogator = caption_only
     builder = PromptBuilder(interrogator)
     with pytest.raises(PromptError, match=r"no artist, flavor, movement, trending categories, which the best mode"):
         builder.require(PromptMode.BEST)
-    with pytest.raises(PromptError, match=r"vocab/clip-interrogator\.yaml"):
+    with pytest.raises(PromptError, match=r"vocab/default\.yaml, vocab/clip-interrogator\.yaml"):
         builder.require(None)
     with app_clients() as start:  # the server answers 501, in A1111's error shape, and keeps serving
         client = start(interrogator)
