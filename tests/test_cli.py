@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -242,6 +243,18 @@ def test_readme_first_run_works_pasted_as_written(tmp_path: Path) -> None:
     assert shell.returncode == 0, err[-2000:]
     answer = next(line for line in out.splitlines() if line.startswith('{"caption"'))  # a line of its own
     assert json.loads(answer)["caption"] and ", " in json.loads(answer)["caption"]
+
+    from runtime.opening import open_interrogator
+    from tests.loopback import app_clients
+
+    preview = open_interrogator(clone / "artifacts/local/device/models")
+    with app_clients() as start:  # clip-interrogator's API on the preview as README built it
+        client = start(preview)
+        image = base64.b64encode((REPO / "data/images/cat.jpg").read_bytes()).decode()
+        for mode in ("fast", "classic", "best", "negative"):
+            answer = client.post("/interrogator/prompt", json={"image": image, "mode": mode})
+            assert answer.status_code == 200 and answer.json()["prompt"], answer.text
+        assert client.post("/interrogator/analyze", json={"image": image}).status_code == 200
 
     real = next(b for b in blocks if b.strip() == "invoke all")  # the real pipeline, after the preview
     offline = {**env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
