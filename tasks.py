@@ -60,7 +60,7 @@ def status(c: Context, config: str | None = None) -> None:
 )
 def caption(
     c: Context,
-    images: str,
+    images: str | None = None,
     out: str | None = None,
     models: str | None = None,
     config: str | None = None,
@@ -92,7 +92,7 @@ def caption(
 )
 def classify(
     c: Context,
-    images: str,
+    images: str | None = None,
     labels: str | None = None,
     template: str | None = None,
     question: str | None = None,

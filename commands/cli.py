@@ -203,7 +203,7 @@ def device_models_dir(config: PipelineConfig | None, models: str | None) -> Path
 
 def caption_images(
     config_path: str | None,
-    images: str,
+    images: str | None,
     out: str | None,
     models: str | None,
     ranks: bool,
@@ -216,12 +216,22 @@ def caption_images(
     """Caption every image below `images` with the fetched models and vocabulary tables (with `mode`,
     clip-interrogator's prompt in that mode; with `question`, its answer): here, or across the devices
     (`--host`, or whenever the devices are other machines) with Dask."""
+    from runtime.preprocess import IMAGE_SUFFIXES, find_images
     from runtime.prompt_modes import PromptMode
 
-    images_dir = Path(images)
     with user_errors():
+        if not images:
+            raise PipelineError(
+                "--images is needed: the folder of images (searched recursively)", hint="pass --images DIR"
+            )
+        images_dir = Path(images)
         if not images_dir.is_dir():
             raise PipelineError(f"{images_dir} is not a directory", hint="pass --images DIR")
+        if not find_images(images_dir):
+            raise PipelineError(
+                f"no images in {images_dir} (searched recursively for {', '.join(IMAGE_SUFFIXES)})",
+                hint="pass --images with the folder that holds them",
+            )
         modes = [m.value for m in PromptMode]
         if mode is not None and mode not in modes:
             raise PipelineError(f"--mode {mode!r} is not a prompt mode", hint=f"pass one of {', '.join(modes)}")
@@ -241,7 +251,7 @@ def caption_images(
 
 def classify_images(
     config_path: str | None,
-    images: str,
+    images: str | None,
     labels: str | None,
     question_file: str | None,
     template: str | None,

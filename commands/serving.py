@@ -158,7 +158,8 @@ def _start(config: PipelineConfig, device: NamedDevice, request: ServeRequest, a
         manager = service_unit.find_manager(transport) if as_service else service_unit.installed(transport)
         if _running_pid(transport, manager):
             raise PipelineError(
-                f"the server already runs on {device.name}", hint="`invoke serve --host ... --stop` first, or --status"
+                f"the server already runs on {device.name}",
+                hint=f"`invoke serve --host {device.name} --stop` first, or --status",
             )
         app, python = install_runtime(transport, host.python)
         auth_file = None

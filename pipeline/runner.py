@@ -123,13 +123,15 @@ def _run_locked(
     # We hold the run lock: anything in .tmp was left by a run that was killed before it could clean up.
     shutil.rmtree(config.artifacts / ".tmp", ignore_errors=True)
     outcomes: list[StageOutcome] = []
-    broken: set[str] = set()
+    failed: list[str] = []  # in run order
+    broken: dict[str, set[str]] = {}  # stage that did not run or failed -> the failed stages it waited on
     for stage in graph.order(request.targets, with_upstream=not request.only):
         recover_swapped_dir(config.artifacts / stage.name)
-        failed_deps = [dep for dep in stage.after if dep in broken]
-        if failed_deps:
-            broken.add(stage.name)
-            outcome = StageOutcome(stage.name, Outcome.SKIPPED, (f"upstream {', '.join(failed_deps)} failed",))
+        causes = set().union(*(broken[dep] for dep in stage.after if dep in broken))
+        if causes:
+            broken[stage.name] = causes
+            named = ", ".join(name for name in failed if name in causes)  # the failures, not every skip between
+            outcome = StageOutcome(stage.name, Outcome.SKIPPED, (f"upstream {named} failed",))
         else:
             records = read_records(config.artifacts)
             # Under --force the reason is the flag: what a forced upstream run changed is its consequence.
@@ -140,7 +142,8 @@ def _run_locked(
                 reporter.stage_started(stage.name, reasons)
                 outcome = _run_stage(stage, config, reasons, records)
                 if outcome.outcome is Outcome.FAILED:
-                    broken.add(stage.name)
+                    failed.append(stage.name)
+                    broken[stage.name] = {stage.name}
         outcomes.append(outcome)
         reporter.stage_finished(outcome)
     return outcomes

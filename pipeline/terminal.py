@@ -21,6 +21,11 @@ class Check:
     detail: str
 
 
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """`1 caption`, `2 captions` (`plural` where adding an s is wrong)."""
+    return f"{count:,} {singular if count == 1 else plural or singular + 's'}"
+
+
 def print_checks(title: str, checks: Sequence[Check]) -> None:
     """Every check on a line; failures first so they are not lost in a long operator inventory."""
     table = Table(title=title, title_justify="left")

@@ -22,7 +22,7 @@ from pipeline.hosts import connect
 from pipeline.hosts.base import quote
 from pipeline.hosts.sync import download
 from pipeline.stage import StageContext, StageResult
-from pipeline.terminal import console, print_table
+from pipeline.terminal import console, counted, print_table
 from runtime.smoke_test import SmokeReport
 
 if TYPE_CHECKING:
@@ -161,7 +161,8 @@ def _agreement_failures(report: SmokeReport, minimum: float, device: str) -> lis
     if agreement is None:
         return []
     print_table(
-        f"{device}: device picks vs float picks, {agreement.photos} photos ({len(agreement.changed)} captions differ)",
+        f"{device}: device picks vs float picks, {counted(agreement.photos, 'photo')} "
+        f"({counted(len(agreement.changed), 'caption differs', 'captions differ')})",
         agreement.COLUMNS,
         agreement.rows(),
     )

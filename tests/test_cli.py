@@ -40,6 +40,23 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str)
         assert fragment in last, last
 
 
+def test_caption_and_classify_without_images_or_on_an_empty_folder_say_so_in_one_line(tmp_path: Path) -> None:
+    for task, question in (("caption", ()), ("classify", ("--labels", "a,b"))):
+        _assert_one_line_error(invoke(task, "--models", str(tmp_path), *question), "--images is needed")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    empty = invoke("caption", "--images", str(tmp_path / "empty"), "--models", str(tmp_path))
+    _assert_one_line_error(empty, f"no images in {tmp_path / 'empty'} (searched recursively for .jpg")
+
+
+def test_counts_in_messages_agree_with_their_nouns() -> None:
+    from pipeline.terminal import counted
+
+    assert counted(1, "photo") == "1 photo" and counted(4, "photo") == "4 photos"
+    assert counted(1, "caption differs", "captions differ") == "1 caption differs"
+    assert counted(1200, "caption differs", "captions differ") == "1,200 captions differ"
+
+
 def test_list_shows_every_task_with_help() -> None:
     result = invoke("--list")
     assert result.returncode == 0

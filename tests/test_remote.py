@@ -379,8 +379,9 @@ def test_serve_on_the_device_in_the_background_then_status_and_stop(remote, caps
     start_on_devices(config, request)
     try:
         assert status_on_devices(config)
-        with pytest.raises(PipelineError, match="already runs"):
+        with pytest.raises(PipelineError, match="already runs") as running:
             start_on_devices(config, ServeRequest(port=port))
+        assert "`invoke serve --host pi --stop`" in str(running.value.hint)  # the device named, not `...`
         url = f"http://127.0.0.1:{port}"
         health = httpx.get(f"{url}/healthz").json()
         assert health["backend"] == "axengine"  # the .axmodel files, via axengine
