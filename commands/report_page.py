@@ -38,6 +38,11 @@ from toolchains.precision_table import describe_layers
 T = TypeVar("T", bound=JsonFile)
 
 INDEX = "index.html"
+WHY_CAPTIONS_DIFFER = (
+    "Why the float model's caption and the device's may differ: the device runs the quantized encoders, whose "
+    "image embedding is within compile's cosine of the float one; labels whose cosines with the image differ "
+    "by less than that error may swap places, so a category can pick its second-best label: close, not wrong."
+)
 THUMBNAIL_PX = 160
 CAPTIONED_PHOTOS = 6
 STYLE = """
@@ -47,6 +52,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d8dde6;paddi
 vertical-align:top}th{background:#f2f4f8}.ran{color:#0a7a32}.failed{color:#b3261e;font-weight:600}
 .up{color:#5b6577}.note{color:#5b6577}.device{color:#0b5394}.photos{display:flex;flex-wrap:wrap;gap:14px}
 .photo{width:250px}.photo img{display:block;border-radius:4px}code{background:#f2f4f8;padding:0 3px}
+th,td.n{white-space:nowrap}
 """
 
 
@@ -127,9 +133,17 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def _table(columns: Sequence[str], rows: Iterable[Sequence[object]], raw: bool = False) -> str:
+def _table(
+    columns: Sequence[str], rows: Iterable[Sequence[object]], raw: bool = False, nowrap: Sequence[int] = ()
+) -> str:
+    """`nowrap`: the columns of short values ("never run", "embed-vocab", "14.9 s") kept on one line."""
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{c if raw else _e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=n' if i in nowrap else ''}>{c if raw else _e(c)}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -161,7 +175,7 @@ def _run_section(run: LastRun | None) -> str:
             f"<p class=note>The latest run ({_e(run.checked_at)}) found every stage up to date; this is the last "
             f"run that did work, finished {_e(run.finished_at)}.</p>"
         )
-    table = _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True)
+    table = _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True, nowrap=(0, 1, 3))
     return _section("Last run that did work" if run.checked_at else "Last run", when + table)
 
 
@@ -170,12 +184,13 @@ def _provenance_section(records: dict[str, StageRecord]) -> str:
         return _section("Provenance", _missing("lock file"))
     order = [stage.name for stage in ALL_STAGES if stage.name in records]  # pipeline order, as it ran
     rows = [(name, records[name].started_at, f"{records[name].seconds:.1f} s", records[name].host) for name in order]
-    tools = next(iter(records.values())).tools
+    tools = {tool: version for name in order for tool, version in records[name].tools.items()}  # every stage's
     tool_text = ", ".join(f"{k} {v}" for k, v in sorted(tools.items()))
     model = records["export"].params.get("model", {}) if "export" in records else {}
     made_from = f"model {model.get('id', '?')} at revision {model.get('revision', '?')}; " if model else ""
     content = (
-        _table(("stage", "last ran", "took", "host"), rows) + f"<p class=note>{_e(made_from)}tools: {_e(tool_text)}</p>"
+        _table(("stage", "last ran", "took", "host"), rows, nowrap=(0, 1, 2))
+        + f"<p class=note>{_e(made_from)}tools: {_e(tool_text)}</p>"
     )
     return _section("Provenance (artifacts/pipeline.lock.json)", content)
 
@@ -190,11 +205,26 @@ def _verify_section(report: VerificationReport | None) -> str:
     ]
     failed = [c for c in report.checks if not c.passed]
     verdict = f"{len(failed)} failed" if failed else "all passed"
-    summary = f"<p>{len(report.checks)} checks against {_e(report.target)}, {verdict}; model {_e(report.model)}.</p>"
-    shown = failed or [c for c in report.checks if "op " not in c.name]
-    checks = _table(("check", "result", "detail"), ((c.name, "pass" if c.passed else "FAIL", c.detail) for c in shown))
+    operators = [c for c in report.checks if ": op " in c.name]
+    others = [c for c in report.checks if ": op " not in c.name]
+    summary = (
+        f"<p>{len(report.checks)} checks against {_e(report.target)}, {verdict}: {len(others)} in the first table, "
+        f"{len(operators)} operators in the operator table; model {_e(report.model)}.</p>"
+    )
+
+    def rows(checks: list[Any]) -> Iterable[tuple[str, str, str]]:
+        return ((c.name, "pass" if c.passed else "FAIL", c.detail) for c in checks)
+
     numbers = _table(("output", "min cosine onnxruntime vs PyTorch", "max abs diff", "samples"), numerics)
-    return _section("verify", summary + numbers + _fidelity_note(report.fast_preprocessing) + checks)
+    operator_table = (
+        f"<details open><summary>operators vs the {_e(report.target)} operator table ({len(operators)})</summary>"
+        + _table(("operator", "result", "detail"), rows(operators), nowrap=(0, 1))
+        + "</details>"
+        if operators
+        else ""
+    )
+    checks = _table(("check", "result", "detail"), rows(others), nowrap=(1,))
+    return _section("verify", summary + numbers + _fidelity_note(report.fast_preprocessing) + checks + operator_table)
 
 
 def _fidelity_note(fast: Agreement) -> str:
@@ -282,31 +312,41 @@ def _agreement(agreement: PickAgreement) -> str:
     )
     return (
         f"<h3>Picks: device vs float model, {agreement.photos} photos of verify, the full vocabulary</h3>"
-        "<p class=note>A cosine near 1 can still swap two close labels; this is what a user sees.</p>" + table + changed
+        f"<p class=note>A cosine near 1 can still swap two close labels; this is what a user sees. "
+        f"{WHY_CAPTIONS_DIFFER}</p>" + table + changed
     )
 
 
-CHART_PAD = 8  # px left and right of the plot
+CHART_PAD = 8  # px right of the plot
+AXIS_PX = 36  # px left of the plot: the count axis
 MARKS_BAND = 32  # px above the bars, where the p50 and p95 labels sit
+X_TICKS = 5
 
 
 def _latency_chart(latency: Latency, width: int = 600, height: int = 132) -> str:
-    """A histogram of the runs' latencies with the p50 and p95 marked. The labels sit in a band above the
-    bars, and one near the right edge is drawn leftwards from its line, so each stays inside the box."""
+    """A histogram of the runs' latencies with the p50 and p95 marked: runs on the left axis (0 and the
+    tallest bar's count; each bar's count and range in its tooltip), ms on the bottom one. The mark labels
+    sit in a band above the bars, and one near the right edge is drawn leftwards from its line, so each
+    stays inside the box."""
     samples = latency.samples or (latency.p50, latency.p95)
     low, high = min(samples), max(max(samples), latency.p95) * 1.05 + 1e-9
     bins = [0] * 20
     for value in samples:
         bins[min(int((value - low) / (high - low) * len(bins)), len(bins) - 1)] += 1
-    plot, base = width - 2 * CHART_PAD, height - 20
+    plot, base = width - AXIS_PX - CHART_PAD, height - 20
     bar, peak, tallest = plot / len(bins), max(bins), base - MARKS_BAND
+    grey = 'font-size="11" fill="#5b6577"'
 
     def at(value: float) -> float:
-        return CHART_PAD + (value - low) / (high - low) * plot
+        return AXIS_PX + (value - low) / (high - low) * plot
+
+    def edge(i: int) -> float:
+        return low + (high - low) * i / len(bins)
 
     bars = "".join(
-        f'<rect x="{CHART_PAD + i * bar + 1:.1f}" y="{base - n / peak * tallest:.1f}" width="{bar - 2:.1f}" '
-        f'height="{n / peak * tallest:.1f}" fill="#7ea6e6"/>'
+        f'<rect x="{AXIS_PX + i * bar + 1:.1f}" y="{base - n / peak * tallest:.1f}" width="{bar - 2:.1f}" '
+        f'height="{n / peak * tallest:.1f}" fill="#7ea6e6"><title>{n} runs, {edge(i):.2f}-{edge(i + 1):.2f} ms'
+        "</title></rect>"
         for i, n in enumerate(bins)
         if n
     )
@@ -320,15 +360,26 @@ def _latency_chart(latency: Latency, width: int = 600, height: int = 132) -> str
         for name, value, y in (("p50", latency.p50, 12), ("p95", latency.p95, 26))
         for x in [at(value)]
     )
-    axis = (
-        f'<text x="{CHART_PAD}" y="{height - 4}" font-size="11" fill="#5b6577">{low:.2f} ms</text>'
-        f'<text x="{width - CHART_PAD}" y="{height - 4}" font-size="11" fill="#5b6577" '
-        f'text-anchor="end">{high:.2f} ms</text>'
+    counts = (
+        f'<line x1="{AXIS_PX}" x2="{AXIS_PX}" y1="{base - tallest}" y2="{base}" stroke="#5b6577"/>'
+        f'<text x="{AXIS_PX - 4}" y="{base - tallest + 4}" {grey} text-anchor="end">{peak}</text>'
+        f'<text x="{AXIS_PX - 4}" y="{base}" {grey} text-anchor="end">0</text>'
+        f'<text x="2" y="{base - tallest - 8}" {grey}>runs</text>'
     )
+    ticks = ""
+    for k in range(X_TICKS):
+        value = low + (high - low) * k / (X_TICKS - 1)
+        anchor = "start" if k == 0 else "end" if k == X_TICKS - 1 else "middle"
+        text = f"{value:.2f} ms" if k == X_TICKS - 1 else f"{value:.2f}"
+        x = at(value)
+        ticks += (
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{base}" y2="{base + 4}" stroke="#5b6577"/>'
+            f'<text x="{x:.1f}" y="{height - 4}" {grey} text-anchor="{anchor}">{text}</text>'
+        )
     return (
         f'<svg role="img" aria-label="latency histogram" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" style="background:#fafbfd;border:1px solid #d8dde6">'
-        f"{bars}{marks}{axis}</svg>"
+        f"{bars}{marks}{counts}{ticks}</svg>"
     )
 
 
@@ -375,7 +426,7 @@ def _captions_section(config: PipelineConfig, photos: list[Path], device_caption
         image = open_image(path)
         result = interrogator.interrogate(image)
         best = "".join(
-            f"<tr><td>{_e(c.name)}</td><td>{_e(', '.join(f'{p.label} {p.score:.3f}' for p in c.top[:3]))}</td></tr>"
+            f"<tr><td>{_e(c.name)}</td><td>{_e(', '.join(f'{p.label} ({p.score:.3f})' for p in c.top[:3]))}</td></tr>"
             for c in result.categories
         )
         device = device_captions.get(path.name)
@@ -386,7 +437,8 @@ def _captions_section(config: PipelineConfig, photos: list[Path], device_caption
         )
     note = (
         "<p class=note>Float model: export's models with embed-vocab's tables. Device: the compiled model on "
-        "the device in the smoke test (verify's photos only).</p>"
+        "the device in the smoke test (verify's photos only). Beside each category its three best labels, "
+        f"each with its cosine with the image in brackets. {WHY_CAPTIONS_DIFFER}</p>"
     )
     return _section("Captions", note + f"<div class=photos>{''.join(cards)}</div>")
 

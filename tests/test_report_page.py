@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from commands.report_page import CHART_PAD, MARKS_BAND, LastRun, _latency_chart, _run_section, write_run
+from commands.report_page import AXIS_PX, MARKS_BAND, LastRun, _latency_chart, _run_section, write_run
 from pipeline.runner import Outcome, StageOutcome
 from runtime.smoke_test import Latency
 
@@ -27,14 +28,41 @@ def test_the_latency_chart_keeps_its_labels_inside_the_box_and_off_the_bars(late
     width, height = (int(v) for v in re.search(r'width="(\d+)" height="(\d+)"', svg).groups())
     for attributes, text in re.findall(r"<text ([^>]*)>([^<]*)<", svg):
         x, y = (float(re.search(rf'{name}="([\d.]+)"', attributes).group(1)) for name in ("x", "y"))
-        anchor = 'text-anchor="end"' in attributes
-        left = x - len(text) * CHAR_PX if anchor else x
-        right = x if anchor else x + len(text) * CHAR_PX
+        anchor = re.search(r'text-anchor="(\w+)"', attributes)
+        share = {"end": 1.0, "middle": 0.5}.get(anchor.group(1) if anchor else "start", 0.0)  # of it left of x
+        left, right = x - share * len(text) * CHAR_PX, x + (1 - share) * len(text) * CHAR_PX
         assert left >= 0 and right <= width, (text, left, right)
         assert 0 < y <= height
     tops = [float(y) for y in re.findall(r'<rect x="[\d.]+" y="([\d.]+)"', svg)]
     assert tops and min(tops) >= MARKS_BAND  # the labels' band (y 12 and 26) stays above every bar
-    assert all(float(x) >= CHART_PAD for x in re.findall(r'<rect x="([\d.]+)"', svg))
+    assert all(float(x) >= AXIS_PX for x in re.findall(r'<rect x="([\d.]+)"', svg))  # right of the count axis
+    counts = [int(n) for n in re.findall(r"<title>(\d+) runs, ", svg)]
+    assert sum(counts) == len(latency.samples or (latency.p50, latency.p95))  # every run in a bar
+    labels = re.findall(r"<text [^>]*>([^<]*)<", svg)
+    assert {"runs", "0", str(max(counts))} <= set(labels) and labels[-1].endswith(" ms")
+    assert len([label for label in labels if re.fullmatch(r"\d+\.\d+( ms)?", label)]) == 5  # the ms axis's ticks
+
+
+def test_the_page_s_counts_equal_its_rows_and_it_names_every_tool_and_unit(tiny_pipeline) -> None:
+    from commands.report_page import WHY_CAPTIONS_DIFFER, write_index
+    from pipeline.records import read_records
+    from pipeline.stage import report_file
+    from stages.verify import VerificationReport
+
+    config = tiny_pipeline()
+    page = write_index(config).read_text()
+    verify = page[page.index("<h2>verify</h2>") : page.index("<h2>compile</h2>")]
+    path = report_file(config.artifacts, "verify")
+    checks = len(VerificationReport.from_json(json.loads(path.read_text()), str(path)).checks)
+    first, operators = (int(n) for n in re.search(r"(\d+) in the first table, (\d+) operators", verify).groups())
+    assert f"<p>{checks} checks against ax650, all passed" in verify and first + operators == checks
+    tables = re.findall(r"<table>(.*?)</table>", verify)
+    assert [t.count("<tr>") - 1 for t in tables[1:]] == [first, operators]  # the header row aside
+    tools = {tool for record in read_records(config.artifacts).values() for tool in record.tools}
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= tools
+    assert all(f"{tool} " in page for tool in tools)
+    assert WHY_CAPTIONS_DIFFER in page and "its cosine with the image in brackets" in page
+    assert re.search(r"<td class=n>[\d.]+ s</td>", page)  # short cells kept on one line
 
 
 def test_a_run_that_did_nothing_keeps_the_last_run_that_did_work(tmp_path: Path) -> None:
