@@ -34,8 +34,8 @@ class SmokeTestParams(Strict):
     min_cosine: float = Field(0.98, ge=0, le=1)  # device output vs the float reference, per encoder
     provider: str | None = None  # axengine provider; None: the first available
     device_id: int = Field(0, ge=0)  # AXCLRTExecutionProvider: which card
-    # In every vocabulary category, the share of verify's photos whose first pick on the device is the float
-    # model's (runtime/agreement.py); 0 reports without judging.
+    # In every category of the caption and the tags, the share of verify's photos whose first pick on the device
+    # is the float model's (runtime/agreement.py); 0 reports without judging.
     min_top1_agreement: float = Field(0.5, ge=0, le=1)
 
 
@@ -170,5 +170,5 @@ def _agreement_failures(report: SmokeReport, minimum: float, device: str) -> lis
         f"{c.category}: the first pick matches the float model's on {c.top1:.0%} of the photos "
         f"(stages.smoke-test.min_top1_agreement {minimum:g})"
         for c in agreement.categories
-        if c.top1 < minimum
+        if c.judged and c.top1 < minimum
     ]

@@ -515,6 +515,7 @@ def test_the_build_report_renders_offline_in_headless_chromium(remote, tmp_path:
     assert console_errors == []
     assert 'aria-label="cosine per layer"' in dom.stdout and "<polyline" in dom.stdout
     assert dom.stdout.count('aria-label="latency histogram"') == 2
+    assert dom.stdout.count(">runs</text>") == 2 and "operators vs the ax650 operator table" in dom.stdout
     assert dom.stdout.count("data:image/jpeg;base64,") >= 4 and "worst layers:" in dom.stdout
     assert "Picks: device vs float model" in dom.stdout and "same first pick" in dom.stdout
     assert dom.stdout.count('class="device"') >= 2  # the device's captions beside the float model's, marked
