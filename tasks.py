@@ -8,7 +8,8 @@ from __future__ import annotations
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from commands.cli import caption_images, classify_images, run_stages, serve_command, setup_logging, show_status
+from commands.captioning import CaptionFlags, caption_images, classify_images
+from commands.cli import run_stages, serve_command, setup_logging, show_status
 from commands.serving import ServeRequest
 from pipeline.runner import RunRequest
 
@@ -46,14 +47,27 @@ def status(c: Context, config: str | None = None) -> None:
 @task(
     help={
         "images": "folder of images (searched recursively)",
-        "out": "write the .txt files and captions.jsonl here instead of beside the images",
+        "out": "write the caption files and captions.jsonl here instead of beside the images",
         "models": "models dir as fetch lays it out (default: the local device's, from the config)",
         "config": _HELP["config"],
         "ranks": "write (label:0.123) with each pick, as A1111's 'return ranks'",
-        "overwrite": "caption again images that already have a .txt",
+        "overwrite": "caption again images that already have a caption file (--existing overwrite)",
+        "existing": "a caption file already there: skip (default), overwrite, append or prepend (its text kept)",
+        "prefix": "labels written first, comma-separated: a trigger word (kohya --always_first_tags)",
+        "suffix": "labels written last, comma-separated",
+        "exclude": "labels never written: a comma list, or @FILE (one a line); re:REGEX matches whole labels",
+        "replace": "write one label as another: 'a,b;c,d' (kohya --tag_replacement)",
+        "underscores": "spaces in labels written as _ (kaomoji as they are)",
+        "escape": "escape ( ) \\ for SD's prompt syntax",
+        "sort": "order (as picked, default), score (best first) or alpha",
+        "extension": "caption file extension (default .txt; kohya --caption_extension)",
+        "separator": "between labels (default ', ')",
+        "threshold": "the bar of `many` categories (tags) instead of the vocabulary's: a cosine (SigLIP: probability)",
+        "max-tags": "at most this many picks of each `many` category, best first",
+        "dry-run": "caption this many images, print them, write nothing",
+        "report": "write caption-report.html beside captions.jsonl: counts, tags per image, a sample",
         "npu-lock": "hold an exclusive flock on this file around every NPU call (default: device.npu_lock)",
-        "mode": "write clip-interrogator's prompt in this mode instead: fast, classic, best or negative "
-        "(needs tables of vocab/clip-interrogator.yaml)",
+        "mode": "write clip-interrogator's prompt in this mode instead: fast, classic, best or negative",
         "host": "caption on these devices with Dask: a device name, a comma list, or all (default: all, when the "
         "devices are other machines; else here)",
     }
@@ -66,13 +80,44 @@ def caption(
     config: str | None = None,
     ranks: bool = False,
     overwrite: bool = False,
+    existing: str | None = None,
+    prefix: str | None = None,
+    suffix: str | None = None,
+    exclude: str | None = None,
+    replace: str | None = None,
+    underscores: bool = False,
+    escape: bool = False,
+    sort: str | None = None,
+    extension: str | None = None,
+    separator: str | None = None,
+    threshold: float | None = None,
+    max_tags: int | None = None,
+    dry_run: int = 0,
+    report: bool = False,
     npu_lock: str | None = None,
     mode: str | None = None,
     host: str | None = None,
 ) -> None:
-    """Caption a folder of images for a training set: a .txt per image and a JSONL; resumable."""
+    """Caption a folder of images for a training set: a caption file per image, captions.jsonl and tags.csv;
+    resumable. pipeline.yaml's `caption:` section holds the same options; these flags override it."""
     setup_logging(False)
-    caption_images(config, images, out, models, ranks, overwrite, npu_lock, mode, host)
+    style = {
+        "ranks": ranks,
+        "existing": existing,
+        "prefix": prefix,
+        "suffix": suffix,
+        "exclude": exclude,
+        "replace": replace,
+        "underscores": underscores,
+        "escape": escape,
+        "sort": sort,
+        "extension": extension,
+        "separator": separator,
+        "threshold": threshold,
+        "max_tags": max_tags,
+    }
+    flags = CaptionFlags(images, out, models, npu_lock, mode, host, overwrite, dry_run, report, style)
+    caption_images(config, flags)
 
 
 @task(
@@ -105,7 +150,8 @@ def classify(
 ) -> None:
     """Answer a question about each image of a folder (labels, or categories): classify.jsonl and a CSV table."""
     setup_logging(False)
-    classify_images(config, images, labels, question, template, out, models, overwrite, npu_lock, host)
+    flags = CaptionFlags(images, out, models, npu_lock, host=host, overwrite=overwrite)
+    classify_images(config, flags, labels, question, template)
 
 
 @task(

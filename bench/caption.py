@@ -19,7 +19,7 @@ import numpy as np
 from harness import DEFAULT_CACHE, arguments, emit, full_size_export, verdict, write_tables
 from inputs import NPU_FLOOR_MS, photo_folder
 
-from runtime.captioning import caption_folder
+from runtime.captioning import CaptionRun, caption_folder
 from runtime.clip import ClipRuntime
 from runtime.interrogator import Interrogator
 from runtime.label_tables import LabelTables
@@ -37,7 +37,7 @@ def before(interrogator: Interrogator, folder: Path) -> None:
 
 def now(interrogator: Interrogator, folder: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
-    caption_folder(interrogator, folder, out)
+    caption_folder(interrogator, CaptionRun(folder, out))
 
 
 def npu_class(clip: ClipRuntime) -> ClipRuntime:

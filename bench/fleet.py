@@ -30,6 +30,7 @@ from inputs import NPU_FLOOR_MS, photo_folder
 from deploy.fleet_caption import WORKER, FleetCaptionJob, FleetProgress, caption_on_fleet
 from pipeline.graph import StageGraph
 from pipeline.runner import Outcome, RunRequest, run
+from runtime.captioning import CaptionRun
 from stages import ALL_STAGES
 from stages.config import PipelineConfig, load_config
 
@@ -93,7 +94,7 @@ def throughput(config: PipelineConfig, devices: tuple[str, ...], photos: Path) -
         if len(stamps) in (1, total):
             cpu.append((sum(_cpu_seconds(ROOT / name / WORKER.pid_name) for name in devices), time.process_time()))
 
-    job = FleetCaptionJob(photos, out, preload=(str(PRELOAD),))
+    job = FleetCaptionJob(CaptionRun(photos, out), preload=(str(PRELOAD),))
     summary = caption_on_fleet(config.with_devices(",".join(devices)), job, on_image)
     if summary.failed or summary.captioned != total:
         raise SystemExit(f"captioning failed: {summary.failed[:3]}")

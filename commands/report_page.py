@@ -8,9 +8,6 @@ tables (embed-vocab) on the controller, so they need no device.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -19,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from commands.html_parts import STYLE, escape, html_table, section, thumbnail
 from common.contract import JsonFile
 from common.errors import ModelFilesError
 from common.hashing import sha256_text
@@ -43,17 +41,7 @@ WHY_CAPTIONS_DIFFER = (
     "image embedding is within compile's cosine of the float one; labels whose cosines with the image differ "
     "by less than that error may swap places, so a category can pick its second-best label: close, not wrong."
 )
-THUMBNAIL_PX = 160
 CAPTIONED_PHOTOS = 6
-STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1d2430;padding:0 16px}
-h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #d8dde6;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d8dde6;padding:3px 8px;text-align:left;
-vertical-align:top}th{background:#f2f4f8}.ran{color:#0a7a32}.failed{color:#b3261e;font-weight:600}
-.up{color:#5b6577}.note{color:#5b6577}.device{color:#0b5394}.photos{display:flex;flex-wrap:wrap;gap:14px}
-.photo{width:250px}.photo img{display:block;border-radius:4px}code{background:#f2f4f8;padding:0 3px}
-th,td.n{white-space:nowrap}
-"""
 
 
 @dataclass(frozen=True)
@@ -129,59 +117,37 @@ def _read(contract: type[T], path: Path) -> T | None:
         return None
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value))
-
-
-def _table(
-    columns: Sequence[str], rows: Iterable[Sequence[object]], raw: bool = False, nowrap: Sequence[int] = ()
-) -> str:
-    """`nowrap`: the columns of short values ("never run", "embed-vocab", "14.9 s") kept on one line."""
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td{' class=n' if i in nowrap else ''}>{c if raw else _e(c)}</td>" for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _section(title: str, content: str) -> str:
-    return f"<h2>{_e(title)}</h2>{content}"
-
-
 def _missing(what: str) -> str:
-    return f"<p class=note>No {_e(what)} yet.</p>"
+    return f"<p class=note>No {escape(what)} yet.</p>"
 
 
 def _run_section(run: LastRun | None) -> str:
     if not run or not run.stages:
-        return _section("Last run", _missing("run recorded"))
+        return section("Last run", _missing("run recorded"))
     css = {"ran": "ran", "failed": "failed", "up to date": "up"}
     rows = [
         (
-            f"<span class={css.get(r.outcome, 'up')}>{_e(r.outcome)}</span>",
-            _e(r.stage),
-            _e("; ".join(r.reasons) or "-"),
+            f"<span class={css.get(r.outcome, 'up')}>{escape(r.outcome)}</span>",
+            escape(r.stage),
+            escape("; ".join(r.reasons) or "-"),
             f"{r.seconds:.1f} s" if r.seconds else "",
-            _e(r.summary),
+            escape(r.summary),
         )
         for r in run.stages
     ]
-    when = f"<p class=note>Finished {_e(run.finished_at)}.</p>" if run.finished_at else ""
+    when = f"<p class=note>Finished {escape(run.finished_at)}.</p>" if run.finished_at else ""
     if run.checked_at:
         when = (
-            f"<p class=note>The latest run ({_e(run.checked_at)}) found every stage up to date; this is the last "
-            f"run that did work, finished {_e(run.finished_at)}.</p>"
+            f"<p class=note>The latest run ({escape(run.checked_at)}) found every stage up to date; this is the last "
+            f"run that did work, finished {escape(run.finished_at)}.</p>"
         )
-    table = _table(("outcome", "stage", "why", "time", "summary"), rows, raw=True, nowrap=(0, 1, 3))
-    return _section("Last run that did work" if run.checked_at else "Last run", when + table)
+    table = html_table(("outcome", "stage", "why", "time", "summary"), rows, raw=True, nowrap=(0, 1, 3))
+    return section("Last run that did work" if run.checked_at else "Last run", when + table)
 
 
 def _provenance_section(records: dict[str, StageRecord]) -> str:
     if not records:
-        return _section("Provenance", _missing("lock file"))
+        return section("Provenance", _missing("lock file"))
     order = [stage.name for stage in ALL_STAGES if stage.name in records]  # pipeline order, as it ran
     rows = [(name, records[name].started_at, f"{records[name].seconds:.1f} s", records[name].host) for name in order]
     tools = {tool: version for name in order for tool, version in records[name].tools.items()}  # every stage's
@@ -189,15 +155,15 @@ def _provenance_section(records: dict[str, StageRecord]) -> str:
     model = records["export"].params.get("model", {}) if "export" in records else {}
     made_from = f"model {model.get('id', '?')} at revision {model.get('revision', '?')}; " if model else ""
     content = (
-        _table(("stage", "last ran", "took", "host"), rows, nowrap=(0, 1, 2))
-        + f"<p class=note>{_e(made_from)}tools: {_e(tool_text)}</p>"
+        html_table(("stage", "last ran", "took", "host"), rows, nowrap=(0, 1, 2))
+        + f"<p class=note>{escape(made_from)}tools: {escape(tool_text)}</p>"
     )
-    return _section("Provenance (artifacts/pipeline.lock.json)", content)
+    return section("Provenance (artifacts/pipeline.lock.json)", content)
 
 
 def _verify_section(report: VerificationReport | None) -> str:
     if not report:
-        return _section("verify", _missing("verify report"))
+        return section("verify", _missing("verify report"))
     numerics = [
         (name, f"{n.min_cosine:.10f}", f"{n.max_abs_diff:.2e}", len(n.samples))
         for name, n in report.numerics.items()
@@ -208,23 +174,23 @@ def _verify_section(report: VerificationReport | None) -> str:
     operators = [c for c in report.checks if ": op " in c.name]
     others = [c for c in report.checks if ": op " not in c.name]
     summary = (
-        f"<p>{len(report.checks)} checks against {_e(report.target)}, {verdict}: {len(others)} in the first table, "
-        f"{len(operators)} operators in the operator table; model {_e(report.model)}.</p>"
+        f"<p>{len(report.checks)} checks against {escape(report.target)}, {verdict}: {len(others)} in the first table, "
+        f"{len(operators)} operators in the operator table; model {escape(report.model)}.</p>"
     )
 
     def rows(checks: list[Any]) -> Iterable[tuple[str, str, str]]:
         return ((c.name, "pass" if c.passed else "FAIL", c.detail) for c in checks)
 
-    numbers = _table(("output", "min cosine onnxruntime vs PyTorch", "max abs diff", "samples"), numerics)
+    numbers = html_table(("output", "min cosine onnxruntime vs PyTorch", "max abs diff", "samples"), numerics)
     operator_table = (
-        f"<details open><summary>operators vs the {_e(report.target)} operator table ({len(operators)})</summary>"
-        + _table(("operator", "result", "detail"), rows(operators), nowrap=(0, 1))
+        f"<details open><summary>operators vs the {escape(report.target)} operator table ({len(operators)})</summary>"
+        + html_table(("operator", "result", "detail"), rows(operators), nowrap=(0, 1))
         + "</details>"
         if operators
         else ""
     )
-    checks = _table(("check", "result", "detail"), rows(others), nowrap=(1,))
-    return _section("verify", summary + numbers + _fidelity_note(report.fast_preprocessing) + checks + operator_table)
+    checks = html_table(("check", "result", "detail"), rows(others), nowrap=(1,))
+    return section("verify", summary + numbers + _fidelity_note(report.fast_preprocessing) + checks + operator_table)
 
 
 def _fidelity_note(fast: Agreement) -> str:
@@ -238,7 +204,7 @@ def _fidelity_note(fast: Agreement) -> str:
 
 def _compile_section(report: CompileReport | None) -> str:
     if not report:
-        return _section("compile", _missing("compile report"))
+        return section("compile", _missing("compile report"))
     rows, charts = [], []
     for name, model in report.models.items():
         cosine = model.cosine
@@ -247,17 +213,17 @@ def _compile_section(report: CompileReport | None) -> str:
         if layers:
             worst = describe_layers(list(model.worst_layers))
             charts.append(
-                f"<h3>{_e(name)}: cosine per layer</h3>{_layer_chart(layers)}"
-                f"<p class=note>worst layers: {_e(worst)}</p>"
+                f"<h3>{escape(name)}: cosine per layer</h3>{_layer_chart(layers)}"
+                f"<p class=note>worst layers: {escape(worst)}</p>"
             )
     if not charts:
         charts.append(
             "<p class=note>Per-layer cosines come from Pulsar2's precision analysis (target pulsar2 with "
             "precision_analysis); the onnxruntime target reports the model's output only.</p>"
         )
-    head = f"<p>target {_e(report.target)}, {_e(report.data_type)}, host {_e(report.host)}</p>"
-    table = _table(("encoder", "model", "quantized vs float cosine", "measured by"), rows)
-    return _section("compile", head + table + "".join(charts))
+    head = f"<p>target {escape(report.target)}, {escape(report.data_type)}, host {escape(report.host)}</p>"
+    table = html_table(("encoder", "model", "quantized vs float cosine", "measured by"), rows)
+    return section("compile", head + table + "".join(charts))
 
 
 def _layer_chart(layers: list[dict[str, Any]], width: int = 1000, height: int = 180) -> str:
@@ -285,25 +251,25 @@ def _layer_chart(layers: list[dict[str, Any]], width: int = 1000, height: int = 
 
 def _smoke_section(device: str, report: SmokeReport | None) -> str:
     if not report:
-        return _section("smoke test", _missing("smoke-test report"))
+        return section("smoke test", _missing("smoke-test report"))
     title = f"smoke test (on {device})"
     if report.error:
-        return _section(title, f"<p class=failed>could not run: {_e(report.error)}</p>")
+        return section(title, f"<p class=failed>could not run: {escape(report.error)}</p>")
     charts = [
-        f"<h3>{_e(part)} encoder latency (ms)</h3>{_latency_chart(encoder.latency_ms)}"
+        f"<h3>{escape(part)} encoder latency (ms)</h3>{_latency_chart(encoder.latency_ms)}"
         for part, encoder in report.encoders.items()
     ]
-    head = f"<p>peak RSS {report.peak_rss_mb:.0f} MB on {_e(report.machine)}</p>"
-    table = _table(report.ENCODER_COLUMNS, report.encoder_rows())
+    head = f"<p>peak RSS {report.peak_rss_mb:.0f} MB on {escape(report.machine)}</p>"
+    table = html_table(report.ENCODER_COLUMNS, report.encoder_rows())
     agreement = _agreement(report.agreement) if report.agreement else ""
-    return _section(title, head + table + agreement + "".join(charts))
+    return section(title, head + table + agreement + "".join(charts))
 
 
 def _agreement(agreement: PickAgreement) -> str:
     """Whether the device picks the float model's labels: per category, and the captions that changed."""
-    table = _table(agreement.COLUMNS, agreement.rows())
+    table = html_table(agreement.COLUMNS, agreement.rows())
     changed = (
-        _table(
+        html_table(
             ("photo", "float model", "device"),
             ((c.photo, c.float_caption, c.device_caption) for c in agreement.changed),
         )
@@ -412,7 +378,7 @@ def _captions_section(config: PipelineConfig, photos: list[Path], device_caption
     beside them what the device answered in the smoke test for the photos it captioned."""
     export, tables_dir = config.artifacts / "export", config.artifacts / "embed-vocab"
     if not photos or not (export / ExportInfo.FILE).is_file() or not (tables_dir / VocabIndex.FILE).is_file():
-        return _section("Captions", _missing("sample photos captioned (needs export and embed-vocab)"))
+        return section("Captions", _missing("sample photos captioned (needs export and embed-vocab)"))
     from common.errors import UserError
     from runtime.opening import open_interrogator
     from runtime.preprocess import open_image
@@ -420,32 +386,26 @@ def _captions_section(config: PipelineConfig, photos: list[Path], device_caption
     try:
         interrogator = open_interrogator(export, tables=tables_dir)
     except UserError as exc:
-        return _section("Captions", f"<p class=note>{_e(exc)}</p>")
+        return section("Captions", f"<p class=note>{escape(exc)}</p>")
     cards = []
     for path in photos:
         image = open_image(path)
         result = interrogator.interrogate(image)
         best = "".join(
-            f"<tr><td>{_e(c.name)}</td><td>{_e(', '.join(f'{p.label} ({p.score:.3f})' for p in c.top[:3]))}</td></tr>"
+            f"<tr><td>{escape(c.name)}</td><td>{escape(', '.join(f'{p.label} ({p.score:.3f})' for p in c.top[:3]))}"
+            "</td></tr>"
             for c in result.categories
         )
         device = device_captions.get(path.name)
-        on_device = f"<p class=device><b>device</b>: {_e(device)}</p>" if device is not None else ""
+        on_device = f"<p class=device><b>device</b>: {escape(device)}</p>" if device is not None else ""
         cards.append(
-            f"<div class=photo><img alt='{_e(path.name)}' src='{_thumbnail(image)}'>"
-            f"<p><b>{_e(path.name)}</b>, float model: {_e(result.caption)}</p>{on_device}<table>{best}</table></div>"
+            f"<div class=photo><img alt='{escape(path.name)}' src='{thumbnail(image)}'>"
+            f"<p><b>{escape(path.name)}</b>, float model: {escape(result.caption)}</p>{on_device}"
+            f"<table>{best}</table></div>"
         )
     note = (
         "<p class=note>Float model: export's models with embed-vocab's tables. Device: the compiled model on "
         "the device in the smoke test (verify's photos only). Beside each category its three best labels, "
         f"each with its cosine with the image in brackets. {WHY_CAPTIONS_DIFFER}</p>"
     )
-    return _section("Captions", note + f"<div class=photos>{''.join(cards)}</div>")
-
-
-def _thumbnail(image: Any) -> str:
-    small = image.copy()
-    small.thumbnail((THUMBNAIL_PX * 3 // 2, THUMBNAIL_PX))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return section("Captions", note + f"<div class=photos>{''.join(cards)}</div>")

@@ -32,8 +32,7 @@ from pipeline.errors import HostError, PipelineError
 from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.terminal import console
-from runtime.captioning import CaptionSummary, CaptionWriter
-from runtime.classify import Question
+from runtime.captioning import CaptionRun, CaptionSummary, CaptionWriter
 from runtime.fleet_worker import NPU, DeviceSettings, InterrogatorPlugin, caption_batch, plugin_error
 from runtime.manifest import CURRENT_SET
 
@@ -53,13 +52,9 @@ _DASK = {"distributed", "tornado", "bokeh"}  # the top-level loggers Dask config
 
 @dataclass(frozen=True)
 class FleetCaptionJob:
-    images_dir: Path
-    out_dir: Path | None
-    ranks: bool = False
-    overwrite: bool = False
-    mode: str | None = None
+    run: CaptionRun  # the folder, the style (its labels' part travels to the devices), a question
+    mode: str | None = None  # clip-interrogator's prompt mode
     preload: tuple[str, ...] = ()  # Dask `--preload` modules or files for every worker (bench/fleet.py's stand-in)
-    question: Question | None = None  # `invoke classify`: each image's answer instead of a caption
 
 
 @dataclass
@@ -84,7 +79,7 @@ def caption_on_fleet(
     Dask's own log records (the scheduler's and the client's: workers joining and leaving, connections) go
     to DASK_LOG beside the answers, not between the progress bar and the summary; its path is printed when
     the run fails."""
-    log = (job.out_dir or job.images_dir) / DASK_LOG
+    log = job.run.folder / DASK_LOG
     log.parent.mkdir(parents=True, exist_ok=True)
     with _dask_logs_to(log):
         try:
@@ -142,9 +137,9 @@ def _caption_on_fleet(
             _wait_for_workers(client, [o.device for o in started if o.ok])
             plugin = InterrogatorPlugin(
                 {device.name: o.result for device, o in zip(devices, started, strict=True) if o.result is not None},
-                job.ranks,
+                job.run.style.options(),
                 job.mode,
-                job.question,
+                job.run.question,
             )
             _set_up(client, plugin)
             return _caption(client, job, on_image)
@@ -157,7 +152,7 @@ Batch = list[tuple[Path, Path, bytes]]  # (image, its .txt, its bytes)
 
 def _caption(client: Client, job: FleetCaptionJob, on_image: Callable[[Path, FleetProgress], None]) -> CaptionSummary:
     progress = FleetProgress()
-    with CaptionWriter.open(job.images_dir, job.out_dir, job.question, job.overwrite) as writer:
+    with CaptionWriter.open(job.run) as writer:
         _caption_batches(client, writer, job, lambda path: on_image(path, progress), progress)
         return writer.summary
 
@@ -170,7 +165,7 @@ def _caption_batches(
     progress: FleetProgress,
 ) -> None:
     """Batches sent as workers take them, answers written as they come (two batches in flight a worker)."""
-    todo = writer.todo(job.overwrite, on_image)
+    todo = writer.todo(on_image)
     batches = _batches(todo, writer, on_image)
     in_flight: dict[Future, Batch] = {}
 

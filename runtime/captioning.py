@@ -17,7 +17,7 @@ import contextlib
 import csv
 import json
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -29,9 +29,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from runtime.answers import InterrogationAnswer
+from runtime.caption_style import CaptionStyle
 from runtime.classify import Classifier, Question, QuestionRefused
 from runtime.errors import InvalidImage
 from runtime.interrogator import CaptionOptions, Interrogator
+from runtime.label_format import Existing
 from runtime.label_tables import normalize
 from runtime.preprocess import find_images
 from runtime.prompt_modes import PromptBuilder, PromptMode
@@ -39,6 +41,7 @@ from runtime.prompt_modes import PromptBuilder, PromptMode
 JSONL_NAME = "captions.jsonl"
 CLASSIFY_JSONL = "classify.jsonl"
 CLASSIFY_CSV = "classify.csv"
+TAGS_CSV = "tags.csv"  # beside captions.jsonl: how many images' captions hold each label
 AHEAD = 2  # prepared images waiting per decode worker
 
 
@@ -47,6 +50,7 @@ class CaptionSummary:
     captioned: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    previews: list[tuple[str, str]] = field(default_factory=list)  # a dry run's (image, caption)
 
 
 class CaptionInterrupted(KeyboardInterrupt):
@@ -58,10 +62,12 @@ class CaptionInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
-def caption_path(image: Path, images_dir: Path, out_dir: Path | None, shared_stem: bool = False) -> Path:
+def caption_path(
+    image: Path, images_dir: Path, out_dir: Path | None, shared_stem: bool = False, extension: str = ".txt"
+) -> Path:
     """`a.txt` for `a.jpg`, beside it or at the same place below `out_dir`; `a.jpg.txt` when another image
     of the folder has the same name but for its extension (`a.png`), so neither caption replaces the other."""
-    name = f"{image.name}.txt" if shared_stem else f"{image.stem}.txt"
+    name = f"{image.name}{extension}" if shared_stem else f"{image.stem}{extension}"
     folder = image.parent if out_dir is None else (out_dir / image.relative_to(images_dir)).parent
     return folder / name
 
@@ -99,31 +105,56 @@ class CaptionTask:
         return result.caption, InterrogationAnswer.of(result).model_dump()
 
 
+@dataclass(frozen=True)
+class CaptionRun:
+    """A run over a folder as the writer sees it: where the answers go and how files are written."""
+
+    images_dir: Path
+    out_dir: Path | None = None
+    style: CaptionStyle = field(default_factory=CaptionStyle)
+    question: Question | None = None  # `invoke classify`: classify.jsonl and classify.csv, no caption files
+    overwrite: bool = False  # answer every image again (for captions: style.existing = overwrite)
+    dry_run: int = 0  # caption this many images and write nothing (the answers are in the summary)
+
+    @property
+    def folder(self) -> Path:
+        """Where captions.jsonl (classify.jsonl), tags.csv and the report go."""
+        return self.out_dir or self.images_dir
+
+    @property
+    def existing(self) -> Existing:
+        return Existing.OVERWRITE if self.overwrite else self.style.existing
+
+
 # An image that cannot be captioned: reported and skipped, never the end of the run.
 UNREADABLE = (InvalidImage, OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
 
 class CaptionWriter:
-    """Each image's .txt and its captions.jsonl line, written as they come; which images are still to do.
-    For a question: each image's classify.jsonl line (`answered`: the images it already holds)."""
+    """Each image's caption file and its captions.jsonl line, written as they come; which images are still
+    to do. For a question: each image's classify.jsonl line (`answered`: the images it already holds). In a
+    dry run: nothing written, the captions kept in the summary."""
 
-    def __init__(self, images_dir: Path, out_dir: Path | None, log: TextIO, answered: set[str] | None = None) -> None:
-        self.images_dir, self.out_dir, self.log, self.answered = images_dir, out_dir, log, answered
+    def __init__(self, run: CaptionRun, log: TextIO | None, answered: set[str] | None = None) -> None:
+        self.run, self.log, self.answered = run, log, answered
+        self.images_dir, self.out_dir = run.images_dir, run.out_dir
+        self.format = run.style.options().format
         self.summary = CaptionSummary()
 
     @staticmethod
     @contextmanager
-    def open(
-        images_dir: Path, out_dir: Path | None, question: Question | None = None, overwrite: bool = False
-    ) -> Iterator[CaptionWriter]:
-        folder = out_dir or images_dir
+    def open(run: CaptionRun) -> Iterator[CaptionWriter]:
+        folder, question = run.folder, run.question
+        if run.dry_run:
+            yield CaptionWriter(run, None)
+            return
         folder.mkdir(parents=True, exist_ok=True)
         jsonl, answered = folder / JSONL_NAME, None
         if question is not None:
             jsonl = folder / CLASSIFY_JSONL
-            answered = set() if overwrite else answered_files(jsonl, question)
-        with jsonl.open("w" if question is not None and overwrite else "a", encoding="utf-8") as log:
-            writer = CaptionWriter(images_dir, out_dir, log, answered)
+            answered = set() if run.overwrite else answered_files(jsonl, question)
+        with jsonl.open("w" if question is not None and run.overwrite else "a", encoding="utf-8") as log:
+            writer = CaptionWriter(run, log, answered)
             try:
                 yield writer
             except KeyboardInterrupt:  # Ctrl+C: the run's summary goes with it, for the command's last line
@@ -133,31 +164,40 @@ class CaptionWriter:
                     log.flush()
                     write_table(jsonl, folder / CLASSIFY_CSV, question)
 
-    def todo(self, overwrite: bool, on_image: Callable[[Path], None]) -> list[tuple[Path, Path]]:
-        """(image, its .txt) for every image without a caption (all with `overwrite`); the rest are counted
-        as skipped."""
-        todo = []
+    def targets(self) -> list[tuple[Path, Path]]:
+        """Every image of the folder with its caption file."""
         images = find_images(self.images_dir)
         shared = shared_stems(images)
-        for image_path in images:
-            target = caption_path(image_path, self.images_dir, self.out_dir, image_path in shared)
+        extension = self.run.style.extension
+        return [(i, caption_path(i, self.images_dir, self.out_dir, i in shared, extension)) for i in images]
+
+    def todo(self, on_image: Callable[[Path], None]) -> list[tuple[Path, Path]]:
+        """(image, its caption file) for every image to caption; the rest (a caption there and `existing:
+        skip`, or answered) are counted as skipped. A dry run takes the first `dry_run` of them."""
+        todo = []
+        for image_path, target in self.targets():
             if self.answered is not None:
                 done = self._relative(image_path) in self.answered
             else:
-                done = target.exists() and target.stat().st_size > 0 and not overwrite
+                done = self.run.existing is Existing.SKIP and target.exists() and target.stat().st_size > 0
             if done:
                 self.summary.skipped += 1
                 on_image(image_path)
             else:
                 todo.append((image_path, target))
-        return todo
+        return todo[: self.run.dry_run] if self.run.dry_run else todo
 
     def write(self, image_path: Path, target: Path, text: str | None, record: dict[str, object]) -> None:
-        if text is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text + "\n", encoding="utf-8")
-        self.log.write(json.dumps({"file": self._relative(image_path), **record}) + "\n")
-        self.log.flush()
+        """The caption file (merged with the one there as `existing` says; replaced whole, atomically)
+        and the JSONL line."""
+        if self.run.dry_run:
+            self.summary.previews.append((self._relative(image_path), text or json.dumps(record)))
+        else:
+            if text is not None:
+                _replace_atomically(target, self.format.merge(_read_text(target), text, self.run.existing) + "\n")
+            assert self.log is not None
+            self.log.write(json.dumps({"file": self._relative(image_path), **record}) + "\n")
+            self.log.flush()
         self.summary.captioned += 1
 
     def failed(self, image_path: Path, reason: str) -> None:
@@ -165,6 +205,45 @@ class CaptionWriter:
 
     def _relative(self, image_path: Path) -> str:
         return image_path.relative_to(self.images_dir).as_posix()
+
+
+def _read_text(path: Path) -> str:
+    """A caption file's text, "" when there is none (or it cannot be read as text: it is then replaced)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _replace_atomically(path: Path, text: str) -> None:
+    """Written to a temporary file beside it, then renamed over it: a crash leaves the old file or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def tag_counts(run: CaptionRun) -> Counter[str]:
+    """How many of the set's caption files hold each label (the whole set's, this run's and earlier ones),
+    compared as the formatter compares them."""
+    writer = CaptionWriter(run, None)
+    counts: Counter[str] = Counter()
+    for _, target in writer.targets():
+        counts.update(set(writer.format.labels(_read_text(target))))
+    return counts
+
+
+def write_tag_counts(run: CaptionRun, counts: Counter[str]) -> Path:
+    """tags.csv beside captions.jsonl: every label with the number of images whose caption holds it."""
+    path = run.folder / TAGS_CSV
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["tag", "images"])
+        out.writerows(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return path
 
 
 def _question_lines(jsonl: Path) -> Iterator[dict[str, Any]]:
@@ -209,30 +288,24 @@ def write_table(jsonl: Path, table: Path, question: Question) -> None:
 
 def caption_folder(
     interrogator: Interrogator,
-    images_dir: Path,
-    out_dir: Path | None = None,
+    run: CaptionRun,
     *,
-    options: CaptionOptions | None = None,
-    overwrite: bool = False,
     on_image: Callable[[Path], None] = lambda _: None,
     workers: int | None = None,
     prompts: tuple[PromptBuilder, PromptMode] | None = None,
-    classify: tuple[Classifier, Question] | None = None,
+    classifier: Classifier | None = None,
 ) -> CaptionSummary:
-    """A caption per image (A1111's `clip` caption), with `prompts` clip-interrogator's prompt in a mode, or
-    with `classify` the answer to a question."""
+    """A caption per image (A1111's `clip` caption in the run's style), with `prompts` clip-interrogator's
+    prompt in a mode, or with a question the answer (`classifier` asks it)."""
     if prompts:
         prompts[0].require(prompts[1])  # before the first image: a vocabulary without the lists says so
+    classify = (classifier, run.question) if classifier is not None and run.question is not None else None
     if classify:
         classify[0].check(classify[1])  # and a question over the bounds
-    task = CaptionTask(options, prompts, classify)
+    task = CaptionTask(run.style.options(), prompts, classify)
     workers = workers or os.cpu_count() or 2
-    question = classify[1] if classify else None
-    with (
-        CaptionWriter.open(images_dir, out_dir, question, overwrite) as writer,
-        ThreadPoolExecutor(workers, "caption-decode") as pool,
-    ):
-        _caption_all(interrogator, writer, pool, task, overwrite, on_image, workers)
+    with CaptionWriter.open(run) as writer, ThreadPoolExecutor(workers, "caption-decode") as pool:
+        _caption_all(interrogator, writer, pool, task, on_image, workers)
     return writer.summary
 
 
@@ -241,7 +314,6 @@ def _caption_all(
     writer: CaptionWriter,
     pool: ThreadPoolExecutor,
     task: CaptionTask,
-    overwrite: bool,
     on_image: Callable[[Path], None],
     workers: int,
 ) -> None:
@@ -256,7 +328,7 @@ def _caption_all(
             writer.failed(image_path, str(exc) or type(exc).__name__)
         on_image(image_path)
 
-    for image_path, target in writer.todo(overwrite, on_image):
+    for image_path, target in writer.todo(on_image):
         prepared.append((image_path, target, pool.submit(_pixels, interrogator, image_path)))
         if len(prepared) > AHEAD * workers:
             finish_oldest()

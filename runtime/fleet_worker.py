@@ -42,9 +42,13 @@ class InterrogatorPlugin(WorkerPlugin):
     name = PLUGIN_NAME
 
     def __init__(
-        self, devices: dict[str, DeviceSettings], ranks: bool, mode: str | None, question: Question | None = None
+        self,
+        devices: dict[str, DeviceSettings],
+        options: CaptionOptions,
+        mode: str | None,
+        question: Question | None = None,
     ) -> None:
-        self.devices, self.ranks, self.mode, self.question = devices, ranks, mode, question
+        self.devices, self.options, self.mode, self.question = devices, options, mode, question
         self.interrogator: Interrogator | None = None
         self.task = CaptionTask()
         self.device = ""
@@ -68,7 +72,7 @@ class InterrogatorPlugin(WorkerPlugin):
         except UserError as exc:
             self.error = str(exc)
             return
-        self.task = CaptionTask(CaptionOptions(ranks=self.ranks), prompts, classify)
+        self.task = CaptionTask(self.options, prompts, classify)
 
     def caption(self, data: bytes) -> dict[str, Any]:
         """{'text', 'record', 'device'}, or {'error', 'device'} for an image that cannot be captioned."""

@@ -6,7 +6,6 @@ One lock serializes backend calls (one NPU); ranking is numpy on a precomputed t
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.clip import ClipRuntime
+from runtime.label_format import DEEPBOORU, PLAIN, LabelFormat
 from runtime.label_tables import CategoryMode, CategoryTable, LabelTables, normalize
 from runtime.model_io import ScoreScale
 
@@ -46,11 +46,13 @@ class Interrogation:
 
 @dataclass(frozen=True)
 class CaptionOptions:
-    """A1111's `clip` interrogation settings (the interrogate_* options)."""
+    """A1111's `clip` interrogation settings (the interrogate_* options), and a caption run's."""
 
-    ranks: bool = False  # interrogate_return_ranks: (label:0.123)
     skip: frozenset[str] = frozenset()  # interrogate_clip_skip_categories
     dict_limit: int = 0  # interrogate_clip_dict_limit: only each category's first N labels (0: all)
+    threshold: float | None = None  # `many` categories' bar instead of the vocabulary's (its terms: see many_bar)
+    max_tags: int | None = None  # `many` categories: at most this many picks each, best first
+    format: LabelFormat = PLAIN  # interrogate_return_ranks is its `ranks`
 
 
 @dataclass(frozen=True)
@@ -58,14 +60,9 @@ class TagOptions:
     """A1111's `deepdanbooru` settings (the deepbooru_* options) over the vocabulary's tag categories."""
 
     threshold: float = 0.5  # interrogate_deepbooru_score_threshold, on tag_probability's scale
-    sort_alpha: bool = True  # deepbooru_sort_alpha; else by score
-    use_spaces: bool = True  # deepbooru_use_spaces; else underscores
-    escape: bool = True  # deepbooru_escape: \( \) \\ so prompts read them literally
-    exclude: frozenset[str] = frozenset()  # deepbooru_filter_tags
-    ranks: bool = False  # interrogate_return_ranks
-
-
-_SPECIAL = re.compile(r"([\\()])")
+    # deepbooru_use_spaces (underscores=False: `_` written as spaces), deepbooru_escape, deepbooru_sort_alpha,
+    # deepbooru_filter_tags (exclude), interrogate_return_ranks: A1111's defaults
+    format: LabelFormat = DEEPBOORU
 
 
 def tag_scale(category: CategoryTable, scale: ScoreScale) -> ScoreScale:
@@ -82,10 +79,13 @@ def tag_probability(cosine: float, category: CategoryTable, scale: ScoreScale) -
     return tag_scale(category, scale).probability(cosine)
 
 
-def many_threshold(category: CategoryTable, scale: ScoreScale) -> float:
+def many_threshold(category: CategoryTable, scale: ScoreScale, bar: float | None = None) -> float:
     """The cosine a `many` category's label must reach: its threshold, or for SigLIP the cosine where the
-    model's probability reaches the category's min_probability."""
-    return scale.cosine_at(category.min_probability) if scale.sigmoid else category.threshold
+    model's probability reaches the category's min_probability; `bar` in the same terms instead (a cosine,
+    for SigLIP a probability) when given."""
+    if scale.sigmoid:
+        return scale.cosine_at(category.min_probability if bar is None else bar)
+    return category.threshold if bar is None else bar
 
 
 class Interrogator:
@@ -218,7 +218,7 @@ def caption(scores: Scores, options: CaptionOptions | None = None) -> tuple[str,
     taken: set[str] = set()
     results = []
     for category in categories:
-        result = _rank(scores, category, options.dict_limit, frozenset(taken))
+        result = _rank(scores, category, options, frozenset(taken))
         if category.caption and category.name not in options.skip:
             taken |= {_same_label(pick.label) for pick in result.picks}
         results.append(result)
@@ -226,8 +226,8 @@ def caption(scores: Scores, options: CaptionOptions | None = None) -> tuple[str,
 
 
 def tag_probabilities(scores: Scores, options: TagOptions | None = None) -> dict[str, float]:
-    """The `deepdanbooru` answer as data: every tag-category label at or above the probability threshold
-    (underscored, as A1111's tags are), with its probability."""
+    """The `deepdanbooru` answer as data: every tag-category label at or above the probability threshold,
+    with its probability."""
     options = options or TagOptions()
     found: dict[str, float] = {}
     for category in scores.tables.categories:
@@ -235,13 +235,12 @@ def tag_probabilities(scores: Scores, options: TagOptions | None = None) -> dict
             continue
         scale = tag_scale(category, scores.scale)
         for pick in _above(scores, category, scale.cosine_at(options.threshold)):
-            tag = pick.label.replace(" ", "_")
-            found[tag] = max(found.get(tag, 0.0), scale.probability(pick.score))
+            found[pick.label] = max(found.get(pick.label, 0.0), scale.probability(pick.score))
     return found
 
 
 def _rank(
-    scores: Scores, category: CategoryTable, dict_limit: int = 0, taken: frozenset[str] = frozenset()
+    scores: Scores, category: CategoryTable, options: CaptionOptions | None = None, taken: frozenset[str] = frozenset()
 ) -> CategoryResult:
     """Exact picks from coarse scores: only labels the error bound cannot rule out are rescored. Labels
     in `taken` (already in the caption) are not picked; each may push one more label into the running.
@@ -249,11 +248,13 @@ def _rank(
     A label in the exact top n scores at least the n-th best coarse score minus twice the bound; a label
     at or above a threshold scores at least the threshold minus the bound.
     """
+    options = options or CaptionOptions()
+    dict_limit = options.dict_limit
     size = min(len(category.labels), dict_limit) if dict_limit else len(category.labels)
     block = scores.coarse[category.start : category.start + size]
     need = min(size, max(STRUCTURED_TOP, category.k) + len(taken))
     cutoff = float(np.partition(block, size - need)[size - need]) - 2 * scores.bound
-    threshold = many_threshold(category, scores.scale)
+    threshold = many_threshold(category, scores.scale, options.threshold)
     if category.mode is CategoryMode.MANY:
         cutoff = min(cutoff, threshold - scores.bound)
     ranked = scores.exact(category, np.flatnonzero(block >= cutoff))
@@ -263,7 +264,7 @@ def _rank(
     elif category.mode is CategoryMode.TOP:
         picks = _distinct(free, category, category.k)
     else:
-        picks = _distinct([p for p in free if p.score >= threshold], category)
+        picks = _distinct([p for p in free if p.score >= threshold], category, options.max_tags)
     top = tuple(ranked[:STRUCTURED_TOP])
     return CategoryResult(category.name, category.mode, tuple(picks), top, len(category.labels))
 
@@ -298,26 +299,21 @@ def _above(scores: Scores, category: CategoryTable, cutoff: float) -> list[Pick]
 
 
 def format_caption(results: tuple[CategoryResult, ...], tables: list[CategoryTable], options: CaptionOptions) -> str:
-    parts = []
-    for result, table in zip(results, tables, strict=True):
-        if result.name in options.skip or not table.caption:
-            continue
-        for pick in result.picks:
-            text = f"{table.prefix}{pick.label}"
-            parts.append(f"({text}:{pick.score:.3f})" if options.ranks else text)
-    return ", ".join(parts)
+    return options.format.format(caption_picks(results, tables, options))
+
+
+def caption_picks(
+    results: tuple[CategoryResult, ...], tables: list[CategoryTable], options: CaptionOptions
+) -> list[tuple[str, float]]:
+    """The caption's labels (each with its category's prefix) and cosines, in the order picked."""
+    return [
+        (f"{table.prefix}{pick.label}", pick.score)
+        for result, table in zip(results, tables, strict=True)
+        if result.name not in options.skip and table.caption
+        for pick in result.picks
+    ]
 
 
 def format_tags(found: dict[str, float], options: TagOptions) -> str:
-    """Tags as A1111's deepbooru writes them; `found` maps underscore tags to probabilities."""
-    excluded = {t.strip().replace(" ", "_") for t in options.exclude}
-    order = sorted(found) if options.sort_alpha else sorted(found, key=lambda t: -found[t])
-    parts = []
-    for tag in order:
-        if tag in excluded:
-            continue
-        text = tag.replace("_", " ") if options.use_spaces else tag
-        if options.escape:
-            text = _SPECIAL.sub(r"\\\1", text)
-        parts.append(f"({text}:{found[tag]:.3f})" if options.ranks else text)
-    return ", ".join(parts)
+    """Tags as A1111's deepbooru writes them (with its options): `found` maps tags to probabilities."""
+    return options.format.format(found.items())

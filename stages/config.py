@@ -16,6 +16,7 @@ from modeling.model_config import ModelConfig
 from pipeline.config import EngineConfig
 from pipeline.config import load_config as load_schema
 from pipeline.errors import ConfigError
+from runtime.caption_style import CaptionStyle
 from stages import ALL_STAGES
 from toolchains.docker_engine import BuildHostConfig
 
@@ -58,6 +59,7 @@ class PipelineConfig(EngineConfig):
     device: DeviceConfig = DeviceConfig()  # one device; or
     devices: list[NamedDevice] = Field(default_factory=list, max_length=256)  # a fleet
     stages: StagesConfig = StagesConfig()  # type: ignore[valid-type]
+    caption: CaptionStyle = CaptionStyle()  # `invoke caption`'s style for this dataset; its flags override it
 
     @model_validator(mode="after")
     def _hosts_exist(self) -> PipelineConfig:

@@ -240,6 +240,8 @@ def _fetched(config: PipelineConfig) -> None:
 @pytest.mark.xdist_group("fleet")  # the module's two device sshds, started once
 def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_path: Path) -> None:
     from deploy.fleet_caption import TLS_DIR, WORKER, FleetCaptionJob, caption_on_fleet
+    from runtime.caption_style import CaptionStyle
+    from runtime.captioning import CaptionRun
 
     config = fleet()
     _fetched(config)
@@ -258,7 +260,9 @@ def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_pa
             os.kill(pid, signal.SIGKILL)  # as a device unplugged mid-run, from the scheduler's side
             killed.append(str(pid))
 
-    summary = caption_on_fleet(config, FleetCaptionJob(tmp_path / "photos", tmp_path / "out"), on_image)
+    style = CaptionStyle(prefix=("sks person",), extension=".caption", underscores=True, exclude=("re:.*light.*",))
+    run = CaptionRun(tmp_path / "photos", tmp_path / "out", style)  # the style travels to the devices' workers
+    summary = caption_on_fleet(config, FleetCaptionJob(run), on_image)
     assert killed
     assert listening and {ip for ip, _ in listening} == {"127.0.0.1"}  # --no-dashboard still bound 0.0.0.0
     assert summary.captioned == len(photos) - 1 and [Path(p).name for p, _ in summary.failed] == ["broken.jpg"]
@@ -266,12 +270,16 @@ def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_pa
     files = [line["file"] for line in lines]
     assert sorted(files) == sorted(p.name for p in photos if p.name != "broken.jpg")  # each exactly once
     assert {line["device"] for line in lines} == {"pi1", "pi2"}
-    assert all((tmp_path / "out" / Path(f).with_suffix(".txt")).read_text().strip() for f in files)
+    captions = [(tmp_path / "out" / Path(f).with_suffix(".caption")).read_text().strip() for f in files]
+    assert all(c.startswith("sks person, ") and "light" not in c for c in captions)
+    assert all(" " not in label for c in captions for label in c.split(", ")[1:])  # --underscores, on the devices
     for name in ("pi1", "pi2"):  # every worker stopped at the end
         assert not (tmp_path / f"{name} workdir" / WORKER.pid_name).exists()
         assert not (tmp_path / f"{name} workdir" / TLS_DIR).exists()  # the run's key is gone with it
 
-    again = caption_on_fleet(config, FleetCaptionJob(tmp_path / "photos", tmp_path / "out"), lambda *_: None)
+    again = caption_on_fleet(
+        config, FleetCaptionJob(CaptionRun(tmp_path / "photos", tmp_path / "out")), lambda *_: None
+    )
     assert again.captioned == 0 and again.skipped == len(photos) - 1  # resumable: nothing twice
 
 
@@ -366,13 +374,13 @@ def test_nginx_in_front_of_the_fleet_serves_a1111_clients_and_skips_a_dead_devic
 def test_an_image_removed_while_the_fleet_captions_is_unreadable_not_the_end_of_the_run(tmp_path: Path) -> None:
     """It ended the run with a FileNotFoundError traceback from reading the images to send."""
     from deploy.fleet_caption import _batches
-    from runtime.captioning import CaptionWriter
+    from runtime.captioning import CaptionRun, CaptionWriter
 
     photos = _photos(tmp_path / "set", 1)
     photos[1].unlink()  # gone between listing the folder and sending it
     todo = [(photo, photo.with_suffix(".txt")) for photo in photos]
     skipped: list[Path] = []
-    with CaptionWriter.open(tmp_path / "set", None) as writer:
+    with CaptionWriter.open(CaptionRun(tmp_path / "set")) as writer:
         sent = [image for batch in _batches(todo, writer, skipped.append) for image, _, _ in batch]
     assert sent == [photos[0], *photos[2:]] and skipped == [photos[1]]
     assert [Path(path).name for path, _ in writer.summary.failed] == [photos[1].name]

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from PIL import Image
 
 from common.errors import ModelFilesError
 from runtime.backends import AxEngineBackend, OnnxRuntimeBackend, conform, open_backend
-from runtime.captioning import caption_folder
+from runtime.captioning import CaptionRun, caption_folder
 from runtime.errors import BackendUnavailable
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
+from runtime.label_format import DEEPBOORU, LabelFormat, TagOrder
 from runtime.label_tables import CategoryMode, LabelTables, TableModel, normalize
 from runtime.model_io import ExportInfo, Pooling, ScoreScale
 from runtime.preprocess import Fidelity, PreprocessConfig, open_image, preprocess
@@ -194,7 +196,8 @@ def test_many_category_takes_every_label_above_its_threshold(interrogator: Inter
 
 def test_caption_options_ranks_skip_and_dict_limit(interrogator: Interrogator) -> None:
     image = open_image(REPO / "data/images/rocket.jpg")
-    ranked = interrogator.interrogate(image, CaptionOptions(ranks=True, skip=frozenset({"flavors", "tags"})))
+    ranks = LabelFormat(ranks=True)
+    ranked = interrogator.interrogate(image, CaptionOptions(skip=frozenset({"flavors", "tags"}), format=ranks))
     parts = ranked.caption.split(", ")
     assert len(parts) == 5 and all(re.fullmatch(r"\(.+:-?[01]\.\d{3}\)", p) for p in parts)
     limited = interrogator.interrogate(image, CaptionOptions(dict_limit=3))
@@ -213,14 +216,16 @@ def test_tags_follow_the_deepbooru_options(interrogator: Interrogator) -> None:
     middle = float(ordered[len(ordered) // 2] + ordered[len(ordered) // 2 + 1]) / 2  # between two scores
     half = TagOptions(threshold=tag_probability(middle, tags, interrogator.tables.index.model.scores))
     assert len(_split(interrogator.tag(image, half))) == int((scores > middle).sum())
-    everything = _split(interrogator.tag(image, TagOptions(threshold=0.0, sort_alpha=True)))
+    everything = _split(interrogator.tag(image, TagOptions(threshold=0.0)))  # A1111's default: alphabetical
     assert everything == sorted(everything) and len(everything) == len(tags.labels)
-    by_score = _split(interrogator.tag(image, TagOptions(threshold=0.0, sort_alpha=False, ranks=True)))
+    by_score_format = replace(DEEPBOORU, order=TagOrder.SCORE, ranks=True)
+    by_score = _split(interrogator.tag(image, TagOptions(threshold=0.0, format=by_score_format)))
     values = [float(t.rsplit(":", 1)[1].rstrip(")")) for t in by_score]
     assert values == sorted(values, reverse=True)
     assert interrogator.tag(image, TagOptions(threshold=1.0)) == ""
     first = everything[0]
-    assert first not in _split(interrogator.tag(image, TagOptions(threshold=0.0, exclude=frozenset({first}))))
+    without = replace(DEEPBOORU, exclude=frozenset({first}))
+    assert first not in _split(interrogator.tag(image, TagOptions(threshold=0.0, format=without)))
 
 
 def _split(text: str) -> list[str]:
@@ -230,9 +235,10 @@ def _split(text: str) -> list[str]:
 def test_tag_text_is_formatted_as_deepbooru_writes_it() -> None:
     found = {"smile": 0.9, "open_mouth": 0.7, "holding_(object)": 0.8}
     assert format_tags(found, TagOptions()) == r"holding \(object\), open mouth, smile"
-    plain = TagOptions(use_spaces=False, escape=False, sort_alpha=False, ranks=True)
+    plain = TagOptions(format=LabelFormat(underscores=True, order=TagOrder.SCORE, ranks=True))
     assert format_tags(found, plain) == "(smile:0.900), (holding_(object):0.800), (open_mouth:0.700)"
-    assert format_tags(found, TagOptions(exclude=frozenset({"open mouth"}))) == r"holding \(object\), smile"
+    without = TagOptions(format=replace(DEEPBOORU, exclude=frozenset({"open mouth"})))
+    assert format_tags(found, without) == r"holding \(object\), smile"
 
 
 def test_batch_captioning_is_resumable_and_skips_unreadable_files(interrogator: Interrogator, tmp_path: Path) -> None:
@@ -243,14 +249,14 @@ def test_batch_captioning_is_resumable_and_skips_unreadable_files(interrogator: 
     (images / "sub/rocket.jpg").write_bytes((REPO / "data/images/rocket.jpg").read_bytes())
     (images / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "captions"
-    first = caption_folder(interrogator, images, out)
+    first = caption_folder(interrogator, CaptionRun(images, out))
     assert first.captioned == 3 and first.skipped == 0 and [Path(f).name for f, _ in first.failed] == ["broken.png"]
     assert (out / "sub/rocket.txt").read_text().strip()
     records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert [r["file"] for r in records] == ["cat.jpg", "coffee.jpg", "sub/rocket.jpg"]  # in order, decoded in a pool
-    second = caption_folder(interrogator, images, out)
+    second = caption_folder(interrogator, CaptionRun(images, out))
     assert second.captioned == 0 and second.skipped == 3
-    beside = caption_folder(interrogator, images)
+    beside = caption_folder(interrogator, CaptionRun(images))
     assert beside.captioned == 3 and (images / "cat.txt").is_file()
 
 
@@ -265,12 +271,12 @@ def test_two_images_named_alike_but_for_the_extension_get_a_caption_each(
     (images / "a.jpg").write_bytes((REPO / "data/images/cat.jpg").read_bytes())
     Image.open(REPO / "data/images/rocket.jpg").save(images / "A.png")  # one file with a.txt on a Mac's disk
     (images / "b.jpg").write_bytes((REPO / "data/images/coffee.jpg").read_bytes())
-    first = caption_folder(interrogator, images)
+    first = caption_folder(interrogator, CaptionRun(images))
     assert first.captioned == 3
     assert sorted(p.name for p in images.glob("*.txt")) == ["A.png.txt", "a.jpg.txt", "b.txt"]
     expected = interrogator.interrogate(interrogator.clip.open(images / "A.png")).caption
     assert (images / "A.png.txt").read_text().strip() == expected
-    again = caption_folder(interrogator, images)
+    again = caption_folder(interrogator, CaptionRun(images))
     assert again.captioned == 0 and again.skipped == 3
 
 
@@ -285,7 +291,7 @@ def test_an_image_of_too_many_pixels_is_unreadable_in_a_caption_run_before_it_is
     Image.new("1", (13_000, 13_000)).save(images / "bomb.png")  # 169 MP in a small file
     (images / "cat.jpg").write_bytes((REPO / "data/images/cat.jpg").read_bytes())
     assert (images / "bomb.png").stat().st_size < 100_000
-    summary = caption_folder(interrogator, images)
+    summary = caption_folder(interrogator, CaptionRun(images))
     assert summary.captioned == 1 and [Path(path).name for path, _ in summary.failed] == ["bomb.png"]
     assert "13000x13000 is 169 MP, more than 40 MP" in summary.failed[0][1]
     with pytest.raises(ValueError, match="169 MP"):  # a fleet worker's bytes, the same bound
@@ -300,7 +306,7 @@ def test_captioning_a_folder_with_a_pool_gives_what_one_image_at_a_time_gives(
     photos = sorted((REPO / "data/images").rglob("*.jpg"))[:12]
     for index, photo in enumerate(photos):
         (images / f"{index:02d}-{photo.name}").write_bytes(photo.read_bytes())
-    summary = caption_folder(interrogator, images, tmp_path / "out", workers=3)
+    summary = caption_folder(interrogator, CaptionRun(images, tmp_path / "out"), workers=3)
     assert summary.captioned == len(photos)
     records = [json.loads(line) for line in (tmp_path / "out/captions.jsonl").read_text().splitlines()]
     expected = [interrogator.interrogate(interrogator.clip.open(path)).caption for path in sorted(images.iterdir())]

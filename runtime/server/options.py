@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.errors import OptionRefused, SettingsError
 from runtime.interrogator import CaptionOptions, TagOptions
+from runtime.label_format import LabelFormat, TagOrder, exclusions
 from runtime.server.errors import quoted
 
 # Bounds on every option: a POST must not be able to grow the saved file or slow every request. (Strings
@@ -76,17 +77,20 @@ class OptionsStore:
         """Options and what requests read from them, parsed once here rather than on every request."""
         self._options = options
         self._caption = CaptionOptions(
-            ranks=options.interrogate_return_ranks,
             skip=frozenset(options.interrogate_clip_skip_categories),
             dict_limit=options.interrogate_clip_dict_limit,
+            format=LabelFormat(ranks=options.interrogate_return_ranks),
         )
+        excluded, _ = exclusions(options.deepbooru_filter_tags.split(","))  # plain labels: no client regex
         self._tags = TagOptions(
             threshold=options.interrogate_deepbooru_score_threshold,
-            sort_alpha=options.deepbooru_sort_alpha,
-            use_spaces=options.deepbooru_use_spaces,
-            escape=options.deepbooru_escape,
-            exclude=frozenset(t.strip() for t in options.deepbooru_filter_tags.split(",") if t.strip()),
-            ranks=options.interrogate_return_ranks,
+            format=LabelFormat(
+                underscores=not options.deepbooru_use_spaces,
+                escape=options.deepbooru_escape,
+                order=TagOrder.ALPHA if options.deepbooru_sort_alpha else TagOrder.SCORE,
+                exclude=excluded,
+                ranks=options.interrogate_return_ranks,
+            ),
         )
 
     def update(self, changes: dict[str, Any]) -> None:
