@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import yaml
 
+from common.hashing import sha256_text
 from runtime.manifest import CURRENT_SET
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,8 +31,10 @@ STAGES = ["export", "verify", "calibrate", "compile", "embed-vocab", "fetch", "s
 CUT_LISTS = {"artist": 30, "flavor": 150, "movement": 60}
 
 
-def small_default_vocabulary(folder: Path) -> Path:
-    """vocab/default.yaml with CUT_LISTS applied, written into `folder`."""
+def small_default_vocabulary() -> Path:
+    """vocab/default.yaml with CUT_LISTS applied, in one place for every test (a config's vocabulary path
+    is one of embed-vocab's settings: copies of the shared build must name the same file to be up to date);
+    written only when its text changes, so its state stays the same too."""
     spec = yaml.safe_load((REPO / "vocab" / "default.yaml").read_text(encoding="utf-8"))
     for category in spec["categories"]:
         if "labels_file" not in category:
@@ -40,16 +45,19 @@ def small_default_vocabulary(folder: Path) -> Path:
             category["labels"] = labels[: CUT_LISTS[category["name"]]]
         else:
             category["labels_file"] = str(file)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "small-default-vocab.yaml"
-    path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    text = yaml.safe_dump(spec, allow_unicode=True)
+    path = Path(tempfile.gettempdir()) / "clip-axera-tests" / f"small-default-vocab-{sha256_text(text)[:12]}.yaml"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)  # whole or absent: another worker may write it at the same time
     return path
 
 
 def tiny_config_dict(artifacts: Path) -> dict:
     """Every stage on this machine: tiny CLIP, onnxruntime compile, fetch to a local 'device' folder; the
-    default vocabulary with clip-interrogator's lists cut short (small_default_vocabulary, written beside
-    the artifacts)."""
+    default vocabulary with clip-interrogator's lists cut short (small_default_vocabulary)."""
     return {
         "model": {"id": "builtin:tiny-clip"},
         "artifacts": str(artifacts),
@@ -64,7 +72,7 @@ def tiny_config_dict(artifacts: Path) -> dict:
                 "text_count": 8,
             },
             "compile": {"target": "onnxruntime", "data_type": "U16", "calibration_size": 8},
-            "embed-vocab": {"vocabulary": str(small_default_vocabulary(artifacts.parent))},
+            "embed-vocab": {"vocabulary": str(small_default_vocabulary())},
             "smoke-test": {"runs": 3},
         },
     }

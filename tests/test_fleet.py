@@ -135,6 +135,7 @@ def test_the_commands_take_a_device_list(tmp_path: Path) -> None:
     assert "listen 8080;" in printed.stdout
     one = invoke("serve", "--config", str(config), "--host", "pi2", "--print-nginx")
     assert "a.example" not in one.stdout and "b.example:7870" in one.stdout
+    shutil.copy(IMAGES / "cat.jpg", tmp_path / "cat.jpg")
     _assert_one_line_error(
         invoke("caption", "--config", str(config), "--images", str(tmp_path), "--host", "pi7"),
         "--host pi7: no such device",
