@@ -55,31 +55,24 @@ def write_random_tables(export: Path, name: str, categories: dict) -> Path:
     """Tables of random rows for `categories` (name -> (mode, labels)) as embed-vocab writes them for
     `export`'s text model, kept beside the export (per text model) and reused; returns the directory."""
     from modeling.rank_model import write_rank_model
-    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, RankModel, TableModel, VocabIndex, write_category
+    from runtime.label_tables import RANK_SUFFIX, CategoryEntry, RankModel, TableModel, VocabIndex, write_category
     from runtime.model_io import ExportInfo
 
     info = ExportInfo.read(export)
-    directory = export.parent.parent / "tables" / f"{name}-{info.text.sha256[:12]}"
+    directory = export.parent.parent / "tables" / f"{name}-{info.text.sha256[:12]}-ranked-by-category"
     if (directory / VocabIndex.FILE).is_file():
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(sum(count for _, count in categories.values()))
-    entries, stored = [], []
+    entries = []
     for category, (mode, count) in categories.items():
         rows = rng.standard_normal((count, info.projection_dim)).astype(np.float32)
         file, rows = write_category(directory, category, rows)
-        stored.append(rows)
+        rank_file = f"{category}{RANK_SUFFIX}"
+        rank = RankModel(rank_file, **write_rank_model(directory / rank_file, rows))
         names = tuple(f"{category} {i}" for i in range(count))
-        entries.append(CategoryEntry(category, mode, file, names, threshold=0.1, tags=category == "tags"))
-    rank = write_rank_model(directory / RANK_MODEL_FILE, np.concatenate(stored))
-    index = VocabIndex(
-        "bench",
-        info.projection_dim,
-        tuple(entries),
-        RankModel(RANK_MODEL_FILE, **rank),
-        info.text.sha256,
-        TableModel.of(info),
-    )
+        entries.append(CategoryEntry(category, mode, file, names, threshold=0.1, tags=category == "tags", rank=rank))
+    index = VocabIndex("bench", info.projection_dim, tuple(entries), info.text.sha256, TableModel.of(info))
     index.write(directory)
     return directory
 

@@ -108,7 +108,7 @@ def main() -> None:
             samples.setdefault((name, "encode (CPU onnxruntime)"), []).append(time.perf_counter() - started)
             started = time.perf_counter()
             vector = normalize(embedding)
-            interrogator.caption(Scores(tables, vector, *tables.coarse_scores(vector)))
+            interrogator.caption(Scores(tables, vector))
             samples.setdefault((name, f"rank {LABELS:,} labels"), []).append(time.perf_counter() - started)
     medians = {key: median_ms(values) for key, values in samples.items()}
     rows, figures = [], {"rounds": args.rounds, "npu_floor_ms": NPU_FLOOR_MS, "inputs": {}}

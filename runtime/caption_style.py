@@ -70,7 +70,9 @@ class CaptionStyle(BaseModel):
             suffix=self.suffix,
             ranks=self.ranks,
         )
-        return CaptionOptions(threshold=self.threshold, max_tags=self.max_tags, format=label_format)
+        return CaptionOptions(
+            threshold=self.threshold, max_tags=self.max_tags, format=label_format, every_category=False
+        )
 
     def with_flags(self, **flags: Any) -> CaptionStyle:
         """This style with the command line's flags (those given) in place of its values; comma lists,

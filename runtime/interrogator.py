@@ -53,6 +53,9 @@ class CaptionOptions:
     threshold: float | None = None  # `many` categories' bar instead of the vocabulary's (its terms: see many_bar)
     max_tags: int | None = None  # `many` categories: at most this many picks each, best first
     format: LabelFormat = PLAIN  # interrogate_return_ranks is its `ranks`
+    # Rank the categories the caption does not write too (a structured answer shows them all); off, only
+    # what the caption writes is ranked: A1111's answer and a training set's captions.
+    every_category: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,19 +162,32 @@ class Interrogator:
 
 @dataclass(frozen=True)
 class Scores:
-    """One image against every label: int8 coarse scores, their error bound, and the exact rescorer."""
+    """One image against the labels: a category's int8 coarse scores and their error bound, computed the
+    first time something reads that category (a caption does not read clip-interrogator's 100,000
+    flavors), and the exact rescorer. One request's: not shared between threads."""
 
     tables: LabelTables
     vector: np.ndarray
-    coarse: np.ndarray
-    bound: float
-    # category start -> (max logit, sum of exp(logit - max)) over its coarse scores: a softmax's normalizer
-    _coarse_sums: dict[int, tuple[float, float]] = field(default_factory=dict, compare=False, repr=False)
+    _coarse: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict, compare=False, repr=False)
+    # category -> (max logit, sum of exp(logit - max)) over its coarse scores: a softmax's normalizer
+    _coarse_sums: dict[str, tuple[float, float]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, tables: LabelTables, embedding: np.ndarray) -> Scores:
-        vector = normalize(embedding)
-        return cls(tables, vector, *tables.coarse_scores(vector))
+        return cls(tables, normalize(embedding))
+
+    def coarse(self, category: CategoryTable) -> np.ndarray:
+        """The category's coarse cosines (its labels' order)."""
+        return self._ranked(category)[0]
+
+    def bound(self, category: CategoryTable) -> float:
+        """How far any of the category's coarse cosines may be from the exact one."""
+        return self._ranked(category)[1]
+
+    def _ranked(self, category: CategoryTable) -> tuple[np.ndarray, float]:
+        if category.name not in self._coarse:
+            self._coarse[category.name] = self.tables.coarse_scores(category, self.vector)
+        return self._coarse[category.name]
 
     @property
     def scale(self) -> ScoreScale:
@@ -199,12 +215,12 @@ class Scores:
         scale = self.scale
         if scale.sigmoid:
             return 1.0 / (1.0 + np.exp(-(scale.logit_scale * exact.astype(np.float64) + scale.logit_bias)))
-        coarse = scale.logit_scale * self.coarse[category.start : category.stop][candidates].astype(np.float64)
+        coarse = scale.logit_scale * self.coarse(category)[candidates].astype(np.float64)
         logits = scale.logit_scale * exact.astype(np.float64)
-        if category.start not in self._coarse_sums:  # once per category, whichever labels are rescored
-            every = scale.logit_scale * self.coarse[category.start : category.stop].astype(np.float64)
-            self._coarse_sums[category.start] = (float(every.max()), float(np.exp(every - every.max()).sum()))
-        top, total = self._coarse_sums[category.start]
+        if category.name not in self._coarse_sums:  # once per category, whichever labels are rescored
+            every = scale.logit_scale * self.coarse(category).astype(np.float64)
+            self._coarse_sums[category.name] = (float(every.max()), float(np.exp(every - every.max()).sum()))
+        top, total = self._coarse_sums[category.name]
         peak = max(top, float(logits.max(initial=-math.inf)))
         total = total * math.exp(top - peak) - float(np.exp(coarse - peak).sum()) + float(np.exp(logits - peak).sum())
         return np.exp(logits - peak) / total
@@ -214,7 +230,9 @@ def caption(scores: Scores, options: CaptionOptions | None = None) -> tuple[str,
     """The `clip` caption: each category's picks, in vocabulary order. Vocabularies share words (a flavor
     can be a tag too): a label already in the caption is not picked again, the next one is."""
     options = options or CaptionOptions()
-    categories = scores.tables.categories
+    categories = [
+        c for c in scores.tables.categories if options.every_category or (c.caption and c.name not in options.skip)
+    ]
     taken: set[str] = set()
     results = []
     for category in categories:
@@ -251,12 +269,12 @@ def _rank(
     options = options or CaptionOptions()
     dict_limit = options.dict_limit
     size = min(len(category.labels), dict_limit) if dict_limit else len(category.labels)
-    block = scores.coarse[category.start : category.start + size]
+    block, bound = scores.coarse(category)[:size], scores.bound(category)
     need = min(size, max(STRUCTURED_TOP, category.k) + len(taken))
-    cutoff = float(np.partition(block, size - need)[size - need]) - 2 * scores.bound
+    cutoff = float(np.partition(block, size - need)[size - need]) - 2 * bound
     threshold = many_threshold(category, scores.scale, options.threshold)
     if category.mode is CategoryMode.MANY:
-        cutoff = min(cutoff, threshold - scores.bound)
+        cutoff = min(cutoff, threshold - bound)
     ranked = scores.exact(category, np.flatnonzero(block >= cutoff))
     free = [pick for pick in ranked if _same_label(pick.label) not in taken] if taken else ranked
     if category.mode is CategoryMode.ONE:
@@ -293,8 +311,8 @@ def _distinct(ranked: list[Pick], category: CategoryTable, limit: int | None = N
 
 
 def _above(scores: Scores, category: CategoryTable, cutoff: float) -> list[Pick]:
-    block = scores.coarse[category.start : category.stop]
-    ranked = scores.exact(category, np.flatnonzero(block >= cutoff - scores.bound))
+    block = scores.coarse(category)
+    ranked = scores.exact(category, np.flatnonzero(block >= cutoff - scores.bound(category)))
     return [p for p in ranked if p.score >= cutoff]
 
 

@@ -1,10 +1,12 @@
 """Precomputed label embeddings: what lets the device rank 100,000 labels without a text-encoder pass.
 
 On disk (written by embed-vocab): `vocab.json` (categories, their settings, labels and hashes), one
-`<category>.npy` per category (float16 [labels, dim], L2-normalized) and `rank.onnx`, the same rows in
-int8. Ranking is two passes: the int8 model scores every label with one MatMulInteger (a quarter of the
-memory traffic of float32, which is what a 100k-row matrix-vector product is bound by), then the labels
-the coarse scores cannot rule out are rescored exactly from the float16 rows. The coarse error is
+`<category>.npy` per category (float16 [labels, dim], L2-normalized) and `<category>.rank.onnx`, the same
+rows in int8. Ranking is two passes: a category's int8 model scores its labels with one MatMulInteger (a
+quarter of the memory traffic of float32, which is what a 100k-row matrix-vector product is bound by), then
+the labels the coarse scores cannot rule out are rescored exactly from the float16 rows. A model per
+category, run when a request reads that category: A1111's caption does not pay for clip-interrogator's
+100,000 flavors (7 ms an image at ViT-B/32's width here, more than the NPU's encode). The coarse error is
 bounded analytically (`coarse_error_bound`), so the final picks equal those of an exact float ranking.
 """
 
@@ -23,7 +25,7 @@ from common.errors import ModelFilesError
 from runtime import model_io
 from runtime.backends import DAMAGED_HINT, onnx_session
 
-RANK_MODEL_FILE = "rank.onnx"
+RANK_SUFFIX = ".rank.onnx"  # a category's coarse model: `<category>.rank.onnx`
 
 
 class CategoryMode(str, enum.Enum):
@@ -58,6 +60,17 @@ class LabelChanges:
 
 
 @dataclass(frozen=True)
+class RankModel:
+    """A category's `<category>.rank.onnx`, the int8 copy of its rows, and the bounds on its error (see
+    coarse_error_bound)."""
+
+    file: str
+    max_label_scale: float
+    max_label_error_l2: float
+    max_label_norm: float
+
+
+@dataclass(frozen=True)
 class CategoryEntry:
     """One category as embed-vocab stored it: its settings, its labels in row order, its `.npy` file."""
 
@@ -74,19 +87,10 @@ class CategoryEntry:
     caption: bool = True  # in the A1111 caption (off: only the prompt modes use it)
     labels_sha256: str = ""
     stats: LabelChanges = field(default_factory=LabelChanges)
+    rank: RankModel | None = None  # always written; None only in tables of a release before per-category ranks
 
     def prompt(self, label: str) -> str:
         return self.template.replace("{}", label)
-
-
-@dataclass(frozen=True)
-class RankModel:
-    """rank.onnx, the int8 copy of every row, and the bounds on its error (see coarse_error_bound)."""
-
-    file: str
-    max_label_scale: float
-    max_label_error_l2: float
-    max_label_norm: float
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,6 @@ class VocabIndex(JsonFile, file="vocab.json", made_by="invoke embed-vocab"):
     name: str
     dim: int
     categories: tuple[CategoryEntry, ...]
-    rank: RankModel
     text_model_sha256: str  # the text model the rows came from: embed-vocab reuses rows only for it
     model: TableModel
 
@@ -123,44 +126,44 @@ class VocabIndex(JsonFile, file="vocab.json", made_by="invoke embed-vocab"):
 
 @dataclass(frozen=True, kw_only=True)
 class CategoryTable(CategoryEntry):
-    """A stored category with its rows loaded: where they sit among the coarse scores, and the rows."""
+    """A stored category with its rows loaded."""
 
-    start: int  # rows [start, start + len(labels)) of the coarse scores
     rows: np.ndarray = field(compare=False, repr=False)  # float16 [labels, dim], L2-normalized, memory-mapped
-
-    @property
-    def stop(self) -> int:
-        return self.start + len(self.labels)
 
 
 class LabelTables:
     """The tables of a vocabulary dir. The float16 rows stay memory-mapped: the exact pass reads only a
     few candidates per category, so a 100k-label vocabulary costs its int8 copy in RAM, not both."""
 
-    def __init__(self, categories: list[CategoryTable], index: VocabIndex, ranker: Any) -> None:
+    def __init__(self, categories: list[CategoryTable], index: VocabIndex, rankers: dict[str, Any]) -> None:
         self.categories = categories
         self.index = index
-        self._ranker = ranker  # onnxruntime session of rank.onnx
+        self._rankers = rankers  # category -> onnxruntime session of its rank model
 
     @classmethod
     def load(cls, directory: Path) -> LabelTables:
         index = VocabIndex.read(directory)
-        categories, start = [], 0
+        categories, rankers = [], {}
         for entry in index.categories:
+            if entry.rank is None:
+                raise ModelFilesError(
+                    f"{directory / VocabIndex.FILE}: tables of an earlier release (one rank model for all): "
+                    "run `invoke embed-vocab` and `invoke fetch`"
+                )
             block = _rows(directory / entry.file)
             if block.dtype != np.float16:
                 raise ModelFilesError(f"{entry.file}: {block.dtype} rows, not float16: run `invoke embed-vocab`")
             if block.shape[0] != len(entry.labels):
                 raise ModelFilesError(f"{entry.file}: {block.shape[0]} rows for {len(entry.labels)} labels")
-            categories.append(CategoryTable(**vars(entry), start=start, rows=block))
-            start += block.shape[0]
-        ranker = onnx_session(directory / index.rank.file)
-        return cls(categories, index, ranker)
+            categories.append(CategoryTable(**vars(entry), rows=block))
+            rankers[entry.name] = onnx_session(directory / entry.rank.file)
+        return cls(categories, index, rankers)
 
-    def coarse_scores(self, vector: np.ndarray) -> tuple[np.ndarray, float]:
-        """int8 cosines of a normalized vector with every label, and a bound on their error."""
-        scores = self._ranker.run(None, {"embedding": vector[None].astype(np.float32)})[0][0]
-        return scores, coarse_error_bound(vector, self.index.rank)
+    def coarse_scores(self, category: CategoryTable, vector: np.ndarray) -> tuple[np.ndarray, float]:
+        """int8 cosines of a normalized vector with a category's labels, and a bound on their error."""
+        assert category.rank is not None  # load refuses tables without
+        scores = self._rankers[category.name].run(None, {"embedding": vector[None].astype(np.float32)})[0][0]
+        return scores, coarse_error_bound(vector, category.rank)
 
     def exact_scores(self, category: CategoryTable, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Float cosines of a normalized vector with some of a category's labels (indices within it)."""

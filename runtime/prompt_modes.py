@@ -122,10 +122,10 @@ def top_picks(scores: Scores, categories: list[CategoryTable], k: int, reverse: 
     category's coarse scores rule out what cannot be among its k, the rest is rescored in float."""
     found: list[Ranked] = []
     for category in categories:
-        block = scores.coarse[category.start : category.stop]
+        block = scores.coarse(category)
         signed = -block if reverse else block
         take = min(k, len(block))
-        cutoff = float(np.partition(signed, len(block) - take)[len(block) - take]) - 2 * scores.bound
+        cutoff = float(np.partition(signed, len(block) - take)[len(block) - take]) - 2 * scores.bound(category)
         candidates = np.flatnonzero(signed >= cutoff)
         exact = scores.tables.exact_scores(category, candidates, scores.vector)
         found += [Ranked(category.labels[i], float(s)) for i, s in zip(candidates, exact, strict=True)]

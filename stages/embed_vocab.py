@@ -30,7 +30,7 @@ from pipeline.terminal import console
 from runtime import model_io
 from runtime.backends import OnnxRuntimeBackend
 from runtime.label_tables import (
-    RANK_MODEL_FILE,
+    RANK_SUFFIX,
     CategoryEntry,
     LabelChanges,
     RankModel,
@@ -94,16 +94,15 @@ class EmbedVocabStage(Stage):
         if missing:
             cache.update(encode_prompts(missing, export, info))
         dim = info.projection_dim
-        ranks = RankModelBuilder(sum(len(c.labels) for c in categories), dim)
         entries = []
-        for category in categories:  # each table streamed to its file and into the rank model: no whole copy
+        for category in categories:  # each table streamed to its file and into its rank model: no whole copy
             shape = (len(category.labels), dim)
+            ranks = RankModelBuilder(len(category.labels), dim)
             file = write_category_chunks(ctx.out_dir, category.spec.name, shape, _rows(category, cache), ranks.add)
-            entries.append(_index_entry(category, file))
-        rank_model = RankModel(RANK_MODEL_FILE, **ranks.write(ctx.out_dir / RANK_MODEL_FILE))
-        VocabIndex(spec.name, info.projection_dim, tuple(entries), rank_model, model_sha, TableModel.of(info)).write(
-            ctx.out_dir
-        )
+            rank_file = f"{category.spec.name}{RANK_SUFFIX}"
+            rank = RankModel(rank_file, **ranks.write(ctx.out_dir / rank_file))
+            entries.append(_index_entry(category, file, rank))
+        VocabIndex(spec.name, info.projection_dim, tuple(entries), model_sha, TableModel.of(info)).write(ctx.out_dir)
         LabelReport({c.spec.name: c.stats.changes() for c in categories}).write_to(ctx.report_file)
         total = sum(len(c.labels) for c in categories)
         merged = sum(len(c.stats.token_merges) for c in categories)
@@ -116,7 +115,7 @@ class EmbedVocabStage(Stage):
         )
 
 
-def _index_entry(category: Category, file: str) -> CategoryEntry:
+def _index_entry(category: Category, file: str, rank: RankModel) -> CategoryEntry:
     spec = category.spec
     return CategoryEntry(
         name=spec.name,
@@ -132,6 +131,7 @@ def _index_entry(category: Category, file: str) -> CategoryEntry:
         caption=spec.caption,
         labels_sha256=sha256_text("\n".join(category.labels)),
         stats=category.stats.changes(),
+        rank=rank,
     )
 
 

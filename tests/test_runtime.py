@@ -181,8 +181,8 @@ def test_scores_are_cosines_of_the_image_with_each_label(interrogator: Interroga
     expected = float(embedding @ text / np.linalg.norm(embedding) / np.linalg.norm(text))
     vector = normalize(embedding)
     assert tables.exact_scores(subject, np.array([0]), vector)[0] == pytest.approx(expected, abs=2e-3)  # fp16
-    coarse, bound = tables.coarse_scores(vector)
-    assert abs(coarse[subject.start] - expected) <= bound + 2e-3
+    coarse, bound = tables.coarse_scores(subject, vector)
+    assert abs(coarse[0] - expected) <= bound + 2e-3
 
 
 def test_many_category_takes_every_label_above_its_threshold(interrogator: Interrogator) -> None:
@@ -378,15 +378,15 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
     """Dense random tables (many near-ties): picks must still equal a brute-force float ranking."""
     from modeling.rank_model import write_rank_model
     from runtime.interrogator import Scores, _above, _rank
-    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
+    from runtime.label_tables import RANK_SUFFIX, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
 
     rng = np.random.default_rng(7)
     file, rows = write_category(tmp_path, "flavors", rng.standard_normal((20000, 64)).astype(np.float32))
     np.testing.assert_array_equal(np.load(tmp_path / file), rows)
-    rank = write_rank_model(tmp_path / RANK_MODEL_FILE, rows)
+    rank = RankModel(f"flavors{RANK_SUFFIX}", **write_rank_model(tmp_path / f"flavors{RANK_SUFFIX}", rows))
     labels = [f"l{i}" for i in range(len(rows))]
-    entry = CategoryEntry("flavors", CategoryMode.TOP, file, tuple(labels), threshold=0.3, k=5)
-    VocabIndex("random", 64, (entry,), RankModel(RANK_MODEL_FILE, **rank), "", CLIP_TABLES).write(tmp_path)
+    entry = CategoryEntry("flavors", CategoryMode.TOP, file, tuple(labels), threshold=0.3, k=5, rank=rank)
+    VocabIndex("random", 64, (entry,), "", CLIP_TABLES).write(tmp_path)
     tables = LabelTables.load(tmp_path)
     for mode, k, threshold in ((CategoryMode.TOP, 5, 0.3), (CategoryMode.MANY, 3, 0.25), (CategoryMode.ONE, 1, 0.0)):
         category = tables.categories[0].__class__(
@@ -395,9 +395,9 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
         for _ in range(5):
             vector = normalize(rng.standard_normal(64))
             exact = rows.astype(np.float32) @ vector
-            coarse, bound = tables.coarse_scores(vector)
+            coarse, bound = tables.coarse_scores(category, vector)
             assert np.abs(coarse - exact).max() <= bound
-            scores = Scores(tables, vector, coarse, bound)
+            scores = Scores(tables, vector)
             result = _rank(scores, category)
             order = np.argsort(-exact, kind="stable")
             above = [labels[i] for i in order if exact[i] >= threshold]
@@ -415,15 +415,15 @@ def test_picks_carry_the_model_s_probability_and_sigmoid_families_pick_many_by_i
     sigmoid(scale*cos + bias) and `many` keeps the labels whose probability reaches min_probability."""
     from modeling.rank_model import write_rank_model
     from runtime.interrogator import Scores, _rank
-    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
+    from runtime.label_tables import RANK_SUFFIX, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
 
     rng = np.random.default_rng(3)
     file, rows = write_category(tmp_path, "tags", rng.standard_normal((3000, 32)).astype(np.float32))
-    rank = write_rank_model(tmp_path / RANK_MODEL_FILE, rows)
+    rank = RankModel(f"tags{RANK_SUFFIX}", **write_rank_model(tmp_path / f"tags{RANK_SUFFIX}", rows))
     labels = tuple(f"t{i}" for i in range(len(rows)))
-    entry = CategoryEntry("tags", CategoryMode.MANY, file, labels, threshold=0.3, min_probability=0.2)
+    entry = CategoryEntry("tags", CategoryMode.MANY, file, labels, threshold=0.3, min_probability=0.2, rank=rank)
     model = TableModel("siglip" if scale.sigmoid else "clip", Pooling.LAST, scale)
-    VocabIndex("random", 32, (entry,), RankModel(RANK_MODEL_FILE, **rank), "", model).write(tmp_path)
+    VocabIndex("random", 32, (entry,), "", model).write(tmp_path)
     tables = LabelTables.load(tmp_path)
     vector = normalize(rng.standard_normal(32))
     scores = Scores.of(tables, vector)
@@ -446,21 +446,20 @@ def test_a_label_already_in_the_caption_is_not_picked_again_the_next_one_is(tmp_
     category keeping it, and a `top` category still gives its k labels."""
     from modeling.rank_model import write_rank_model
     from runtime.interrogator import Scores, caption
-    from runtime.label_tables import RANK_MODEL_FILE, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
+    from runtime.label_tables import RANK_SUFFIX, CategoryEntry, CategoryMode, RankModel, VocabIndex, write_category
 
     vector = normalize(np.array([1.0, 0.2, 0.1, 0.0]))
     first = np.array([[1.0, 0.2, 0.1, 0.0], [0.0, 1.0, 0.0, 0.0]], np.float32)  # "Bubbles" is the best here
     second = np.array([[1.0, 0.2, 0.1, 0.0], [0.9, 0.0, 0.4, 0.0], [0.8, 0.5, 0.0, 0.3], [0.0, 0.0, 0.0, 1.0]])
-    entries, stored = [], []
+    entries = []
     for name, mode, labels, rows in (
         ("medium", CategoryMode.ONE, ("Bubbles", "ink"), first),
         ("flavors", CategoryMode.TOP, ("bubbles", "smoke", "floor", "metal"), second.astype(np.float32)),
     ):
         file, kept = write_category(tmp_path, name, rows)
-        entries.append(CategoryEntry(name, mode, file, labels, k=2))
-        stored.append(kept)
-    rank = write_rank_model(tmp_path / RANK_MODEL_FILE, np.concatenate(stored))
-    VocabIndex("random", 4, tuple(entries), RankModel(RANK_MODEL_FILE, **rank), "", CLIP_TABLES).write(tmp_path)
+        rank = RankModel(f"{name}{RANK_SUFFIX}", **write_rank_model(tmp_path / f"{name}{RANK_SUFFIX}", kept))
+        entries.append(CategoryEntry(name, mode, file, labels, k=2, rank=rank))
+    VocabIndex("random", 4, tuple(entries), "", CLIP_TABLES).write(tmp_path)
     scores = Scores.of(LabelTables.load(tmp_path), vector)
     text, results = caption(scores)
     assert text == "Bubbles, smoke, floor"

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -122,7 +122,8 @@ class InterrogationService:
         """A1111's answer: the caption (`clip`) or the tags (`deepdanbooru`)."""
         scores, _ = self.score(request.image)
         if request.model == "clip":
-            return self.interrogator.caption(scores, self.options.caption_options())[0]
+            only_the_caption = replace(self.options.caption_options(), every_category=False)
+            return self.interrogator.caption(scores, only_the_caption)[0]
         return self.interrogator.tags(scores, self.options.tag_options())
 
     def detailed(self, request: InterrogateRequest) -> DetailedResponse:
