@@ -51,9 +51,12 @@ def write_tables(export: Path, labels: int) -> Path:
     return write_random_tables(export, f"vocab-{labels}", {n: (modes[n], c) for n, c in sizes.items()})
 
 
-def write_random_tables(export: Path, name: str, categories: dict) -> Path:
+def write_random_tables(
+    export: Path, name: str, categories: dict, outside_caption: frozenset[str] = frozenset()
+) -> Path:
     """Tables of random rows for `categories` (name -> (mode, labels)) as embed-vocab writes them for
-    `export`'s text model, kept beside the export (per text model) and reused; returns the directory."""
+    `export`'s text model, kept beside the export (per text model) and reused; returns the directory.
+    `outside_caption`: categories with `caption: false`."""
     from modeling.rank_model import write_rank_model
     from runtime.label_tables import RANK_SUFFIX, CategoryEntry, RankModel, TableModel, VocabIndex, write_category
     from runtime.model_io import ExportInfo
@@ -71,7 +74,12 @@ def write_random_tables(export: Path, name: str, categories: dict) -> Path:
         rank_file = f"{category}{RANK_SUFFIX}"
         rank = RankModel(rank_file, **write_rank_model(directory / rank_file, rows))
         names = tuple(f"{category} {i}" for i in range(count))
-        entries.append(CategoryEntry(category, mode, file, names, threshold=0.1, tags=category == "tags", rank=rank))
+        caption = category not in outside_caption
+        entries.append(
+            CategoryEntry(
+                category, mode, file, names, threshold=0.1, tags=category == "tags", caption=caption, rank=rank
+            )
+        )
     index = VocabIndex("bench", info.projection_dim, tuple(entries), info.text.sha256, TableModel.of(info))
     index.write(directory)
     return directory

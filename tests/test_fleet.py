@@ -278,9 +278,7 @@ def test_caption_across_the_fleet_survives_a_worker_killed_mid_run(fleet, tmp_pa
         assert not (tmp_path / f"{name} workdir" / WORKER.pid_name).exists()
         assert not (tmp_path / f"{name} workdir" / TLS_DIR).exists()  # the run's key is gone with it
 
-    again = caption_on_fleet(
-        config, FleetCaptionJob(CaptionRun(tmp_path / "photos", tmp_path / "out")), lambda *_: None
-    )
+    again = caption_on_fleet(config, FleetCaptionJob(run), lambda *_: None)
     assert again.captioned == 0 and again.skipped == len(photos) - 1  # resumable: nothing twice
 
 
