@@ -113,9 +113,7 @@ def test_top_and_many_picks_skip_a_label_whose_embedding_was_already_picked() ->
     from runtime.label_tables import CategoryMode, CategoryTable
 
     rows = np.array([[1, 0], [1, 0], [0, 1]], np.float16)
-    table = CategoryTable(
-        name="c", mode=CategoryMode.TOP, file="c.npy", labels=("8k", "8 k", "calm"), rows=rows
-    )
+    table = CategoryTable(name="c", mode=CategoryMode.TOP, file="c.npy", labels=("8k", "8 k", "calm"), rows=rows)
     ranked = [Pick("8k", 0.9, 0), Pick("8 k", 0.9, 1), Pick("calm", 0.1, 2)]
     assert [p.label for p in _distinct(ranked, table)] == ["8k", "calm"]
 
