@@ -17,6 +17,7 @@ import contextlib
 import csv
 import json
 import os
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +33,7 @@ from runtime.answers import InterrogationAnswer
 from runtime.caption_style import CaptionStyle
 from runtime.classify import Classifier, Question, QuestionRefused
 from runtime.errors import InvalidImage
-from runtime.interrogator import CaptionOptions, Interrogator
+from runtime.interrogator import CaptionOptions, Interrogation, Interrogator, Scores
 from runtime.label_format import Existing
 from runtime.label_tables import normalize
 from runtime.preprocess import find_images
@@ -92,17 +93,26 @@ class CaptionTask:
     def answer(self, interrogator: Interrogator, pixels: np.ndarray) -> tuple[str | None, dict[str, object]]:
         """The caption text and its JSONL record (A1111's answer, or the prompt in its mode); for a question,
         no text and the answer."""
+        return self.finish(interrogator, *interrogator.embed(pixels))
+
+    def finish(
+        self, interrogator: Interrogator, embedding: np.ndarray, timings: dict[str, float]
+    ) -> tuple[str | None, dict[str, object]]:
+        """`answer` after the image's encode (`Interrogator.embed`, the step on the NPU): the rest runs off
+        the encoder's path (a prompt mode or a question takes the NPU lock itself for its text encodes)."""
         if self.classify:
             classifier, question = self.classify
-            embedding, _ = interrogator.embed(pixels)
             answer = classifier.classify(normalize(embedding), question)
             return None, {"question": question.digest(), **answer.model_dump()}
+        started = time.perf_counter()
+        scores = Scores.of(interrogator.tables, embedding)
         if self.prompts:
             builder, mode = self.prompts
-            made = builder.prompt(interrogator.score(pixels)[0], mode)
+            made = builder.prompt(scores, mode)
             return made.prompt, {"mode": mode.value, "prompt": made.prompt, "text_encodes": made.text_encodes}
-        result = interrogator.interrogate(pixels, self.options)
-        return result.caption, InterrogationAnswer.of(result).model_dump()
+        caption, results = interrogator.caption(scores, self.options)
+        timings = {**timings, "rank": (time.perf_counter() - started) * 1e3}
+        return caption, InterrogationAnswer.of(Interrogation(caption, results, timings)).model_dump()
 
 
 @dataclass(frozen=True)
@@ -317,23 +327,42 @@ def _caption_all(
     on_image: Callable[[Path], None],
     workers: int,
 ) -> None:
-    """Decodes run ahead in the pool while the encoder answers the oldest; results written in order."""
-    prepared: deque[tuple[Path, Path, Future[np.ndarray]]] = deque()
+    """Three steps at once: decodes run ahead in `pool`, this thread only encodes (the NPU's step, so the
+    NPU never waits for the CPU's work on an image), and one more thread ranks and formats each encoded
+    image. Answers are written in the folder's order, as soon as the oldest is ready. At most AHEAD images
+    a decode worker wait decoded, and as many encoded."""
+    decoded: deque[tuple[Path, Path, Future[np.ndarray]]] = deque()
+    answered: deque[tuple[Path, Path, Future[tuple[str | None, dict[str, object]]]]] = deque()
 
-    def finish_oldest() -> None:
-        image_path, target, pixels = prepared.popleft()
+    def write_oldest() -> None:
+        image_path, target, answer = answered.popleft()
         try:
-            writer.write(image_path, target, *task.answer(interrogator, pixels.result()))
+            writer.write(image_path, target, *answer.result())
         except UNREADABLE as exc:
             writer.failed(image_path, str(exc) or type(exc).__name__)
         on_image(image_path)
 
-    for image_path, target in writer.todo(on_image):
-        prepared.append((image_path, target, pool.submit(_pixels, interrogator, image_path)))
-        if len(prepared) > AHEAD * workers:
-            finish_oldest()
-    while prepared:
-        finish_oldest()
+    def encode_oldest(finisher: ThreadPoolExecutor) -> None:
+        image_path, target, pixels = decoded.popleft()
+        try:
+            embedding, timings = interrogator.embed(pixels.result())
+            answer = finisher.submit(task.finish, interrogator, embedding, timings)
+        except UNREADABLE as exc:
+            answer = Future()
+            answer.set_exception(exc)
+        answered.append((image_path, target, answer))
+        while answered and (answered[0][2].done() or len(answered) > AHEAD * workers):
+            write_oldest()
+
+    with ThreadPoolExecutor(1, "caption-rank") as finisher:
+        for image_path, target in writer.todo(on_image):
+            decoded.append((image_path, target, pool.submit(_pixels, interrogator, image_path)))
+            if len(decoded) > AHEAD * workers:
+                encode_oldest(finisher)
+        while decoded:
+            encode_oldest(finisher)
+        while answered:
+            write_oldest()
 
 
 def _pixels(interrogator: Interrogator, image_path: Path) -> np.ndarray:
