@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 from harness import arguments, emit, full_size_export, median_ms, write_random_tables
+from prompt_modes import CATEGORIES
 
 from runtime.interrogator import CaptionOptions, Scores, caption
 from runtime.label_tables import CategoryMode, LabelTables
@@ -27,12 +28,8 @@ CAPTION = {  # the default vocabulary's caption and tag categories, by size
     "flavors": (CategoryMode.TOP, 581),
     "tags": (CategoryMode.MANY, 197),
 }
-CLIP_INTERROGATOR = {  # its lists as vocab/default.yaml builds them
-    "artist": (CategoryMode.ONE, 10_530),
-    "trending": (CategoryMode.ONE, 72),
-    "movement": (CategoryMode.ONE, 200),
-    "flavor": (CategoryMode.TOP, 100_954),
-    "negative": (CategoryMode.TOP, 41),
+CLIP_INTERROGATOR = {  # its lists as vocab/default.yaml builds them (the caption's subject and medium aside)
+    name: CATEGORIES[name] for name in ("artist", "trending", "movement", "flavor", "negative")
 }
 
 
