@@ -14,7 +14,7 @@ from PIL import Image
 
 from runtime.clip import ClipRuntime
 from runtime.label_format import DEEPBOORU, PLAIN, LabelFormat
-from runtime.label_tables import CategoryMode, CategoryTable, LabelTables, normalize
+from runtime.label_tables import CategoryMode, CategoryTable, ImageSide, LabelTables, normalize
 from runtime.model_io import ScoreScale
 
 STRUCTURED_TOP = 5  # labels per category in the structured result
@@ -169,8 +169,12 @@ class Scores:
     tables: LabelTables
     vector: np.ndarray
     _coarse: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict, compare=False, repr=False)
+    image: ImageSide = field(init=False, compare=False, repr=False)  # the bounds' image side, once an image
     # category -> (max logit, sum of exp(logit - max)) over its coarse scores: a softmax's normalizer
     _coarse_sums: dict[str, tuple[float, float]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image", ImageSide.of(self.vector))  # frozen: its one assignment
 
     @classmethod
     def of(cls, tables: LabelTables, embedding: np.ndarray) -> Scores:
@@ -186,7 +190,7 @@ class Scores:
 
     def _ranked(self, category: CategoryTable) -> tuple[np.ndarray, float]:
         if category.name not in self._coarse:
-            self._coarse[category.name] = self.tables.coarse_scores(category, self.vector)
+            self._coarse[category.name] = self.tables.coarse_scores(category, self.vector, self.image)
         return self._coarse[category.name]
 
     @property

@@ -159,11 +159,14 @@ class LabelTables:
             rankers[entry.name] = onnx_session(directory / entry.rank.file)
         return cls(categories, index, rankers)
 
-    def coarse_scores(self, category: CategoryTable, vector: np.ndarray) -> tuple[np.ndarray, float]:
-        """int8 cosines of a normalized vector with a category's labels, and a bound on their error."""
+    def coarse_scores(
+        self, category: CategoryTable, vector: np.ndarray, image: ImageSide | None = None
+    ) -> tuple[np.ndarray, float]:
+        """int8 cosines of a normalized vector with a category's labels, and a bound on their error (`image`:
+        the vector's part of it, when the caller keeps it for the image's other categories)."""
         assert category.rank is not None  # load refuses tables without
         scores = self._rankers[category.name].run(None, {"embedding": vector[None].astype(np.float32)})[0][0]
-        return scores, coarse_error_bound(vector, category.rank)
+        return scores, coarse_error_bound(image or ImageSide.of(vector), category.rank)
 
     def exact_scores(self, category: CategoryTable, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Float cosines of a normalized vector with some of a category's labels (indices within it)."""
@@ -183,17 +186,29 @@ def normalize(embedding: np.ndarray) -> np.ndarray:
     return vector / (np.linalg.norm(vector) + 1e-12)
 
 
-def coarse_error_bound(vector: np.ndarray, rank: RankModel) -> float:
-    """A bound on |coarse - exact| for every label, by Cauchy-Schwarz on the two quantization errors:
-    x'.w' - x.w = (x' - x).w' + x.(w' - w), so it is <= |x' - x| |w'| + |x| max|w' - w|. The image side
-    is computed exactly here (DynamicQuantizeLinear replayed in numpy), the label side at build time."""
-    low, high = min(float(vector.min()), 0.0), max(float(vector.max()), 0.0)
-    scale = np.float32((high - low) / 255.0)
-    zero = np.clip(np.round(-low / scale), 0, 255)
-    replayed = (np.clip(np.round(vector / scale) + zero, 0, 255) - zero) * scale
-    image_error = float(np.linalg.norm(replayed - vector)) + float(scale)  # + one step, for rounding ties
-    label_side = float(np.linalg.norm(vector)) * rank.max_label_error_l2
-    return image_error * rank.max_label_norm + label_side + 1e-5
+@dataclass(frozen=True)
+class ImageSide:
+    """The image's part of the error bound, the same for every category: its quantization error |x' - x|
+    (DynamicQuantizeLinear replayed in numpy) and its norm |x|."""
+
+    error: float
+    norm: float
+
+    @classmethod
+    def of(cls, vector: np.ndarray) -> ImageSide:
+        low, high = min(float(vector.min()), 0.0), max(float(vector.max()), 0.0)
+        scale = np.float32((high - low) / 255.0)
+        zero = np.clip(np.round(-low / scale), 0, 255)
+        replayed = (np.clip(np.round(vector / scale) + zero, 0, 255) - zero) * scale
+        error = float(np.linalg.norm(replayed - vector)) + float(scale)  # + one step, for rounding ties
+        return cls(error, float(np.linalg.norm(vector)))
+
+
+def coarse_error_bound(image: ImageSide, rank: RankModel) -> float:
+    """A bound on |coarse - exact| for every label of a category, by Cauchy-Schwarz on the two quantization
+    errors: x'.w' - x.w = (x' - x).w' + x.(w' - w), so it is <= |x' - x| |w'| + |x| max|w' - w|. The image
+    side is computed exactly (ImageSide), the label side at build time."""
+    return image.error * rank.max_label_norm + image.norm * rank.max_label_error_l2 + 1e-5
 
 
 NORMALIZE_ROWS = 65_536  # rows normalized at a time (in float32), so a big table never has a float32 copy
