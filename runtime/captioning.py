@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from common.atomic import atomic_write_text
 from runtime.answers import InterrogationAnswer
 from runtime.caption_style import CaptionStyle
 from runtime.classify import Classifier, Question, QuestionRefused
@@ -204,7 +205,8 @@ class CaptionWriter:
             self.summary.previews.append((self._relative(image_path), text or json.dumps(record)))
         else:
             if text is not None:
-                _replace_atomically(target, self.format.merge(_read_text(target), text, self.run.existing) + "\n")
+                merged = self.format.merge(_read_text(target), text, self.run.existing)
+                atomic_write_text(target, merged + "\n", sync=False)  # a crash leaves the old caption or the new
             assert self.log is not None
             self.log.write(json.dumps({"file": self._relative(image_path), **record}) + "\n")
             self.log.flush()
@@ -223,17 +225,6 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return ""
-
-
-def _replace_atomically(path: Path, text: str) -> None:
-    """Written to a temporary file beside it, then renamed over it: a crash leaves the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def tag_counts(run: CaptionRun) -> Counter[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic import atomic_file
 from runtime.manifest import OWN_FOLDER
 
 log = logging.getLogger(__name__)
@@ -102,17 +102,9 @@ class LabelCache:
             header = json.dumps({"text_model_sha256": self.key, "dim": self.dim, "texts": texts}).encode()
             matrix = np.stack(rows) if rows else np.zeros((0, self.dim), np.float16)
             try:
-                self.file.parent.mkdir(parents=True, exist_ok=True)
-                descriptor, temporary = tempfile.mkstemp(dir=self.file.parent, suffix=".tmp")
-            except OSError as exc:
-                log.warning("label cache not saved to %s: %s", self.file, exc)
-                return
-            try:
-                with os.fdopen(descriptor, "wb") as handle:
+                with atomic_file(self.file, binary=True, sync=False) as handle:
                     np.savez(handle, header=np.frombuffer(header, np.uint8), rows=matrix)
-                os.replace(temporary, self.file)
             except OSError as exc:
-                Path(temporary).unlink(missing_ok=True)
                 log.warning("label cache not saved to %s: %s", self.file, exc)
 
     def _load(self, file: Path) -> None:
