@@ -14,6 +14,7 @@ from invoke.exceptions import Exit
 from pydantic import ValidationError
 
 from commands.cli import device_models_dir, load, user_errors
+from pipeline.config import describe_error
 from pipeline.errors import PipelineError
 from pipeline.terminal import console, print_table
 from stages.config import PipelineConfig
@@ -147,7 +148,8 @@ def _caption_run(
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in exc.errors())
+    """pydantic's errors worded as pipeline.yaml's are."""
+    return "; ".join(describe_error(error) for error in exc.errors())
 
 
 @contextmanager
