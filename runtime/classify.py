@@ -27,7 +27,6 @@ from runtime.interrogator import Interrogator
 from runtime.label_cache import CacheSettings, LabelCache, cache_file
 from runtime.label_tables import CategoryMode, normalized_rows
 from runtime.model_io import ScoreScale
-from runtime.tokenizer import TextTokenizer
 
 SHORTHAND_NAME = "labels"  # the one category of `{"labels": [...]}`
 DEFAULT_THRESHOLD = 0.2  # `many`, CLIP-like families, when the category names no bar: a cosine
@@ -123,8 +122,6 @@ class Classifier:
 
     def __init__(self, interrogator: Interrogator, limits: ClassifyLimits, cache: LabelCache) -> None:
         self.interrogator, self.limits, self.cache = interrogator, limits, cache
-        clip = interrogator.clip
-        self.tokenizer = TextTokenizer.of_export(clip.models_dir, clip.info)
         self._table_rows: dict[str, tuple[int, int]] | None = None  # text -> (category, row), built on first use
         self._index_lock = threading.Lock()
 
@@ -214,11 +211,7 @@ class Classifier:
             return self._table_rows
 
     def _encode(self, texts: list[str], wait: float | None) -> dict[str, np.ndarray]:
-        ids, _ = self.tokenizer.encode_batch(texts)
-        clip = self.interrogator.clip
-        with clip.npu.hold(wait):
-            embeddings = clip.encode_ids(ids)
-        stored = normalized_rows(embeddings)
+        stored = normalized_rows(self.interrogator.clip.encode_texts(texts, wait))
         for text, row in zip(texts, stored, strict=True):
             self.cache.put(text, row)
         self.cache.save()

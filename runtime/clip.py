@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from runtime.backends import Backend, open_backend
 from runtime.manifest import MANIFEST_FILE, Manifest, model_set
 from runtime.npu import NpuLock, ResidentModel
 from runtime.preprocess import Fidelity, PreprocessConfig, draft, open_image, preprocess
+from runtime.tokenizer import TextTokenizer
 
 VOCAB_DIR = "vocab"
 FIRST_LOAD_WAIT_S = 300  # at start: how long to wait for another program to free the NPU
@@ -99,6 +101,18 @@ class ClipRuntime:
 
     def encode_image(self, image: Image.Image) -> np.ndarray:
         return self.encode_pixels(self.preprocess(image))
+
+    @functools.cached_property
+    def tokenizer(self) -> TextTokenizer:
+        """The exported tokenizer, read when text is first encoded (a caption needs none)."""
+        return TextTokenizer.of_export(self.models_dir, self.info)
+
+    def encode_texts(self, texts: list[str], wait: float | None = None) -> np.ndarray:
+        """Texts -> [n, dim] text embeddings: tokenized, then encoded holding the NPU lock (`wait` bounds the
+        wait for it: NpuBusy past it). The prompt modes and classify both encode this way."""
+        ids, _ = self.tokenizer.encode_batch(texts)
+        with self.npu.hold(wait):
+            return self.encode_ids(ids)
 
     def encode_ids(self, ids: np.ndarray) -> np.ndarray:
         """[n, context_length] ids -> [n, dim] text embeddings, one run each (the NPU model has batch 1);

@@ -20,7 +20,6 @@ import numpy as np
 from runtime.errors import RuntimeErrorBase
 from runtime.interrogator import Interrogator, Scores
 from runtime.label_tables import CategoryTable
-from runtime.tokenizer import TextTokenizer
 
 # clip-interrogator's tables, by the category names of vocab/clip-interrogator.yaml, in the order its
 # `_merge_tables` joins them for fast and best.
@@ -65,7 +64,7 @@ class PromptBuilder:
         self.interrogator = interrogator
         self.settings = settings or PromptSettings()
         clip = interrogator.clip
-        self.tokenizer = TextTokenizer.of_export(clip.models_dir, clip.info)
+        self.tokenizer = clip.tokenizer
         self.tables = {c.name: c for c in interrogator.tables.categories}
 
     def require(self, mode: PromptMode | None) -> None:
@@ -252,11 +251,8 @@ class _Run:
         request is not encoded again."""
         new = list(dict.fromkeys(t for t in texts if t not in self.similarities))
         if new:
-            ids, _ = self.builder.tokenizer.encode_batch(new)
-            clip = self.builder.interrogator.clip
             started = time.perf_counter()
-            with clip.npu.hold(self.wait):
-                embeddings = clip.encode_ids(ids)
+            embeddings = self.builder.interrogator.clip.encode_texts(new, self.wait)
             self.encode_ms += (time.perf_counter() - started) * 1e3
             self.encodes += len(new)
             norms = np.linalg.norm(embeddings, axis=1) + 1e-12
