@@ -49,7 +49,7 @@ def caption_images(config_path: str | None, flags: CaptionFlags, question: Quest
     from runtime.prompt_modes import PromptMode
 
     with user_errors():
-        images_dir = _images_dir(flags.images)
+        images_dir, count = _images_dir(flags.images)
         modes = [m.value for m in PromptMode]
         if flags.mode is not None and flags.mode not in modes:
             raise PipelineError(f"--mode {flags.mode!r} is not a prompt mode", hint=f"pass one of {', '.join(modes)}")
@@ -61,10 +61,10 @@ def caption_images(config_path: str | None, flags: CaptionFlags, question: Quest
             if flags.npu_lock:
                 raise PipelineError("--npu-lock is for captioning here; on devices set device.npu_lock")
             with _interrupted_caption("the devices' caption workers were stopped"):
-                summary = _caption_on_devices(config.with_devices(flags.host or "all"), run, flags.mode)
+                summary = _caption_on_devices(config.with_devices(flags.host or "all"), run, flags.mode, count)
         else:
             with _interrupted_caption("nothing is left running"):
-                summary = _caption_here(config, run, flags)
+                summary = _caption_here(config, run, flags, count)
     _print_summary(summary, run)
     if flags.report and not run.dry_run and question is None:
         from commands.caption_report import write_caption_report
@@ -109,7 +109,8 @@ def read_question(labels: str | None, question_file: str | None, template: str |
         ) from None
 
 
-def _images_dir(images: str | None) -> Path:
+def _images_dir(images: str | None) -> tuple[Path, int]:
+    """The folder, checked, and how many images it holds (the progress bar's total)."""
     from runtime.preprocess import IMAGE_SUFFIXES, find_images
 
     if not images:
@@ -117,12 +118,13 @@ def _images_dir(images: str | None) -> Path:
     images_dir = Path(images)
     if not images_dir.is_dir():
         raise PipelineError(f"{images_dir} is not a directory", hint="pass --images DIR")
-    if not find_images(images_dir):
+    count = len(find_images(images_dir))
+    if not count:
         raise PipelineError(
             f"no images in {images_dir} (searched recursively for {', '.join(IMAGE_SUFFIXES)})",
             hint="pass --images with the folder that holds them",
         )
-    return images_dir
+    return images_dir, count
 
 
 def _caption_run(
@@ -173,15 +175,14 @@ def _progress_columns() -> tuple[Any, ...]:
     return ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
 
 
-def _caption_on_devices(config: PipelineConfig, run: CaptionRun, mode: str | None) -> CaptionSummary:
+def _caption_on_devices(config: PipelineConfig, run: CaptionRun, mode: str | None, count: int) -> CaptionSummary:
     from rich.progress import Progress
 
     from deploy.fleet_caption import FleetCaptionJob, FleetProgress, caption_on_fleet
-    from runtime.preprocess import find_images
 
     verb = "classify" if run.question else "caption"
     with Progress(*_progress_columns(), console=console) as bar:
-        task = bar.add_task(verb, total=run.dry_run or len(find_images(run.images_dir)))
+        task = bar.add_task(verb, total=run.dry_run or count)
 
         def advance(_: Path, progress: FleetProgress) -> None:
             bar.update(task, advance=1, description=f"{verb} {progress.rates()}")
@@ -189,14 +190,14 @@ def _caption_on_devices(config: PipelineConfig, run: CaptionRun, mode: str | Non
         return caption_on_fleet(config, FleetCaptionJob(run, mode), advance)
 
 
-def _caption_here(config: PipelineConfig | None, run: CaptionRun, flags: CaptionFlags) -> CaptionSummary:
+def _caption_here(config: PipelineConfig | None, run: CaptionRun, flags: CaptionFlags, count: int) -> CaptionSummary:
     from rich.progress import Progress
 
     from runtime.captioning import caption_folder
     from runtime.classify import BATCH_LIMITS, Classifier
     from runtime.npu import NpuLock
     from runtime.opening import OpenOptions, open_interrogator
-    from runtime.preprocess import Fidelity, find_images
+    from runtime.preprocess import Fidelity
     from runtime.prompt_modes import PromptBuilder, PromptMode
 
     models_dir = device_models_dir(config, flags.models)
@@ -210,7 +211,7 @@ def _caption_here(config: PipelineConfig | None, run: CaptionRun, flags: Caption
         prompts[0].require(prompts[1])
     classifier = Classifier.open(interrogator, BATCH_LIMITS) if run.question else None
     with Progress(*_progress_columns(), console=console) as bar:
-        task = bar.add_task("classify" if run.question else "caption", total=len(find_images(run.images_dir)))
+        task = bar.add_task("classify" if run.question else "caption", total=run.dry_run or count)
         return caption_folder(
             interrogator, run, on_image=lambda _: bar.advance(task), prompts=prompts, classifier=classifier
         )
