@@ -62,7 +62,7 @@ def write_random_tables(
     from runtime.model_io import ExportInfo
 
     info = ExportInfo.read(export)
-    directory = export.parent.parent / "tables" / f"{name}-{info.text.sha256[:12]}-ranked-by-category"
+    directory = export.parent.parent / "tables" / f"{name}-{info.text.sha256[:12]}-batched-ranks"
     if (directory / VocabIndex.FILE).is_file():
         return directory
     directory.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,12 @@ import json
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -34,9 +34,8 @@ from runtime.answers import InterrogationAnswer
 from runtime.caption_style import CaptionStyle
 from runtime.classify import Classifier, Question, QuestionRefused
 from runtime.errors import InvalidImage
-from runtime.interrogator import CaptionOptions, Interrogation, Interrogator, Scores
+from runtime.interrogator import CaptionOptions, Interrogation, Interrogator, Scores, caption_categories
 from runtime.label_format import Existing
-from runtime.label_tables import normalize
 from runtime.preprocess import find_images
 from runtime.prompt_modes import PromptBuilder, PromptMode
 
@@ -83,6 +82,10 @@ def shared_stems(images: list[Path]) -> set[Path]:
     return {image for group in seen.values() if len(group) > 1 for image in group}
 
 
+Answer = tuple[str | None, dict[str, object]]  # the caption text (None for a question) and its record
+Encoded = tuple[np.ndarray, dict[str, float]]  # an image's embedding and its timings (Interrogator.embed)
+
+
 @dataclass(frozen=True)
 class CaptionTask:
     """What a caption is made of, the same here and on a fleet's worker."""
@@ -91,28 +94,44 @@ class CaptionTask:
     prompts: tuple[PromptBuilder, PromptMode] | None = None
     classify: tuple[Classifier, Question] | None = None
 
-    def answer(self, interrogator: Interrogator, pixels: np.ndarray) -> tuple[str | None, dict[str, object]]:
+    def finish_all(self, interrogator: Interrogator, encoded: list[Encoded | Exception]) -> list[Answer | Exception]:
+        """Each encoded image's answer (an image that failed keeps its exception), after the encodes (the
+        step on the NPU): the caption's categories are ranked for the images at once (a prompt mode or a
+        question reads its own, taking the NPU lock itself for its text encodes)."""
+        images = [item for item in encoded if not isinstance(item, Exception)]
+        started = time.perf_counter()
+        ranked = [] if self.prompts or self.classify else caption_categories(interrogator.tables, self.caption)
+        batch = iter(Scores.batch(interrogator.tables, [embedding for embedding, _ in images], ranked))
+        rank_ms = (time.perf_counter() - started) * 1e3 / max(len(images), 1)  # the batch's pass, shared
+        answers: list[Answer | Exception] = []
+        for item in encoded:
+            if isinstance(item, Exception):
+                answers.append(item)
+                continue
+            try:
+                answers.append(self._finish(interrogator, next(batch), {**item[1], "rank": rank_ms}))
+            except UNREADABLE as exc:
+                answers.append(exc)
+        return answers
+
+    @property
+    def caption(self) -> CaptionOptions:
+        return self.options or CaptionOptions()
+
+    def _finish(self, interrogator: Interrogator, scores: Scores, timings: dict[str, float]) -> Answer:
         """The caption text and its JSONL record (A1111's answer, or the prompt in its mode); for a question,
         no text and the answer."""
-        return self.finish(interrogator, *interrogator.embed(pixels))
-
-    def finish(
-        self, interrogator: Interrogator, embedding: np.ndarray, timings: dict[str, float]
-    ) -> tuple[str | None, dict[str, object]]:
-        """`answer` after the image's encode (`Interrogator.embed`, the step on the NPU): the rest runs off
-        the encoder's path (a prompt mode or a question takes the NPU lock itself for its text encodes)."""
         if self.classify:
             classifier, question = self.classify
-            answer = classifier.classify(normalize(embedding), question)
+            answer = classifier.classify(scores.vector, question)
             return None, {"question": question.digest(), **answer.model_dump()}
-        started = time.perf_counter()
-        scores = Scores.of(interrogator.tables, embedding)
         if self.prompts:
             builder, mode = self.prompts
             made = builder.prompt(scores, mode)
             return made.prompt, {"mode": mode.value, "prompt": made.prompt, "text_encodes": made.text_encodes}
-        caption, results = interrogator.caption(scores, self.options)
-        timings = {**timings, "rank": (time.perf_counter() - started) * 1e3}
+        started = time.perf_counter()
+        caption, results = interrogator.caption(scores, self.caption)
+        timings = {**timings, "rank": timings["rank"] + (time.perf_counter() - started) * 1e3}
         return caption, InterrogationAnswer.of(Interrogation(caption, results, timings)).model_dump()
 
 
@@ -305,56 +324,76 @@ def caption_folder(
         classify[0].check(classify[1])  # and a question over the bounds
     task = CaptionTask(run.style.options(), prompts, classify)
     workers = workers or os.cpu_count() or 2
-    with CaptionWriter.open(run) as writer, ThreadPoolExecutor(workers, "caption-decode") as pool:
-        _caption_all(interrogator, writer, pool, task, on_image, workers)
-    return writer.summary
 
-
-def _caption_all(
-    interrogator: Interrogator,
-    writer: CaptionWriter,
-    pool: ThreadPoolExecutor,
-    task: CaptionTask,
-    on_image: Callable[[Path], None],
-    workers: int,
-) -> None:
-    """Three steps at once: decodes run ahead in `pool`, this thread only encodes (the NPU's step, so the
-    NPU never waits for the CPU's work on an image), and one more thread ranks and formats each encoded
-    image. Answers are written in the folder's order, as soon as the oldest is ready. At most AHEAD images
-    a decode worker wait decoded, and as many encoded."""
-    decoded: deque[tuple[Path, Path, Future[np.ndarray]]] = deque()
-    answered: deque[tuple[Path, Path, Future[tuple[str | None, dict[str, object]]]]] = deque()
-
-    def write_oldest() -> None:
-        image_path, target, answer = answered.popleft()
+    def deliver(files: tuple[Path, Path], answer: Answer | Exception) -> None:
+        image_path, target = files
         try:
-            writer.write(image_path, target, *answer.result())
+            if isinstance(answer, Exception):
+                raise answer
+            writer.write(image_path, target, *answer)
         except UNREADABLE as exc:
             writer.failed(image_path, str(exc) or type(exc).__name__)
         on_image(image_path)
 
-    def encode_oldest(finisher: ThreadPoolExecutor) -> None:
-        image_path, target, pixels = decoded.popleft()
-        try:
-            embedding, timings = interrogator.embed(pixels.result())
-            answer = finisher.submit(task.finish, interrogator, embedding, timings)
-        except UNREADABLE as exc:
-            answer = Future()
-            answer.set_exception(exc)
-        answered.append((image_path, target, answer))
-        while answered and (answered[0][2].done() or len(answered) > AHEAD * workers):
-            write_oldest()
+    with CaptionWriter.open(run) as writer, ThreadPoolExecutor(workers, "caption-decode") as pool:
+        items = ((files, files[0]) for files in writer.todo(on_image))
+        answer_all(interrogator, task, items, deliver, pool, workers)
+    return writer.summary
 
-    with ThreadPoolExecutor(1, "caption-rank") as finisher:
-        for image_path, target in writer.todo(on_image):
-            decoded.append((image_path, target, pool.submit(_pixels, interrogator, image_path)))
+
+RANK_BATCH = 16  # encoded images ranked at once, at most (they wait only while the finisher is busy)
+K = TypeVar("K")  # what `deliver` is told an answer is for
+
+
+def answer_all(
+    interrogator: Interrogator,
+    task: CaptionTask,
+    items: Iterable[tuple[K, Path | bytes]],
+    deliver: Callable[[K, Answer | Exception], None],
+    pool: ThreadPoolExecutor,
+    workers: int,
+) -> None:
+    """Every item's answer handed to `deliver`, in the items' order, three steps at once: decodes run ahead
+    in `pool`, this thread only encodes (the NPU's step, so the NPU never waits for the CPU's work on an
+    image), and one more thread ranks, formats and delivers. The encoded images wait in a batch while that
+    thread is busy and are ranked together (one read of a big category's rows for the batch), so the
+    batch grows only as far as the CPU falls behind. At most AHEAD images a decode worker wait decoded."""
+    decoded: deque[tuple[K, Future[np.ndarray]]] = deque()
+    finished: deque[Future[None]] = deque()
+    batch: list[tuple[K, Encoded | Exception]] = []
+
+    def finish(encoded: list[tuple[K, Encoded | Exception]]) -> None:
+        answers = task.finish_all(interrogator, [item for _, item in encoded])
+        for (key, _), answer in zip(encoded, answers, strict=True):
+            deliver(key, answer)
+
+    def send(finisher: ThreadPoolExecutor) -> None:
+        finished.append(finisher.submit(finish, batch.copy()))
+        batch.clear()
+
+    def encode_oldest(finisher: ThreadPoolExecutor) -> None:
+        key, pixels = decoded.popleft()
+        try:
+            batch.append((key, interrogator.embed(pixels.result())))
+        except UNREADABLE as exc:
+            batch.append((key, exc))
+        if len(batch) >= RANK_BATCH or not finished or finished[-1].done():
+            send(finisher)
+        while finished and (finished[0].done() or len(finished) > AHEAD * workers):
+            finished.popleft().result()  # waits only when the finisher falls behind; raises what it raised
+
+    with ThreadPoolExecutor(1, "caption-finish") as finisher:
+        for key, source in items:
+            decoded.append((key, pool.submit(_pixels, interrogator, source)))
             if len(decoded) > AHEAD * workers:
                 encode_oldest(finisher)
         while decoded:
             encode_oldest(finisher)
-        while answered:
-            write_oldest()
+        if batch:
+            send(finisher)
+        while finished:
+            finished.popleft().result()
 
 
-def _pixels(interrogator: Interrogator, image_path: Path) -> np.ndarray:
-    return interrogator.clip.preprocess(interrogator.clip.open(image_path))
+def _pixels(interrogator: Interrogator, source: Path | bytes) -> np.ndarray:
+    return interrogator.clip.preprocess(interrogator.clip.open(source))

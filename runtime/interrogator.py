@@ -5,8 +5,10 @@ One lock serializes backend calls (one NPU); ranking is numpy on a precomputed t
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,6 +163,34 @@ class Interrogator:
 
 
 @dataclass(frozen=True)
+class Ranked:
+    """A category's rescored candidates, best first, each Pick made only when read: a caption reads a few
+    of them, and near-ties can make hundreds of candidates."""
+
+    labels: tuple[str, ...]  # the category's
+    rows: list[int]
+    scores: list[float]
+    probabilities: list[float]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Pick]:
+        return (self.pick(index) for index in range(len(self.rows)))
+
+    def pick(self, index: int) -> Pick:
+        row = self.rows[index]
+        return Pick(self.labels[row], self.scores[index], row, self.probabilities[index])
+
+    def head(self, count: int) -> tuple[Pick, ...]:
+        return tuple(self.pick(index) for index in range(min(count, len(self.rows))))
+
+    def at_least(self, score: float) -> Iterator[Pick]:
+        """The picks scoring `score` or more (a prefix: they are sorted)."""
+        return itertools.takewhile(lambda pick: pick.score >= score, self)
+
+
+@dataclass(frozen=True)
 class Scores:
     """One image against the labels: a category's int8 coarse scores and their error bound, computed the
     first time something reads that category (a caption does not read clip-interrogator's 100,000
@@ -180,6 +210,19 @@ class Scores:
     def of(cls, tables: LabelTables, embedding: np.ndarray) -> Scores:
         return cls(tables, normalize(embedding))
 
+    @classmethod
+    def batch(cls, tables: LabelTables, embeddings: list[np.ndarray], categories: list[CategoryTable]) -> list[Scores]:
+        """Several images' scores, `categories` ranked for all of them at once: one read of a category's
+        8-bit rows serves the batch (see modeling/rank_model.py)."""
+        batch = [cls.of(tables, embedding) for embedding in embeddings]
+        if not batch:
+            return batch
+        vectors, sides = np.stack([scores.vector for scores in batch]), [scores.image for scores in batch]
+        for category in categories:
+            for scores, ranked in zip(batch, tables.coarse_scores(category, vectors, sides), strict=True):
+                scores._coarse[category.name] = ranked
+        return batch
+
     def coarse(self, category: CategoryTable) -> np.ndarray:
         """The category's coarse cosines (its labels' order)."""
         return self._ranked(category)[0]
@@ -190,26 +233,20 @@ class Scores:
 
     def _ranked(self, category: CategoryTable) -> tuple[np.ndarray, float]:
         if category.name not in self._coarse:
-            self._coarse[category.name] = self.tables.coarse_scores(category, self.vector, self.image)
+            self._coarse[category.name] = self.tables.coarse_scores(category, self.vector[None], [self.image])[0]
         return self._coarse[category.name]
 
     @property
     def scale(self) -> ScoreScale:
         return self.tables.index.model.scores
 
-    def exact(self, category: CategoryTable, candidates: np.ndarray) -> list[Pick]:
+    def exact(self, category: CategoryTable, candidates: np.ndarray) -> Ranked:
         """Exact scores of a category's candidate rows (indices within the category), best first."""
         exact = self.tables.exact_scores(category, candidates, self.vector)
         probabilities = self.probabilities(category, candidates, exact)
         order = np.argsort(-exact, kind="stable")
-        labels = category.labels
         # Whole arrays to Python numbers at once: per-element numpy scalars cost more than the ranking.
-        return [
-            Pick(labels[row], score, row, probability)
-            for row, score, probability in zip(
-                candidates[order].tolist(), exact[order].tolist(), probabilities[order].tolist(), strict=True
-            )
-        ]
+        return Ranked(category.labels, candidates[order].tolist(), exact[order].tolist(), probabilities[order].tolist())
 
     def probabilities(self, category: CategoryTable, candidates: np.ndarray, exact: np.ndarray) -> np.ndarray:
         """The model's probability of each candidate: SigLIP's per-label sigmoid(scale*cos + bias); for
@@ -234,9 +271,7 @@ def caption(scores: Scores, options: CaptionOptions | None = None) -> tuple[str,
     """The `clip` caption: each category's picks, in vocabulary order. Vocabularies share words (a flavor
     can be a tag too): a label already in the caption is not picked again, the next one is."""
     options = options or CaptionOptions()
-    categories = [
-        c for c in scores.tables.categories if options.every_category or (c.caption and c.name not in options.skip)
-    ]
+    categories = caption_categories(scores.tables, options)
     taken: set[str] = set()
     results = []
     for category in categories:
@@ -245,6 +280,11 @@ def caption(scores: Scores, options: CaptionOptions | None = None) -> tuple[str,
             taken |= {_same_label(pick.label) for pick in result.picks}
         results.append(result)
     return format_caption(tuple(results), categories, options), tuple(results)
+
+
+def caption_categories(tables: LabelTables, options: CaptionOptions) -> list[CategoryTable]:
+    """The categories a caption ranks: those it writes, or every one (`every_category`)."""
+    return [c for c in tables.categories if options.every_category or (c.caption and c.name not in options.skip)]
 
 
 def tag_probabilities(scores: Scores, options: TagOptions | None = None) -> dict[str, float]:
@@ -280,15 +320,14 @@ def _rank(
     if category.mode is CategoryMode.MANY:
         cutoff = min(cutoff, threshold - bound)
     ranked = scores.exact(category, np.flatnonzero(block >= cutoff))
-    free = [pick for pick in ranked if _same_label(pick.label) not in taken] if taken else ranked
+    free = (pick for pick in ranked if _same_label(pick.label) not in taken) if taken else iter(ranked)
     if category.mode is CategoryMode.ONE:
-        picks = free[:1]
+        picks = list(itertools.islice(free, 1))
     elif category.mode is CategoryMode.TOP:
         picks = _distinct(free, category, category.k)
     else:
-        picks = _distinct([p for p in free if p.score >= threshold], category, options.max_tags)
-    top = tuple(ranked[:STRUCTURED_TOP])
-    return CategoryResult(category.name, category.mode, tuple(picks), top, len(category.labels))
+        picks = _distinct(itertools.takewhile(lambda p: p.score >= threshold, free), category, options.max_tags)
+    return CategoryResult(category.name, category.mode, tuple(picks), ranked.head(STRUCTURED_TOP), len(category.labels))
 
 
 def _same_label(label: str) -> str:
@@ -296,16 +335,15 @@ def _same_label(label: str) -> str:
     return " ".join(label.lower().split())
 
 
-def _distinct(ranked: list[Pick], category: CategoryTable, limit: int | None = None) -> list[Pick]:
-    """Picks whose embeddings differ (the first `limit` of them): two spellings with one embedding would
-    repeat a word in the caption."""
-    if not ranked or limit == 0:
+def _distinct(ranked: Iterable[Pick], category: CategoryTable, limit: int | None = None) -> list[Pick]:
+    """Picks whose embeddings differ (the first `limit` of them), read only as far as needed: two spellings
+    with one embedding would repeat a word in the caption."""
+    if limit == 0:
         return []
-    rows = np.asarray(category.rows[np.array([pick.row for pick in ranked])])  # one read of the table
     seen: set[bytes] = set()
     kept: list[Pick] = []
-    for pick, row in zip(ranked, rows, strict=True):
-        key = row.tobytes()
+    for pick in ranked:
+        key = category.rows[pick.row].tobytes()
         if key not in seen:
             seen.add(key)
             kept.append(pick)
@@ -316,8 +354,7 @@ def _distinct(ranked: list[Pick], category: CategoryTable, limit: int | None = N
 
 def _above(scores: Scores, category: CategoryTable, cutoff: float) -> list[Pick]:
     block = scores.coarse(category)
-    ranked = scores.exact(category, np.flatnonzero(block >= cutoff - scores.bound(category)))
-    return [p for p in ranked if p.score >= cutoff]
+    return list(scores.exact(category, np.flatnonzero(block >= cutoff - scores.bound(category))).at_least(cutoff))
 
 
 def format_caption(results: tuple[CategoryResult, ...], tables: list[CategoryTable], options: CaptionOptions) -> str:

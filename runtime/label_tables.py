@@ -68,6 +68,9 @@ class RankModel:
     max_label_scale: float
     max_label_error_l2: float
     max_label_norm: float
+    # Takes a batch of images, each quantized alone (symmetric, IMAGE_LEVELS); False: an earlier release's
+    # model of one image, quantized with DynamicQuantizeLinear, which ImageSide no longer replays.
+    batched: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,10 +148,10 @@ class LabelTables:
         index = VocabIndex.read(directory)
         categories, rankers = [], {}
         for entry in index.categories:
-            if entry.rank is None:
+            if entry.rank is None or not entry.rank.batched:
                 raise ModelFilesError(
-                    f"{directory / VocabIndex.FILE}: tables of an earlier release (one rank model for all): "
-                    "run `invoke embed-vocab` and `invoke fetch`"
+                    f"{directory / VocabIndex.FILE}: tables of an earlier release (their rank models rank one "
+                    "image at a time): run `invoke embed-vocab` (it reuses every label's row) and `invoke fetch`"
                 )
             block = _rows(directory / entry.file)
             if block.dtype != np.float16:
@@ -156,17 +159,19 @@ class LabelTables:
             if block.shape[0] != len(entry.labels):
                 raise ModelFilesError(f"{entry.file}: {block.shape[0]} rows for {len(entry.labels)} labels")
             categories.append(CategoryTable(**vars(entry), rows=block))
-            rankers[entry.name] = onnx_session(directory / entry.rank.file)
+            rankers[entry.name] = onnx_session(directory / entry.rank.file, 1)
         return cls(categories, index, rankers)
 
     def coarse_scores(
-        self, category: CategoryTable, vector: np.ndarray, image: ImageSide | None = None
-    ) -> tuple[np.ndarray, float]:
-        """int8 cosines of a normalized vector with a category's labels, and a bound on their error (`image`:
-        the vector's part of it, when the caller keeps it for the image's other categories)."""
+        self, category: CategoryTable, vectors: np.ndarray, images: list[ImageSide] | None = None
+    ) -> list[tuple[np.ndarray, float]]:
+        """int8 cosines of normalized vectors [images, dim] with a category's labels, in one pass over its
+        8-bit rows, and for each image a bound on their error (`images`: the vectors' part of it, when the
+        caller keeps it for the images' other categories)."""
         assert category.rank is not None  # load refuses tables without
-        scores = self._rankers[category.name].run(None, {"embedding": vector[None].astype(np.float32)})[0][0]
-        return scores, coarse_error_bound(image or ImageSide.of(vector), category.rank)
+        scores = self._rankers[category.name].run(None, {"embedding": np.asarray(vectors, dtype=np.float32)})[0]
+        sides = images or [ImageSide.of(vector) for vector in vectors]
+        return [(row, coarse_error_bound(side, category.rank)) for row, side in zip(scores, sides, strict=True)]
 
     def exact_scores(self, category: CategoryTable, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Float cosines of a normalized vector with some of a category's labels (indices within it)."""
@@ -175,8 +180,8 @@ class LabelTables:
 
 def _rows(path: Path) -> np.ndarray:
     """A label table, memory-mapped; a damaged header is one ModelFilesError."""
-    try:
-        return np.load(path, mmap_mode="r")
+    try:  # a plain array over the mapping: np.memmap's own indexing costs more than a few rows' gather
+        return np.asarray(np.load(path, mmap_mode="r"))
     except (OSError, ValueError, EOFError) as exc:
         raise ModelFilesError(f"{path}: not a readable label table ({exc}); {DAMAGED_HINT}") from exc
 
@@ -186,20 +191,22 @@ def normalize(embedding: np.ndarray) -> np.ndarray:
     return vector / (np.linalg.norm(vector) + 1e-12)
 
 
+IMAGE_LEVELS = 127  # an image's values are quantized to -127..127 times its max |value| / 127
+
+
 @dataclass(frozen=True)
 class ImageSide:
     """The image's part of the error bound, the same for every category: its quantization error |x' - x|
-    (DynamicQuantizeLinear replayed in numpy) and its norm |x|."""
+    (the rank model's quantization replayed in numpy, in float32 as it computes) and its norm |x|."""
 
     error: float
     norm: float
 
     @classmethod
     def of(cls, vector: np.ndarray) -> ImageSide:
-        low, high = min(float(vector.min()), 0.0), max(float(vector.max()), 0.0)
-        scale = np.float32((high - low) / 255.0)
-        zero = np.clip(np.round(-low / scale), 0, 255)
-        replayed = (np.clip(np.round(vector / scale) + zero, 0, 255) - zero) * scale
+        vector = np.asarray(vector, dtype=np.float32)
+        scale = np.maximum(np.abs(vector).max(), np.float32(1e-12)) / np.float32(IMAGE_LEVELS)
+        replayed = np.clip(np.round(vector / scale), -IMAGE_LEVELS, IMAGE_LEVELS) * scale
         error = float(np.linalg.norm(replayed - vector)) + float(scale)  # + one step, for rounding ties
         return cls(error, float(np.linalg.norm(vector)))
 

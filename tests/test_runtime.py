@@ -17,7 +17,7 @@ from PIL import Image
 from common.errors import ModelFilesError
 from runtime.backends import AxEngineBackend, OnnxRuntimeBackend, conform, open_backend
 from runtime.captioning import CaptionRun, caption_folder
-from runtime.errors import BackendUnavailable
+from runtime.errors import BackendUnavailable, InvalidImage
 from runtime.interrogator import CaptionOptions, Interrogator, TagOptions, format_tags, tag_probability
 from runtime.label_format import DEEPBOORU, LabelFormat, TagOrder
 from runtime.label_tables import CategoryMode, LabelTables, TableModel, normalize
@@ -181,7 +181,7 @@ def test_scores_are_cosines_of_the_image_with_each_label(interrogator: Interroga
     expected = float(embedding @ text / np.linalg.norm(embedding) / np.linalg.norm(text))
     vector = normalize(embedding)
     assert tables.exact_scores(subject, np.array([0]), vector)[0] == pytest.approx(expected, abs=2e-3)  # fp16
-    coarse, bound = tables.coarse_scores(subject, vector)
+    [(coarse, bound)] = tables.coarse_scores(subject, vector[None])
     assert abs(coarse[0] - expected) <= bound + 2e-3
 
 
@@ -313,6 +313,23 @@ def test_captioning_a_folder_with_a_pool_gives_what_one_image_at_a_time_gives(
     assert [r["caption"] for r in records] == expected
 
 
+def test_images_ranked_in_one_batch_get_the_captions_each_gets_alone(interrogator: Interrogator) -> None:
+    """A caption run ranks the images the finisher has waiting in one pass over each category's 8-bit rows,
+    each image quantized alone: the captions are the single-image path's, and a failed image keeps its place."""
+    from runtime.captioning import CaptionTask
+    from runtime.interrogator import CaptionOptions
+
+    photos = sorted((REPO / "data/images").rglob("*.jpg"))[:9]
+    encoded: list = [interrogator.embed(interrogator.clip.open(path)) for path in photos]
+    failure = InvalidImage("broken.jpg: not a readable image")
+    encoded.insert(4, failure)
+    options = CaptionOptions(every_category=False)
+    answers = CaptionTask(options).finish_all(interrogator, encoded)
+    assert answers[4] is failure
+    expected = [interrogator.interrogate(interrogator.clip.open(path), options).caption for path in photos]
+    assert [answer[0] for answer in answers if not isinstance(answer, Exception)] == expected
+
+
 def test_a_tokenizer_without_its_pad_token_is_named(built_artifacts: Path, tmp_path: Path) -> None:
     from common.errors import ModelFilesError
 
@@ -392,11 +409,14 @@ def test_two_pass_ranking_equals_an_exact_float_ranking(tmp_path: Path) -> None:
         category = tables.categories[0].__class__(
             **{**tables.categories[0].__dict__, "mode": mode, "k": k, "threshold": threshold}
         )
-        for _ in range(5):
-            vector = normalize(rng.standard_normal(64))
+        vectors = [normalize(rng.standard_normal(64)) for _ in range(5)]
+        batched = tables.coarse_scores(category, np.stack(vectors))  # each image quantized alone in the batch
+        for vector, (coarse_in_batch, bound_in_batch) in zip(vectors, batched, strict=True):
             exact = rows.astype(np.float32) @ vector
-            coarse, bound = tables.coarse_scores(category, vector)
+            [(coarse, bound)] = tables.coarse_scores(category, vector[None])
             assert np.abs(coarse - exact).max() <= bound
+            np.testing.assert_array_equal(coarse_in_batch, coarse)
+            assert bound_in_batch == bound
             scores = Scores(tables, vector)
             result = _rank(scores, category)
             order = np.argsort(-exact, kind="stable")
