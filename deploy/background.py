@@ -26,6 +26,7 @@ STOP_TIMEOUT_S = 15  # after SIGTERM, then SIGKILL
 class Background:
     name: str
     module: str  # what runs: `<venv python> -m <module> <args>`
+    environment: tuple[tuple[str, str], ...] = ()  # set for it alone (through `env`, which any shell has)
 
     @property
     def pid_name(self) -> str:
@@ -45,10 +46,12 @@ class Background:
         """`<venv python> -m module args` in `app`, detached; returns its pid. The last start's log is kept
         as `.log.1`, so the log holds one start and never grows across restarts."""
         log, pid_file = quote(self.log(transport)), quote(self.pid_file(transport))
+        env = "".join(f"{name}={quote(value)} " for name, value in self.environment)
+        command = f"{'env ' + env if env else ''}{quote(venv_python(transport))} -m {self.module}"
         result = transport.check(
             f"cd {quote(app)} && if [ -f {log} ]; then mv -f {log} {log}.1; fi; "
             "S=; if command -v setsid >/dev/null 2>&1; then S=setsid; fi; "
-            f"$S nohup {quote(venv_python(transport))} -m {self.module} {' '.join(quote(a) for a in args)}"
+            f"$S nohup {command} {' '.join(quote(a) for a in args)}"
             f" > {log} 2>&1 < /dev/null & "
             f"echo $! > {pid_file}; cat {pid_file}",
             what=f"starting {self.name}",

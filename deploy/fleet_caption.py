@@ -1,7 +1,8 @@
 """`invoke caption` across the fleet, on Dask distributed: the scheduler runs here, one worker per device is
-started over SSH in the device's runtime virtualenv (resource NPU=1, the interrogator opened once by a worker
-plugin: runtime/fleet_worker.py), images are read here and sent as bytes, and each caption is written here as
-it completes (a .txt per image and captions.jsonl naming the device, resumable as ever).
+started over SSH in the device's runtime virtualenv (resource NPU=1, two batches at once, the interrogator
+opened once by a worker plugin: runtime/fleet_worker.py), images are read here and sent as bytes, and each
+caption is written here as it completes (a .txt per image and captions.jsonl naming the device, resumable as
+ever).
 
 A worker lost mid-run (unplugged, killed) costs only its in-flight images: Dask's scheduler runs them again on
 another worker, and since each image is one future written when it completes, every image is captioned
@@ -33,18 +34,29 @@ from pipeline.hosts import Transport, connect
 from pipeline.hosts.base import quote
 from pipeline.terminal import console
 from runtime.captioning import CaptionRun, CaptionSummary, CaptionWriter
-from runtime.fleet_worker import NPU, DeviceSettings, InterrogatorPlugin, caption_batch, plugin_error
+from runtime.fleet_worker import (
+    BATCHES_PER_DEVICE,
+    NPU,
+    DeviceSettings,
+    InterrogatorPlugin,
+    caption_batch,
+    plugin_error,
+)
 from runtime.manifest import CURRENT_SET
 
 # caption-worker.log, caption-worker.pid in the device's workdir
-WORKER = Background("caption-worker", "distributed.cli.dask_worker")
+# Dask's statistical profiler (a thread that walks every thread's stack each 10 ms) feeds only the dashboard,
+# which our workers do not run; off, a device's worker spends ~10% less CPU an image (bench/fleet.py).
+WORKER = Background(
+    "caption-worker", "distributed.cli.dask_worker", (("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False"),)
+)
 TLS_DIR = ".caption-tls"
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")  # what the run puts there, and all it removes
 JOIN_TIMEOUT_S = 120  # from starting the workers to every one having joined (a first venv build is earlier)
 NO_WORKER_TIMEOUT_S = 60  # with no worker left, how long to wait for one before giving up
-BATCH_IMAGES = 4  # images per Dask task, at most
+BATCH_IMAGES = 16  # images per Dask task, at most
 BATCH_BYTES = 32 * 1024 * 1024  # and at most this many bytes of them
-IN_FLIGHT_PER_WORKER = 2  # batches sent ahead per worker: one runs while the next waits; bounds memory
+IN_FLIGHT_PER_WORKER = BATCHES_PER_DEVICE + 1  # batches sent a worker: those running and one waiting
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a file larger than this is reported, not sent
 DASK_LOG = "fleet-dask.log"  # beside captions.jsonl: Dask's own log records of the last run
 _DASK = {"distributed", "tornado", "bokeh"}  # the top-level loggers Dask configures handlers on
@@ -164,7 +176,7 @@ def _caption_batches(
     on_image: Callable[[Path], None],
     progress: FleetProgress,
 ) -> None:
-    """Batches sent as workers take them, answers written as they come (two batches in flight a worker)."""
+    """Batches sent as workers take them, answers written as they come (IN_FLIGHT_PER_WORKER batches a worker)."""
     todo = writer.todo(on_image)
     batches = _batches(todo, writer, on_image)
     in_flight: dict[Future, Batch] = {}
@@ -172,7 +184,9 @@ def _caption_batches(
     def send_next() -> None:
         batch = next(batches, None)
         if batch:
-            future = client.submit(caption_batch, [data for *_, data in batch], resources={NPU: 1}, pure=False)
+            future = client.submit(
+                caption_batch, [data for *_, data in batch], resources={NPU: 1 / BATCHES_PER_DEVICE}, pure=False
+            )
             in_flight[future] = batch
 
     for _ in range(IN_FLIGHT_PER_WORKER * max(len(client.scheduler_info()["workers"]), 1)):
@@ -309,7 +323,7 @@ def _start_worker(
             "--name",
             device.name,
             "--nthreads",
-            "1",
+            str(BATCHES_PER_DEVICE),
             "--no-nanny",
             "--resources",
             "NPU=1",

@@ -124,6 +124,7 @@ class Classifier:
         self.interrogator, self.limits, self.cache = interrogator, limits, cache
         self._table_rows: dict[str, tuple[int, int]] | None = None  # text -> (category, row), built on first use
         self._index_lock = threading.Lock()
+        self._encode_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -170,8 +171,10 @@ class Classifier:
                 "requests (each is encoded once, then cached)"
             )
         looked_up = time.perf_counter()
+        encodes = 0
         if new:
-            rows |= self._encode(new, wait)
+            fresh, encodes = self._encode(new, wait)
+            rows |= fresh
         encoded = time.perf_counter()
         scale = self.interrogator.tables.index.model.scores
         answers = [_answer(category, rows, vector, scale) for category in question.categories]
@@ -179,9 +182,9 @@ class Classifier:
         timings = {"lookup": looked_up - started, "text_encode": encoded - looked_up, "score": done - encoded}
         return ClassifyAnswer(
             categories=answers,
-            text_encodes=len(new),
+            text_encodes=encodes,
             from_tables=sources.count("tables"),
-            from_cache=sources.count("cache"),
+            from_cache=sources.count("cache") + len(new) - encodes,
             timings_ms={name: round(seconds * 1e3, 2) for name, seconds in timings.items()},
         )
 
@@ -210,12 +213,19 @@ class Classifier:
                         self._table_rows.setdefault(category.prompt(label), (number, row))
             return self._table_rows
 
-    def _encode(self, texts: list[str], wait: float | None) -> dict[str, np.ndarray]:
-        stored = normalized_rows(self.interrogator.clip.encode_texts(texts, wait))
-        for text, row in zip(texts, stored, strict=True):
-            self.cache.put(text, row)
-        self.cache.save()
-        return dict(zip(texts, stored, strict=True))
+    def _encode(self, texts: list[str], wait: float | None) -> tuple[dict[str, np.ndarray], int]:
+        """The rows of `texts`, and how many of them this call encoded. One call encodes at a time: a label
+        that concurrent questions all lack is encoded once, the others finding it cached."""
+        with self._encode_lock:
+            rows = {text: cached for text in texts if (cached := self.cache.get(text)) is not None}
+            missing = [text for text in texts if text not in rows]
+            if missing:
+                stored = normalized_rows(self.interrogator.clip.encode_texts(missing, wait))
+                for text, row in zip(missing, stored, strict=True):
+                    self.cache.put(text, row)
+                    rows[text] = row
+                self.cache.save()
+        return rows, len(missing)
 
 
 def _answer(

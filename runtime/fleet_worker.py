@@ -1,11 +1,14 @@
 """A device's part in captioning across a fleet: a Dask worker plugin that opens the interrogator once per
-worker, and the task that captions one image sent as bytes (no shared filesystem: the controller reads the
-files). The worker is started with the resource NPU=1 and every task asks for it, so one encode runs per
-NPU at a time. Runs in the device's runtime virtualenv: no torch.
+worker, and the task that captions a batch of images sent as bytes (no shared filesystem: the controller
+reads the files). The worker has the resource NPU=1 and BATCHES_PER_DEVICE threads, and every task asks for
+its share of the NPU: two batches run at once, so one's decodes and ranking overlap the other's encodes
+(the NPU lock still lets one encode run at a time). Runs in the device's runtime virtualenv: no torch.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 from distributed import WorkerPlugin, get_worker
 
 from common.errors import UserError
-from runtime.captioning import UNREADABLE, CaptionTask
+from runtime.captioning import Answer, CaptionTask, answer_all
 from runtime.classify import BATCH_LIMITS, Classifier, Question
 from runtime.interrogator import CaptionOptions, Interrogator
 from runtime.npu import NpuLock
@@ -23,6 +26,7 @@ from runtime.prompt_modes import PromptBuilder, PromptMode
 
 PLUGIN_NAME = "clip-axera-interrogator"
 NPU = "NPU"  # the worker resource: one per device
+BATCHES_PER_DEVICE = 2  # each task asks for 1/2 of the NPU: a batch's start and end leave it no gap
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class InterrogatorPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         self.device = str(worker.name)
+        self.workers = os.cpu_count() or 2
+        # The device's cores decode ahead, for both batches running (the pipeline itself is per batch)
+        self.decoders = ThreadPoolExecutor(self.workers, "caption-decode")
         settings = self.devices[self.device]
         options = OpenOptions(
             npu=NpuLock(Path(settings.npu_lock) if settings.npu_lock else None), fidelity=Fidelity(settings.fidelity)
@@ -74,16 +81,24 @@ class InterrogatorPlugin(WorkerPlugin):
             return
         self.task = CaptionTask(self.options, prompts, classify)
 
-    def caption(self, data: bytes) -> dict[str, Any]:
-        """{'text', 'record', 'device'}, or {'error', 'device'} for an image that cannot be captioned."""
+    def caption_all(self, images: list[bytes]) -> list[dict[str, Any]]:
+        """Each image's {'text', 'record', 'device'}, or {'error', 'device'} when it cannot be captioned: the
+        device's pipeline (decodes ahead of the encoder, ranking behind it; see answer_all) over the batch."""
         if self.interrogator is None:
             raise RuntimeError(f"{self.device} could not open its models: {self.error}")
-        clip = self.interrogator.clip
-        try:
-            text, record = self.task.answer(self.interrogator, clip.preprocess(clip.open(data)))
-        except UNREADABLE as exc:
-            return {"error": str(exc) or type(exc).__name__, "device": self.device}
-        return {"text": text, "record": record, "device": self.device}
+        results: list[dict[str, Any]] = []
+
+        def deliver(_: int, answer: Answer | Exception) -> None:
+            if isinstance(answer, Exception):
+                results.append({"error": str(answer) or type(answer).__name__, "device": self.device})
+            else:
+                results.append({"text": answer[0], "record": answer[1], "device": self.device})
+
+        answer_all(self.interrogator, self.task, enumerate(images), deliver, self.decoders, self.workers)
+        return results
+
+    def teardown(self, worker: Any) -> None:
+        self.decoders.shutdown(cancel_futures=True)
 
 
 def plugin_error(dask_worker: Any) -> str | None:
@@ -93,6 +108,5 @@ def plugin_error(dask_worker: Any) -> str | None:
 
 
 def caption_batch(images: list[bytes]) -> list[dict[str, Any]]:
-    """The task: a few images' captions on this worker's NPU, one after another."""
-    plugin = get_worker().plugins[PLUGIN_NAME]
-    return [plugin.caption(data) for data in images]
+    """The task: a batch of images' captions on this worker's NPU."""
+    return get_worker().plugins[PLUGIN_NAME].caption_all(images)
