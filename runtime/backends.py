@@ -34,6 +34,9 @@ AXENGINE_INSTALL = (
 )
 
 
+ANY_SIZE = -1  # a dimension the model leaves open (a published ONNX's batch)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -84,7 +87,9 @@ class OnnxRuntimeBackend(_SessionBackend):
         self._session = onnx_session(path, threads)
         self.provider = self._session.get_providers()[0]
         self._inputs = [
-            TensorInfo(i.name, tuple(int(d) for d in i.shape), np.dtype(_ORT_TYPES[i.type]))
+            TensorInfo(
+                i.name, tuple(d if isinstance(d, int) else ANY_SIZE for d in i.shape), np.dtype(_ORT_TYPES[i.type])
+            )
             for i in self._session.get_inputs()
         ]
         self._outputs = [o.name for o in self._session.get_outputs()]
@@ -135,7 +140,10 @@ def conform(feed: dict[str, np.ndarray], inputs: list[TensorInfo]) -> dict[str, 
         if info.name not in feed:
             raise ModelFilesError(f"the model takes {[i.name for i in inputs]}, not {sorted(feed)}: run `invoke fetch`")
         array = np.ascontiguousarray(feed[info.name], dtype=info.dtype)
-        if array.shape != info.shape:
+        fits = len(array.shape) == len(info.shape) and all(
+            want in (ANY_SIZE, got) for got, want in zip(array.shape, info.shape, strict=True)
+        )
+        if not fits:
             raise ModelFilesError(
                 f"input {info.name!r} has shape {array.shape}, the model takes {info.shape}: the "
                 "model files and export.json disagree; run `invoke fetch`"

@@ -147,6 +147,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "(the same file another program on the NPU locks, e.g. /run/lock/ax650.lock)",
     )
     parser.add_argument(
+        "--tagger",
+        type=Path,
+        help="a WD tagger's folder (model.onnx or model.axmodel beside selected_tags.csv): serves "
+        "/tagger/v1 and answers A1111's `deepdanbooru` with it",
+    )
+    parser.add_argument(
         "--unload-after",
         type=float,
         help="seconds without a request after which the image "
@@ -268,6 +274,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         label_cache=CacheSettings(
             entries=args.label_cache_entries, bytes=int(args.label_cache_mb * MB), folder=args.label_cache_dir
         ),
+        tagger=args.tagger,
     )
 
 

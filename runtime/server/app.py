@@ -1,5 +1,6 @@
 """The FastAPI app: A1111's interrogate and options endpoints, clip-interrogator's extension API
-(interrogator_api.py), a structured answer, and a health check.
+(interrogator_api.py), the WD14 tagger extension's API when a tagger is served (tagger_api.py), a
+structured answer, and a health check.
 
 Blocking work (decoding, preprocessing, the encoder, ranking) runs in worker threads; the interrogator
 lets one encode run at a time (one NPU), and the admission gate bounds how many requests wait for it.
@@ -25,13 +26,13 @@ from runtime.server.limits import BodyBudget, RequestBodyLimits
 from runtime.server.options import Options
 from runtime.server.schemas import ClassifyRequest, DetailedResponse, Health, InterrogateRequest, InterrogateResponse
 from runtime.server.service import SERVICE_STATE, InterrogationService, ServerSettings, Service
+from runtime.server.tagger_api import tagger_router
 
 MODELS = ("clip", "deepdanbooru")
 
 
 def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
     """The whole service: the endpoints, A1111's error shape, body limits, and the idle unloader."""
-    unloader = IdleUnloader(interrogator.clip.image_model, interrogator.clip.text_model)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +61,7 @@ def create_app(interrogator: Interrogator, settings: ServerSettings) -> FastAPI:
         budget=BodyBudget(settings.max_bodies_bytes),
         credentials=settings.credentials,
     )
-    include_interrogation(app, interrogator, settings)
+    unloader = IdleUnloader(*include_interrogation(app, interrogator, settings).resident_models())
     return app
 
 
@@ -74,6 +75,7 @@ def include_interrogation(app: FastAPI, interrogator: Interrogator, settings: Se
     app.include_router(a1111_router, dependencies=auth)
     app.include_router(ci_router, dependencies=auth)
     app.include_router(detailed_router, dependencies=auth)
+    app.include_router(tagger_router, dependencies=auth)
     app.include_router(health_router)  # open even with auth: a supervisor's probe has no password
     return service
 

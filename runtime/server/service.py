@@ -10,25 +10,28 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from PIL import Image
 
 from runtime.classify import Classifier, ClassifyAnswer, ClassifyLimits, Question
 from runtime.errors import NpuBusy, ServerBusy
-from runtime.images import ImagePolicy, decode_image
-from runtime.interrogator import Interrogation, Interrogator, Scores
+from runtime.images import Draft, ImagePolicy, decode_image
+from runtime.interrogator import Interrogation, Interrogator, Scores, format_tags
 from runtime.label_cache import CacheSettings
 from runtime.label_tables import normalize
+from runtime.npu import ResidentModel
 from runtime.prompt_modes import PromptBuilder, PromptMode, PromptResult, PromptSettings
 from runtime.server.limits import AdmissionGate
 from runtime.server.options import OptionsStore
 from runtime.server.schemas import DetailedResponse, Health, InterrogateRequest, QueueHealth
+from runtime.tagger import TagAnswer, Tagger, TagThresholds
 
 SERVICE_STATE = "interrogation"  # where include_interrogation keeps the service on app.state
 
@@ -49,6 +52,7 @@ class ServerSettings:
     refuse_other_models: bool = False  # a clip_model_name not served: 404 (else the served model answers)
     classify: ClassifyLimits = field(default_factory=ClassifyLimits)  # /clip/v1/classify's bounds
     label_cache: CacheSettings = field(default_factory=CacheSettings)  # its labels' embeddings kept
+    tagger: Path | None = None  # a WD tagger's folder: /tagger/v1 and A1111's `deepdanbooru` answer from it
 
 
 class InterrogationService:
@@ -67,25 +71,47 @@ class InterrogationService:
         self.options = OptionsStore(settings.options_file, [c.name for c in interrogator.tables.categories], fixed)
         self.prompts = PromptBuilder(interrogator, settings.prompt)
         self.classifier = Classifier.open(interrogator, settings.classify, settings.label_cache)
+        self.tagger = Tagger(settings.tagger, interrogator.clip.npu) if settings.tagger else None
         self.started = time.time()
+
+    def resident_models(self) -> list[ResidentModel]:
+        """The models the idle unloader watches: the encoders, and the tagger when one is served."""
+        clip = self.interrogator.clip
+        return [clip.image_model, clip.text_model, *([self.tagger.model] if self.tagger else [])]
 
     def model_names(self) -> list[str]:
         """What /interrogator/models lists: the served model's id, then any names it also answers to."""
         return list(dict.fromkeys((self.interrogator.clip.info.model, *self.settings.model_names)))
 
     def pixels(self, image_field: str) -> tuple[np.ndarray, dict[str, float]]:
-        """Decode (never an unbounded wait for a slot: slow image URLs may hold them all) and preprocess."""
+        """The request's image as the CLIP encoder takes it."""
+        clip = self.interrogator.clip
+        return self._prepared(image_field, clip.preprocess, clip.draft)
+
+    def _prepared(
+        self, image_field: str, prepare: Callable[[Image.Image], np.ndarray], draft: Draft | None = None
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Decode (never an unbounded wait for a slot: slow image URLs may hold them all) and `prepare`."""
         begin, wait = time.perf_counter(), self.settings.queue_timeout_s
         if not self.decoders.acquire(timeout=wait):
             raise ServerBusy(f"Server busy: every image decoder stayed busy for {wait:g} s")
         try:
-            image = decode_image(image_field, self.settings.images, self.interrogator.clip.draft)
+            image = decode_image(image_field, self.settings.images, draft)
             decoded = time.perf_counter()
-            pixels = self.interrogator.clip.preprocess(image)
+            pixels = prepare(image)
             del image
         finally:
             self.decoders.release()
         return pixels, {"decode": (decoded - begin) * 1e3, "preprocess": (time.perf_counter() - decoded) * 1e3}
+
+    def tagged(self, image_field: str, threshold: float) -> TagAnswer:
+        """The served tagger's answer for the image, one bar for general and character tags."""
+        if self.tagger is None:
+            raise HTTPException(404, "Model not found")
+        pixels, _ = self._prepared(image_field, self.tagger.pixels)
+        with _busy_is_503():
+            probabilities = self.tagger.probabilities(pixels, wait=self.settings.queue_timeout_s)
+        return self.tagger.answer(probabilities, TagThresholds(threshold, threshold))
 
     def score(self, image_field: str) -> tuple[Scores, dict[str, float]]:
         """The image against every label: encode and the coarse rank."""
@@ -120,6 +146,10 @@ class InterrogationService:
 
     def answer(self, request: InterrogateRequest) -> str:
         """A1111's answer: the caption (`clip`) or the tags (`deepdanbooru`)."""
+        if request.model == "deepdanbooru" and self.tagger is not None:
+            options = self.options.tag_options()
+            answer = self.tagged(request.image, options.threshold)
+            return format_tags({**answer.general, **answer.character}, options)  # ratings left out, as A1111 does
         scores, _ = self.score(request.image)
         if request.model == "clip":
             only_the_caption = replace(self.options.caption_options(), every_category=False)

@@ -1,0 +1,145 @@
+"""WD booru taggers on the device runtime and the server: tiny random taggers of the v3 families (ViT,
+ConvNeXt, SwinV2) in the published interface, against the way the wd-tagger Space runs them."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from common.errors import ModelFilesError
+from modeling.wd_tagger import write_tiny_tagger
+from runtime.npu import NpuLock
+from runtime.tagger import Tagger, TagThresholds
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTOS = sorted((REPO / "data/images").glob("*.jpg"))[:4]
+
+
+@pytest.fixture(scope="module")
+def taggers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("taggers")
+    return {family: write_tiny_tagger(root / f"tiny-{family}", family) for family in ("vit", "convnext", "swinv2")}
+
+
+def space_probabilities(folder: Path, image: Image.Image) -> dict[str, float]:
+    """What the wd-tagger Space's app computes (prepare_image, then the model; its steps as it writes them):
+    an RGBA canvas on white, a centred white square, bicubic to the model's side, RGB to BGR."""
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    size = session.get_inputs()[0].shape[1]
+    canvas = Image.new("RGBA", image.size, (255, 255, 255))
+    canvas.alpha_composite(image.convert("RGBA"))
+    image = canvas.convert("RGB")
+    side = max(image.size)
+    padded = Image.new("RGB", (side, side), (255, 255, 255))
+    padded.paste(image, ((side - image.size[0]) // 2, (side - image.size[1]) // 2))
+    if side != size:
+        padded = padded.resize((size, size), Image.BICUBIC)
+    array = np.expand_dims(np.asarray(padded, dtype=np.float32)[:, :, ::-1], 0)
+    probabilities = session.run(None, {session.get_inputs()[0].name: array})[0][0]
+    names = [line.split(",")[1] for line in (folder / "selected_tags.csv").read_text().splitlines()[1:]]
+    return dict(zip(names, probabilities.astype(float).tolist(), strict=True))
+
+
+def transparent_wide() -> Image.Image:
+    """A wide image with a transparent half: padding and compositing both show."""
+    image = Image.open(PHOTOS[0]).convert("RGBA").resize((120, 50))
+    pixels = np.asarray(image).copy()
+    pixels[:, :60, 3] = 0
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("family", ["vit", "convnext", "swinv2"])
+def test_each_family_tags_as_the_wd_tagger_space_does(taggers: dict[str, Path], family: str) -> None:
+    tagger = Tagger(taggers[family], NpuLock())
+    for image in [Image.open(path) for path in PHOTOS] + [transparent_wide()]:
+        expected = space_probabilities(taggers[family], image)
+        got = dict(zip(tagger.tags.names, tagger.probabilities(tagger.pixels(image)).tolist(), strict=True))
+        assert got.keys() == expected.keys()
+        assert max(abs(got[name] - expected[name]) for name in got) < 1e-5
+        answer = tagger.answer(np.array([got[name] for name in tagger.tags.names]), TagThresholds(0.5, 0.5))
+        assert list(answer.ratings) == ["general", "sensitive", "questionable", "explicit"]  # the list's order
+        assert list(answer.general) == sorted(answer.general, key=lambda n: -expected[n])  # best first
+        categories = dict(zip(tagger.tags.names, tagger.tags.categories.tolist(), strict=True))
+        assert set(answer.general) == {n for n, p in expected.items() if categories[n] == 0 and p >= 0.5}
+        assert set(answer.character) == {n for n, p in expected.items() if categories[n] == 4 and p >= 0.5}
+
+
+def test_a_tagger_folder_that_does_not_fit_is_named(taggers: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ModelFilesError, match=r"no model\.axmodel or model\.onnx"):
+        Tagger(tmp_path, NpuLock())
+    folder = tmp_path / "bad-tags"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes((taggers["vit"] / "model.onnx").read_bytes())
+    (folder / "selected_tags.csv").write_text("name,category\n1girl,0\n")
+    with pytest.raises(ModelFilesError, match=r"first line must be tag_id,name,category,count"):
+        Tagger(folder, NpuLock())
+    (folder / "selected_tags.csv").write_text("tag_id,name,category,count\n0,1girl,zero,5\n")
+    with pytest.raises(ModelFilesError, match=r"line 2: expected tag_id,name,category,count"):
+        Tagger(folder, NpuLock())
+    (folder / "selected_tags.csv").write_text("tag_id,name,category,count\n0,1girl,0,5\n")
+    tagger = Tagger(folder, NpuLock())
+    with pytest.raises(ModelFilesError, match=r"gives 19 outputs but selected_tags\.csv names 1 tags"):
+        tagger.probabilities(tagger.pixels(Image.open(PHOTOS[0])))
+
+
+def _b64(image: Image.Image) -> str:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def test_the_server_answers_the_wd14_tagger_extension_s_api_and_a1111_s_deepdanbooru(
+    serve, taggers: dict[str, Path]
+) -> None:
+    """/tagger/v1 as toriato's extension answers it (webuiapi's TaggerInterface calls it), and A1111's
+    `deepdanbooru` from the tagger: tags at or above interrogate_deepbooru_score_threshold, ratings left
+    out, alphabetical, `_` as spaces and parentheses escaped (A1111's deepbooru_* defaults)."""
+    import webuiapi
+
+    folder = taggers["vit"]
+    client = serve(tagger=folder)
+    port = int(str(client.base_url).rsplit(":", 1)[1].rstrip("/"))
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
+    tagger_api = webuiapi.TaggerInterface(api)
+    assert tagger_api.tagger_interrogators() == {"models": ["tiny-vit"]}
+    image = Image.open(PHOTOS[1])
+    expected = space_probabilities(folder, image)
+    ratings = ("general", "sensitive", "questionable", "explicit")
+    answer = tagger_api.tagger_interrogate(image, model="tiny-vit", threshold=0.5).info  # the `caption` mapping
+    assert list(answer)[:4] == list(ratings)
+    tags = {n: p for n, p in expected.items() if n not in ratings and p >= 0.5}
+    assert tags and len(tags) < len(expected) - 4  # the bar keeps some tags and drops others
+    assert list(answer)[4:] == sorted(tags, key=lambda n: -tags[n])
+    assert all(abs(answer[n] - expected[n]) < 1e-5 for n in answer)
+    default = client.post("/tagger/v1/interrogate", json={"image": _b64(image), "model": "tiny-vit"}).json()
+    assert set(default["caption"]) - set(ratings) == {n for n in tags} | {
+        n for n, p in expected.items() if n not in ratings and 0.35 <= p < 0.5
+    }  # the extension's default threshold, 0.35
+    refused = client.post("/tagger/v1/interrogate", json={"image": _b64(image), "model": "wd14-vit-v2-git"})
+    assert refused.status_code == 404 and refused.json()["detail"] == "Model not found"
+
+    a1111 = client.post("/sdapi/v1/interrogate", json={"image": _b64(image), "model": "deepdanbooru"})
+    assert a1111.status_code == 200
+
+    def written(name: str) -> str:
+        spaced = name if not re.search(r"[A-Za-z0-9]", name) else name.replace("_", " ")
+        return re.sub(r"([\\()])", r"\\\1", spaced)
+
+    assert a1111.json()["caption"] == ", ".join(written(n) for n in sorted(tags))
+    assert client.post("/sdapi/v1/interrogate", json={"image": _b64(image), "model": "clip"}).status_code == 200
+
+
+def test_without_a_tagger_the_tagger_api_lists_none_and_deepdanbooru_stays_clip_s(serve) -> None:
+    client = serve()
+    assert client.get("/tagger/v1/interrogators").json() == {"models": []}
+    image = _b64(Image.open(PHOTOS[0]))
+    refused = client.post("/tagger/v1/interrogate", json={"image": image, "model": "wd14-vit-v2-git"})
+    assert refused.status_code == 404 and refused.json()["detail"] == "Model not found"
+    assert client.post("/sdapi/v1/interrogate", json={"image": image, "model": "deepdanbooru"}).status_code == 200
