@@ -61,6 +61,22 @@ class TagList:
     def of(self, category: int) -> np.ndarray:
         return np.flatnonzero(self.categories == category)
 
+    def answer(self, probabilities: np.ndarray, thresholds: TagThresholds) -> TagAnswer:
+        """Every rating; general and character tags at or above their bars, best first."""
+        return TagAnswer(
+            ratings={self.names[row]: float(probabilities[row]) for row in self.of(RATING).tolist()},
+            general=self._named(probabilities, self._above(probabilities, GENERAL, thresholds.general)),
+            character=self._named(probabilities, self._above(probabilities, CHARACTER, thresholds.character)),
+        )
+
+    def _above(self, probabilities: np.ndarray, category: int, bar: float) -> np.ndarray:
+        rows = self.of(category)
+        return rows[probabilities[rows] >= bar]
+
+    def _named(self, probabilities: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+        order = rows[np.argsort(-probabilities[rows], kind="stable")]
+        return {self.names[row]: float(probabilities[row]) for row in order.tolist()}
+
 
 @dataclass(frozen=True)
 class TagThresholds:
@@ -128,21 +144,5 @@ class Tagger:
             )
         return probabilities
 
-    def answer(self, probabilities: np.ndarray, thresholds: TagThresholds) -> TagAnswer:
-        """Every rating; general and character tags at or above their bars, best first."""
-        return TagAnswer(
-            ratings={self.tags.names[row]: float(probabilities[row]) for row in self.tags.of(RATING).tolist()},
-            general=self._named(probabilities, self._above(probabilities, GENERAL, thresholds.general)),
-            character=self._named(probabilities, self._above(probabilities, CHARACTER, thresholds.character)),
-        )
-
-    def _above(self, probabilities: np.ndarray, category: int, bar: float) -> np.ndarray:
-        rows = self.tags.of(category)
-        return rows[probabilities[rows] >= bar]
-
-    def _named(self, probabilities: np.ndarray, rows: np.ndarray) -> dict[str, float]:
-        order = rows[np.argsort(-probabilities[rows], kind="stable")]
-        return {self.tags.names[row]: float(probabilities[row]) for row in order.tolist()}
-
     def tag(self, image: Image.Image, thresholds: TagThresholds, wait: float | None = None) -> TagAnswer:
-        return self.answer(self.probabilities(self.pixels(image), wait), thresholds)
+        return self.tags.answer(self.probabilities(self.pixels(image), wait), thresholds)

@@ -63,7 +63,7 @@ def test_each_family_tags_as_the_wd_tagger_space_does(taggers: dict[str, Path], 
         got = dict(zip(tagger.tags.names, tagger.probabilities(tagger.pixels(image)).tolist(), strict=True))
         assert got.keys() == expected.keys()
         assert max(abs(got[name] - expected[name]) for name in got) < 1e-5
-        answer = tagger.answer(np.array([got[name] for name in tagger.tags.names]), TagThresholds(0.5, 0.5))
+        answer = tagger.tags.answer(np.array([got[name] for name in tagger.tags.names]), TagThresholds(0.5, 0.5))
         assert list(answer.ratings) == ["general", "sensitive", "questionable", "explicit"]  # the list's order
         assert list(answer.general) == sorted(answer.general, key=lambda n: -expected[n])  # best first
         categories = dict(zip(tagger.tags.names, tagger.tags.categories.tolist(), strict=True))
@@ -134,11 +134,16 @@ def test_the_server_answers_the_wd14_tagger_extension_s_api_and_a1111_s_deepdanb
 
     assert a1111.json()["caption"] == ", ".join(written(n) for n in sorted(tags))
     assert client.post("/sdapi/v1/interrogate", json={"image": _b64(image), "model": "clip"}).status_code == 200
+    health = client.get("/healthz").json()["tagger"]
+    assert (health["name"], health["file"], health["tags"], health["model"]["state"]) == (
+        "tiny-vit", "model.onnx", 19, "loaded"
+    )  # fmt: skip
 
 
 def test_without_a_tagger_the_tagger_api_lists_none_and_deepdanbooru_stays_clip_s(serve) -> None:
     client = serve()
     assert client.get("/tagger/v1/interrogators").json() == {"models": []}
+    assert client.get("/healthz").json()["tagger"] is None
     image = _b64(Image.open(PHOTOS[0]))
     refused = client.post("/tagger/v1/interrogate", json={"image": image, "model": "wd14-vit-v2-git"})
     assert refused.status_code == 404 and refused.json()["detail"] == "Model not found"

@@ -90,6 +90,14 @@ class LabelCacheHealth(BaseModel):
     file: str | None  # where it is saved (None: kept in memory only)
 
 
+class TaggerHealth(BaseModel):
+    name: str  # what /tagger/v1/interrogators lists
+    folder: str
+    file: str  # model.axmodel (on the NPU) or model.onnx (the published float model)
+    tags: int
+    model: EncoderHealth  # loaded on the first tag request, unloaded when idle
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="allow")  # a newer server may say more; an older client reads what it knows
 
@@ -105,5 +113,6 @@ class Health(BaseModel):
     labels: int
     queue: QueueHealth
     label_cache: LabelCacheHealth | None = None  # /clip/v1/classify's encoded labels
+    tagger: TaggerHealth | None = None  # the WD tagger served beside CLIP, if any
     uptime_s: float
     pid: int | None = None  # the serving process: a starter tells its own server from another on the port

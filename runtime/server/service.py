@@ -30,7 +30,7 @@ from runtime.npu import ResidentModel
 from runtime.prompt_modes import PromptBuilder, PromptMode, PromptResult, PromptSettings
 from runtime.server.limits import AdmissionGate
 from runtime.server.options import OptionsStore
-from runtime.server.schemas import DetailedResponse, Health, InterrogateRequest, QueueHealth
+from runtime.server.schemas import DetailedResponse, Health, InterrogateRequest, QueueHealth, TaggerHealth
 from runtime.tagger import TagAnswer, Tagger, TagThresholds
 
 SERVICE_STATE = "interrogation"  # where include_interrogation keeps the service on app.state
@@ -111,7 +111,7 @@ class InterrogationService:
         pixels, _ = self._prepared(image_field, self.tagger.pixels)
         with _busy_is_503():
             probabilities = self.tagger.probabilities(pixels, wait=self.settings.queue_timeout_s)
-        return self.tagger.answer(probabilities, TagThresholds(threshold, threshold))
+        return self.tagger.tags.answer(probabilities, TagThresholds(threshold, threshold))
 
     def score(self, image_field: str) -> tuple[Scores, dict[str, float]]:
         """The image against every label: encode and the coarse rank."""
@@ -168,6 +168,15 @@ class InterrogationService:
         timings["total"] = (time.perf_counter() - begin) * 1e3
         return DetailedResponse.of(Interrogation(caption, results, timings), tags=tags, tags_note=note)
 
+    def _tagger_health(self) -> TaggerHealth | None:
+        if self.tagger is None:
+            return None
+        tagger = self.tagger
+        return TaggerHealth(
+            name=tagger.name, folder=str(tagger.folder), file=tagger.file, tags=len(tagger.tags.names),
+            model=tagger.model.state(),
+        )  # fmt: skip
+
     def health(self) -> Health:
         clip, gate, categories = self.interrogator.clip, self.gate, self.interrogator.tables.categories
         image = clip.image_model.state()
@@ -184,6 +193,7 @@ class InterrogationService:
             labels=sum(len(c.labels) for c in categories),
             queue=QueueHealth(inside=gate.inside, capacity=gate.capacity, served=gate.served, refused=gate.refused),
             label_cache=self.classifier.cache.health(),
+            tagger=self._tagger_health(),
             uptime_s=round(time.time() - self.started, 1),
             pid=os.getpid(),
         )
