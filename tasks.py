@@ -70,6 +70,12 @@ def status(c: Context, config: str | None = None) -> None:
         "mode": "write clip-interrogator's prompt in this mode instead: fast, classic, best or negative",
         "host": "caption on these devices with Dask: a device name, a comma list, or all (default: all, when the "
         "devices are other machines; else here)",
+        "tagger": "write a WD tagger's booru tags instead: its folder (model.onnx or model.axmodel, selected_tags.csv);"
+        " --threshold is then the general tags' bar (default 0.35)",
+        "character-threshold": "with --tagger: the character tags' bar (default 0.85; kohya --character_threshold)",
+        "character-first": "with --tagger: character tags first (kohya --character_tags_first)",
+        "rating": "with --tagger: the likeliest rating first (kohya --use_rating_tags)",
+        "spaces": "_ in labels written as spaces (kohya --remove_underscore; kaomoji as they are)",
     }
 )
 def caption(
@@ -97,6 +103,11 @@ def caption(
     npu_lock: str | None = None,
     mode: str | None = None,
     host: str | None = None,
+    tagger: str | None = None,
+    character_threshold: float | None = None,
+    character_first: bool = False,
+    rating: bool = False,
+    spaces: bool = False,
 ) -> None:
     """Caption a folder of images for a training set: a caption file per image, captions.jsonl and tags.csv;
     resumable. pipeline.yaml's `caption:` section holds the same options; these flags override it."""
@@ -115,8 +126,12 @@ def caption(
         "separator": separator,
         "threshold": threshold,
         "max_tags": max_tags,
+        "character_threshold": character_threshold,
+        "character_first": character_first,
+        "rating": rating,
+        "spaces": spaces,
     }
-    flags = CaptionFlags(images, out, models, npu_lock, mode, host, overwrite, dry_run, report, style)
+    flags = CaptionFlags(images, out, models, npu_lock, mode, host, overwrite, dry_run, report, style, tagger)
     caption_images(config, flags)
 
 

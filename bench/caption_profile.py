@@ -54,11 +54,11 @@ def image_steps(clip: ClipRuntime, photos: list[Path]) -> tuple[list, dict[str, 
 def rank_steps(interrogator: Interrogator, encoded: list, out: Path) -> dict[str, float]:
     """Ranking and formatting (CaptionTask, as `invoke caption` runs it) one image at a time and RANK_BATCH
     at once, and writing the caption files."""
-    task = CaptionTask(CaptionOptions(every_category=False))
-    task.finish_all(interrogator, encoded)  # warm: the rows the exact pass reads, onnxruntime's arenas
-    _, alone = core_ms(lambda: [task.finish_all(interrogator, [item]) for item in encoded], len(encoded))
+    task = CaptionTask(interrogator, CaptionOptions(every_category=False))
+    task.finish_all(encoded)  # warm: the rows the exact pass reads, onnxruntime's arenas
+    _, alone = core_ms(lambda: [task.finish_all([item]) for item in encoded], len(encoded))
     batches = [encoded[start : start + RANK_BATCH] for start in range(0, len(encoded), RANK_BATCH)]
-    answers, batched = core_ms(lambda: [a for b in batches for a in task.finish_all(interrogator, b)], len(encoded))
+    answers, batched = core_ms(lambda: [a for b in batches for a in task.finish_all(b)], len(encoded))
     texts = [answer[0] for answer in answers]
     _, write = core_ms(
         lambda: [(out / f"{i}.txt").write_text(f"{t}\n", encoding="utf-8") for i, t in enumerate(texts)], len(texts)

@@ -40,6 +40,7 @@ class CaptionFlags:
     dry_run: int = 0
     report: bool = False
     style: dict[str, Any] = field(default_factory=dict)  # CaptionStyle's fields, as the flags spell them
+    tagger: str | None = None  # a WD tagger's folder: booru tags instead of CLIP's caption
 
 
 def caption_images(config_path: str | None, flags: CaptionFlags, question: Question | None = None) -> None:
@@ -55,7 +56,11 @@ def caption_images(config_path: str | None, flags: CaptionFlags, question: Quest
             raise PipelineError(f"--mode {flags.mode!r} is not a prompt mode", hint=f"pass one of {', '.join(modes)}")
         config = None if flags.models else load(config_path)
         run = _caption_run(config, images_dir, flags, question)
-        if config is not None and (
+        if flags.tagger:
+            _check_tagger_flags(flags)
+            with _interrupted_caption("nothing is left running"):
+                summary = _tag_here(config, run, flags, count)
+        elif config is not None and (
             flags.host is not None or config.devices or config.host(config.device.host).kind != "local"
         ):
             if flags.npu_lock:
@@ -215,6 +220,33 @@ def _caption_here(config: PipelineConfig | None, run: CaptionRun, flags: Caption
         return caption_folder(
             interrogator, run, on_image=lambda _: bar.advance(task), prompts=prompts, classifier=classifier
         )
+
+
+def _check_tagger_flags(flags: CaptionFlags) -> None:
+    if flags.mode:
+        raise PipelineError("--mode is a CLIP prompt mode: a tagger writes booru tags; drop one of the two")
+    if flags.host:
+        raise PipelineError(
+            "--tagger captions here, with the tagger's folder on this machine; the devices' fleet runs CLIP only",
+            hint="run `invoke caption --tagger DIR` on the device itself",
+        )
+
+
+def _tag_here(config: PipelineConfig | None, run: CaptionRun, flags: CaptionFlags, count: int) -> CaptionSummary:
+    """Booru tags from a WD tagger's folder (model.onnx or model.axmodel beside selected_tags.csv)."""
+    from rich.progress import Progress
+
+    from runtime.captioning import answer_folder
+    from runtime.npu import NpuLock
+    from runtime.tag_captions import TagTask
+    from runtime.tagger import Tagger
+
+    assert flags.tagger is not None
+    lock = flags.npu_lock or (config.device.npu_lock if config else None)
+    tagger = Tagger(Path(flags.tagger).expanduser(), NpuLock(Path(lock) if lock else None), unload_after=None)
+    with Progress(*_progress_columns(), console=console) as bar:
+        task = bar.add_task(f"tag ({tagger.name})", total=run.dry_run or count)
+        return answer_folder(TagTask.of(tagger, run.style), run, on_image=lambda _: bar.advance(task))
 
 
 def _print_summary(summary: CaptionSummary, run: CaptionRun) -> None:

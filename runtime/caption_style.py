@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.label_format import Existing, LabelFormat, TagOrder, exclusions
 
@@ -34,6 +34,11 @@ class CaptionStyle(BaseModel):
     threshold: float | None = None  # `many` categories' bar (a cosine; SigLIP: a probability)
     max_tags: int | None = Field(None, ge=1)  # `many` categories: at most this many picks each
     ranks: bool = False  # (label:0.123)
+    spaces: bool = False  # kohya --remove_underscore: `_` in labels written as spaces (a WD tagger's have them)
+    # With a WD tagger (`invoke caption --tagger`): `threshold` is the general tags' bar (default 0.35), and
+    character_threshold: float = Field(0.85, ge=0, le=1)  # kohya --character_threshold
+    character_first: bool = False  # kohya --character_tags_first
+    rating: bool = False  # kohya --use_rating_tags: the likeliest rating first
 
     @field_validator("extension")
     @classmethod
@@ -41,6 +46,12 @@ class CaptionStyle(BaseModel):
         if not re.fullmatch(r"\.[\w.-]{1,20}", value) or value in (".", ".."):
             raise ValueError(f"{value!r} is not a file extension: a dot, then letters ('.txt', '.caption')")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_for_underscores(self) -> CaptionStyle:
+        if self.underscores and self.spaces:
+            raise ValueError("underscores (spaces as `_`) and spaces (`_` as spaces) cannot both be on")
+        return self
 
     @field_validator("exclude")
     @classmethod
@@ -60,7 +71,7 @@ class CaptionStyle(BaseModel):
         plain, patterns = exclusions(self.exclude, patterns=True)
         label_format = LabelFormat(
             separator=self.separator,
-            underscores=True if self.underscores else None,
+            underscores=True if self.underscores else False if self.spaces else None,
             escape=self.escape,
             order=self.sort,
             exclude=plain,

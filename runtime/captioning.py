@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -86,18 +86,37 @@ Answer = tuple[str | None, dict[str, object]]  # the caption text (None for a qu
 Encoded = tuple[np.ndarray, dict[str, float]]  # an image's embedding and its timings (Interrogator.embed)
 
 
+class ImageTask(Protocol):
+    """An image's way through answer_all: prepared on the CPU, run on the NPU (one at a time), finished on
+    the CPU. CaptionTask (CLIP) and runtime.tag_captions.TagTask (a WD tagger) are the two."""
+
+    def prepare(self, source: Path | bytes) -> np.ndarray: ...
+
+    def encode(self, pixels: np.ndarray) -> Any: ...
+
+    def finish_all(self, encoded: list[Any]) -> list[Answer | Exception]: ...
+
+
 @dataclass(frozen=True)
 class CaptionTask:
     """What a caption is made of, the same here and on a fleet's worker."""
 
+    interrogator: Interrogator
     options: CaptionOptions | None = None
     prompts: tuple[PromptBuilder, PromptMode] | None = None
     classify: tuple[Classifier, Question] | None = None
 
-    def finish_all(self, interrogator: Interrogator, encoded: list[Encoded | Exception]) -> list[Answer | Exception]:
+    def prepare(self, source: Path | bytes) -> np.ndarray:
+        return self.interrogator.clip.preprocess(self.interrogator.clip.open(source))
+
+    def encode(self, pixels: np.ndarray) -> Encoded:
+        return self.interrogator.embed(pixels)
+
+    def finish_all(self, encoded: list[Encoded | Exception]) -> list[Answer | Exception]:
         """Each encoded image's answer (an image that failed keeps its exception), after the encodes (the
         step on the NPU): the caption's categories are ranked for the images at once (a prompt mode or a
         question reads its own, taking the NPU lock itself for its text encodes)."""
+        interrogator = self.interrogator
         images = [item for item in encoded if not isinstance(item, Exception)]
         started = time.perf_counter()
         ranked = [] if self.prompts or self.classify else caption_categories(interrogator.tables, self.caption)
@@ -109,7 +128,7 @@ class CaptionTask:
                 answers.append(item)
                 continue
             try:
-                answers.append(self._finish(interrogator, next(batch), {**item[1], "rank": rank_ms}))
+                answers.append(self._finish(next(batch), {**item[1], "rank": rank_ms}))
             except UNREADABLE as exc:
                 answers.append(exc)
         return answers
@@ -118,7 +137,7 @@ class CaptionTask:
     def caption(self) -> CaptionOptions:
         return self.options or CaptionOptions()
 
-    def _finish(self, interrogator: Interrogator, scores: Scores, timings: dict[str, float]) -> Answer:
+    def _finish(self, scores: Scores, timings: dict[str, float]) -> Answer:
         """The caption text and its JSONL record (A1111's answer, or the prompt in its mode); for a question,
         no text and the answer."""
         if self.classify:
@@ -130,7 +149,7 @@ class CaptionTask:
             made = builder.prompt(scores, mode)
             return made.prompt, {"mode": mode.value, "prompt": made.prompt, "text_encodes": made.text_encodes}
         started = time.perf_counter()
-        caption, results = interrogator.caption(scores, self.caption)
+        caption, results = self.interrogator.caption(scores, self.caption)
         timings = {**timings, "rank": timings["rank"] + (time.perf_counter() - started) * 1e3}
         return caption, InterrogationAnswer.of(Interrogation(caption, results, timings)).model_dump()
 
@@ -322,7 +341,13 @@ def caption_folder(
     classify = (classifier, run.question) if classifier is not None and run.question is not None else None
     if classify:
         classify[0].check(classify[1])  # and a question over the bounds
-    task = CaptionTask(run.style.options(), prompts, classify)
+    return answer_folder(CaptionTask(interrogator, run.style.options(), prompts, classify), run, on_image, workers)
+
+
+def answer_folder(
+    task: ImageTask, run: CaptionRun, on_image: Callable[[Path], None] = lambda _: None, workers: int | None = None
+) -> CaptionSummary:
+    """Every image of the run that is still to do through `task`, each answer written as the run says."""
     workers = workers or os.cpu_count() or 2
 
     def deliver(files: tuple[Path, Path], answer: Answer | Exception) -> None:
@@ -337,7 +362,7 @@ def caption_folder(
 
     with CaptionWriter.open(run) as writer, ThreadPoolExecutor(workers, "caption-decode") as pool:
         items = ((files, files[0]) for files in writer.todo(on_image))
-        answer_all(interrogator, task, items, deliver, pool, workers)
+        answer_all(task, items, deliver, pool, workers)
     return writer.summary
 
 
@@ -346,8 +371,7 @@ K = TypeVar("K")  # what `deliver` is told an answer is for
 
 
 def answer_all(
-    interrogator: Interrogator,
-    task: CaptionTask,
+    task: ImageTask,
     items: Iterable[tuple[K, Path | bytes]],
     deliver: Callable[[K, Answer | Exception], None],
     pool: ThreadPoolExecutor,
@@ -360,10 +384,10 @@ def answer_all(
     batch grows only as far as the CPU falls behind. At most AHEAD images a decode worker wait decoded."""
     decoded: deque[tuple[K, Future[np.ndarray]]] = deque()
     finished: deque[Future[None]] = deque()
-    batch: list[tuple[K, Encoded | Exception]] = []
+    batch: list[tuple[K, Any]] = []
 
-    def finish(encoded: list[tuple[K, Encoded | Exception]]) -> None:
-        answers = task.finish_all(interrogator, [item for _, item in encoded])
+    def finish(encoded: list[tuple[K, Any]]) -> None:
+        answers = task.finish_all([item for _, item in encoded])
         for (key, _), answer in zip(encoded, answers, strict=True):
             deliver(key, answer)
 
@@ -374,7 +398,7 @@ def answer_all(
     def encode_oldest(finisher: ThreadPoolExecutor) -> None:
         key, pixels = decoded.popleft()
         try:
-            batch.append((key, interrogator.embed(pixels.result())))
+            batch.append((key, task.encode(pixels.result())))
         except UNREADABLE as exc:
             batch.append((key, exc))
         if len(batch) >= RANK_BATCH or not finished or finished[-1].done():
@@ -384,7 +408,7 @@ def answer_all(
 
     with ThreadPoolExecutor(1, "caption-finish") as finisher:
         for key, source in items:
-            decoded.append((key, pool.submit(_pixels, interrogator, source)))
+            decoded.append((key, pool.submit(task.prepare, source)))
             if len(decoded) > AHEAD * workers:
                 encode_oldest(finisher)
         while decoded:
@@ -393,7 +417,3 @@ def answer_all(
             send(finisher)
         while finished:
             finished.popleft().result()
-
-
-def _pixels(interrogator: Interrogator, source: Path | bytes) -> np.ndarray:
-    return interrogator.clip.preprocess(interrogator.clip.open(source))

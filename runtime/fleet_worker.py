@@ -54,7 +54,7 @@ class InterrogatorPlugin(WorkerPlugin):
     ) -> None:
         self.devices, self.options, self.mode, self.question = devices, options, mode, question
         self.interrogator: Interrogator | None = None
-        self.task = CaptionTask()
+        self.task: CaptionTask | None = None
         self.device = ""
         self.error: str | None = None
 
@@ -79,12 +79,12 @@ class InterrogatorPlugin(WorkerPlugin):
         except UserError as exc:
             self.error = str(exc)
             return
-        self.task = CaptionTask(self.options, prompts, classify)
+        self.task = CaptionTask(self.interrogator, self.options, prompts, classify)
 
     def caption_all(self, images: list[bytes]) -> list[dict[str, Any]]:
         """Each image's {'text', 'record', 'device'}, or {'error', 'device'} when it cannot be captioned: the
         device's pipeline (decodes ahead of the encoder, ranking behind it; see answer_all) over the batch."""
-        if self.interrogator is None:
+        if self.task is None:
             raise RuntimeError(f"{self.device} could not open its models: {self.error}")
         results: list[dict[str, Any]] = []
 
@@ -94,7 +94,7 @@ class InterrogatorPlugin(WorkerPlugin):
             else:
                 results.append({"text": answer[0], "record": answer[1], "device": self.device})
 
-        answer_all(self.interrogator, self.task, enumerate(images), deliver, self.decoders, self.workers)
+        answer_all(self.task, enumerate(images), deliver, self.decoders, self.workers)
         return results
 
     def teardown(self, worker: Any) -> None:

@@ -324,7 +324,7 @@ def test_images_ranked_in_one_batch_get_the_captions_each_gets_alone(interrogato
     failure = InvalidImage("broken.jpg: not a readable image")
     encoded.insert(4, failure)
     options = CaptionOptions(every_category=False)
-    answers = CaptionTask(options).finish_all(interrogator, encoded)
+    answers = CaptionTask(interrogator, options).finish_all(encoded)
     assert answers[4] is failure
     expected = [interrogator.interrogate(interrogator.clip.open(path), options).caption for path in photos]
     assert [answer[0] for answer in answers if not isinstance(answer, Exception)] == expected

@@ -148,3 +148,46 @@ def test_without_a_tagger_the_tagger_api_lists_none_and_deepdanbooru_stays_clip_
     refused = client.post("/tagger/v1/interrogate", json={"image": image, "model": "wd14-vit-v2-git"})
     assert refused.status_code == 404 and refused.json()["detail"] == "Model not found"
     assert client.post("/sdapi/v1/interrogate", json={"image": image, "model": "deepdanbooru"}).status_code == 200
+
+
+def test_invoke_caption_with_a_tagger_writes_kohya_style_booru_tags(taggers: dict[str, Path], tmp_path: Path) -> None:
+    """`invoke caption --tagger`: the tags kohya's tag_images_by_wd14_tagger.py writes with --thresh,
+    --character_tags_first, --use_rating_tags, --remove_underscore and --undesired_tags, from the same
+    probabilities the Space computes; resumable as any caption run."""
+    import json
+    import subprocess
+    import sys
+
+    folder, photos = taggers["convnext"], tmp_path / "set"
+    photos.mkdir()
+    for index, path in enumerate(PHOTOS[:3]):
+        (photos / f"{index}.jpg").write_bytes(path.read_bytes())
+    command = [sys.executable, "-m", "invoke", "caption", "--images", str(photos), "--tagger", str(folder)]
+    flags = ["--threshold", "0.5", "--character-first", "--rating", "--spaces", "--exclude", "smile"]
+    done = subprocess.run([*command, *flags], cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "captioned 3, already done 0" in done.stdout
+    categories = {
+        row.split(",")[1]: int(row.split(",")[2]) for row in (folder / "selected_tags.csv").read_text().splitlines()[1:]
+    }
+
+    def spaced(name: str) -> str:
+        return name.replace("_", " ") if re.search(r"[A-Za-z0-9]", name) else name
+
+    for index, path in enumerate(PHOTOS[:3]):
+        expected = space_probabilities(folder, Image.open(path))
+        ratings = [n for n in expected if categories[n] == 9]
+        rating = max(ratings, key=lambda n: expected[n])
+        characters = sorted(
+            (n for n in expected if categories[n] == 4 and expected[n] >= 0.85), key=lambda n: -expected[n]
+        )
+        general = sorted((n for n in expected if categories[n] == 0 and expected[n] >= 0.5), key=lambda n: -expected[n])
+        assert general and len(general) < sum(c == 0 for c in categories.values())  # the bar keeps some
+        written = [spaced(n) for n in [rating, *characters, *general] if n != "smile"]
+        assert (photos / f"{index}.txt").read_text().strip() == ", ".join(written)
+    records = [json.loads(line) for line in (photos / "captions.jsonl").read_text().splitlines()]
+    assert [r["tagger"] for r in records] == ["tiny-convnext"] * 3 and len(records[0]["ratings"]) == 4
+    again = subprocess.run([*command, *flags], cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
+    assert again.returncode == 0 and "captioned 0, already done 3" in again.stdout
+    fleet = subprocess.run([*command, "--host", "all"], cwd=REPO, capture_output=True, text=True, check=False)
+    assert fleet.returncode == 1 and "--tagger captions here" in fleet.stderr
