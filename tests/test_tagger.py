@@ -191,3 +191,24 @@ def test_invoke_caption_with_a_tagger_writes_kohya_style_booru_tags(taggers: dic
     assert again.returncode == 0 and "captioned 0, already done 3" in again.stdout
     fleet = subprocess.run([*command, "--host", "all"], cwd=REPO, capture_output=True, text=True, check=False)
     assert fleet.returncode == 1 and "--tagger captions here" in fleet.stderr
+
+
+@pytest.mark.parametrize("family", ["vit", "convnext", "swinv2"])
+def test_a_published_tagger_becomes_a_static_graph_the_ax650_takes(
+    taggers: dict[str, Path], family: str, tmp_path: Path
+) -> None:
+    """Batch 1, simplified, the same probabilities as the published graph, every operator in the AX650's
+    table (Axera's op_support_list_ax650)."""
+    from modeling.op_tables import AX650
+    from modeling.tagger_graph import static_tagger, tagger_operator_checks
+
+    published, static = taggers[family] / "model.onnx", tmp_path / "model.onnx"
+    counts = static_tagger(published, static)
+    assert counts["nodes_static"] < counts["nodes_published"]
+    session = ort.InferenceSession(str(static), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 64, 64, 3] and session.get_outputs()[0].shape == [1, 19]
+    pixels = (np.random.default_rng(1).random((1, 64, 64, 3)) * 255).astype(np.float32)
+    reference = ort.InferenceSession(str(published), providers=["CPUExecutionProvider"]).run(None, {"input": pixels})
+    assert np.abs(session.run(None, {"input": pixels})[0] - reference[0]).max() < 1e-5
+    checks = tagger_operator_checks(static, AX650)
+    assert checks and all(check.passed for check in checks), [c for c in checks if not c.passed]
