@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from common.errors import ModelFilesError
-from modeling.wd_tagger import write_tiny_tagger
+from modeling.wd_tagger import write_random_tagger
 from runtime.npu import NpuLock
 from runtime.tagger import Tagger, TagThresholds
 
@@ -25,7 +25,7 @@ PHOTOS = sorted((REPO / "data/images").glob("*.jpg"))[:4]
 @pytest.fixture(scope="module")
 def taggers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("taggers")
-    return {family: write_tiny_tagger(root / f"tiny-{family}", family) for family in ("vit", "convnext", "swinv2")}
+    return {family: write_random_tagger(root / f"tiny-{family}", family) for family in ("vit", "convnext", "swinv2")}
 
 
 def space_probabilities(folder: Path, image: Image.Image) -> dict[str, float]:
@@ -212,3 +212,19 @@ def test_a_published_tagger_becomes_a_static_graph_the_ax650_takes(
     assert np.abs(session.run(None, {"input": pixels})[0] - reference[0]).max() < 1e-5
     checks = tagger_operator_checks(static, AX650)
     assert checks and all(check.passed for check in checks), [c for c in checks if not c.passed]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vit", "convnext", "swinv2"])
+def test_base_size_taggers_make_static_graphs_of_only_ax650_operators(family: str, tmp_path: Path) -> None:
+    """The v3 taggers' backbones at 448 (ViT-B/16, ConvNeXt-B, SwinV2-B; random weights, 10,861 outputs):
+    the real graphs' operators must fit the NPU's table once made static."""
+    from modeling.op_tables import AX650
+    from modeling.tagger_graph import static_tagger, tagger_operator_checks
+
+    folder = write_random_tagger(tmp_path / family, family, base=True)
+    static_tagger(folder / "model.onnx", tmp_path / "static.onnx")
+    failures = [c for c in tagger_operator_checks(tmp_path / "static.onnx", AX650) if not c.passed]
+    assert failures == [], failures
+    session = ort.InferenceSession(str(tmp_path / "static.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 448, 448, 3] and session.get_outputs()[0].shape == [1, 10_861]
