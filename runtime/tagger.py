@@ -94,6 +94,11 @@ class TagAnswer:
     general: dict[str, float]
     character: dict[str, float]
 
+    @property
+    def tags(self) -> dict[str, float]:
+        """General and character tags together, best first (what the extension and A1111 answer with)."""
+        return dict(sorted({**self.general, **self.character}.items(), key=lambda item: -item[1]))
+
 
 def prepare_image(image: Image.Image, size: int) -> np.ndarray:
     """The tagger's input from an image, as the wd-tagger Space prepares it: on white, padded to a centred
@@ -143,6 +148,3 @@ class Tagger:
                 f"{len(self.tags.names)} tags: the two files are not of one tagger"
             )
         return probabilities
-
-    def tag(self, image: Image.Image, thresholds: TagThresholds, wait: float | None = None) -> TagAnswer:
-        return self.tags.answer(self.probabilities(self.pixels(image), wait), thresholds)

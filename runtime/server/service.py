@@ -149,7 +149,7 @@ class InterrogationService:
         if request.model == "deepdanbooru" and self.tagger is not None:
             options = self.options.tag_options()
             answer = self.tagged(request.image, options.threshold)
-            return format_tags({**answer.general, **answer.character}, options)  # ratings left out, as A1111 does
+            return format_tags(answer.tags, options)  # ratings left out, as A1111 does
         scores, _ = self.score(request.image)
         if request.model == "clip":
             only_the_caption = replace(self.options.caption_options(), every_category=False)

@@ -41,8 +41,7 @@ async def interrogate(request: TaggerInterrogateRequest, service: Service) -> Ta
         raise HTTPException(404, "Model not found")
     with service.gate.admitted():
         answer = await run_in_threadpool(service.tagged, request.image, request.threshold)
-    tags = sorted({**answer.general, **answer.character}.items(), key=lambda item: -item[1])
-    return TaggerInterrogateResponse(caption={**answer.ratings, **dict(tags)})
+    return TaggerInterrogateResponse(caption={**answer.ratings, **answer.tags})
 
 
 @tagger_router.get("/interrogators", response_model=InterrogatorsResponse)
