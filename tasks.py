@@ -253,10 +253,10 @@ def _stage_task(name: str, doc: str) -> object:
 
 
 def _collection() -> Collection:
-    from stages import ALL_STAGES
+    from stages import WITH_TAGGER
 
     namespace = Collection(all, status, caption, classify, serve)
-    for stage in ALL_STAGES:
+    for stage in WITH_TAGGER:
         namespace.add_task(_stage_task(stage.name, stage.help))
     return namespace
 

@@ -62,10 +62,11 @@ def user_errors() -> Iterator[None]:
         raise Exit(f"error: {user_message(exc)}", code=1) from None
 
 
-def graph() -> StageGraph:
-    from stages import ALL_STAGES
+def graph(config: PipelineConfig) -> StageGraph:
+    """The config's stages: the CLIP model's, and the tagger's when it has a `tagger:`."""
+    from stages import stages_for
 
-    return StageGraph(ALL_STAGES)
+    return StageGraph(stages_for(config))
 
 
 def load(config_path: str | None) -> PipelineConfig:
@@ -95,7 +96,7 @@ def run_stages(config_path: str | None, request: RunRequest, host: str | None = 
                 config = config.with_host(target, host)
         started = time.perf_counter()
         try:
-            outcomes = run(config, graph(), request, ConsoleReporter())
+            outcomes = run(config, graph(config), request, ConsoleReporter())
         except KeyboardInterrupt:
             raise Exit(
                 "interrupted: the running stage was stopped (remote containers too) and its partial outputs "
@@ -141,7 +142,7 @@ def show_status(config_path: str | None) -> None:
     """Each stage: up to date, or stale and every reason reasons."""
     with user_errors():
         config = load(config_path)
-        decisions = plan(config, graph(), RunRequest())
+        decisions = plan(config, graph(config), RunRequest())
     rows = [
         (stage.name, "[cyan]up to date[/]" if not d.stale else "[yellow]stale[/]", "\n".join(d.reasons))
         for stage, d in decisions

@@ -28,7 +28,7 @@ from runtime.agreement import PickAgreement
 from runtime.label_tables import VocabIndex
 from runtime.model_io import CompileReport, ExportInfo
 from runtime.smoke_test import Latency, SmokeReport
-from stages import ALL_STAGES
+from stages import WITH_TAGGER
 from stages.config import PipelineConfig
 from stages.verify import Agreement, VerificationReport
 from toolchains.precision_table import describe_layers
@@ -148,7 +148,7 @@ def _run_section(run: LastRun | None) -> str:
 def _provenance_section(records: dict[str, StageRecord]) -> str:
     if not records:
         return section("Provenance", _missing("lock file"))
-    order = [stage.name for stage in ALL_STAGES if stage.name in records]  # pipeline order, as it ran
+    order = [stage.name for stage in WITH_TAGGER if stage.name in records]  # pipeline order, as it ran
     rows = [(name, records[name].started_at, f"{records[name].seconds:.1f} s", records[name].host) for name in order]
     tools = {tool: version for name in order for tool, version in records[name].tools.items()}  # every stage's
     tool_text = ", ".join(f"{k} {v}" for k, v in sorted(tools.items()))

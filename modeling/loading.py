@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,18 +42,24 @@ def resolve_source(model: ModelConfig, cache_dir: Path) -> str:
 
         recipe, preset = BUILTIN_MODELS[model.id]
         target = cache_dir / model.id.removeprefix("builtin:")
-        if not target.is_dir():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{preset}-", dir=cache_dir))
-            try:
-                make_random_model(staging, recipe=recipe, preset=preset)
-                os.replace(staging, target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        return str(target)
+        return str(made_once(target, lambda staging: make_random_model(staging, recipe=recipe, preset=preset)))
     if model.is_local_dir:
         _check_model_dir(Path(model.id))
     return model.id
+
+
+def made_once(target: Path, make: Callable[[Path], object]) -> Path:
+    """`target`, made by `make` in a staging folder beside it and renamed into place the first time: a
+    build killed halfway leaves no half-made folder behind."""
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+        try:
+            make(staging)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _check_model_dir(path: Path) -> None:
@@ -84,7 +91,7 @@ def _load_hint() -> str:
     )
 
 
-def _hub_reachable(model: ModelConfig) -> bool:
+def hub_reachable(repo_id: str, revision: str, probe_file: str = "config.json") -> bool:
     """Whether the Hugging Face hub answers, asked once with a short connect: offline, the hub client
     would retry every file with backoff (ten lines and half a minute) before failing. A model already in
     the local cache then loads from there; one that is not fails at once, saying what to do."""
@@ -99,11 +106,11 @@ def _hub_reachable(model: ModelConfig) -> bool:
         return True
     except OSError:
         pass
-    if isinstance(try_to_load_from_cache(model.id, "config.json", revision=model.revision), str):
-        log.warning("%s is unreachable: %s is loaded from the local Hugging Face cache", endpoint.hostname, model.id)
+    if isinstance(try_to_load_from_cache(repo_id, probe_file, revision=revision), str):
+        log.warning("%s is unreachable: %s is loaded from the local Hugging Face cache", endpoint.hostname, repo_id)
         return False
     raise ModelLoadError(
-        f"cannot load model {model.id!r}: it is not in the local Hugging Face cache and {endpoint.hostname} "
+        f"cannot load model {repo_id!r}: it is not in the local Hugging Face cache and {endpoint.hostname} "
         "is unreachable",
         hint="connect once so it is downloaded, or point model.id at a local model directory; to try the "
         "pipeline offline: invoke all --config examples/local.yaml (the built-in tiny CLIP)",
@@ -120,7 +127,7 @@ def load_model(model: ModelConfig, cache_dir: Path) -> LoadedModel:
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
     options: dict[str, Any] = {"revision": model.revision}
-    if source == model.id and not model.is_local_dir and not _hub_reachable(model):
+    if source == model.id and not model.is_local_dir and not hub_reachable(model.id, model.revision):
         options["local_files_only"] = True
     try:
         family = family_of(AutoConfig.from_pretrained(source, **options).model_type, repr(model.id))

@@ -64,12 +64,15 @@ class Stage(ABC):
 
     name: ClassVar[str]
     help: ClassVar[str]
-    after: ClassVar[tuple[str, ...]] = ()
+    after: tuple[str, ...] = ()  # a class's upstream stages; an instance may add some (fetch with a tagger)
     outputs: ClassVar[tuple[str, ...]] = ()
     tools: ClassVar[tuple[str, ...]] = ()  # distributions whose version changes what it makes (torch, onnx ...)
     # The type of its section under `stages:` in the config (a pydantic model, possibly Annotated with a
     # validator), or None for a stage without settings: the config's schema is assembled from these.
     settings: ClassVar[Any] = None
+    # The stage whose section under `stages:` this one reads when it has none of its own (tagger-compile:
+    # compile's), so that `--host` on it sets that section's host.
+    settings_of: ClassVar[str | None] = None
 
     @abstractmethod
     def params(self, config: Any) -> BaseModel:

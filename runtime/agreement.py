@@ -20,6 +20,7 @@ import numpy as np
 
 from runtime.interrogator import CategoryResult, Scores, caption, tag_probabilities
 from runtime.label_tables import LabelTables
+from runtime.tagger import TagList, TagThresholds
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,42 @@ def pick_agreement(
         tags_jaccard=float(np.mean(jaccards)) if has_tags and jaccards else None,
         changed=changed,
         device_captions={photo: run[0] for photo, run in zip(photos, device_runs, strict=True)},
+    )
+
+
+@dataclass(frozen=True)
+class ChangedTags:
+    photo: str
+    lost: tuple[str, ...]  # the float model's tags the device's answer lacks
+    gained: tuple[str, ...]  # the device's tags the float model's answer lacks
+
+
+@dataclass(frozen=True)
+class TagAgreement:
+    """A WD tagger on the device against the float model: its tags (general and character, at the bars)."""
+
+    photos: int
+    same_set: float  # share of the photos tagged with exactly the float model's set
+    jaccard: float  # mean Jaccard index of the two sets (1.0 when both are empty)
+    changed: tuple[ChangedTags, ...]
+
+
+def tag_agreement(
+    tags: TagList, thresholds: TagThresholds, photos: tuple[str, ...], reference: np.ndarray, device: np.ndarray
+) -> TagAgreement:
+    """Each photo's tags from the float model's probabilities (a row of `reference`) against those from the
+    device's (the same row of `device`)."""
+    wanted = [set(tags.answer(row, thresholds).tags) for row in reference]
+    got = [set(tags.answer(row, thresholds).tags) for row in device]
+    changed = tuple(
+        ChangedTags(photo, tuple(sorted(a - b)), tuple(sorted(b - a)))
+        for photo, a, b in zip(photos, wanted, got, strict=True)
+        if a != b
+    )
+    jaccards = [_jaccard(a, b) for a, b in zip(wanted, got, strict=True)]
+    same = [a == b for a, b in zip(wanted, got, strict=True)]
+    return TagAgreement(
+        len(photos), float(np.mean(same)) if photos else 1.0, float(np.mean(jaccards)) if photos else 1.0, changed
     )
 
 

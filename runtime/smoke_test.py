@@ -23,7 +23,7 @@ import numpy as np
 from common.contract import JsonFile
 from common.errors import UserError
 from runtime import model_io
-from runtime.agreement import PickAgreement, pick_agreement
+from runtime.agreement import PickAgreement, TagAgreement, pick_agreement, tag_agreement
 from runtime.backends import open_backend
 from runtime.clip import VOCAB_DIR, model_files
 from runtime.golden import GOLDEN_DIR, GoldenSet
@@ -31,6 +31,7 @@ from runtime.label_tables import LabelTables
 from runtime.manifest import model_set
 from runtime.npu import NpuLock
 from runtime.similarity import cosine
+from runtime.tagger import MODEL_FILES, TAGGER_DIR, TAGS_FILE, TaggerInfo, TagList, TagThresholds
 
 LOCK_WAIT_S = 600  # the smoke test waits this long for another program to free the NPU
 
@@ -76,6 +77,7 @@ class SmokeReport(JsonFile, file="measurements.json", made_by="invoke smoke-test
     npu_lock: str | None = None
     packages: dict[str, str] = field(default_factory=dict)  # what the device's venv ran with (runtime lock's)
     agreement: PickAgreement | None = None  # the device's picks against the float model's, on verify's photos
+    tag_agreement: TagAgreement | None = None  # the set's tagger's tags against the float model's, if it has one
 
     ENCODER_COLUMNS = ("encoder", "backend", "cosine vs float (min)", "p50 ms", "p95 ms", "load, host memory")
 
@@ -95,7 +97,12 @@ class SmokeReport(JsonFile, file="measurements.json", made_by="invoke smoke-test
 
 
 def run_smoke_test(
-    models_dir: Path, runs: int, provider: str | None, device_id: int, npu: NpuLock | None = None
+    models_dir: Path,
+    runs: int,
+    provider: str | None,
+    device_id: int,
+    npu: NpuLock | None = None,
+    thresholds: TagThresholds | None = None,
 ) -> SmokeReport:
     """Each encoder loaded on its own (load time and the host memory it adds: what is left for a Stable
     Diffusion model beside it), then run on the golden inputs, holding the NPU lock throughout."""
@@ -127,16 +134,37 @@ def run_smoke_test(
     agreement = pick_agreement(
         LabelTables.load(models_dir / VOCAB_DIR), photos, golden.pair(golden_dir, image_output)[1], outputs["image"]
     )
+    tags = None
+    if (models_dir / TAGGER_DIR).is_dir():
+        with npu.hold(LOCK_WAIT_S):
+            encoders["tagger"], tags = _check_tagger(
+                models_dir / TAGGER_DIR, runs, provider, device_id, thresholds or TagThresholds()
+            )
     return SmokeReport(
         models_dir=str(models_dir),
         encoders=encoders,
         agreement=agreement,
+        tag_agreement=tags,
         peak_rss_mb=_peak_rss_mb(),
         python=platform.python_version(),
         machine=platform.machine(),
         npu_lock=str(npu.lock_file) if npu.lock_file else None,
         packages=_package_versions(),
     )
+
+
+def _check_tagger(
+    folder: Path, runs: int, provider: str | None, device_id: int, thresholds: TagThresholds
+) -> tuple[EncoderCheck, TagAgreement]:
+    """The set's tagger on its golden photos: its figures, and its tags against the float model's."""
+    info = TaggerInfo.read(folder)
+    model = next(folder / name for name in MODEL_FILES if (folder / name).is_file())
+    golden = GoldenSet.read(folder / GOLDEN_DIR)
+    inputs, reference = golden.pair(folder / GOLDEN_DIR, info.output)
+    print(f"tagger: loading, then {len(inputs)} golden photos and {runs} timed runs", flush=True)
+    check, outputs = _check_encoder(model, inputs, reference, info.input, info.output, runs, provider, device_id)
+    photos = golden.references[info.output].labels
+    return check, tag_agreement(TagList.read(folder / TAGS_FILE), thresholds, photos, reference, outputs)
 
 
 def _package_versions() -> dict[str, str]:
@@ -206,6 +234,14 @@ def _peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+def _bars(text: str) -> TagThresholds:
+    try:
+        general, character = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GENERAL,CHARACTER such as 0.35,0.85, got {text!r}") from None
+    return TagThresholds(general, character)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="CLIP smoke test on this device")
     parser.add_argument("--models", type=Path, required=True, help="models dir laid out by `invoke fetch`")
@@ -214,10 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device-id", type=int, default=0)
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--npu-lock", type=Path, help="hold an exclusive flock on this file while on the NPU")
+    parser.add_argument(
+        "--tag-thresholds", type=_bars, default=TagThresholds(), help="GENERAL,CHARACTER: the set's tagger's bars"
+    )
     args = parser.parse_args(argv)
     try:
         npu = NpuLock(args.npu_lock)
-        report = run_smoke_test(args.models, args.runs, args.provider, args.device_id, npu)
+        report = run_smoke_test(args.models, args.runs, args.provider, args.device_id, npu, args.tag_thresholds)
     except (UserError, FileNotFoundError) as exc:
         report = SmokeReport(error=str(exc))
     report.write_to(args.report)

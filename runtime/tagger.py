@@ -22,12 +22,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.contract import JsonFile
 from common.errors import ModelFilesError
 from runtime.backends import open_backend
+from runtime.manifest import model_set
 from runtime.npu import NpuLock, ResidentModel
 from runtime.preprocess import to_rgb
 
 TAGS_FILE = "selected_tags.csv"
+TAGGER_DIR = "tagger"  # a fetched model set's tagger, beside the CLIP encoders
 MODEL_FILES = ("model.axmodel", "model.onnx")  # the compiled model first, else the published float one
 TAGS_HEADER = ["tag_id", "name", "category", "count"]
 RATING, GENERAL, CHARACTER = 9, 0, 4  # selected_tags.csv's categories
@@ -87,6 +90,22 @@ class TagThresholds:
 
 
 @dataclass(frozen=True)
+class TaggerInfo(JsonFile, file="tagger.json", made_by="invoke tagger-export"):
+    """What tagger-export read of the published tagger, beside the static model.onnx it made: the device
+    and every later stage read the tagger's facts from here."""
+
+    name: str  # what /tagger/v1/interrogators lists
+    source: str  # the tagger's id: a Hugging Face id, a folder, a built-in one
+    revision: str
+    published_sha256: str  # of the published model.onnx the static one was made from
+    opset: int
+    size: int  # the image side
+    tags: int
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
 class TagAnswer:
     """One image's tags, each category best first."""
 
@@ -98,6 +117,12 @@ class TagAnswer:
     def tags(self) -> dict[str, float]:
         """General and character tags together, best first (what the extension and A1111 answer with)."""
         return dict(sorted({**self.general, **self.character}.items(), key=lambda item: -item[1]))
+
+
+def fetched_tagger(models_dir: Path) -> Path | None:
+    """The tagger folder of the model set in `models_dir` (what fetch put there with a `tagger:`), if any."""
+    folder = model_set(models_dir) / TAGGER_DIR
+    return folder if folder.is_dir() else None
 
 
 def prepare_image(image: Image.Image, size: int) -> np.ndarray:
@@ -120,7 +145,8 @@ class Tagger:
         if model is None:
             raise ModelFilesError(f"{folder}: no {' or '.join(MODEL_FILES)} (a WD tagger's folder holds model.onnx)")
         self.folder, self.npu, self.file = folder, npu, model.name
-        self.name = folder.resolve().name  # what /tagger/v1/interrogators lists and requests name
+        # What /tagger/v1/interrogators lists and requests name: the pipeline's name for it, else the folder's.
+        self.name = TaggerInfo.read(folder).name if (folder / TaggerInfo.FILE).is_file() else folder.resolve().name
         self.tags = TagList.read(folder / TAGS_FILE)
         self.model = ResidentModel(lambda: open_backend(model), npu, unload_after)
         with npu.hold():

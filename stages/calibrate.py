@@ -33,12 +33,17 @@ IMAGE_TAR = f"{model_io.IMAGE_INPUT}.tar"
 TEXT_TAR = f"{model_io.TEXT_INPUT}.tar"
 
 
-class CalibrateParams(Strict):
+class CalibrationPhotos(Strict):
+    """The photos a calibration set is chosen from (the tagger's too)."""
+
     images: ConfigPath = SHIPPED / "data/images"
     image_count: int = Field(32, ge=1, le=10000)
+    seed: int = 0  # which files and prompts are chosen when there are more than the counts
+
+
+class CalibrateParams(CalibrationPhotos):
     prompts: ConfigPath = SHIPPED / "data/calibration_prompts.txt"  # one prompt a line
     text_count: int = Field(32, ge=1, le=10000)
-    seed: int = 0  # which files and prompts are chosen when there are more than the counts
 
 
 class CalibrateStage(Stage):
@@ -59,20 +64,7 @@ class CalibrateStage(Stage):
         params, export_dir = ctx.params, ctx.upstream("export")
         info = model_io.ExportInfo.read(export_dir)
         chooser = random.Random(params.seed)
-
-        images = _distinct_images(params.images)
-        if not images:
-            raise StageError(self.name, f"no images in {params.images}", hint="set stages.calibrate.images")
-        if len(images) < params.image_count:
-            log.warning(
-                "calibrate: only %d distinct images in %s for image_count %d: quantization ranges come from "
-                "fewer samples than asked (Axera's CLIP builds calibrate on 32); add photos like the ones "
-                "the model will see",
-                len(images),
-                params.images,
-                params.image_count,
-            )
-        chosen_images = sorted(chooser.sample(images, min(params.image_count, len(images))))
+        images, chosen_images = choose_images(params, chooser, self.name)
         pixels = [preprocess(open_image(path), info.facts.preprocess) for path in chosen_images]
         write_npy_tar(ctx.out_dir / IMAGE_TAR, pixels)
 
@@ -94,6 +86,24 @@ class CalibrateStage(Stage):
         short = [f"{len(pixels)} images" + (f" (only {len(images)} distinct found)" if few else "")]
         short.append(f"{len(ids)} prompts" + (f" (only {len(prompts)})" if len(prompts) < params.text_count else ""))
         return StageResult(summary=", ".join(short), figures={"images": len(pixels), "prompts": len(ids)})
+
+
+def choose_images(params: CalibrationPhotos, chooser: random.Random, stage: str) -> tuple[list[Path], list[Path]]:
+    """(every distinct photo, those chosen for calibration), warning when there are fewer than asked."""
+    images = _distinct_images(params.images)
+    if not images:
+        raise StageError(stage, f"no images in {params.images}", hint="set stages.calibrate.images")
+    if len(images) < params.image_count:
+        log.warning(
+            "%s: only %d distinct images in %s for image_count %d: quantization ranges come from "
+            "fewer samples than asked (Axera's CLIP builds calibrate on 32); add photos like the ones "
+            "the model will see",
+            stage,
+            len(images),
+            params.images,
+            params.image_count,
+        )
+    return images, sorted(chooser.sample(images, min(params.image_count, len(images))))
 
 
 def _distinct_images(folder: Path) -> list[Path]:

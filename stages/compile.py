@@ -88,12 +88,20 @@ class CompileStage(Stage):
             return [f"{image} is now {current[:19]} (the models were built by {was})"]
         return []
 
+    def specs(self, ctx: StageContext[CompileStageParams]) -> list[EncoderSpec]:
+        """The models this stage compiles, from its upstream stages' outputs."""
+        return encoder_specs(ctx.upstream("export"), ctx.upstream("calibrate"))
+
+    def golden_dir(self, ctx: StageContext[CompileStageParams]) -> Path:
+        """verify's golden inputs and float outputs, which the onnxruntime target measures against."""
+        return ctx.upstream("verify") / GOLDEN_DIR
+
     def run(self, ctx: StageContext[CompileStageParams]) -> StageResult:
         params = ctx.params
-        specs = encoder_specs(ctx.upstream("export"), ctx.upstream("calibrate"))
+        specs = self.specs(ctx)
         transfers, toolchain = None, None
         if params.target == "onnxruntime":
-            models = _compile_onnxruntime(ctx, specs)
+            models = _compile_onnxruntime(ctx, specs, self.golden_dir(ctx))
         else:
             models, transfers, toolchain = _compile_pulsar2(ctx, specs)
         report = model_io.CompileReport(params.target, params.data_type, params.host, models, transfers, toolchain)
@@ -123,13 +131,12 @@ def _worst_layers_text(model: model_io.CompiledModel) -> str:
 
 
 def _compile_onnxruntime(
-    ctx: StageContext[CompileStageParams], specs: list[EncoderSpec]
+    ctx: StageContext[CompileStageParams], specs: list[EncoderSpec], golden_dir: Path
 ) -> dict[str, model_io.CompiledModel]:
     from common.hashing import sha256_file
     from toolchains.ort_quant import quantize
 
     params = ctx.params
-    golden_dir = ctx.upstream("verify") / GOLDEN_DIR
     golden = GoldenSet.read(golden_dir)
     models = {}
     for spec in specs:

@@ -13,11 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, mo
 
 from deploy.device_config import DEVICE_NAME, DeviceConfig, DeviceHostConfig, DeviceStage, NamedDevice
 from modeling.model_config import ModelConfig
+from modeling.tagger_config import TaggerConfig
 from pipeline.config import EngineConfig
 from pipeline.config import load_config as load_schema
 from pipeline.errors import ConfigError
 from runtime.caption_style import CaptionStyle
-from stages import ALL_STAGES
+from stages import ALL_STAGES, known_stage
 from toolchains.docker_engine import BuildHostConfig
 
 
@@ -56,6 +57,7 @@ class PipelineConfig(EngineConfig):
     hosts: dict[str, Host] = Field(default_factory=lambda: {"local": Host(kind="local")})
 
     model: ModelConfig = ModelConfig()
+    tagger: TaggerConfig | None = None  # a WD booru tagger built for the same device(s)
     device: DeviceConfig = DeviceConfig()  # one device; or
     devices: list[NamedDevice] = Field(default_factory=list, max_length=256)  # a fleet
     stages: StagesConfig = StagesConfig()  # type: ignore[valid-type]
@@ -123,13 +125,15 @@ class PipelineConfig(EngineConfig):
     def with_host(self, stage: str, host: str) -> PipelineConfig:
         """This config with the stage's host replaced (what `--host` does): the device(s) for the stages
         that work on them (every one of them, then), the build host for compile."""
-        if any(s.name == stage and isinstance(s, DeviceStage) for s in ALL_STAGES):
+        known = known_stage(stage)
+        if isinstance(known, DeviceStage):
             return self.with_devices(host)
         self.host(host)
-        params = self.stages.of(stage)
+        section = (known.settings_of if known else None) or stage
+        params = self.stages.of(section)
         if params is None or "host" not in type(params).model_fields:
             raise ConfigError(f"stage {stage!r} does not run on a host; drop --host")
-        stages = self.stages.model_copy(update={params_field(stage): params.model_copy(update={"host": host})})
+        stages = self.stages.model_copy(update={params_field(section): params.model_copy(update={"host": host})})
         return self.model_copy(update={"stages": stages})
 
 

@@ -42,6 +42,8 @@ from runtime import model_io
 from runtime.clip import VOCAB_DIR
 from runtime.golden import GOLDEN_DIR, GoldenSet
 from runtime.manifest import MANIFEST_FILE, OWN_FOLDER, FileEntry, Manifest
+from runtime.tagger import TAGGER_DIR, TAGS_FILE, TaggerInfo
+from stages.tagger_compile import TAGGER
 
 if TYPE_CHECKING:
     from stages.config import PipelineConfig
@@ -77,6 +79,12 @@ class FetchStage(DeviceStage):
     outputs = (MANIFEST_FILE,)
     settings = Annotated[FetchParams, BeforeValidator(moved_to_device)]
 
+    def __init__(self, tagger: bool = False) -> None:
+        """With `tagger`, the set carries the compiled WD tagger too, in its own folder (TAGGER_DIR)."""
+        self.tagger = tagger
+        if tagger:
+            self.after = (*FetchStage.after, "tagger-export", "tagger-verify", "tagger-compile")
+
     def params(self, config: PipelineConfig) -> FleetParams:
         return FleetParams.for_fleet(config)
 
@@ -96,7 +104,7 @@ class FetchStage(DeviceStage):
         ]
 
     def run(self, ctx: StageContext[FleetParams]) -> StageResult:
-        files = device_files(ctx)
+        files = device_files(ctx) | (tagger_files(ctx) if self.tagger else {})
         manifest = Manifest(
             files={name: FileEntry(path.stat().st_size, sha256_file(path)) for name, path in files.items()},
             compile=model_io.CompileReport.read(ctx.upstream("compile")),
@@ -222,10 +230,23 @@ def device_files(ctx: StageContext[FleetParams]) -> dict[str, Path]:
     vocab = ctx.upstream("embed-vocab")
     for path in sorted(vocab.iterdir()):
         files[f"{VOCAB_DIR}/{path.name}"] = path
-    golden = ctx.upstream("verify") / GOLDEN_DIR
-    for path in [*sorted(golden.glob("*.npy")), golden / GoldenSet.FILE]:
-        files[f"{GOLDEN_DIR}/{path.name}"] = path
-    return files
+    return files | _golden_files(ctx.upstream("verify") / GOLDEN_DIR, GOLDEN_DIR)
+
+
+def tagger_files(ctx: StageContext[FleetParams]) -> dict[str, Path]:
+    """Device-side name -> local file for the tagger's folder in the set: the compiled model as model.* (what
+    runtime/tagger.py opens), its tag list and facts, and tagger-verify's golden photos for the smoke test."""
+    compiled, export = ctx.upstream("tagger-compile"), ctx.upstream("tagger-export")
+    model = model_io.CompileReport.read(compiled).file(TAGGER)
+    files = {f"{TAGGER_DIR}/model{Path(model).suffix}": compiled / model}
+    for name in (TAGS_FILE, TaggerInfo.FILE):
+        files[f"{TAGGER_DIR}/{name}"] = export / name
+    return files | _golden_files(ctx.upstream("tagger-verify") / GOLDEN_DIR, f"{TAGGER_DIR}/{GOLDEN_DIR}")
+
+
+def _golden_files(golden: Path, folder: str) -> dict[str, Path]:
+    """A golden set's arrays and golden.json, under `folder` on the device."""
+    return {f"{folder}/{path.name}": path for path in [*sorted(golden.glob("*.npy")), golden / GoldenSet.FILE]}
 
 
 @contextmanager

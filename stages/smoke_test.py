@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, Field
 from deploy.device_config import DeviceParams, DeviceStage, FleetParams, moved_to_device
 from deploy.device_runtime import install_runtime, runtime_files
 from deploy.fleet import DEVICES_DIR, DeviceOutcome, failures, on_each, print_outcomes
+from modeling.tagger_config import TaggerConfig
 from pipeline.config import Strict
 from pipeline.errors import StageError, ValidationFailed
 from pipeline.hosts import connect
@@ -43,6 +44,12 @@ class SmokeTestStageParams(SmokeTestParams, FleetParams):
     """The smoke test's settings and the devices."""
 
 
+class TaggerSmokeTestParams(SmokeTestStageParams):
+    """With a tagger in the set: its bars and the agreement its tags must reach."""
+
+    tagger: TaggerConfig
+
+
 class SmokeTestStage(DeviceStage):
     name = "smoke-test"
     help = "Run the compiled models on the device (--host) against the float reference; latency and memory."
@@ -50,10 +57,17 @@ class SmokeTestStage(DeviceStage):
     outputs = (DEVICES_DIR,)
     settings = Annotated[SmokeTestParams, BeforeValidator(moved_to_device)]
 
+    def __init__(self, tagger: bool = False) -> None:
+        """With `tagger`, the set's WD tagger is tested too: its probabilities and its tags against the float
+        model's on tagger-verify's photos."""
+        self.tagger = tagger
+
     def shipped_files(self) -> list[Path]:
         return runtime_files()
 
     def params(self, config: PipelineConfig) -> SmokeTestStageParams:
+        if self.tagger:
+            return TaggerSmokeTestParams.for_fleet(config, **dict(config.stages.smoke_test), tagger=config.tagger)
         return SmokeTestStageParams.for_fleet(config, **dict(config.stages.smoke_test))
 
     def run(self, ctx: StageContext[SmokeTestStageParams]) -> StageResult:
@@ -88,6 +102,8 @@ class SmokeTestStage(DeviceStage):
             )
             if params.provider:
                 command += f" --provider {quote(params.provider)}"
+            if isinstance(params, TaggerSmokeTestParams):
+                command += f" --tag-thresholds {params.tagger.threshold},{params.tagger.character_threshold}"
             if device.npu_lock:
                 command += f" --npu-lock {quote(transport.path(device.npu_lock))}"
             result = transport.run(
@@ -124,6 +140,8 @@ def _combined(outcomes: list[DeviceOutcome[StageResult]]) -> StageResult:
 def _judge(report: SmokeReport, params: SmokeTestParams, device: str, report_path: Path) -> StageResult:
     min_cosine = params.min_cosine
     failures = _agreement_failures(report, params.min_top1_agreement, device)
+    if isinstance(params, TaggerSmokeTestParams):
+        failures += _tag_failures(report, params.tagger, device)
     failures += [
         f"{part} encoder cosine {encoder.cosine_min:.5f} < {min_cosine}"
         for part, encoder in report.encoders.items()
@@ -137,11 +155,15 @@ def _judge(report: SmokeReport, params: SmokeTestParams, device: str, report_pat
     image, text = report.encoders["image"], report.encoders["text"]
     agreement = report.agreement
     same = f"; picks as float: top-1 {agreement.top1_min:.0%} (worst category)" if agreement else ""
+    tags = report.tag_agreement
+    if tags:
+        same += f"; tags as float: Jaccard {tags.jaccard:.2f}, same set on {tags.same_set:.0%}"
     return StageResult(
         summary=f"cosine image {image.cosine_min:.5f}, text {text.cosine_min:.5f}{same}; "
         f"p50 {image.latency_ms.p50:.1f} / {text.latency_ms.p50:.1f} ms; peak RSS {report.peak_rss_mb:.0f} MB",
         figures={
             "top1_agreement_min": agreement.top1_min if agreement else None,
+            "tag_agreement": {"jaccard": tags.jaccard, "same_set": tags.same_set} if tags else None,
             "cosine": {part: encoder.cosine_min for part, encoder in report.encoders.items()},
             "p50_ms": {part: encoder.latency_ms.p50 for part, encoder in report.encoders.items()},
             "encoders": {
@@ -171,4 +193,26 @@ def _agreement_failures(report: SmokeReport, minimum: float, device: str) -> lis
         f"(stages.smoke-test.min_top1_agreement {minimum:g})"
         for c in agreement.categories
         if c.judged and c.top1 < minimum
+    ]
+
+
+def _tag_failures(report: SmokeReport, tagger: TaggerConfig, device: str) -> list[str]:
+    """Each photo whose tags changed in the terminal; a failure when the mean overlap is below the bar."""
+    tags = report.tag_agreement
+    if tags is None:
+        return ["the set's tagger was not tested (is the device's runtime older than the controller's?)"]
+    title = (
+        f"{device}: tags vs the float tagger's at {tagger.threshold:g} / {tagger.character_threshold:g}: Jaccard "
+        f"{tags.jaccard:.2f}, the same set on {tags.same_set:.0%} of {counted(tags.photos, 'photo')}"
+    )
+    if tags.changed:
+        rows = [(c.photo, " ".join(c.lost) or "-", " ".join(c.gained) or "-") for c in tags.changed]
+        print_table(title, ("photo", "tags lost", "tags gained"), rows)
+    else:
+        console.print(title, markup=False)
+    if tags.jaccard >= tagger.min_agreement:
+        return []
+    return [
+        f"tagger: the device's tags overlap the float model's by {tags.jaccard:.2f} "
+        f"(tagger.min_agreement {tagger.min_agreement:g})"
     ]

@@ -141,7 +141,7 @@ class VerifyStage(Stage):
         report = VerificationReport(info.model, params.target, not failures, tuple(checks), numerics, fidelity)
         report.write(ctx.out_dir)
         report.write_to(ctx.report_file)
-        print_checks(f"verify ({params.target})", _terminal_view(checks, params.target))
+        print_checks(f"verify ({params.target})", terminal_view(checks, params.target))
         if failures:
             raise ValidationFailed(self.name, failures, str(ctx.report_file))
         worst = min(n.min_cosine or 0.0 for n in numerics.values())
@@ -153,7 +153,7 @@ class VerifyStage(Stage):
         )
 
 
-def _terminal_view(checks: list[Check], target: str) -> list[Check]:
+def terminal_view(checks: list[Check], target: str) -> list[Check]:
     """The JSON report keeps a line per operator; the terminal gets one line per file unless one fails."""
     view, op_counts = [], {}
     for check in checks:
@@ -175,7 +175,7 @@ def _tensor_spec(tensor: model_io.Tensor) -> Any:
     return TensorSpec(tensor.name, helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype)), tensor.shape)
 
 
-def _golden_images(params_images: Path, limit: int) -> list[Path]:
+def golden_images(params_images: Path, limit: int) -> list[Path]:
     images = find_images(params_images)
     if not images:
         raise StageError(
@@ -196,7 +196,7 @@ def _compare_with_pytorch(
 
     params, export_dir = ctx.params, ctx.upstream("export")
     loaded = load_model(params.model, ctx.cache_dir)
-    images = _golden_images(params.images, params.max_images)
+    images = golden_images(params.images, params.max_images)
     pixels, ids, checks = _inputs_checked_against_transformers(loaded, images, export_dir, info, params.prompts)
     # The family's own reference: transformers' get_image_features / get_text_features, the mask as the
     # family feeds it (Chinese-CLIP masks padding; CLIP's causal attention makes a mask moot; SigLIP had none).

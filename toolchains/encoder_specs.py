@@ -19,6 +19,7 @@ class EncoderSpec:
     input_dtype: str  # "float32" or "int64", as exported
     output_name: str
     calibration: Path  # the Numpy tar from calibrate
+    layout: str = "NCHW"  # of an image input: CLIP's pixel_values; a WD tagger takes NHWC
 
     @property
     def is_token_input(self) -> bool:

@@ -1,7 +1,8 @@
 """The `pulsar2 build` JSON config for one encoder, generated from pipeline.yaml.
 
 Keys and values are spelled as in Axera's pulsar2 docs (user_guides_config/config.md). Inputs keep the
-float model's types: pixel_values stays FP32 NCHW (runtime/ normalizes, exactly as at calibration);
+float model's types: pixel_values stays FP32 NCHW (runtime/ normalizes, exactly as at calibration), a WD
+tagger's image FP32 NHWC (BGR 0-255: its graph scales and transposes, compiled onto the NPU);
 token ids arrive as S32, as in Axera's CLIP text-encoder example, since the NPU has no int64.
 """
 
@@ -21,7 +22,7 @@ REMOTE_BUILD = "build"
 def remote_paths(spec: EncoderSpec) -> dict[str, str]:
     """Paths relative to the build host's workdir, which the container sees as /data."""
     return {
-        "onnx": f"{REMOTE_MODELS}/{spec.onnx.name}",
+        "onnx": f"{REMOTE_MODELS}/{spec.name}.onnx",
         "calibration": f"{REMOTE_CALIBRATION}/{spec.calibration.name}",
         "config": f"{REMOTE_CONFIGS}/{spec.name}.json",
         "output_dir": f"{REMOTE_BUILD}/{spec.name}",
@@ -60,8 +61,8 @@ def pulsar2_config(spec: EncoderSpec, params: CompileParams) -> dict[str, Any]:
     else:
         processor = {
             "tensor_name": spec.input_name,
-            "tensor_layout": "NCHW",
-            "src_layout": "NCHW",
+            "tensor_layout": spec.layout,
+            "src_layout": spec.layout,
             "src_dtype": "FP32",
             "mean": [0.0, 0.0, 0.0],
             "std": [1.0, 1.0, 1.0],

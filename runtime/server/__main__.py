@@ -27,6 +27,7 @@ from runtime.preprocess import Fidelity
 from runtime.prompt_modes import PromptSettings
 from runtime.server.app import ServerSettings, create_app
 from runtime.server.connections import ConnectionLimits, uvicorn_config
+from runtime.tagger import fetched_tagger
 
 MB = 1024 * 1024
 AUTH_ENV = "CLIP_API_AUTH"  # user:pass[,user:pass]: keeps the password off the command line
@@ -150,7 +151,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--tagger",
         type=Path,
         help="a WD tagger's folder (model.onnx or model.axmodel beside selected_tags.csv): serves "
-        "/tagger/v1 and answers A1111's `deepdanbooru` with it",
+        "/tagger/v1 and answers A1111's `deepdanbooru` with it (default: the fetched set's tagger, if it has one)",
     )
     parser.add_argument(
         "--unload-after",
@@ -274,7 +275,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         label_cache=CacheSettings(
             entries=args.label_cache_entries, bytes=int(args.label_cache_mb * MB), folder=args.label_cache_dir
         ),
-        tagger=args.tagger,
+        tagger=args.tagger or fetched_tagger(args.models),
     )
 
 
