@@ -18,6 +18,9 @@ RATINGS = ("general", "sensitive", "questionable", "explicit")
 GENERAL = ("1girl", "solo", "long_hair", "smile", "outdoors", "sky", "cloud", "tree", "water", "boat", "cat", "^_^")
 CHARACTERS = ("hatsune_miku", "hakurei_reimu", "kirisame_marisa")
 SEED = 0
+# The head's random weights scaled up: at their initial scale every probability is 0.5 +- 0.03, so every tag
+# sits at A1111's 0.5 bar and any rounding flips it; real taggers are sure of most tags (near 0 or 1).
+HEAD_GAIN = 30.0
 
 
 def tag_rows(count: int = 0) -> list[tuple[int, str, int, int]]:
@@ -68,6 +71,8 @@ def write_random_tagger(folder: Path, family: str = "vit", base: bool = False) -
 
     rows = tag_rows(BASE_TAGS if base else 0)
     classifier = backbone(family, len(rows), base).eval()
+    with torch.no_grad():
+        classifier.classifier.weight.mul_(HEAD_GAIN)
 
     class Published(torch.nn.Module):
         """The WD exports' interface around the backbone: BGR 0-255 NHWC in, probabilities out (the v3
