@@ -45,6 +45,7 @@ def status(c: Context, config: str | None = None) -> None:
 
 
 @task(
+    optional=["tagger"],
     help={
         "images": "folder of images (searched recursively)",
         "out": "write the caption files and captions.jsonl here instead of beside the images",
@@ -70,13 +71,14 @@ def status(c: Context, config: str | None = None) -> None:
         "mode": "write clip-interrogator's prompt in this mode instead: fast, classic, best or negative",
         "host": "caption on these devices with Dask: a device name, a comma list, or all (default: all, when the "
         "devices are other machines; else here)",
-        "tagger": "write a WD tagger's booru tags instead: its folder (model.onnx or model.axmodel, selected_tags.csv);"
-        " --threshold is then the general tags' bar (default 0.35)",
+        "tagger": "write a WD tagger's booru tags instead: alone, the fetched set's tagger (`tagger:` in the config; "
+        "here or on the devices, as CLIP's captions); with a folder, that tagger here (model.onnx or model.axmodel "
+        "beside selected_tags.csv). --threshold is then the general tags' bar (default 0.35)",
         "character-threshold": "with --tagger: the character tags' bar (default 0.85; kohya --character_threshold)",
         "character-first": "with --tagger: character tags first (kohya --character_tags_first)",
         "rating": "with --tagger: the likeliest rating first (kohya --use_rating_tags)",
         "spaces": "_ in labels written as spaces (kohya --remove_underscore; kaomoji as they are)",
-    }
+    },
 )
 def caption(
     c: Context,
@@ -103,7 +105,7 @@ def caption(
     npu_lock: str | None = None,
     mode: str | None = None,
     host: str | None = None,
-    tagger: str | None = None,
+    tagger: str | bool | None = None,
     character_threshold: float | None = None,
     character_first: bool = False,
     rating: bool = False,

@@ -40,7 +40,7 @@ class CaptionFlags:
     dry_run: int = 0
     report: bool = False
     style: dict[str, Any] = field(default_factory=dict)  # CaptionStyle's fields, as the flags spell them
-    tagger: str | None = None  # a WD tagger's folder: booru tags instead of CLIP's caption
+    tagger: str | bool | None = None  # booru tags instead of CLIP's caption: True, the set's tagger; or a folder
 
 
 def caption_images(config_path: str | None, flags: CaptionFlags, question: Question | None = None) -> None:
@@ -58,15 +58,15 @@ def caption_images(config_path: str | None, flags: CaptionFlags, question: Quest
         run = _caption_run(config, images_dir, flags, question)
         if flags.tagger:
             _check_tagger_flags(flags)
+        if flags.tagger and not (flags.tagger is True and _on_devices(config, flags)):
             with _interrupted_caption("nothing is left running"):
                 summary = _tag_here(config, run, flags, count)
-        elif config is not None and (
-            flags.host is not None or config.devices or config.host(config.device.host).kind != "local"
-        ):
+        elif config is not None and _on_devices(config, flags):
             if flags.npu_lock:
                 raise PipelineError("--npu-lock is for captioning here; on devices set device.npu_lock")
             with _interrupted_caption("the devices' caption workers were stopped"):
-                summary = _caption_on_devices(config.with_devices(flags.host or "all"), run, flags.mode, count)
+                devices = config.with_devices(flags.host or "all")
+                summary = _caption_on_devices(devices, run, flags.mode, count, tagger=bool(flags.tagger))
         else:
             with _interrupted_caption("nothing is left running"):
                 summary = _caption_here(config, run, flags, count)
@@ -75,6 +75,13 @@ def caption_images(config_path: str | None, flags: CaptionFlags, question: Quest
         from commands.caption_report import write_caption_report
 
         console.print(f"report: {write_caption_report(run, summary)}", markup=False, soft_wrap=True)
+
+
+def _on_devices(config: PipelineConfig | None, flags: CaptionFlags) -> bool:
+    """Whether the images are captioned on the devices with Dask: `--host`, or devices that are other machines."""
+    if config is None:
+        return False
+    return flags.host is not None or bool(config.devices) or config.host(config.device.host).kind != "local"
 
 
 def classify_images(
@@ -180,19 +187,21 @@ def _progress_columns() -> tuple[Any, ...]:
     return ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
 
 
-def _caption_on_devices(config: PipelineConfig, run: CaptionRun, mode: str | None, count: int) -> CaptionSummary:
+def _caption_on_devices(
+    config: PipelineConfig, run: CaptionRun, mode: str | None, count: int, tagger: bool = False
+) -> CaptionSummary:
     from rich.progress import Progress
 
     from deploy.fleet_caption import FleetCaptionJob, FleetProgress, caption_on_fleet
 
-    verb = "classify" if run.question else "caption"
+    verb = "classify" if run.question else "tag" if tagger else "caption"
     with Progress(*_progress_columns(), console=console) as bar:
         task = bar.add_task(verb, total=run.dry_run or count)
 
         def advance(_: Path, progress: FleetProgress) -> None:
             bar.update(task, advance=1, description=f"{verb} {progress.rates()}")
 
-        return caption_on_fleet(config, FleetCaptionJob(run, mode), advance)
+        return caption_on_fleet(config, FleetCaptionJob(run, mode, tagger=tagger), advance)
 
 
 def _caption_here(config: PipelineConfig | None, run: CaptionRun, flags: CaptionFlags, count: int) -> CaptionSummary:
@@ -225,10 +234,10 @@ def _caption_here(config: PipelineConfig | None, run: CaptionRun, flags: Caption
 def _check_tagger_flags(flags: CaptionFlags) -> None:
     if flags.mode:
         raise PipelineError("--mode is a CLIP prompt mode: a tagger writes booru tags; drop one of the two")
-    if flags.host:
+    if flags.host and flags.tagger is not True:
         raise PipelineError(
-            "--tagger captions here, with the tagger's folder on this machine; the devices' fleet runs CLIP only",
-            hint="run `invoke caption --tagger DIR` on the device itself",
+            f"--tagger {flags.tagger} is a folder on this machine: it tags here, not on --host",
+            hint="`--tagger` alone tags with the tagger fetch put on the devices (`tagger:` in pipeline.yaml)",
         )
 
 
@@ -241,12 +250,27 @@ def _tag_here(config: PipelineConfig | None, run: CaptionRun, flags: CaptionFlag
     from runtime.tag_captions import TagTask
     from runtime.tagger import Tagger
 
-    assert flags.tagger is not None
     lock = flags.npu_lock or (config.device.npu_lock if config else None)
-    tagger = Tagger(Path(flags.tagger).expanduser(), NpuLock(Path(lock) if lock else None), unload_after=None)
+    folder = Path(flags.tagger).expanduser() if isinstance(flags.tagger, str) else _set_tagger(config, flags)
+    tagger = Tagger(folder, NpuLock(Path(lock) if lock else None), unload_after=None)
     with Progress(*_progress_columns(), console=console) as bar:
         task = bar.add_task(f"tag ({tagger.name})", total=run.dry_run or count)
         return answer_folder(TagTask.of(tagger, run.style), run, on_image=lambda _: bar.advance(task))
+
+
+def _set_tagger(config: PipelineConfig | None, flags: CaptionFlags) -> Path:
+    """The tagger of the model set here (--models, or the local device's), for `--tagger` alone."""
+    from runtime.tagger import fetched_tagger
+
+    models = device_models_dir(config, flags.models)
+    folder = fetched_tagger(models)
+    if folder is None:
+        raise PipelineError(
+            f"the models in {models} hold no tagger",
+            hint="add `tagger: {id: ...}` to pipeline.yaml and run `invoke all` (README: Booru tags), or pass "
+            "--tagger DIR with a tagger's folder",
+        )
+    return folder
 
 
 def _print_summary(summary: CaptionSummary, run: CaptionRun) -> None:

@@ -67,6 +67,7 @@ class FleetCaptionJob:
     run: CaptionRun  # the folder, the style (its labels' part travels to the devices), a question
     mode: str | None = None  # clip-interrogator's prompt mode
     preload: tuple[str, ...] = ()  # Dask `--preload` modules or files for every worker (bench/fleet.py's stand-in)
+    tagger: bool = False  # booru tags from the tagger of each device's set instead of CLIP's caption
 
 
 @dataclass
@@ -152,6 +153,7 @@ def _caption_on_fleet(
                 job.run.style.options(),
                 job.mode,
                 job.run.question,
+                tag_style=job.run.style if job.tagger else None,
             )
             _set_up(client, plugin)
             return _caption(client, job, on_image)

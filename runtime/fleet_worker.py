@@ -1,8 +1,9 @@
-"""A device's part in captioning across a fleet: a Dask worker plugin that opens the interrogator once per
-worker, and the task that captions a batch of images sent as bytes (no shared filesystem: the controller
-reads the files). The worker has the resource NPU=1 and BATCHES_PER_DEVICE threads, and every task asks for
-its share of the NPU: two batches run at once, so one's decodes and ranking overlap the other's encodes
-(the NPU lock still lets one encode run at a time). Runs in the device's runtime virtualenv: no torch.
+"""A device's part in captioning across a fleet: a Dask worker plugin that opens the interrogator (or, to tag,
+the set's WD tagger) once per worker, and the task that captions a batch of images sent as bytes (no shared
+filesystem: the controller reads the files). The worker has the resource NPU=1 and BATCHES_PER_DEVICE
+threads, and every task asks for its share of the NPU: two batches run at once, so one's decodes and ranking
+overlap the other's encodes (the NPU lock still lets one encode run at a time). Runs in the device's runtime
+virtualenv: no torch.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
-from common.errors import UserError
-from runtime.captioning import Answer, CaptionTask, answer_all
+from common.errors import ModelFilesError, UserError
+from runtime.caption_style import CaptionStyle
+from runtime.captioning import Answer, CaptionTask, ImageTask, answer_all
 from runtime.classify import BATCH_LIMITS, Classifier, Question
 from runtime.interrogator import CaptionOptions, Interrogator
 from runtime.npu import NpuLock
 from runtime.opening import OpenOptions, open_interrogator
 from runtime.preprocess import Fidelity
 from runtime.prompt_modes import PromptBuilder, PromptMode
+from runtime.tag_captions import TagTask
+from runtime.tagger import Tagger, fetched_tagger
 
 PLUGIN_NAME = "clip-axera-interrogator"
 NPU = "NPU"  # the worker resource: one per device
@@ -51,10 +55,13 @@ class InterrogatorPlugin(WorkerPlugin):
         options: CaptionOptions,
         mode: str | None,
         question: Question | None = None,
+        tag_style: CaptionStyle | None = None,
     ) -> None:
+        """`tag_style`: tag with the tagger of the device's set (`tagger:`) in this style, instead of CLIP."""
         self.devices, self.options, self.mode, self.question = devices, options, mode, question
+        self.tag_style = tag_style
         self.interrogator: Interrogator | None = None
-        self.task: CaptionTask | None = None
+        self.task: ImageTask | None = None
         self.device = ""
         self.error: str | None = None
 
@@ -68,6 +75,9 @@ class InterrogatorPlugin(WorkerPlugin):
             npu=NpuLock(Path(settings.npu_lock) if settings.npu_lock else None), fidelity=Fidelity(settings.fidelity)
         )
         try:
+            if self.tag_style is not None:
+                self.task = TagTask.of(_set_tagger(Path(settings.models), options.npu), self.tag_style)
+                return
             self.interrogator = open_interrogator(Path(settings.models), options)
             prompts = classify = None
             if self.mode:
@@ -99,6 +109,16 @@ class InterrogatorPlugin(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         self.decoders.shutdown(cancel_futures=True)
+
+
+def _set_tagger(models: Path, npu: NpuLock) -> Tagger:
+    """The tagger fetch put in the device's set (the only model a tagging worker opens)."""
+    folder = fetched_tagger(models)
+    if folder is None:
+        raise ModelFilesError(
+            f"the models in {models} hold no tagger: add `tagger:` to pipeline.yaml, then `invoke all` (it fetches it)"
+        )
+    return Tagger(folder, npu, unload_after=None)
 
 
 def plugin_error(dask_worker: Any) -> str | None:

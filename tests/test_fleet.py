@@ -27,7 +27,7 @@ from pipeline.errors import ConfigError
 from pipeline.graph import StageGraph
 from pipeline.records import read_records
 from pipeline.runner import Outcome, RunRequest, run
-from stages import ALL_STAGES
+from stages import ALL_STAGES, stages_for
 from stages.config import PipelineConfig, load_config
 from tests.helpers import IMAGES, REPO, tiny_config_dict
 from tests.loopback import free_port
@@ -166,13 +166,16 @@ def device_sshds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SshS
 def fleet(
     built_artifacts: Path, device_sshds: list[SshServer], device_workdir: Callable[[Path], Path], tmp_path: Path
 ) -> Callable[..., PipelineConfig]:
-    """fleet(unreachable=False) -> a config with devices pi1 and pi2 (own sshd and workdir each), and pi3
-    on a port where nothing listens when asked; the built tiny-CLIP artifacts copied."""
+    """fleet(unreachable=False, tagger=None) -> a config with devices pi1 and pi2 (own sshd and workdir each),
+    and pi3 on a port where nothing listens when asked; with `tagger:` when given; the built tiny-CLIP
+    artifacts copied."""
     artifacts = tmp_path / "artifacts"
     shutil.copytree(built_artifacts, artifacts, copy_function=shutil.copy2)
 
-    def make(unreachable: bool = False) -> PipelineConfig:
+    def make(unreachable: bool = False, tagger: str | None = None) -> PipelineConfig:
         data = tiny_config_dict(artifacts)
+        if tagger:
+            data["tagger"] = {"id": tagger}
         names = ["pi1", "pi2"]
         for name, server in zip(names, device_sshds, strict=True):
             data["hosts"][name] = server.host_entry(device_workdir(tmp_path / f"{name} workdir"))
@@ -233,7 +236,7 @@ def _photos(folder: Path, copies: int) -> list[Path]:
 
 
 def _fetched(config: PipelineConfig) -> None:
-    outcome = run(config, GRAPH, RunRequest(targets=("fetch",)))[-1]
+    outcome = run(config, StageGraph(stages_for(config)), RunRequest(targets=("fetch",)))[-1]
     assert outcome.outcome is Outcome.RAN, outcome.summary
 
 
@@ -321,6 +324,41 @@ def test_invoke_classify_across_the_fleet_answers_each_image_once_and_prints_no_
         assert list((tmp_path / f"{name} workdir/models/clip-axera/label-cache").glob("*.npz"))
     again = invoke(*command, "--labels", "a photo of text,a photo")
     assert f"classified 0, already done {len(photos) - 1}" in again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("fleet")  # the module's two device sshds, started once
+def test_invoke_caption_tagger_tags_across_the_fleet_with_the_tagger_fetch_put_on_each_device(
+    fleet, tmp_path: Path
+) -> None:
+    """`tagger:` in the config: fetch puts the compiled tagger in each device's set, and `invoke caption
+    --tagger` (no folder) tags on the devices with it, in kohya's style: the same files as the same
+    tagger writes here."""
+    from tests.test_cli import invoke
+
+    config = fleet(tagger="builtin:tiny-wd-convnext-tagger")
+    _fetched(config)
+    photos = _photos(tmp_path / "photos", copies=2)
+    style = ["--character-first", "--rating", "--spaces", "--threshold", "0.5"]
+    command = ["caption", "--config", str(tmp_path / "pipeline.yaml"), "--images", str(tmp_path / "photos")]
+    done = invoke(*command, "--out", str(tmp_path / "fleet"), "--tagger", *style)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"captioned {len(photos) - 1}, already done 0, unreadable 1" in done.stdout
+    lines = [json.loads(line) for line in (tmp_path / "fleet/captions.jsonl").read_text().splitlines()]
+    assert {line["device"] for line in lines} == {"pi1", "pi2"}
+    assert {line["tagger"] for line in lines} == {"tiny-wd-convnext-tagger"} and all(
+        len(line["ratings"]) == 4 for line in lines
+    )
+
+    tagger = tmp_path / "pi1 workdir/models/clip-axera/current/tagger"
+    here = invoke(*command, "--out", str(tmp_path / "here"), "--tagger", str(tagger), *style)
+    assert here.returncode == 0, here.stdout + here.stderr
+    for photo in (p for p in photos if p.name != "broken.jpg"):
+        name = photo.with_suffix(".txt").name
+        assert (tmp_path / "fleet" / name).read_text() == (tmp_path / "here" / name).read_text(), name
+
+    folder = invoke(*command, "--out", str(tmp_path / "x"), "--tagger", str(tagger), "--host", "pi1")
+    assert folder.returncode == 1 and "is a folder on this machine: it tags here, not on --host" in folder.stderr
 
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

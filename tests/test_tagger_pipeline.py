@@ -198,6 +198,15 @@ def test_a_tagger_that_is_not_one_is_refused_naming_what_is_wrong(with_tagger, w
     assert (with_tagger().artifacts / "tagger-export/model.onnx").is_file()  # the last good export is kept
 
 
+def test_invoke_caption_tagger_alone_names_a_set_without_a_tagger(built_artifacts: Path) -> None:
+    from tests.test_cli import invoke
+
+    models = built_artifacts.parent / "device/models"
+    done = invoke("caption", "--models", str(models), "--images", str(IMAGES), "--tagger", "--dry-run", "1")
+    assert done.returncode == 1 and f"error: the models in {models} hold no tagger" in done.stderr
+    assert "add `tagger: {id: ...}` to pipeline.yaml and run `invoke all`" in done.stderr
+
+
 @pytest.mark.slow
 def test_the_tagger_compiles_with_pulsar2_on_the_build_host_and_runs_on_the_device(
     built_artifacts: Path,
