@@ -127,14 +127,16 @@ def fetched_tagger(models_dir: Path) -> Path | None:
 
 def prepare_image(image: Image.Image, size: int) -> np.ndarray:
     """The tagger's input from an image, as the wd-tagger Space prepares it: on white, padded to a centred
-    square on white, resized to `size` (bicubic), BGR float32 0-255, NHWC [1, size, size, 3]."""
+    square on white, resized to `size` (bicubic), BGR 0-255, NHWC [1, size, size, 3]. As uint8: Pillow's
+    values exactly, what a compiled tagger takes (Pulsar2 `src_dtype: U8`); the float model's backend casts
+    them to its float32 input (backends.conform)."""
     image = to_rgb(image)  # transparency composited on white, as the Space's RGBA canvas does
     side = max(image.size)
     square = Image.new("RGB", (side, side), (255, 255, 255))
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     if side != size:
         square = square.resize((size, size), Image.Resampling.BICUBIC)
-    return np.ascontiguousarray(np.asarray(square, dtype=np.float32)[None, :, :, ::-1])
+    return np.ascontiguousarray(np.asarray(square, dtype=np.uint8)[None, :, :, ::-1])
 
 
 class Tagger:

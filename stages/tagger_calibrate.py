@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pipeline.stage import Stage, StageContext, StageResult
 from runtime.preprocess import find_images, open_image
 from runtime.tagger import TaggerInfo, prepare_image
@@ -34,7 +36,8 @@ class TaggerCalibrateStage(Stage):
     def run(self, ctx: StageContext[CalibrationPhotos]) -> StageResult:
         info = TaggerInfo.read(ctx.upstream("tagger-export"))
         images, chosen = choose_images(ctx.params, random.Random(ctx.params.seed), self.name)
-        pixels = [prepare_image(open_image(path), info.size) for path in chosen]
+        # The float graph's input (what Pulsar2 calibrates the ONNX model with): the device's U8 pixels as float32.
+        pixels = [prepare_image(open_image(path), info.size).astype(np.float32) for path in chosen]
         archive = "tagger.tar"
         write_npy_tar(ctx.out_dir / archive, pixels)
         entry = Archive(archive, pixels[0].shape, str(pixels[0].dtype), tuple(str(path) for path in chosen))

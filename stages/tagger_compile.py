@@ -37,6 +37,7 @@ class TaggerCompileStage(CompileStage):
                 output_name=info.output,
                 calibration=calibrate_dir / archive.file,
                 layout="NHWC",
+                source_dtype="U8",
             )
         ]
 

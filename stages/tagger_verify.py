@@ -72,7 +72,7 @@ class TaggerVerifyStage(Stage):
             table=OP_TABLES[params.target],
         )
         photos = golden_images(params.images, params.max_images)
-        pixels = np.concatenate([prepare_image(open_image(path), info.size) for path in photos])
+        pixels = np.concatenate([prepare_image(open_image(path), info.size) for path in photos]).astype(np.float32)
         published = _probabilities(published_tagger(params.tagger, ctx.cache_dir).model, pixels)
         static = _probabilities(export_dir / MODEL_FILE, pixels)
         samples = tuple(

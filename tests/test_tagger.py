@@ -190,7 +190,7 @@ def test_invoke_caption_with_a_tagger_writes_kohya_style_booru_tags(taggers: dic
     again = subprocess.run([*command, *flags], cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
     assert again.returncode == 0 and "captioned 0, already done 3" in again.stdout
     fleet = subprocess.run([*command, "--host", "all"], cwd=REPO, capture_output=True, text=True, check=False)
-    assert fleet.returncode == 1 and "--tagger captions here" in fleet.stderr
+    assert fleet.returncode == 1 and "is a folder on this machine: it tags here, not on --host" in fleet.stderr
 
 
 @pytest.mark.parametrize("family", ["vit", "convnext", "swinv2"])

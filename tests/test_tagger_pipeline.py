@@ -52,7 +52,9 @@ def _float_tags(folder: Path, photo: Path, bar: float) -> tuple[set[str], set[st
     too close to the bar to hold either way."""
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     size = session.get_inputs()[0].shape[1]
-    probabilities = session.run(None, {session.get_inputs()[0].name: prepare_image(Image.open(photo), size)})[0][0]
+    probabilities = session.run(
+        None, {session.get_inputs()[0].name: prepare_image(Image.open(photo), size).astype(np.float32)}
+    )[0][0]
     tags = TagList.read(folder / "selected_tags.csv")
     kept = set(tags.answer(probabilities, TagThresholds(bar, bar)).tags)
     near = {tags.names[i] for i in np.flatnonzero(np.abs(probabilities - bar) < NEAR_BAR) if tags.categories[i] != 9}
@@ -236,9 +238,9 @@ def test_the_tagger_compiles_with_pulsar2_on_the_build_host_and_runs_on_the_devi
     assert all(outcome in (Outcome.RAN, Outcome.UP_TO_DATE) for outcome in outcomes.values()), outcomes
     pulsar2 = json.loads((artifacts / "tagger-compile/tagger.pulsar2.json").read_text())
     processor = pulsar2["input_processors"][0]
-    assert (processor["tensor_layout"], processor["src_layout"], processor["src_dtype"]) == ("NHWC", "NHWC", "FP32")
+    assert (processor["tensor_layout"], processor["src_layout"], processor["src_dtype"]) == ("NHWC", "NHWC", "U8")
     assert (build_host_workdir / "calibration/tagger.tar").is_file()
     report = json.loads((artifacts / "smoke-test/devices/pi/measurements.json").read_text())
     tagger = report["encoders"]["tagger"]
     assert (tagger["backend"], tagger["model"]) == ("axengine", "model.axmodel") and tagger["cosine_min"] > 0.9999
-    assert report["tag_agreement"]["jaccard"] == 1.0
+    assert report["tag_agreement"]["jaccard"] == 1.0 and tagger["input_dtype"] == "uint8"

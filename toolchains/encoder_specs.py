@@ -20,6 +20,9 @@ class EncoderSpec:
     output_name: str
     calibration: Path  # the Numpy tar from calibrate
     layout: str = "NCHW"  # of an image input: CLIP's pixel_values; a WD tagger takes NHWC
+    # What the device feeds an image input (Pulsar2's input_processors src_dtype): CLIP's normalized floats,
+    # a WD tagger's 0-255 pixels as U8 (the NPU converts them to the graph's float input).
+    source_dtype: str = "FP32"
 
     @property
     def is_token_input(self) -> bool:

@@ -1,8 +1,9 @@
 """The `pulsar2 build` JSON config for one encoder, generated from pipeline.yaml.
 
 Keys and values are spelled as in Axera's pulsar2 docs (user_guides_config/config.md). Inputs keep the
-float model's types: pixel_values stays FP32 NCHW (runtime/ normalizes, exactly as at calibration), a WD
-tagger's image FP32 NHWC (BGR 0-255: its graph scales and transposes, compiled onto the NPU);
+float model's types: pixel_values stays FP32 NCHW (runtime/ normalizes, exactly as at calibration); a WD
+tagger's image arrives as U8 NHWC, its BGR 0-255 pixels as Pillow gives them (the NPU converts them to the
+graph's float input; the graph's own scale and transpose are compiled onto the NPU);
 token ids arrive as S32, as in Axera's CLIP text-encoder example, since the NPU has no int64.
 """
 
@@ -63,7 +64,7 @@ def pulsar2_config(spec: EncoderSpec, params: CompileParams) -> dict[str, Any]:
             "tensor_name": spec.input_name,
             "tensor_layout": spec.layout,
             "src_layout": spec.layout,
-            "src_dtype": "FP32",
+            "src_dtype": spec.source_dtype,
             "mean": [0.0, 0.0, 0.0],
             "std": [1.0, 1.0, 1.0],
         }

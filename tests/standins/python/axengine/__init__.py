@@ -15,7 +15,8 @@ Follows AXERA-TECH/pyaxengine:
   is inited as ..."). The vNPU mode comes from AXENGINE_STANDIN_VNPU (default DISABLED); the model's
   core count from the npu_mode the docker stand-in recorded in the .axmodel.
 - `run(output_names, input_feed)` asserts exact shape and dtype. Inputs built with `src_dtype: S32`
-  are declared int32 (widened to int64 for onnxruntime, which runs the copied ONNX model).
+  are declared int32 (widened to int64 for onnxruntime, which runs the copied ONNX model), with `src_dtype:
+  U8` uint8 (converted to the ONNX model's float32, as the NPU converts them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ axengine_provider_name = "AxEngineExecutionProvider"
 axclrt_provider_name = "AXCLRTExecutionProvider"
 _ALL = [axclrt_provider_name, axengine_provider_name]
 _DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+# An input built with `src_dtype: S32` or `U8` takes that type on the NPU; the copied ONNX model's own type
+# (int64 ids, float32 pixels) is what onnxruntime is fed.
+_SOURCE_DTYPES = {"S32": "int32", "U8": "uint8"}
+_ONNX_DTYPES = {"int32": np.int64, "uint8": np.float32}
 _CORES = {"NPU1": "SINGLE", "NPU2": "DUAL", "NPU3": "TRIPLE"}
 _VNPU_ALLOWS = {
     "DISABLED": {"SINGLE", "DUAL", "TRIPLE"},
@@ -78,9 +83,9 @@ class InferenceSession:
             model_type = _CORES[notes.get(NPU_MODE, "NPU1")]
             if model_type not in _VNPU_ALLOWS[vnpu]:
                 raise ValueError(f"Model type '{model_type}' is not allowed when vnpu is inited as {vnpu}.")
-        s32 = [key.removeprefix(SRC_DTYPE) for key in notes if key.startswith(SRC_DTYPE) and notes[key] == "S32"]
+        sources = {key.removeprefix(SRC_DTYPE): notes[key] for key in notes if key.startswith(SRC_DTYPE)}
         self._inputs = [
-            NodeArg(i.name, "int32" if i.name in s32 else _DTYPES[i.type], tuple(i.shape))
+            NodeArg(i.name, _SOURCE_DTYPES.get(sources.get(i.name, ""), _DTYPES[i.type]), tuple(i.shape))
             for i in self._session.get_inputs()
         ]
         self._outputs = [NodeArg(o.name, "float32", tuple(o.shape)) for o in self._session.get_outputs()]
@@ -102,7 +107,7 @@ class InferenceSession:
                 f"model inputs({info.name}) expect shape {info.shape} and dtype {info.dtype}, "
                 f"however gets input with shape {array.shape} and dtype {array.dtype}"
             )
-            feed[info.name] = array.astype(np.int64) if info.dtype == "int32" else array
+            feed[info.name] = array.astype(_ONNX_DTYPES[info.dtype]) if info.dtype in _ONNX_DTYPES else array
         names = output_names or [o.name for o in self._outputs]
         return self._session.run(names, feed)
 
