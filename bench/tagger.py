@@ -1,5 +1,5 @@
 """A WD tagger's CPU side per image on the device: preparing the input (composite, pad to a square on
-white, bicubic to 448, BGR NHWC float32; runtime/tagger.py) for a 1024x768 camera JPEG and a 512x512 SD
+white, bicubic to 448, BGR NHWC uint8; runtime/tagger.py) for a 1024x768 camera JPEG and a 512x512 SD
 PNG, and reading the answer (ratings, general and character tags above their bars) out of 10,861
 probabilities, as many as the v3 taggers' selected_tags.csv lists. Beside it, the NPU's side: Axera
 publishes ~6 ms on the AX650 for ViT-B/16 at 224 (196 tokens); wd-vit-tagger-v3 is ViT-B/16 at 448, four
