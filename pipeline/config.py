@@ -200,8 +200,14 @@ def _keys_at(loc: tuple[Any, ...], schema: type[BaseModel]) -> list[str]:
         if model is host_type and part not in host_type.model_fields:
             continue  # the host's own name
         fields = {f.alias or name: f for name, f in model.model_fields.items()}
-        annotation = getattr(fields.get(str(part)), "annotation", None)
+        annotation = _optional_model(getattr(fields.get(str(part)), "annotation", None))
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
     return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _optional_model(annotation: Any) -> Any:
+    """`Model | None` as `Model` (an optional section, such as `tagger:`); any other annotation as it is."""
+    models = [arg for arg in get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+    return models[0] if len(models) == 1 and type(None) in get_args(annotation) else annotation

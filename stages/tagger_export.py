@@ -9,8 +9,9 @@ Runs only when pipeline.yaml has a `tagger:` section (stages/__init__.py).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common.hashing import sha256_file
 from modeling.tagger_config import TaggerConfig, TaggerSource
@@ -50,6 +51,7 @@ class TaggerExportStage(Stage):
             step(f"reading {params.id}")
             published = published_tagger(params, ctx.cache_dir)
             tags = TagList.read(published.tags)
+            _check_published(published.model)
             step("making the graph static (batch 1) and simplifying it")
             counts = static_tagger(published.model, ctx.out_dir / MODEL_FILE)
         model = onnx.load(str(ctx.out_dir / MODEL_FILE), load_external_data=False)
@@ -98,8 +100,22 @@ def tagger_of(config: PipelineConfig) -> TaggerConfig:
     return config.tagger
 
 
-def _only(values: object, kind: str, path: Path) -> list:
-    found = list(values)  # type: ignore[call-overload]
+def _check_published(path: Path) -> None:
+    """An ONNX model with one input and one output, or a StageError naming the file (before onnxslim, whose
+    errors on a file that is not one would say nothing of it)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise StageError("tagger-export", f"{path} is not an ONNX model ({exc})") from exc
+    _only(model.graph.input, "input", path)
+    _only(model.graph.output, "output", path)
+
+
+def _only(values: Sequence[Any], kind: str, path: Path) -> list[Any]:
+    found = list(values)
     if len(found) != 1:
         raise StageError(
             "tagger-export",

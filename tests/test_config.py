@@ -43,6 +43,13 @@ def test_misspelled_host_key_is_named(write_config) -> None:
     assert "hosts.mac.adress: unknown key; did you mean 'address'?" in str(caught.value)
 
 
+def test_misspelled_key_of_an_optional_section_is_named(write_config) -> None:
+    path = write_config({"tagger": {"id": "builtin:tiny-wd-tagger", "treshold": 0.3}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "tagger.treshold: unknown key; did you mean 'threshold'?" in str(caught.value)
+
+
 def test_out_of_range_value_states_the_bound_and_the_value(write_config) -> None:
     path = write_config({"stages": {"verify": {"min_cosine": 1.5}}})
     with pytest.raises(ConfigError) as caught:

@@ -190,10 +190,14 @@ def test_a_tagger_that_is_not_one_is_refused_naming_what_is_wrong(with_tagger, w
     assert outcome[-1].outcome is Outcome.FAILED
     assert f"tagger folder {folder} has no selected_tags.csv" in outcome[-1].summary
 
+    (folder / "selected_tags.csv").write_text("tag_id,name,category,count\n0,general,9,1\n1,solo,0,1\n")
+    (folder / "model.onnx").write_bytes(b"\x08\x07not a model")
+    garbage = run(with_tagger(id=str(folder)), StageGraph(stages_for(with_tagger())), RunRequest(("tagger-export",)))
+    assert garbage[-1].outcome is Outcome.FAILED and f"{folder}/model.onnx is not an ONNX model" in garbage[-1].summary
+
     published = run(with_tagger(), StageGraph(stages_for(with_tagger())), RunRequest(("tagger-export",)))
     assert published[-1].outcome is Outcome.RAN
     shutil.copy(with_tagger().artifacts / "cache/tiny-wd-convnext-tagger/model.onnx", folder / "model.onnx")
-    (folder / "selected_tags.csv").write_text("tag_id,name,category,count\n0,general,9,1\n1,solo,0,1\n")
     mismatched = run(with_tagger(id=str(folder)), StageGraph(stages_for(with_tagger())), RunRequest(("tagger-export",)))
     assert mismatched[-1].outcome is Outcome.FAILED
     assert "gives 19 outputs but" in mismatched[-1].summary and "names 2 tags" in mismatched[-1].summary
