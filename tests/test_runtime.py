@@ -330,6 +330,25 @@ def test_images_ranked_in_one_batch_get_the_captions_each_gets_alone(interrogato
     assert [answer[0] for answer in answers if not isinstance(answer, Exception)] == expected
 
 
+def test_the_exact_pass_reads_small_categories_from_float32_copies_with_the_same_cosines(
+    interrogator: Interrogator,
+) -> None:
+    """Small categories' rows are kept as float32 (FLOAT32_ROWS_BYTES in all, smallest first): the cosines are
+    bit for bit those of the mapped float16 rows converted per call; past the budget a category stays mapped."""
+    from runtime.label_tables import _float32_copies
+
+    tables = interrogator.tables
+    assert tables._float_rows  # the tiny build's small categories are copied
+    vector = normalize(np.random.default_rng(3).standard_normal(tables.categories[0].rows.shape[1]))
+    for category in tables.categories:
+        rows = np.flatnonzero(np.random.default_rng(4).random(len(category.labels)) < 0.5)
+        mapped = np.asarray(category.rows[rows], dtype=np.float32) @ vector
+        assert np.array_equal(tables.exact_scores(category, rows, vector), mapped), category.name
+    sizes = sorted(category.rows.size * 4 for category in tables.categories)
+    copies = _float32_copies(tables.categories, sizes[0] + sizes[1])
+    assert sorted(copy.nbytes for copy in copies.values()) == sizes[:2]
+
+
 def test_a_tokenizer_without_its_pad_token_is_named(built_artifacts: Path, tmp_path: Path) -> None:
     from common.errors import ModelFilesError
 
