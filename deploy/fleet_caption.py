@@ -39,6 +39,7 @@ from runtime.fleet_worker import (
     NPU,
     DeviceSettings,
     InterrogatorPlugin,
+    batch_answers,
     caption_batch,
     plugin_error,
 )
@@ -235,7 +236,7 @@ def _answers(future: Future, count: int) -> list[dict[str, Any]]:
     """A finished batch's answers; a batch that brought down worker after worker (Dask gives up after
     `distributed.scheduler.allowed-failures`) is an error for each of its images, not the end of the run."""
     try:
-        answers = future.result()
+        answers = batch_answers(future.result())
     except KilledWorker as exc:
         return [{"error": f"every worker that took it died ({exc})"}] * count
     finally:
