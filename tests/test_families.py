@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from common.errors import ModelFilesError
@@ -27,7 +26,7 @@ from runtime.preprocess import Fidelity, open_image, preprocess
 from runtime.tokenizer import TextTokenizer
 from stages import ALL_STAGES
 from stages.config import load_config
-from tests.helpers import FAMILIES, IMAGES, MODELS, REPO, device_set, tiny_config_dict, transformers_reference
+from tests.helpers import FAMILIES, IMAGES, MODELS, REPO, device_set, pulsar2_build_config, transformers_reference
 from tests.loopback import app_clients
 
 PROMPTS = [
@@ -246,20 +245,12 @@ def test_each_family_compiles_with_pulsar2_and_runs_on_the_device(
 ) -> None:
     """Pulsar2 (the stand-in image on a real Docker Engine, over SSH) takes each family's calibration
     archives and configs; the device (over SSH) runs the axmodels through axengine with S32 ids."""
-    import shutil
-
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(family_build(family), artifacts, copy_function=shutil.copy2)
-    data = tiny_config_dict(artifacts)
-    data["model"]["id"] = FAMILIES[family]
-    data["hosts"] = {
+    hosts = {
         "mac": ssh_server.host_entry(build_host_workdir, docker_socket=docker_engine.socket),
         "pi": ssh_server.host_entry(device_workdir(tmp_path / "pi device")),
     }
-    data["device"] = {"host": "pi"}
-    data["stages"]["compile"].update({"target": "pulsar2", "host": "mac"})
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    path = pulsar2_build_config(family_build(family), tmp_path, hosts, model={"id": FAMILIES[family]})
+    artifacts = tmp_path / "artifacts"
     outcomes = {o.stage: o for o in run(load_config(path), StageGraph(ALL_STAGES), RunRequest(targets=("smoke-test",)))}
     assert all(o.outcome.value in ("ran", "up to date") for o in outcomes.values()), outcomes
     compiled = json.loads((artifacts / "compile/compiled.json").read_text())

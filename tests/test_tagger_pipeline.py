@@ -27,7 +27,7 @@ from pipeline.runner import Outcome, RunRequest, plan, run
 from runtime.tagger import TagList, TagThresholds, prepare_image
 from stages import ALL_STAGES, stages_for
 from stages.config import PipelineConfig, load_config
-from tests.helpers import IMAGES, REPO, device_set, tiny_config_dict
+from tests.helpers import IMAGES, REPO, device_set, pulsar2_build_config, tiny_config_dict
 from tests.loopback import free_port
 
 TAGGER_STAGES = ["tagger-export", "tagger-verify", "tagger-calibrate", "tagger-compile"]
@@ -226,19 +226,15 @@ def test_the_tagger_compiles_with_pulsar2_on_the_build_host_and_runs_on_the_devi
     """Pulsar2 (the stand-in image on the real Docker Engine, over SSH) takes the tagger's NHWC calibration
     archive and config beside the encoders'; the device (over SSH) runs tagger/model.axmodel through
     axengine and the smoke test measures its tags."""
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(built_artifacts, artifacts, copy_function=shutil.copy2)
-    data = tiny_config_dict(artifacts)
-    data["tagger"] = {"id": "builtin:tiny-wd-swinv2-tagger"}
-    data["hosts"] = {
+    hosts = {
         "mac": ssh_server.host_entry(build_host_workdir, docker_socket=docker_engine.socket),
         "pi": ssh_server.host_entry(device_workdir(tmp_path / "pi device")),
     }
-    data["device"] = {"host": "pi"}
-    data["stages"]["compile"].update({"target": "pulsar2", "host": "mac"})
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    outcomes = _outcomes(load_config(path), "smoke-test")
+    tagger = {"id": "builtin:tiny-wd-swinv2-tagger"}
+    outcomes = _outcomes(
+        load_config(pulsar2_build_config(built_artifacts, tmp_path, hosts, tagger=tagger)), "smoke-test"
+    )
+    artifacts = tmp_path / "artifacts"
     assert all(outcome in (Outcome.RAN, Outcome.UP_TO_DATE) for outcome in outcomes.values()), outcomes
     pulsar2 = json.loads((artifacts / "tagger-compile/tagger.pulsar2.json").read_text())
     processor = pulsar2["input_processors"][0]
