@@ -6,6 +6,7 @@ that compile and fetch it build on this), and what the tests hold the three v3 f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -13,15 +14,38 @@ import onnx
 from modeling.graph_checks import check_operators
 from modeling.onnx_export import explicit_pads
 from modeling.op_tables import OpTable
+from pipeline.errors import ModelLoadError
 from pipeline.terminal import Check
 
 
-def static_tagger(published: Path, out: Path) -> dict[str, int]:
-    """`published` (NHWC [batch, size, size, 3] in, [batch, tags] out) with batch 1, simplified, to `out`;
-    returns node counts before and after."""
-    import onnxslim
+@dataclass(frozen=True)
+class StaticTagger:
+    """What the static graph takes and gives, as it was saved (read once, while it is in memory)."""
 
-    model = onnx.load(str(published))
+    input: str
+    input_shape: list[int]
+    output: str
+    output_shape: list[int]
+    opset: int
+    nodes_published: int
+    nodes_static: int
+
+
+def static_tagger(published: Path, out: Path) -> StaticTagger:
+    """`published` (NHWC [batch, size, size, 3] in, [batch, tags] out) with batch 1, simplified, to `out`. A
+    file that is not an ONNX model of one input and one output is a ModelLoadError naming it (onnxslim's own
+    errors on one would not)."""
+    import onnxslim
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(published))
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{published} is not an ONNX model ({exc})") from exc
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        if len(values) != 1:
+            names = ", ".join(value.name for value in values)
+            raise ModelLoadError(f"{published}: {len(values)} {kind}s ({names}); a WD tagger has one")
     for value in (*model.graph.input, *model.graph.output):
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
@@ -31,7 +55,16 @@ def static_tagger(published: Path, out: Path) -> dict[str, int]:
     model = onnxslim.slim(onnx.shape_inference.infer_shapes(model))
     explicit_pads(model)
     onnx.save(model, str(out))
-    return {"nodes_published": before, "nodes_static": len(model.graph.node)}
+    (image,), (output,) = model.graph.input, model.graph.output
+    return StaticTagger(
+        input=image.name,
+        input_shape=[d.dim_value for d in image.type.tensor_type.shape.dim],
+        output=output.name,
+        output_shape=[d.dim_value for d in output.type.tensor_type.shape.dim],
+        opset=next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        nodes_published=before,
+        nodes_static=len(model.graph.node),
+    )
 
 
 def tagger_operator_checks(path: Path, table: OpTable) -> list[Check]:

@@ -9,9 +9,8 @@ Runs only when pipeline.yaml has a `tagger:` section (stages/__init__.py).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from common.hashing import sha256_file
 from modeling.tagger_config import TaggerConfig, TaggerSource
@@ -41,8 +40,6 @@ class TaggerExportStage(Stage):
         return [Path(params.id) / name for name in (MODEL_FILE, TAGS_FILE)]
 
     def run(self, ctx: StageContext[TaggerSource]) -> StageResult:
-        import onnx
-
         from modeling.tagger_graph import static_tagger
         from modeling.tagger_source import published_tagger
 
@@ -51,16 +48,9 @@ class TaggerExportStage(Stage):
             step(f"reading {params.id}")
             published = published_tagger(params, ctx.cache_dir)
             tags = TagList.read(published.tags)
-            _check_published(published.model)
             step("making the graph static (batch 1) and simplifying it")
-            counts = static_tagger(published.model, ctx.out_dir / MODEL_FILE)
-        model = onnx.load(str(ctx.out_dir / MODEL_FILE), load_external_data=False)
-        (image,), (output,) = (
-            _only(model.graph.input, "input", published.model),
-            _only(model.graph.output, "output", published.model),
-        )
-        shape = [d.dim_value for d in image.type.tensor_type.shape.dim]
-        width = [d.dim_value for d in output.type.tensor_type.shape.dim][-1:]
+            graph = static_tagger(published.model, ctx.out_dir / MODEL_FILE)
+        shape, width = graph.input_shape, graph.output_shape[-1:]
         if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or shape[1] != shape[2] or shape[1] < 1:
             raise StageError(
                 self.name,
@@ -74,22 +64,26 @@ class TaggerExportStage(Stage):
                 f"{len(tags.names)} tags: the two files are not of one tagger",
             )
         shutil.copyfile(published.tags, ctx.out_dir / TAGS_FILE)
-        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         TaggerInfo(
             name=str(params.name),
             source=params.id,
             revision=params.revision,
             published_sha256=sha256_file(published.model),
-            opset=opset,
+            opset=graph.opset,
             size=shape[1],
             tags=len(tags.names),
-            input=image.name,
-            output=output.name,
+            input=graph.input,
+            output=graph.output,
         ).write(ctx.out_dir)
         return StageResult(
-            summary=f"{params.name}: [1,{shape[1]},{shape[1]},3] -> [1,{len(tags.names)}] tags, opset {opset}, "
-            f"{counts['nodes_published']} -> {counts['nodes_static']} nodes",
-            figures={**counts, "size": shape[1], "tags": len(tags.names)},
+            summary=f"{params.name}: [1,{shape[1]},{shape[1]},3] -> [1,{len(tags.names)}] tags, opset {graph.opset}, "
+            f"{graph.nodes_published} -> {graph.nodes_static} nodes",
+            figures={
+                "nodes_published": graph.nodes_published,
+                "nodes_static": graph.nodes_static,
+                "size": shape[1],
+                "tags": len(tags.names),
+            },
         )
 
 
@@ -98,27 +92,3 @@ def tagger_of(config: PipelineConfig) -> TaggerConfig:
     if config.tagger is None:
         raise PipelineError("pipeline.yaml has no `tagger:` section", hint="add `tagger: {id: ...}` (README)")
     return config.tagger
-
-
-def _check_published(path: Path) -> None:
-    """An ONNX model with one input and one output, or a StageError naming the file (before onnxslim, whose
-    errors on a file that is not one would say nothing of it)."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError) as exc:
-        raise StageError("tagger-export", f"{path} is not an ONNX model ({exc})") from exc
-    _only(model.graph.input, "input", path)
-    _only(model.graph.output, "output", path)
-
-
-def _only(values: Sequence[Any], kind: str, path: Path) -> list[Any]:
-    found = list(values)
-    if len(found) != 1:
-        raise StageError(
-            "tagger-export",
-            f"{path}: {len(found)} {kind}s ({', '.join(v.name for v in found)}); a WD tagger has one",
-        )
-    return found

@@ -203,8 +203,8 @@ def test_a_published_tagger_becomes_a_static_graph_the_ax650_takes(
     from modeling.tagger_graph import static_tagger, tagger_operator_checks
 
     published, static = taggers[family] / "model.onnx", tmp_path / "model.onnx"
-    counts = static_tagger(published, static)
-    assert counts["nodes_static"] < counts["nodes_published"]
+    graph = static_tagger(published, static)
+    assert graph.nodes_static < graph.nodes_published
     session = ort.InferenceSession(str(static), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 64, 64, 3] and session.get_outputs()[0].shape == [1, 19]
     pixels = (np.random.default_rng(1).random((1, 64, 64, 3)) * 255).astype(np.float32)
