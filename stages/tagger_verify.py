@@ -21,7 +21,7 @@ from runtime.preprocess import find_images, open_image
 from runtime.similarity import cosine
 from runtime.tagger import TaggerInfo, prepare_image
 from stages.tagger_export import MODEL_FILE, tagger_of
-from stages.verify import Agreement, Sample, VerifyParams, golden_images, terminal_view
+from stages.verify import Agreement, GraphCheckParams, Sample, golden_images, terminal_view
 
 if TYPE_CHECKING:
     from stages.config import PipelineConfig
@@ -36,8 +36,9 @@ class TaggerVerification(JsonFile, file="verification.json", made_by="invoke tag
     static_vs_published: Agreement
 
 
-class TaggerVerifyParams(VerifyParams):
-    """verify's settings (target, photos, bars), and the tagger whose published graph is the reference."""
+class TaggerVerifyParams(GraphCheckParams):
+    """verify's settings that a graph check reads (target, photos, bar), and the tagger whose published graph
+    is the reference: a new prompt or cosine bar for the CLIP encoders does not rerun it."""
 
     tagger: TaggerSource
 
@@ -50,7 +51,8 @@ class TaggerVerifyStage(Stage):
     outputs = (TaggerVerification.FILE, f"{GOLDEN_DIR}/{GoldenSet.FILE}")
 
     def params(self, config: PipelineConfig) -> TaggerVerifyParams:
-        return TaggerVerifyParams(tagger=tagger_of(config).source, **dict(config.stages.verify))
+        verify = config.stages.verify.model_dump(include=set(GraphCheckParams.model_fields))
+        return TaggerVerifyParams(tagger=tagger_of(config).source, **verify)
 
     def external_inputs(self, params: TaggerVerifyParams) -> list[Path]:
         return find_images(params.images)

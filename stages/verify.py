@@ -86,13 +86,18 @@ class VerificationReport(JsonFile, file="verification.json", made_by="invoke ver
     fast_preprocessing: Agreement
 
 
-class VerifyParams(Strict):
+class GraphCheckParams(Strict):
+    """What an image model's check reads (the tagger's too): the NPU's table, the photos, the output bar."""
+
     target: Literal[SUPPORTED_TARGETS] = "ax650"  # type: ignore[valid-type]
     images: ConfigPath = SHIPPED / "data/images"
     max_images: int = Field(4, ge=1, le=64)
+    max_abs_diff: float = Field(1e-3, gt=0, le=10)
+
+
+class VerifyParams(GraphCheckParams):
     prompts: tuple[str, ...] = Field(DEFAULT_PROMPTS, min_length=1, strict=False)  # a YAML list
     min_cosine: float = Field(0.9999, ge=0, le=1)
-    max_abs_diff: float = Field(1e-3, gt=0, le=10)
 
 
 class VerifyStageParams(VerifyParams):
