@@ -205,3 +205,32 @@ def standin_pulsar2(
             all=True, filters={"label": f"clip-axera.workdir={build_host_workdir}"}
         ):
             container.remove(force=True)
+
+
+@pytest.fixture
+def pulsar2_build(
+    ssh_server: SshServer,
+    standin_pulsar2: Callable[..., None],
+    docker_engine: DockerEngine,
+    build_host_workdir: Path,
+    device_workdir: Callable[[Path], Path],
+    tmp_path: Path,
+) -> Callable[..., PipelineConfig]:
+    """pulsar2_build(built, **top) -> a config over a copy of `built`'s artifacts (in tmp_path) that compiles
+    with the stand-in Pulsar2 on `mac` (the session's sshd, the real dockerd) and puts the models on `pi`
+    (the same sshd, its own workdir); `top` replaces top-level keys of the tiny config (model, tagger ...)."""
+
+    def make(built: Path, **top: object) -> PipelineConfig:
+        artifacts = tmp_path / "artifacts"
+        shutil.copytree(built, artifacts, copy_function=shutil.copy2)
+        hosts = {
+            "mac": ssh_server.host_entry(build_host_workdir, docker_socket=docker_engine.socket),
+            "pi": ssh_server.host_entry(device_workdir(tmp_path / "pi device")),
+        }
+        data = {**tiny_config_dict(artifacts), **top, "hosts": hosts, "device": {"host": "pi"}}
+        data["stages"]["compile"].update({"target": "pulsar2", "host": "mac"})
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        return load_config(path)
+
+    return make

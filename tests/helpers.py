@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -77,19 +76,6 @@ def tiny_config_dict(artifacts: Path) -> dict:
             "smoke-test": {"runs": 3},
         },
     }
-
-
-def pulsar2_build_config(built: Path, tmp_path: Path, hosts: dict, **top: object) -> Path:
-    """`built`'s artifacts copied into tmp_path and a config that compiles with Pulsar2 on the build host
-    `mac` and puts the models on the device `pi` (`hosts`: their entries); `top` replaces top-level keys of
-    the tiny config (model, tagger ...)."""
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(built, artifacts, copy_function=shutil.copy2)
-    data = {**tiny_config_dict(artifacts), **top, "hosts": hosts, "device": {"host": "pi"}}
-    data["stages"]["compile"].update({"target": "pulsar2", "host": "mac"})
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 def build_every_stage(root: Path, model: str = "builtin:tiny-clip") -> Path:

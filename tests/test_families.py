@@ -25,8 +25,8 @@ from runtime.model_io import ExportInfo, Pooling
 from runtime.preprocess import Fidelity, open_image, preprocess
 from runtime.tokenizer import TextTokenizer
 from stages import ALL_STAGES
-from stages.config import load_config
-from tests.helpers import FAMILIES, IMAGES, MODELS, REPO, device_set, pulsar2_build_config, transformers_reference
+from stages.config import PipelineConfig
+from tests.helpers import FAMILIES, IMAGES, MODELS, REPO, device_set, transformers_reference
 from tests.loopback import app_clients
 
 PROMPTS = [
@@ -236,22 +236,14 @@ def test_stretch_resize_decodes_large_jpegs_reduced(family_build: Callable[[str]
 def test_each_family_compiles_with_pulsar2_and_runs_on_the_device(
     family: str,
     family_build: Callable[[str], Path],
-    ssh_server,
-    standin_pulsar2,
-    docker_engine,
-    build_host_workdir: Path,
-    device_workdir: Callable[[Path], Path],
+    pulsar2_build: Callable[..., PipelineConfig],
     tmp_path: Path,
 ) -> None:
     """Pulsar2 (the stand-in image on a real Docker Engine, over SSH) takes each family's calibration
     archives and configs; the device (over SSH) runs the axmodels through axengine with S32 ids."""
-    hosts = {
-        "mac": ssh_server.host_entry(build_host_workdir, docker_socket=docker_engine.socket),
-        "pi": ssh_server.host_entry(device_workdir(tmp_path / "pi device")),
-    }
-    path = pulsar2_build_config(family_build(family), tmp_path, hosts, model={"id": FAMILIES[family]})
+    config = pulsar2_build(family_build(family), model={"id": FAMILIES[family]})
     artifacts = tmp_path / "artifacts"
-    outcomes = {o.stage: o for o in run(load_config(path), StageGraph(ALL_STAGES), RunRequest(targets=("smoke-test",)))}
+    outcomes = {o.stage: o for o in run(config, StageGraph(ALL_STAGES), RunRequest(targets=("smoke-test",)))}
     assert all(o.outcome.value in ("ran", "up to date") for o in outcomes.values()), outcomes
     compiled = json.loads((artifacts / "compile/compiled.json").read_text())
     assert compiled["target"] == "pulsar2" and set(compiled["models"]) == {"image_encoder", "text_encoder"}

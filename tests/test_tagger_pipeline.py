@@ -27,7 +27,7 @@ from pipeline.runner import Outcome, RunRequest, plan, run
 from runtime.tagger import TagList, TagThresholds, prepare_image
 from stages import ALL_STAGES, stages_for
 from stages.config import PipelineConfig, load_config
-from tests.helpers import IMAGES, REPO, device_set, pulsar2_build_config, tiny_config_dict
+from tests.helpers import IMAGES, REPO, device_set, tiny_config_dict
 from tests.loopback import free_port
 
 TAGGER_STAGES = ["tagger-export", "tagger-verify", "tagger-calibrate", "tagger-compile"]
@@ -215,25 +215,12 @@ def test_invoke_caption_tagger_alone_names_a_set_without_a_tagger(built_artifact
 
 @pytest.mark.slow
 def test_the_tagger_compiles_with_pulsar2_on_the_build_host_and_runs_on_the_device(
-    built_artifacts: Path,
-    ssh_server,
-    standin_pulsar2,
-    docker_engine,
-    build_host_workdir: Path,
-    device_workdir: Callable[[Path], Path],
-    tmp_path: Path,
+    built_artifacts: Path, pulsar2_build: Callable[..., PipelineConfig], build_host_workdir: Path, tmp_path: Path
 ) -> None:
     """Pulsar2 (the stand-in image on the real Docker Engine, over SSH) takes the tagger's NHWC calibration
     archive and config beside the encoders'; the device (over SSH) runs tagger/model.axmodel through
     axengine and the smoke test measures its tags."""
-    hosts = {
-        "mac": ssh_server.host_entry(build_host_workdir, docker_socket=docker_engine.socket),
-        "pi": ssh_server.host_entry(device_workdir(tmp_path / "pi device")),
-    }
-    tagger = {"id": "builtin:tiny-wd-swinv2-tagger"}
-    outcomes = _outcomes(
-        load_config(pulsar2_build_config(built_artifacts, tmp_path, hosts, tagger=tagger)), "smoke-test"
-    )
+    outcomes = _outcomes(pulsar2_build(built_artifacts, tagger={"id": "builtin:tiny-wd-swinv2-tagger"}), "smoke-test")
     artifacts = tmp_path / "artifacts"
     assert all(outcome in (Outcome.RAN, Outcome.UP_TO_DATE) for outcome in outcomes.values()), outcomes
     pulsar2 = json.loads((artifacts / "tagger-compile/tagger.pulsar2.json").read_text())
