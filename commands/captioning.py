@@ -248,29 +248,18 @@ def _tag_here(config: PipelineConfig | None, run: CaptionRun, flags: CaptionFlag
     from runtime.captioning import answer_folder
     from runtime.npu import NpuLock
     from runtime.tag_captions import TagTask
-    from runtime.tagger import Tagger
+    from runtime.tagger import Tagger, required_tagger
 
     lock = flags.npu_lock or (config.device.npu_lock if config else None)
-    folder = Path(flags.tagger).expanduser() if isinstance(flags.tagger, str) else _set_tagger(config, flags)
+    folder = (
+        Path(flags.tagger).expanduser()
+        if isinstance(flags.tagger, str)
+        else required_tagger(device_models_dir(config, flags.models))
+    )
     tagger = Tagger(folder, NpuLock(Path(lock) if lock else None), unload_after=None)
     with Progress(*_progress_columns(), console=console) as bar:
         task = bar.add_task(f"tag ({tagger.name})", total=run.dry_run or count)
         return answer_folder(TagTask.of(tagger, run.style), run, on_image=lambda _: bar.advance(task))
-
-
-def _set_tagger(config: PipelineConfig | None, flags: CaptionFlags) -> Path:
-    """The tagger of the model set here (--models, or the local device's), for `--tagger` alone."""
-    from runtime.tagger import fetched_tagger
-
-    models = device_models_dir(config, flags.models)
-    folder = fetched_tagger(models)
-    if folder is None:
-        raise PipelineError(
-            f"the models in {models} hold no tagger",
-            hint="add `tagger: {id: ...}` to pipeline.yaml and run `invoke all` (README: Booru tags), or pass "
-            "--tagger DIR with a tagger's folder",
-        )
-    return folder
 
 
 def _print_summary(summary: CaptionSummary, run: CaptionRun) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
-from common.errors import ModelFilesError, UserError
+from common.errors import UserError
 from runtime.caption_style import CaptionStyle
 from runtime.captioning import Answer, CaptionTask, ImageTask, answer_all
 from runtime.classify import BATCH_LIMITS, Classifier, Question
@@ -27,7 +27,7 @@ from runtime.opening import OpenOptions, open_interrogator
 from runtime.preprocess import Fidelity
 from runtime.prompt_modes import PromptBuilder, PromptMode
 from runtime.tag_captions import TagTask
-from runtime.tagger import Tagger, fetched_tagger
+from runtime.tagger import Tagger, required_tagger
 
 PLUGIN_NAME = "clip-axera-interrogator"
 NPU = "NPU"  # the worker resource: one per device
@@ -77,7 +77,8 @@ class InterrogatorPlugin(WorkerPlugin):
         )
         try:
             if self.tag_style is not None:
-                self.task = TagTask.of(_set_tagger(Path(settings.models), options.npu), self.tag_style)
+                tagger = Tagger(required_tagger(Path(settings.models)), options.npu, unload_after=None)
+                self.task = TagTask.of(tagger, self.tag_style)
                 return
             self.interrogator = open_interrogator(Path(settings.models), options)
             prompts = classify = None
@@ -110,16 +111,6 @@ class InterrogatorPlugin(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         self.decoders.shutdown(cancel_futures=True)
-
-
-def _set_tagger(models: Path, npu: NpuLock) -> Tagger:
-    """The tagger fetch put in the device's set (the only model a tagging worker opens)."""
-    folder = fetched_tagger(models)
-    if folder is None:
-        raise ModelFilesError(
-            f"the models in {models} hold no tagger: add `tagger:` to pipeline.yaml, then `invoke all` (it fetches it)"
-        )
-    return Tagger(folder, npu, unload_after=None)
 
 
 def plugin_error(dask_worker: Any) -> str | None:

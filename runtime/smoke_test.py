@@ -31,7 +31,7 @@ from runtime.label_tables import LabelTables
 from runtime.manifest import model_set
 from runtime.npu import NpuLock
 from runtime.similarity import cosine
-from runtime.tagger import MODEL_FILES, TAGGER_DIR, TAGS_FILE, TaggerInfo, TagList, TagThresholds
+from runtime.tagger import TAGGER_DIR, TAGS_FILE, TaggerInfo, TagList, TagThresholds, model_file
 
 LOCK_WAIT_S = 600  # the smoke test waits this long for another program to free the NPU
 
@@ -158,7 +158,7 @@ def _check_tagger(
 ) -> tuple[EncoderCheck, TagAgreement]:
     """The set's tagger on its golden photos: its figures, and its tags against the float model's."""
     info = TaggerInfo.read(folder)
-    model = next(folder / name for name in MODEL_FILES if (folder / name).is_file())
+    model = model_file(folder)
     golden = GoldenSet.read(folder / GOLDEN_DIR)
     inputs, reference = golden.pair(folder / GOLDEN_DIR, info.output)
     print(f"tagger: loading, then {len(inputs)} golden photos and {runs} timed runs", flush=True)

@@ -125,6 +125,25 @@ def fetched_tagger(models_dir: Path) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def required_tagger(models_dir: Path) -> Path:
+    """fetched_tagger, where a tagger is asked for (`invoke caption --tagger`, here or on a fleet's device)."""
+    folder = fetched_tagger(models_dir)
+    if folder is None:
+        raise ModelFilesError(
+            f"the models in {models_dir} hold no tagger",
+            hint="add `tagger: {id: ...}` to pipeline.yaml and run `invoke all` (it fetches it; README: Booru tags)",
+        )
+    return folder
+
+
+def model_file(folder: Path) -> Path:
+    """A tagger folder's model: the compiled one first, else the published float one."""
+    model = next((folder / name for name in MODEL_FILES if (folder / name).is_file()), None)
+    if model is None:
+        raise ModelFilesError(f"{folder}: no {' or '.join(MODEL_FILES)} (a WD tagger's folder holds model.onnx)")
+    return model
+
+
 def prepare_image(image: Image.Image, size: int) -> np.ndarray:
     """The tagger's input from an image, as the wd-tagger Space prepares it: on white, padded to a centred
     square on white, resized to `size` (bicubic), BGR 0-255, NHWC [1, size, size, 3]. As uint8: Pillow's
@@ -143,9 +162,7 @@ class Tagger:
     """A tagger's folder (model.onnx or model.axmodel beside selected_tags.csv), opened for tagging."""
 
     def __init__(self, folder: Path, npu: NpuLock, unload_after: float | None = UNLOAD_AFTER_S) -> None:
-        model = next((folder / name for name in MODEL_FILES if (folder / name).is_file()), None)
-        if model is None:
-            raise ModelFilesError(f"{folder}: no {' or '.join(MODEL_FILES)} (a WD tagger's folder holds model.onnx)")
+        model = model_file(folder)
         self.folder, self.npu, self.file = folder, npu, model.name
         # What /tagger/v1/interrogators lists and requests name: the pipeline's name for it, else the folder's.
         self.name = TaggerInfo.read(folder).name if (folder / TaggerInfo.FILE).is_file() else folder.resolve().name
